@@ -1,0 +1,122 @@
+//! The bpffs directory portguard pins its maps and links under.
+
+use std::{
+    fs,
+    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+};
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BpffsError {
+    #[error(
+        "{path} is not on a bpf filesystem, and mounting one at {mount} failed: {source} (mount it with `mount -t bpf bpf {mount}`)"
+    )]
+    Mount {
+        path: PathBuf,
+        mount: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not on a bpf filesystem (mount bpffs there, or pass --bpffs DIR on one)")]
+    NotBpffs { path: PathBuf },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where each pinned object lives under the pin directory.
+#[derive(Debug, Clone)]
+pub struct PinLayout {
+    pub root: PathBuf,
+}
+
+impl PinLayout {
+    pub fn new(root: PathBuf) -> Self {
+        PinLayout { root }
+    }
+
+    pub fn maps_dir(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+
+    pub fn links_dir(&self) -> PathBuf {
+        self.root.join("links")
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps_dir().join(name)
+    }
+
+    pub fn link(&self, program: &str) -> PathBuf {
+        self.links_dir().join(program)
+    }
+
+    /// Creates the pin directories, readable and writable by root only: a
+    /// workload that could write portguard's maps could rewrite its policy.
+    pub fn create(&self) -> Result<(), BpffsError> {
+        for dir in [self.root.clone(), self.maps_dir(), self.links_dir()] {
+            if let Err(source) = fs::DirBuilder::new().mode(0o700).create(&dir)
+                && source.kind() != std::io::ErrorKind::AlreadyExists
+            {
+                return Err(BpffsError::Io { path: dir, source });
+            }
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+                .map_err(|source| BpffsError::Io { path: dir.clone(), source })?;
+        }
+        Ok(())
+    }
+}
+
+fn fs_magic(path: &Path) -> std::io::Result<i64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: statfs on a NUL-terminated path into a zeroed struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_type as i64)
+}
+
+/// Makes sure the pin directory's parent is on bpffs. A fresh machine may
+/// not have /sys/fs/bpf mounted: when the pin directory is under it, mount
+/// it; anywhere else, refuse with a clear error.
+pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), BpffsError> {
+    // The nearest existing ancestor tells which filesystem the directory
+    // will be created on.
+    let mut parent = pin_dir.parent().unwrap_or(Path::new("/"));
+    while !parent.exists() {
+        parent = parent.parent().unwrap_or(Path::new("/"));
+    }
+    match fs_magic(parent) {
+        Ok(magic) if magic == BPF_FS_MAGIC => return Ok(()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(BpffsError::Io { path: parent.to_owned(), source }),
+    }
+    let default_mount = Path::new("/sys/fs/bpf");
+    if !pin_dir.starts_with(default_mount) {
+        return Err(BpffsError::NotBpffs { path: parent.to_owned() });
+    }
+    let mount_err =
+        |source| BpffsError::Mount { path: parent.to_owned(), mount: default_mount.to_owned(), source };
+    let target = std::ffi::CString::new("/sys/fs/bpf").expect("no NUL");
+    let fstype = std::ffi::CString::new("bpf").expect("no NUL");
+    // SAFETY: plain mount(2) with NUL-terminated strings and no data.
+    let rc = unsafe {
+        libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+    };
+    if rc != 0 {
+        return Err(mount_err(std::io::Error::last_os_error()));
+    }
+    tracing::info!(mount = "/sys/fs/bpf", "mounted bpffs");
+    match fs_magic(parent) {
+        Ok(magic) if magic == BPF_FS_MAGIC => Ok(()),
+        _ => Err(BpffsError::NotBpffs { path: parent.to_owned() }),
+    }
+}

@@ -1,0 +1,205 @@
+//! Loading the eBPF object, attaching its programs as pinned bpf_links, and
+//! removing them again.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, links::FdLink},
+};
+use portguard_common::map_names;
+
+use std::os::fd::AsFd as _;
+
+use super::{
+    bpffs::{BpffsError, PinLayout, ensure_bpffs},
+    link_update,
+};
+
+/// The programs, in the order they are attached. `sock_create` comes first
+/// so that sockets are stamped before the hooks that read stamps run.
+pub const PROGRAMS: [&str; 8] = [
+    "pg_sock_create",
+    "pg_sock_release",
+    "pg_bind4",
+    "pg_bind6",
+    "pg_connect4",
+    "pg_connect6",
+    "pg_sendmsg4",
+    "pg_sendmsg6",
+];
+
+const PINNED_MAPS: [&str; 9] = [
+    map_names::CONFIG,
+    map_names::GUARDS,
+    map_names::BIND_RULES,
+    map_names::CONNECT_RULES,
+    map_names::SOCK_STAMPS,
+    map_names::ANCESTRY,
+    map_names::COUNTERS,
+    map_names::STATS,
+    map_names::EVENTS,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Bpffs(#[from] BpffsError),
+    #[error("loading the eBPF object failed (is this run as root, with CAP_BPF and CAP_NET_ADMIN?): {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("program {name} is missing from the eBPF object")]
+    MissingProgram { name: &'static str },
+    #[error("the kernel refused program {name} (does it support this cgroup hook?): {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("program {name} was not attached through a bpf_link: {source}")]
+    Link {
+        name: &'static str,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    #[error("cannot attach {name} to cgroup {cgroup}: {source}")]
+    Attach {
+        name: &'static str,
+        cgroup: PathBuf,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("cannot open cgroup {cgroup}: {source}")]
+    Cgroup {
+        cgroup: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot pin {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("cannot update pinned link {path}: {source}")]
+    Unpin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The loaded object with every program attached and pinned.
+pub struct Enforcer {
+    pub ebpf: Ebpf,
+    pub pins: PinLayout,
+}
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portguard"));
+
+impl Enforcer {
+    /// Loads the programs, reusing maps already pinned under `pin_dir` (so a
+    /// restarted agent keeps the live policy and socket stamps), and attaches
+    /// every program at `cgroup_root`. A link left pinned by an earlier run
+    /// is replaced only after the new one is attached, so the hooks are never
+    /// absent in between.
+    pub fn load_and_attach(cgroup_root: &Path, pin_dir: &Path) -> Result<Enforcer, LoadError> {
+        ensure_bpffs(pin_dir)?;
+        let pins = PinLayout::new(pin_dir.to_owned());
+        pins.create()?;
+        let map_paths: Vec<(&str, PathBuf)> =
+            PINNED_MAPS.iter().map(|name| (*name, pins.map(name))).collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(LoadError::Load)?;
+
+        let cgroup = fs::File::open(cgroup_root)
+            .map_err(|source| LoadError::Cgroup { cgroup: cgroup_root.to_owned(), source })?;
+
+        // 1. Verify and load every program before any hook changes: a kernel
+        //    that lacks a hook fails here and nothing is attached.
+        for name in PROGRAMS {
+            let program = ebpf.program_mut(name).ok_or(LoadError::MissingProgram { name })?;
+            let prog_err = |source| LoadError::Program { name, source };
+            match <&mut CgroupSockAddr>::try_from(&mut *program) {
+                Ok(p) => p.load().map_err(prog_err)?,
+                Err(_) => <&mut CgroupSock>::try_from(&mut *program).map_err(prog_err)?.load().map_err(prog_err)?,
+            }
+        }
+
+        // 2. Hooks with a link pinned by an earlier run get the new program
+        //    swapped in atomically; the others get a new link. New links are
+        //    only pinned once all of them are attached, so a failure here
+        //    drops them (detaching them) and leaves the earlier state alone.
+        let mut new_links: Vec<(&'static str, FdLink)> = Vec::new();
+        let mut updates: Vec<(&'static str, std::os::fd::OwnedFd)> = Vec::new();
+        for name in PROGRAMS {
+            let path = pins.link(name);
+            if path.exists() {
+                let link = link_update::open_pinned(&path)
+                    .map_err(|source| LoadError::Unpin { path: path.clone(), source })?;
+                updates.push((name, link));
+                continue;
+            }
+            let program = ebpf.program_mut(name).ok_or(LoadError::MissingProgram { name })?;
+            let prog_err = |source| LoadError::Program { name, source };
+            let attach_err = |source| LoadError::Attach { name, cgroup: cgroup_root.to_owned(), source };
+            // Link-based cgroup attach takes no flags; the kernel runs every
+            // linked program (multi-attach) whatever mode is named here.
+            let link: FdLink = match <&mut CgroupSockAddr>::try_from(&mut *program) {
+                Ok(p) => {
+                    let id = p.attach(&cgroup, CgroupAttachMode::Single).map_err(attach_err)?;
+                    p.take_link(id).map_err(prog_err)?.try_into().map_err(|source| LoadError::Link { name, source })?
+                }
+                Err(_) => {
+                    let p = <&mut CgroupSock>::try_from(&mut *program).map_err(prog_err)?;
+                    let id = p.attach(&cgroup, CgroupAttachMode::Single).map_err(attach_err)?;
+                    p.take_link(id).map_err(prog_err)?.try_into().map_err(|source| LoadError::Link { name, source })?
+                }
+            };
+            new_links.push((name, link));
+        }
+        for (name, link) in new_links {
+            let path = pins.link(name);
+            link.pin(&path).map_err(|source| LoadError::Pin { path, source })?;
+        }
+        for (name, link) in updates {
+            let program = ebpf.program(name).ok_or(LoadError::MissingProgram { name })?;
+            let fd = program.fd().map_err(|source| LoadError::Program { name, source })?;
+            link_update::replace_program(link.as_fd(), fd.as_fd())
+                .map_err(|source| LoadError::Unpin { path: pins.link(name), source })?;
+        }
+        Ok(Enforcer { ebpf, pins })
+    }
+}
+
+/// Detaches every program and removes every pinned map under `pin_dir`.
+/// Returns the number of objects removed.
+pub fn unload(pin_dir: &Path) -> std::io::Result<usize> {
+    let pins = PinLayout::new(pin_dir.to_owned());
+    let mut removed = 0;
+    // Links first: once they are gone nothing reads the maps.
+    for dir in [pins.links_dir(), pins.maps_dir()] {
+        match fs::read_dir(&dir) {
+            Ok(entries) => {
+                for e in entries {
+                    fs::remove_file(e?.path())?;
+                    removed += 1;
+                }
+                fs::remove_dir(&dir)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    match fs::remove_dir(pin_dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    Ok(removed)
+}

@@ -1,0 +1,13 @@
+//! Everything that touches the kernel: loading and attaching the programs,
+//! the policy maps, and the denial event stream.
+
+mod bpffs;
+mod events;
+mod link_update;
+mod loader;
+mod policy_maps;
+
+pub use bpffs::{PinLayout, ensure_bpffs};
+pub use events::{DecodedEvent, EventStream, EventsError};
+pub use loader::{Enforcer, LoadError, unload};
+pub use policy_maps::{GuardIds, KernelPolicy, MapsError, PolicyMaps};

@@ -1,0 +1,270 @@
+//! The policy maps, written only through [`PolicyMaps::apply`].
+//!
+//! Two slots hold two policies; the generation's parity says which one the
+//! kernel reads. `apply` writes the new policy into the slot that is not
+//! live, writing only the entries that differ from what that slot held,
+//! then bumps the generation: every socket operation sees either the whole
+//! old policy or the whole new one.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap as BpfHashMap, MapData, MapError},
+};
+use portguard_common::{
+    BindKey, Config, ConnectKey, GuardInfo, GuardKey, MAX_GUARDS, MAX_PREFIX_LENS, MODE_AUDIT,
+    MODE_ENFORCE, PortSet, RuleRef, map_names,
+};
+
+use crate::policy::{CompiledPolicy, Mode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error("map {name} is missing from the eBPF object")]
+    Missing { name: &'static str },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("more than {MAX_GUARDS} guards have been defined over this agent's lifetime")]
+    OutOfGuardIds,
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> MapsError {
+    move |source| MapsError::Map { name, source }
+}
+
+/// Stable small integers for guard names: a guard keeps its id across
+/// reloads, so a reload that leaves a guard alone rewrites none of its rules.
+#[derive(Debug, Default)]
+pub struct GuardIds {
+    by_name: HashMap<String, u32>,
+}
+
+impl GuardIds {
+    /// Ids for every guard of `policy`; names no longer present give their
+    /// ids back for reuse.
+    pub fn assign(&mut self, policy: &CompiledPolicy) -> Result<HashMap<String, u32>, MapsError> {
+        let wanted: BTreeSet<&str> = policy.guards.iter().map(|g| g.name.as_str()).collect();
+        self.by_name.retain(|name, _| wanted.contains(name.as_str()));
+        let mut used: BTreeSet<u32> = self.by_name.values().copied().collect();
+        for g in &policy.guards {
+            if !self.by_name.contains_key(&g.name) {
+                let id = (0..MAX_GUARDS).find(|i| !used.contains(i)).ok_or(MapsError::OutOfGuardIds)?;
+                used.insert(id);
+                self.by_name.insert(g.name.clone(), id);
+            }
+        }
+        Ok(self.by_name.clone())
+    }
+}
+
+/// What one slot holds, with every key's slot field zero.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct KernelPolicy {
+    pub guards: HashMap<u64, GuardInfo>,
+    pub bind: HashMap<BindKey, RuleRef>,
+    pub connect: HashMap<ConnectKey, PortSet>,
+}
+
+impl KernelPolicy {
+    /// Entries for `policy`, given each guard's id and, for guards whose
+    /// cgroup exists, its cgroup id. Rules of a guard whose cgroup does not
+    /// exist yet are written anyway, so that its appearance only adds one
+    /// guard entry.
+    pub fn build(
+        policy: &CompiledPolicy,
+        ids: &HashMap<String, u32>,
+        cgroup_ids: &HashMap<String, u64>,
+    ) -> KernelPolicy {
+        let mut out = KernelPolicy::default();
+        for g in &policy.guards {
+            let guard_id = ids[&g.name];
+            if let Some(&cgroup) = cgroup_ids.get(&g.name) {
+                let mut info = GuardInfo {
+                    guard_id,
+                    mode: match g.mode {
+                        Mode::Enforce => MODE_ENFORCE,
+                        Mode::Audit => MODE_AUDIT,
+                    },
+                    flags: g.flags,
+                    v4_prefix_count: g.v4_prefix_lens.len() as u8,
+                    v6_prefix_count: g.v6_prefix_lens.len() as u8,
+                    ..GuardInfo::default()
+                };
+                debug_assert!(g.v4_prefix_lens.len() <= MAX_PREFIX_LENS);
+                info.v4_prefix_lens[..g.v4_prefix_lens.len()].copy_from_slice(&g.v4_prefix_lens);
+                info.v6_prefix_lens[..g.v6_prefix_lens.len()].copy_from_slice(&g.v6_prefix_lens);
+                out.guards.insert(cgroup, info);
+            }
+            out.bind.extend(g.bind.iter().map(|(k, v)| (BindKey { guard_id, ..*k }, *v)));
+            out.connect.extend(g.connect.iter().map(|(k, v)| (ConnectKey { guard_id, ..*k }, *v)));
+        }
+        out
+    }
+}
+
+/// What an `apply` wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyStats {
+    pub generation: u64,
+    pub written: usize,
+    pub deleted: usize,
+}
+
+pub struct PolicyMaps {
+    config: Array<MapData, Config>,
+    guards: BpfHashMap<MapData, GuardKey, GuardInfo>,
+    bind: BpfHashMap<MapData, BindKey, RuleRef>,
+    connect: BpfHashMap<MapData, ConnectKey, PortSet>,
+    generation: u64,
+    slots: [KernelPolicy; 2],
+    last_switch: Option<Instant>,
+}
+
+/// A program that read the generation just before a switch may still be
+/// using the old slot; programs run for microseconds, so waiting this long
+/// before rewriting the slot that was just retired leaves a wide margin.
+const SLOT_QUIESCE: Duration = Duration::from_millis(10);
+
+impl PolicyMaps {
+    /// Takes the policy maps out of `ebpf` and reads what they hold: after a
+    /// restart they are the pinned maps of the previous run, still enforcing.
+    pub fn open(ebpf: &mut Ebpf) -> Result<PolicyMaps, MapsError> {
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(MapsError::Missing { name });
+        let config: Array<MapData, Config> = Array::try_from(take(map_names::CONFIG)?).map_err(map_err(map_names::CONFIG))?;
+        let guards = BpfHashMap::try_from(take(map_names::GUARDS)?).map_err(map_err(map_names::GUARDS))?;
+        let bind = BpfHashMap::try_from(take(map_names::BIND_RULES)?).map_err(map_err(map_names::BIND_RULES))?;
+        let connect =
+            BpfHashMap::try_from(take(map_names::CONNECT_RULES)?).map_err(map_err(map_names::CONNECT_RULES))?;
+        let generation = config.get(&0, 0).map_err(map_err(map_names::CONFIG))?.generation;
+        let mut maps = PolicyMaps {
+            config,
+            guards,
+            bind,
+            connect,
+            generation,
+            slots: Default::default(),
+            last_switch: None,
+        };
+        for slot in 0..2 {
+            maps.slots[slot] = maps.read_slot(slot as u8)?;
+        }
+        Ok(maps)
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The policy the kernel enforces now.
+    pub fn live(&self) -> Option<&KernelPolicy> {
+        (self.generation != 0).then(|| &self.slots[(self.generation & 1) as usize])
+    }
+
+    fn read_slot(&self, slot: u8) -> Result<KernelPolicy, MapsError> {
+        let mut out = KernelPolicy::default();
+        for item in self.guards.iter() {
+            let (k, v) = item.map_err(map_err(map_names::GUARDS))?;
+            if k.slot == u32::from(slot) {
+                out.guards.insert(k.cgroup_id, v);
+            }
+        }
+        for item in self.bind.iter() {
+            let (k, v) = item.map_err(map_err(map_names::BIND_RULES))?;
+            if k.slot == slot {
+                out.bind.insert(BindKey { slot: 0, ..k }, v);
+            }
+        }
+        for item in self.connect.iter() {
+            let (k, v) = item.map_err(map_err(map_names::CONNECT_RULES))?;
+            if k.slot == slot {
+                out.connect.insert(ConnectKey { slot: 0, ..k }, v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes `new` the live policy in one switch.
+    pub fn apply(&mut self, new: KernelPolicy) -> Result<ApplyStats, MapsError> {
+        if let Some(t) = self.last_switch {
+            let since = t.elapsed();
+            if since < SLOT_QUIESCE {
+                std::thread::sleep(SLOT_QUIESCE - since);
+            }
+        }
+        let next = self.generation + 1;
+        let slot = (next & 1) as u8;
+        match self.write_slot(slot, &new) {
+            Ok((written, deleted)) => {
+                self.config.set(0, Config { generation: next }, 0).map_err(map_err(map_names::CONFIG))?;
+                self.generation = next;
+                self.slots[slot as usize] = new;
+                self.last_switch = Some(Instant::now());
+                Ok(ApplyStats { generation: next, written, deleted })
+            }
+            Err(e) => {
+                // The slot is half written but was never made live; learn
+                // what it holds so the next attempt diffs against the truth.
+                if let Ok(actual) = self.read_slot(slot) {
+                    self.slots[slot as usize] = actual;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Brings the (not live) `slot` to `new`. Deletes go first so the map
+    /// never has to hold both versions of a large policy at once.
+    fn write_slot(&mut self, slot: u8, new: &KernelPolicy) -> Result<(usize, usize), MapsError> {
+        let old = &self.slots[slot as usize];
+        let (mut written, mut deleted) = (0, 0);
+        let gkey = |cgroup_id: u64| GuardKey { cgroup_id, slot: u32::from(slot), _pad: 0 };
+        for k in old.guards.keys().filter(|k| !new.guards.contains_key(k)) {
+            remove(&mut self.guards, &gkey(*k), map_names::GUARDS)?;
+            deleted += 1;
+        }
+        for k in old.bind.keys().filter(|k| !new.bind.contains_key(k)) {
+            remove(&mut self.bind, &BindKey { slot, ..*k }, map_names::BIND_RULES)?;
+            deleted += 1;
+        }
+        for k in old.connect.keys().filter(|k| !new.connect.contains_key(k)) {
+            remove(&mut self.connect, &ConnectKey { slot, ..*k }, map_names::CONNECT_RULES)?;
+            deleted += 1;
+        }
+        for (k, v) in new.bind.iter().filter(|(k, v)| old.bind.get(k) != Some(v)) {
+            self.bind.insert(BindKey { slot, ..*k }, v, 0).map_err(map_err(map_names::BIND_RULES))?;
+            written += 1;
+        }
+        for (k, v) in new.connect.iter().filter(|(k, v)| old.connect.get(k) != Some(v)) {
+            self.connect.insert(ConnectKey { slot, ..*k }, v, 0).map_err(map_err(map_names::CONNECT_RULES))?;
+            written += 1;
+        }
+        // Guards last: within the slot a guard entry never points at rules
+        // that are not there yet (it matters to no reader, the slot is not
+        // live, but it keeps the slot consistent if an insert fails).
+        for (k, v) in new.guards.iter().filter(|(k, v)| old.guards.get(k) != Some(v)) {
+            self.guards.insert(gkey(*k), v, 0).map_err(map_err(map_names::GUARDS))?;
+            written += 1;
+        }
+        Ok((written, deleted))
+    }
+}
+
+fn remove<K: aya::Pod, V: aya::Pod>(
+    map: &mut BpfHashMap<MapData, K, V>,
+    key: &K,
+    name: &'static str,
+) -> Result<(), MapsError> {
+    match map.remove(key) {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(source) => Err(MapsError::Map { name, source }),
+    }
+}

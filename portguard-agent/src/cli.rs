@@ -1,0 +1,57 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub const DEFAULT_POLICY: &str = "/etc/portguard/policy.toml";
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/portguard";
+
+#[derive(Debug, Parser)]
+#[command(name = "portguard", version, about = "Kernel-enforced allowlists for the ports each workload binds and the peers it reaches")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the eBPF programs, apply the policy and report denials until stopped.
+    Run(RunArgs),
+    /// Validate a policy and print what it would enforce, without loading anything.
+    Check {
+        /// The policy file.
+        policy: PathBuf,
+    },
+    /// Detach portguard's programs and remove its pinned maps.
+    Unload {
+        /// bpffs directory portguard pinned its objects under.
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The policy file.
+    #[arg(long, default_value = DEFAULT_POLICY)]
+    pub policy: PathBuf,
+    /// Cgroup to attach at; guard paths are relative to it. Default: the
+    /// cgroup2 mount root, found in /proc/self/mounts.
+    #[arg(long)]
+    pub cgroup_root: Option<PathBuf>,
+    /// bpffs directory for pinned programs and maps (mounted if missing
+    /// when under /sys/fs/bpf).
+    #[arg(long, default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, fields at the top level.
+    Json,
+}

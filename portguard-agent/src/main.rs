@@ -1,0 +1,60 @@
+//! `portguard`: the agent daemon and its command-line tools.
+
+mod agent;
+mod bpf;
+mod cgroup;
+mod check;
+mod cli;
+mod logging;
+mod policy;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+use crate::cli::{Cli, Command, LogFormat};
+
+/// Exit status for input that cannot be used (bad policy, missing cgroup,
+/// no privileges, unsupported kernel): nothing was changed.
+pub const EXIT_BAD_INPUT: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => {
+            logging::init(args.log_format);
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("portguard: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(agent::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    ExitCode::from(e.exit_code())
+                }
+            }
+        }
+        Command::Check { policy } => check::run(&policy),
+        Command::Unload { bpffs } => {
+            logging::init(LogFormat::Text);
+            match bpf::unload(&bpffs) {
+                Ok(0) => {
+                    println!("nothing pinned under {}", bpffs.display());
+                    ExitCode::SUCCESS
+                }
+                Ok(n) => {
+                    println!("removed {n} pinned objects under {}; portguard no longer enforces", bpffs.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("portguard: unload {}: {e}", bpffs.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

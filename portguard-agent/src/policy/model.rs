@@ -1,0 +1,279 @@
+//! The policy file's shape (policy v1), exactly as users write it.
+//!
+//! Field-level checks (port numbers, ranges, CIDRs, modes) live in the
+//! `Deserialize` impls, so the TOML parser reports them at the offending
+//! value's line and column. Checks across fields live in `validate`.
+
+use std::{fmt, net::IpAddr};
+
+use ipnet::IpNet;
+use serde::{
+    Deserialize, Deserializer,
+    de::{self, SeqAccess, Visitor},
+};
+use toml::Spanned;
+
+/// A whole policy file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    /// Format version; only 1 exists. Optional so v1 files stay short.
+    #[serde(default)]
+    pub version: Option<Spanned<u32>>,
+    #[serde(default, rename = "guard")]
+    pub guards: Vec<Guard>,
+}
+
+/// One guarded cgroup and what it may do.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Guard {
+    pub name: Spanned<String>,
+    /// Cgroup path relative to the cgroup root portguard attaches at.
+    #[serde(default)]
+    pub cgroup: Option<Spanned<String>>,
+    /// systemd unit shorthand: "nginx.service" = "/system.slice/nginx.service".
+    #[serde(default)]
+    pub unit: Option<Spanned<String>>,
+    /// enforce (default): violations fail with EPERM; audit: reported only.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Allow `bind()` to port 0 (the kernel picks the port). Off by default:
+    /// an ephemeral listener is still an uncatalogued port.
+    #[serde(default)]
+    pub allow_ephemeral_bind: bool,
+    #[serde(default)]
+    pub bind: Vec<BindRule>,
+    #[serde(default)]
+    pub connect: Vec<ConnectRule>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Audit,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        }
+    }
+}
+
+/// Transport protocols a rule covers. The default is TCP: a rule that
+/// should also open UDP says so.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    #[default]
+    Tcp,
+    Udp,
+    Both,
+}
+
+impl Proto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Both => "tcp+udp",
+        }
+    }
+
+    pub fn ip_protocols(self) -> &'static [u8] {
+        use portguard_common::{IPPROTO_TCP, IPPROTO_UDP};
+        match self {
+            Proto::Tcp => &[IPPROTO_TCP],
+            Proto::Udp => &[IPPROTO_UDP],
+            Proto::Both => &[IPPROTO_TCP, IPPROTO_UDP],
+        }
+    }
+}
+
+/// Ports this workload may listen on (or bind for sending).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindRule {
+    pub ports: Spanned<Vec<PortSpec>>,
+    #[serde(default)]
+    pub proto: Proto,
+    /// Only this local address; default: any address.
+    #[serde(default)]
+    pub address: Option<Spanned<IpAddr>>,
+    /// Catalog metadata: who owns this port or peer, and why it exists.
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub purpose: Option<String>,
+}
+
+/// Peers this workload may connect or send to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectRule {
+    pub peer: Spanned<Peers>,
+    pub ports: Spanned<Vec<PortSpec>>,
+    #[serde(default)]
+    pub proto: Proto,
+    /// Catalog metadata: who owns this port or peer, and why it exists.
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub purpose: Option<String>,
+}
+
+/// An inclusive port range; a single port has `first == last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortSpec {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+fn port_number<E: de::Error>(v: i64) -> Result<u16, E> {
+    match v {
+        1..=65535 => Ok(v as u16),
+        0 => Err(E::custom(
+            "port 0 is not a port a rule can allow (for kernel-chosen ports see allow_ephemeral_bind)",
+        )),
+        _ => Err(E::custom(format!("port {v} is out of range 1-65535"))),
+    }
+}
+
+impl std::str::FromStr for PortSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parse = |p: &str| -> Result<u16, String> {
+            let n: i64 = p.trim().parse().map_err(|_| format!("{p:?} is not a port number"))?;
+            port_number::<de::value::Error>(n).map_err(|e| e.to_string())
+        };
+        if s.trim() == "any" {
+            return Ok(PortSpec { first: 1, last: 65535 });
+        }
+        match s.split_once('-') {
+            Some((a, b)) => {
+                let (first, last) = (parse(a)?, parse(b)?);
+                if first > last {
+                    return Err(format!("port range {s:?} is reversed (first > last)"));
+                }
+                Ok(PortSpec { first, last })
+            }
+            None => parse(s).map(|p| PortSpec { first: p, last: p }),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PortSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = PortSpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"a port (443), a range ("8000-8100") or "any""#)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PortSpec, E> {
+                port_number(v).map(|p| PortSpec { first: p, last: p })
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PortSpec, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One peer network: a CIDR, or every address of one family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Peer(pub IpNet);
+
+/// `peer = "10.0.0.0/8"`, `peer = ["10.0.0.1", "fd00::/8"]` or `peer = "any"`
+/// (all of IPv4 and all of IPv6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peers(pub Vec<Peer>);
+
+fn parse_peer(s: &str) -> Result<Vec<Peer>, String> {
+    let s = s.trim();
+    if s == "any" {
+        return Ok(vec![
+            Peer("0.0.0.0/0".parse().expect("valid")),
+            Peer("::/0".parse().expect("valid")),
+        ]);
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(vec![Peer(IpNet::from(ip))]);
+    }
+    let net: IpNet = s.parse().map_err(|_| {
+        format!("{s:?} is not an IP address, a CIDR (10.0.0.0/8, fd00::/8) or \"any\"")
+    })?;
+    if net.trunc() != net {
+        return Err(format!(
+            "{s:?} has host bits set past its prefix; did you mean \"{}\"?",
+            net.trunc()
+        ));
+    }
+    Ok(vec![Peer(net)])
+}
+
+impl<'de> Deserialize<'de> for Peers {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Peers;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"a CIDR or address ("10.0.0.0/8"), a list of them, or "any""#)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Peers, E> {
+                parse_peer(v).map(Peers).map_err(E::custom)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Peers, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    out.extend(parse_peer(&s).map_err(de::Error::custom)?);
+                }
+                Ok(Peers(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_specs() {
+        assert_eq!("80".parse::<PortSpec>(), Ok(PortSpec { first: 80, last: 80 }));
+        assert_eq!("8000-8100".parse::<PortSpec>(), Ok(PortSpec { first: 8000, last: 8100 }));
+        assert_eq!("any".parse::<PortSpec>(), Ok(PortSpec { first: 1, last: 65535 }));
+        assert!("0".parse::<PortSpec>().unwrap_err().contains("port 0"));
+        assert!("70000".parse::<PortSpec>().unwrap_err().contains("out of range"));
+        assert!("90-80".parse::<PortSpec>().unwrap_err().contains("reversed"));
+        assert!("http".parse::<PortSpec>().unwrap_err().contains("not a port number"));
+    }
+
+    #[test]
+    fn peers() {
+        assert_eq!(parse_peer("10.0.0.0/8").unwrap().len(), 1);
+        assert_eq!(parse_peer("10.1.2.3").unwrap()[0].0.prefix_len(), 32);
+        assert_eq!(parse_peer("any").unwrap().len(), 2);
+        assert!(parse_peer("10.0.0.1/8").unwrap_err().contains("host bits"));
+        assert!(parse_peer("10.0.0.0/33").unwrap_err().contains("not an IP address"));
+        assert!(parse_peer("example.com").is_err());
+    }
+}

@@ -1,0 +1,218 @@
+//! Checks across fields, and the validated policy the rest of the agent uses.
+
+use std::{collections::HashMap, net::IpAddr};
+
+use ipnet::IpNet;
+use portguard_common::{MAX_CGROUP_DEPTH, MAX_GUARDS};
+
+use super::{
+    PolicyError, Source,
+    model::{self, Mode, PortSpec, Proto},
+};
+
+/// A policy that passed every check.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub guards: Vec<GuardSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GuardSpec {
+    pub name: String,
+    /// Normalised cgroup path relative to the attach root ("/a/b", or "/").
+    pub cgroup: String,
+    /// The unit name when the guard was written with `unit = ...`.
+    pub unit: Option<String>,
+    pub mode: Mode,
+    pub allow_ephemeral_bind: bool,
+    pub bind: Vec<BindRuleSpec>,
+    pub connect: Vec<ConnectRuleSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BindRuleSpec {
+    pub ports: Vec<PortSpec>,
+    pub proto: Proto,
+    pub address: Option<IpAddr>,
+    pub owner: Option<String>,
+    pub purpose: Option<String>,
+    /// Where the rule is, for compile-time errors.
+    pub span: std::ops::Range<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConnectRuleSpec {
+    pub peers: Vec<IpNet>,
+    pub ports: Vec<PortSpec>,
+    pub proto: Proto,
+    pub owner: Option<String>,
+    pub purpose: Option<String>,
+    pub span: std::ops::Range<usize>,
+}
+
+pub(super) fn validate(src: &Source, raw: model::PolicyFile) -> Result<Policy, PolicyError> {
+    if let Some(v) = &raw.version
+        && *v.get_ref() != 1
+    {
+        return Err(src.error_at(
+            Some(v.span()),
+            format!("version: unsupported policy version {} (this portguard reads version 1)", v.get_ref()),
+        ));
+    }
+    if raw.guards.len() > MAX_GUARDS as usize {
+        return Err(src.error_at(
+            None,
+            format!("{} guards; portguard holds at most {MAX_GUARDS}", raw.guards.len()),
+        ));
+    }
+    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut cgroups: HashMap<String, (String, usize)> = HashMap::new();
+    let mut guards = Vec::with_capacity(raw.guards.len());
+    for g in raw.guards {
+        let name = g.name.get_ref().clone();
+        let name_span = g.name.span();
+        if name.is_empty()
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(src.error_at(
+                Some(name_span),
+                format!("guard name {name:?} must be non-empty and use only A-Z a-z 0-9 - _ ."),
+            ));
+        }
+        if let Some(first) = names.insert(name.clone(), name_span.start) {
+            let (line, _) = super::line_col(src.text, first);
+            return Err(src.error_at(
+                Some(name_span),
+                format!("guard {name:?}: duplicate guard name (first defined at line {line})"),
+            ));
+        }
+        let (cgroup, unit) = match (&g.cgroup, &g.unit) {
+            (Some(c), None) => (normalise_cgroup(src, &name, c)?, None),
+            (None, Some(u)) => (unit_cgroup(src, &name, u)?, Some(u.get_ref().clone())),
+            (Some(_), Some(u)) => {
+                return Err(src.error_at(
+                    Some(u.span()),
+                    format!("guard {name:?}: give either cgroup or unit, not both"),
+                ));
+            }
+            (None, None) => {
+                return Err(src.error_at(
+                    Some(name_span),
+                    format!("guard {name:?}: missing cgroup (a cgroup path) or unit (a systemd unit)"),
+                ));
+            }
+        };
+        if let Some((other, first)) = cgroups.insert(cgroup.clone(), (name.clone(), name_span.start)) {
+            let (line, _) = super::line_col(src.text, first);
+            return Err(src.error_at(
+                Some(name_span),
+                format!(
+                    "guard {name:?}: cgroup {cgroup} is already guarded by {other:?} (line {line}); one guard per cgroup"
+                ),
+            ));
+        }
+        let bind = g
+            .bind
+            .into_iter()
+            .map(|r| {
+                let span = r.ports.span();
+                if r.ports.get_ref().is_empty() {
+                    return Err(src.error_at(Some(span), format!("guard {name:?}: bind rule with an empty ports list")));
+                }
+                Ok(BindRuleSpec {
+                    ports: r.ports.into_inner(),
+                    proto: r.proto,
+                    address: r.address.map(|a| a.into_inner()),
+                    owner: r.owner,
+                    purpose: r.purpose,
+                    span,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let connect = g
+            .connect
+            .into_iter()
+            .map(|r| {
+                let span = r.peer.span();
+                if r.peer.get_ref().0.is_empty() {
+                    return Err(src.error_at(Some(span), format!("guard {name:?}: connect rule with an empty peer list")));
+                }
+                if r.ports.get_ref().is_empty() {
+                    return Err(src.error_at(
+                        Some(r.ports.span()),
+                        format!("guard {name:?}: connect rule with an empty ports list (use \"any\" for every port)"),
+                    ));
+                }
+                Ok(ConnectRuleSpec {
+                    peers: r.peer.into_inner().0.into_iter().map(|p| p.0).collect(),
+                    ports: r.ports.into_inner(),
+                    proto: r.proto,
+                    owner: r.owner,
+                    purpose: r.purpose,
+                    span,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        guards.push(GuardSpec {
+            name,
+            cgroup,
+            unit,
+            mode: g.mode,
+            allow_ephemeral_bind: g.allow_ephemeral_bind,
+            bind,
+            connect,
+        });
+    }
+    Ok(Policy { guards })
+}
+
+/// "/a/b" stays "/a/b"; "a/b", "/a/../b", "/a//b" and "/a/./b" are refused:
+/// a guard must name one cgroup unambiguously.
+fn normalise_cgroup(src: &Source, guard: &str, c: &toml::Spanned<String>) -> Result<String, PolicyError> {
+    let path = c.get_ref();
+    let err = |why: &str| src.error_at(Some(c.span()), format!("guard {guard:?}: cgroup {path:?} {why}"));
+    if !path.starts_with('/') {
+        return Err(err("must be an absolute path such as \"/system.slice/nginx.service\""));
+    }
+    if path == "/" {
+        return Ok(path.clone());
+    }
+    let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    if parts.iter().any(|p| p.is_empty() || *p == "." || *p == "..") {
+        return Err(err("must not contain empty, \".\" or \"..\" components"));
+    }
+    if parts.len() >= MAX_CGROUP_DEPTH {
+        return Err(err(&format!("is deeper than portguard follows ({} levels)", MAX_CGROUP_DEPTH - 1)));
+    }
+    Ok(format!("/{}", parts.join("/")))
+}
+
+/// systemd places a unit's cgroup by its type: services, sockets and scopes
+/// of the system manager live in system.slice; a slice "a-b.slice" nests as
+/// "/a.slice/a-b.slice".
+fn unit_cgroup(src: &Source, guard: &str, u: &toml::Spanned<String>) -> Result<String, PolicyError> {
+    let unit = u.get_ref();
+    let bad = |why: &str| src.error_at(Some(u.span()), format!("guard {guard:?}: unit {unit:?} {why}"));
+    if unit.is_empty() || unit.contains('/') {
+        return Err(bad("is not a unit name"));
+    }
+    if let Some(stem) = unit.strip_suffix(".slice") {
+        let mut path = String::new();
+        let mut prefix = String::new();
+        for part in stem.split('-') {
+            if part.is_empty() {
+                return Err(bad("is not a valid slice name"));
+            }
+            if !prefix.is_empty() {
+                prefix.push('-');
+            }
+            prefix.push_str(part);
+            path.push_str(&format!("/{prefix}.slice"));
+        }
+        return Ok(path);
+    }
+    if [".service", ".scope", ".socket"].iter().any(|s| unit.ends_with(s)) {
+        return Ok(format!("/system.slice/{unit}"));
+    }
+    Err(bad("must end in .service, .socket, .scope or .slice"))
+}

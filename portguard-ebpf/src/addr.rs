@@ -1,0 +1,109 @@
+//! Reading and normalising the address a socket operation names.
+
+use aya_ebpf::bindings::bpf_sock_addr;
+use portguard_common::{AF_INET, AF_INET6};
+
+/// A peer or local address as portguard judges it.
+#[derive(Clone, Copy)]
+pub struct Addr {
+    /// `AF_INET` (then `bytes[..4]` hold the address) or `AF_INET6`.
+    pub family: u8,
+    pub bytes: [u8; 16],
+}
+
+impl Addr {
+    #[inline(always)]
+    fn v4(ip: [u8; 4]) -> Addr {
+        let mut bytes = [0u8; 16];
+        bytes[0] = ip[0];
+        bytes[1] = ip[1];
+        bytes[2] = ip[2];
+        bytes[3] = ip[3];
+        Addr { family: AF_INET, bytes }
+    }
+
+    /// The 16-byte form bind rules are keyed by: v4 as ::ffff:a.b.c.d.
+    #[inline(always)]
+    pub fn as_mapped(&self) -> [u8; 16] {
+        if self.family == AF_INET6 {
+            return self.bytes;
+        }
+        let mut m = [0u8; 16];
+        m[10] = 0xff;
+        m[11] = 0xff;
+        m[12] = self.bytes[0];
+        m[13] = self.bytes[1];
+        m[14] = self.bytes[2];
+        m[15] = self.bytes[3];
+        m
+    }
+
+    /// Connecting to the unspecified address reaches loopback, so judge it
+    /// as loopback.
+    #[inline(always)]
+    pub fn unspecified_as_loopback(self) -> Addr {
+        if self.bytes == [0u8; 16] {
+            let mut bytes = [0u8; 16];
+            if self.family == AF_INET {
+                bytes[0] = 127;
+                bytes[3] = 1;
+            } else {
+                bytes[15] = 1;
+            }
+            return Addr { family: self.family, bytes };
+        }
+        self
+    }
+}
+
+/// The address in a v4 hook's context.
+#[inline(always)]
+pub fn user_addr4(ctx: *mut bpf_sock_addr) -> Addr {
+    // user_ip4 holds the address in network order: its in-memory bytes are
+    // the dotted quad.
+    let ip = unsafe { (*ctx).user_ip4 };
+    Addr::v4(ip.to_ne_bytes())
+}
+
+/// The address in a v6 hook's context; a v4-mapped address becomes v4.
+#[inline(always)]
+pub fn user_addr6(ctx: *mut bpf_sock_addr) -> Addr {
+    // The verifier only allows 4-byte loads of user_ip6, word by word
+    // ("invalid bpf_context access" on wider or narrower reads).
+    let w0 = unsafe { (*ctx).user_ip6[0] }.to_ne_bytes();
+    let w1 = unsafe { (*ctx).user_ip6[1] }.to_ne_bytes();
+    let w2 = unsafe { (*ctx).user_ip6[2] }.to_ne_bytes();
+    let w3 = unsafe { (*ctx).user_ip6[3] }.to_ne_bytes();
+    if w0 == [0; 4] && w1 == [0; 4] && w2 == [0, 0, 0xff, 0xff] {
+        return Addr::v4(w3);
+    }
+    let bytes = [
+        w0[0], w0[1], w0[2], w0[3], w1[0], w1[1], w1[2], w1[3], w2[0], w2[1], w2[2], w2[3],
+        w3[0], w3[1], w3[2], w3[3],
+    ];
+    Addr { family: AF_INET6, bytes }
+}
+
+/// The port in the context, host order.
+#[inline(always)]
+pub fn user_port(ctx: *mut bpf_sock_addr) -> u16 {
+    // user_port keeps the network-order port in its low 16 bits.
+    u16::from_be(unsafe { (*ctx).user_port } as u16)
+}
+
+/// Zeroes every bit past `prefix_len` (bits counted from the first byte).
+#[inline(always)]
+pub fn masked(bytes: &[u8; 16], prefix_len: u8) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let plen = prefix_len as u32;
+    for i in 0..16u32 {
+        let start = i * 8;
+        if plen >= start + 8 {
+            out[i as usize] = bytes[i as usize];
+        } else if plen > start {
+            let keep = plen - start;
+            out[i as usize] = bytes[i as usize] & (0xffu8 << (8 - keep));
+        }
+    }
+    out
+}

@@ -1,0 +1,79 @@
+//! Rule lookups: does a guard allow this bind or this connect?
+
+use portguard_common::{
+    BIND_ADDR_ANY, BIND_ADDR_EXACT, BindKey, ConnectKey, GUARD_ALLOW_EPHEMERAL_BIND, GuardInfo,
+    MAX_PORT_RANGES, MAX_PREFIX_LENS, PortSet, AF_INET,
+};
+
+use crate::{
+    addr::{Addr, masked},
+    maps::{PG_BIND_RULES, PG_CONNECT_RULES},
+};
+
+#[inline(always)]
+pub fn bind_allowed(guard: &GuardInfo, slot: u32, proto: u8, local: &Addr, port: u16) -> bool {
+    if port == 0 {
+        return guard.flags & GUARD_ALLOW_EPHEMERAL_BIND != 0;
+    }
+    let mut key = BindKey {
+        guard_id: guard.guard_id,
+        slot: slot as u8,
+        proto,
+        addr_kind: BIND_ADDR_ANY,
+        _pad: 0,
+        port,
+        _pad2: 0,
+        addr: [0; 16],
+    };
+    if PG_BIND_RULES.get_ptr(&key).is_some() {
+        return true;
+    }
+    key.addr_kind = BIND_ADDR_EXACT;
+    key.addr = local.as_mapped();
+    PG_BIND_RULES.get_ptr(&key).is_some()
+}
+
+#[inline(always)]
+pub fn connect_allowed(guard: &GuardInfo, slot: u32, proto: u8, peer: &Addr, port: u16) -> bool {
+    let (count, lens) = if peer.family == AF_INET {
+        (guard.v4_prefix_count as usize, &guard.v4_prefix_lens)
+    } else {
+        (guard.v6_prefix_count as usize, &guard.v6_prefix_lens)
+    };
+    for i in 0..MAX_PREFIX_LENS {
+        if i >= count {
+            break;
+        }
+        let prefix_len = lens[i];
+        let key = ConnectKey {
+            guard_id: guard.guard_id,
+            slot: slot as u8,
+            proto,
+            family: peer.family,
+            prefix_len,
+            addr: masked(&peer.bytes, prefix_len),
+        };
+        // SAFETY: not preallocated (see maps.rs); read-only use.
+        if let Some(ports) = unsafe { PG_CONNECT_RULES.get(&key) } {
+            if port_in(ports, port) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+#[inline(always)]
+fn port_in(ports: &PortSet, port: u16) -> bool {
+    let count = ports.count as usize;
+    for i in 0..MAX_PORT_RANGES {
+        if i >= count {
+            break;
+        }
+        let r = ports.ranges[i];
+        if r.first <= port && port <= r.last {
+            return true;
+        }
+    }
+    false
+}

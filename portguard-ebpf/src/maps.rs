@@ -1,0 +1,61 @@
+//! Every map the programs use. Names match `portguard_common::map_names`.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use portguard_common::{
+    Ancestry, BindKey, COUNTER_ENTRIES, Config, ConnectKey, DEFAULT_ANCESTRY_ENTRIES,
+    DEFAULT_SOCK_STAMPS, EVENTS_BYTES, GuardInfo, GuardKey, MAX_BIND_ENTRIES,
+    MAX_CONNECT_ENTRIES, MAX_GUARDS, PortSet, RuleRef, SLOTS, SockStamp, stats,
+};
+
+/// Policy maps are written while programs read them; without preallocation
+/// the kernel frees deleted elements after an RCU grace period, so a reader
+/// never sees an element reused under it.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+#[map(name = "PG_CONFIG")]
+pub static PG_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map(name = "PG_GUARDS")]
+pub static PG_GUARDS: HashMap<GuardKey, GuardInfo> =
+    HashMap::with_max_entries(SLOTS * MAX_GUARDS, BPF_F_NO_PREALLOC);
+
+#[map(name = "PG_BIND_RULES")]
+pub static PG_BIND_RULES: HashMap<BindKey, RuleRef> =
+    HashMap::with_max_entries(SLOTS * MAX_BIND_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[map(name = "PG_CONNECT_RULES")]
+pub static PG_CONNECT_RULES: HashMap<ConnectKey, PortSet> =
+    HashMap::with_max_entries(SLOTS * MAX_CONNECT_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[map(name = "PG_SOCK_STAMPS")]
+pub static PG_SOCK_STAMPS: LruHashMap<u64, SockStamp> =
+    LruHashMap::with_max_entries(DEFAULT_SOCK_STAMPS, 0);
+
+#[map(name = "PG_ANCESTRY")]
+pub static PG_ANCESTRY: LruHashMap<u64, Ancestry> =
+    LruHashMap::with_max_entries(DEFAULT_ANCESTRY_ENTRIES, 0);
+
+/// Scratch space to build an `Ancestry` (264 bytes) off the 512-byte stack.
+#[map(name = "PG_SCRATCH")]
+pub static PG_SCRATCH: PerCpuArray<Ancestry> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "PG_COUNTERS")]
+pub static PG_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_ENTRIES, 0);
+
+#[map(name = "PG_STATS")]
+pub static PG_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
+
+#[map(name = "PG_EVENTS")]
+pub static PG_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+#[inline(always)]
+pub fn bump(map: &PerCpuArray<u64>, index: u32) {
+    if let Some(slot) = map.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot; the program cannot migrate mid-run, so
+        // nothing else writes it concurrently.
+        unsafe { *slot += 1 };
+    }
+}

@@ -1,0 +1,52 @@
+//! Counting every guarded decision and reporting violations.
+
+use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid};
+use portguard_common::{Event, Op, Verdict, counter_index, stats};
+
+use crate::{
+    addr::Addr,
+    identity::Guarded,
+    maps::{PG_COUNTERS, PG_EVENTS, PG_STATS, bump},
+};
+
+pub struct Decision<'a> {
+    pub op: Op,
+    pub verdict: Verdict,
+    pub guard_id: u32,
+    pub guarded: &'a Guarded,
+    pub generation: u64,
+    pub proto: u8,
+    pub addr: &'a Addr,
+    pub port: u16,
+}
+
+/// Counts the decision (exact, per CPU) and, for anything but an allow,
+/// queues an event; a full ring buffer loses the event, never the count.
+#[inline(always)]
+pub fn record(d: &Decision) {
+    bump(&PG_COUNTERS, counter_index(d.guard_id, d.op, d.verdict));
+    if d.verdict == Verdict::Allowed {
+        return;
+    }
+    let Some(mut entry) = PG_EVENTS.reserve::<Event>(0) else {
+        bump(&PG_STATS, stats::EVENTS_LOST);
+        return;
+    };
+    entry.write(Event {
+        sock_cgroup: d.guarded.sock_cgroup,
+        guard_cgroup: d.guarded.guard_cgroup,
+        pid_tgid: bpf_get_current_pid_tgid(),
+        generation: d.generation,
+        guard_id: d.guard_id,
+        port: d.port,
+        op: d.op as u8,
+        family: d.addr.family,
+        proto: d.proto,
+        verdict: d.verdict as u8,
+        _pad: 0,
+        _pad2: 0,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        addr: d.addr.bytes,
+    });
+    entry.submit(0);
+}
