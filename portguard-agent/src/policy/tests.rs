@@ -1,0 +1,226 @@
+//! Parser, validator and compiler tests: every bad input names its place.
+
+use portguard_common::{AF_INET, AF_INET6, BIND_ADDR_ANY, BIND_ADDR_EXACT, IPPROTO_TCP, IPPROTO_UDP};
+
+use super::*;
+
+fn ok(text: &str) -> (Policy, CompiledPolicy) {
+    parse_and_compile("p.toml", text).unwrap_or_else(|e| panic!("policy should load: {e}"))
+}
+
+/// Asserts the policy is refused at `line:col` with a message containing `needle`.
+fn refused(text: &str, line: usize, needle: &str) -> PolicyError {
+    let e = parse_and_compile("p.toml", text).expect_err("policy should be refused");
+    let rendered = e.to_string();
+    assert!(rendered.starts_with(&format!("p.toml:{line}:")), "wrong location: {rendered}");
+    assert!(rendered.contains(needle), "{rendered:?} does not mention {needle:?}");
+    assert!(!rendered.contains('\n'), "errors are one line: {rendered:?}");
+    e
+}
+
+const MINIMAL: &str = r#"
+[[guard]]
+name = "db"
+cgroup = "/system.slice/postgresql.service"
+"#;
+
+#[test]
+fn minimal_guard_allows_nothing() {
+    let (p, c) = ok(MINIMAL);
+    assert_eq!(p.guards[0].cgroup, "/system.slice/postgresql.service");
+    assert_eq!(p.guards[0].mode, Mode::Enforce);
+    assert!(c.guards[0].bind.is_empty() && c.guards[0].connect.is_empty());
+}
+
+#[test]
+fn empty_policy_is_valid() {
+    let (p, _) = ok("");
+    assert!(p.guards.is_empty());
+}
+
+#[test]
+fn unknown_keys_are_refused() {
+    refused("[[guard]]\nname = \"a\"\ncgroup = \"/a\"\nprots = [1]\n", 4, "unknown field `prots`");
+    refused("[[guard]]\nname = \"a\"\ncgroup = \"/a\"\n[[guard.bind]]\nports = [80]\ncolour = \"red\"\n", 6, "unknown field `colour`");
+    refused("gaurd = 1\n", 1, "unknown field `gaurd`");
+}
+
+#[test]
+fn bad_ports_are_refused() {
+    let g = "[[guard]]\nname = \"a\"\ncgroup = \"/a\"\n[[guard.bind]]\n";
+    refused(&format!("{g}ports = [0]\n"), 5, "port 0");
+    refused(&format!("{g}ports = [65536]\n"), 5, "out of range");
+    refused(&format!("{g}ports = [-1]\n"), 5, "out of range");
+    refused(&format!("{g}ports = [\"9000-8000\"]\n"), 5, "reversed");
+    refused(&format!("{g}ports = [\"0-10\"]\n"), 5, "port 0");
+    refused(&format!("{g}ports = [\"http\"]\n"), 5, "not a port number");
+    refused(&format!("{g}ports = []\n"), 5, "empty ports");
+}
+
+#[test]
+fn bad_peers_are_refused() {
+    let g = "[[guard]]\nname = \"a\"\ncgroup = \"/a\"\n[[guard.connect]]\nports = [5432]\n";
+    refused(&format!("{g}peer = \"10.0.0.0/33\"\n"), 6, "not an IP address");
+    refused(&format!("{g}peer = \"10.0.0.1/8\"\n"), 6, "host bits");
+    refused(&format!("{g}peer = \"db.internal\"\n"), 6, "not an IP address");
+    refused(&format!("{g}peer = [\"10.0.0.0/8\", \"nope\"]\n"), 6, "not an IP address");
+    refused(&format!("{g}peer = []\n"), 6, "empty peer");
+}
+
+#[test]
+fn bad_modes_and_protocols_are_refused() {
+    refused("[[guard]]\nname = \"a\"\ncgroup = \"/a\"\nmode = \"block\"\n", 4, "unknown variant `block`");
+    refused("[[guard]]\nname = \"a\"\ncgroup = \"/a\"\n[[guard.bind]]\nports = [1]\nproto = \"sctp\"\n", 6, "unknown variant `sctp`");
+}
+
+#[test]
+fn duplicate_guard_names_are_refused() {
+    let e = refused(
+        "[[guard]]\nname = \"a\"\ncgroup = \"/a\"\n\n[[guard]]\nname = \"a\"\ncgroup = \"/b\"\n",
+        6,
+        "duplicate guard name",
+    );
+    assert!(e.message.contains("line 2"), "{e}");
+}
+
+#[test]
+fn two_guards_on_one_cgroup_are_refused() {
+    refused(
+        "[[guard]]\nname = \"a\"\ncgroup = \"/system.slice/x.service\"\n\n[[guard]]\nname = \"b\"\nunit = \"x.service\"\n",
+        6,
+        "already guarded by \"a\"",
+    );
+}
+
+#[test]
+fn cgroup_selection_is_checked() {
+    refused("[[guard]]\nname = \"a\"\n", 2, "missing cgroup");
+    refused("[[guard]]\nname = \"a\"\ncgroup = \"/a\"\nunit = \"a.service\"\n", 4, "not both");
+    refused("[[guard]]\nname = \"a\"\ncgroup = \"a/b\"\n", 3, "absolute");
+    refused("[[guard]]\nname = \"a\"\ncgroup = \"/a/../b\"\n", 3, "\"..\"");
+    refused("[[guard]]\nname = \"a\"\ncgroup = \"/a//b\"\n", 3, "empty");
+    refused("[[guard]]\nname = \"a\"\nunit = \"nginx\"\n", 3, "must end in");
+    refused("[[guard]]\nname = \"bad name\"\ncgroup = \"/a\"\n", 2, "guard name");
+    let deep = format!("/{}", vec!["x"; 40].join("/"));
+    refused(&format!("[[guard]]\nname = \"a\"\ncgroup = \"{deep}\"\n"), 3, "deeper");
+}
+
+#[test]
+fn units_map_to_systemd_cgroups() {
+    let (p, _) = ok(r#"
+[[guard]]
+name = "web"
+unit = "nginx.service"
+[[guard]]
+name = "tenants"
+unit = "app-tenants.slice"
+"#);
+    assert_eq!(p.guards[0].cgroup, "/system.slice/nginx.service");
+    assert_eq!(p.guards[0].unit.as_deref(), Some("nginx.service"));
+    assert_eq!(p.guards[1].cgroup, "/app.slice/app-tenants.slice");
+}
+
+#[test]
+fn unsupported_version_is_refused() {
+    refused("version = 2\n", 1, "unsupported policy version 2");
+    ok("version = 1\n");
+}
+
+#[test]
+fn bind_rules_compile_to_exact_entries() {
+    let (_, c) = ok(r#"
+[[guard]]
+name = "a"
+cgroup = "/a"
+[[guard.bind]]
+ports = [80, "8000-8002"]
+proto = "both"
+[[guard.bind]]
+ports = [5432]
+address = "127.0.0.1"
+"#);
+    let g = &c.guards[0];
+    // 4 ports x 2 protocols + 1 address-bound entry.
+    assert_eq!(g.bind.len(), 9);
+    let any = g.bind.keys().filter(|k| k.addr_kind == BIND_ADDR_ANY).count();
+    assert_eq!(any, 8);
+    let exact = g.bind.keys().find(|k| k.addr_kind == BIND_ADDR_EXACT).expect("address rule");
+    assert_eq!(exact.proto, IPPROTO_TCP);
+    assert_eq!(exact.port, 5432);
+    // v4 addresses are keyed v4-mapped so a mapped bind on a v6 socket matches.
+    assert_eq!(exact.addr, std::net::Ipv4Addr::LOCALHOST.to_ipv6_mapped().octets());
+    assert!(g.bind.keys().any(|k| k.proto == IPPROTO_UDP && k.port == 8001));
+}
+
+#[test]
+fn connect_rules_merge_ports_per_peer_and_list_prefix_lengths() {
+    let (_, c) = ok(r#"
+[[guard]]
+name = "a"
+cgroup = "/a"
+[[guard.connect]]
+peer = "10.0.0.0/8"
+ports = [5432]
+[[guard.connect]]
+peer = ["10.0.0.0/8", "10.1.2.3"]
+ports = ["5433-5440", 6379]
+[[guard.connect]]
+peer = "any"
+ports = [53]
+proto = "udp"
+"#);
+    let g = &c.guards[0];
+    assert_eq!(g.v4_prefix_lens, vec![32, 8, 0]);
+    assert_eq!(g.v6_prefix_lens, vec![0]);
+    let ten = g
+        .connect
+        .iter()
+        .find(|(k, _)| k.family == AF_INET && k.prefix_len == 8 && k.proto == IPPROTO_TCP)
+        .map(|(_, v)| v)
+        .expect("10/8 entry");
+    // 5432 and 5433-5440 coalesce; 6379 stays apart.
+    assert_eq!(ten.count, 2);
+    assert_eq!((ten.ranges[0].first, ten.ranges[0].last), (5432, 5440));
+    assert_eq!((ten.ranges[1].first, ten.ranges[1].last), (6379, 6379));
+    assert!(g.connect.keys().any(|k| k.family == AF_INET6 && k.prefix_len == 0 && k.proto == IPPROTO_UDP));
+}
+
+#[test]
+fn too_many_prefix_lengths_are_refused() {
+    let peers: Vec<String> = (16..=25).map(|l| format!("\"10.0.0.0/{l}\"")).collect();
+    let text = format!(
+        "[[guard]]\nname = \"a\"\ncgroup = \"/a\"\n[[guard.connect]]\npeer = [{}]\nports = [1]\n",
+        peers.join(", ")
+    );
+    refused(&text, 5, "distinct IPv4 prefix lengths");
+}
+
+#[test]
+fn too_many_port_ranges_for_one_peer_are_refused() {
+    let ports: Vec<String> = (0..40).map(|i| (1000 + 2 * i).to_string()).collect();
+    let text = format!(
+        "[[guard]]\nname = \"a\"\ncgroup = \"/a\"\n[[guard.connect]]\npeer = \"10.0.0.1\"\nports = [{}]\n",
+        ports.join(", ")
+    );
+    refused(&text, 5, "separate port ranges");
+}
+
+#[test]
+fn policies_larger_than_the_maps_are_refused() {
+    // 5 guards x 65,535 ports x 2 protocols > 262,144 entries.
+    let mut text = String::new();
+    for i in 0..5 {
+        text.push_str(&format!(
+            "[[guard]]\nname = \"g{i}\"\ncgroup = \"/g{i}\"\n[[guard.bind]]\nports = [\"any\"]\nproto = \"both\"\n"
+        ));
+    }
+    let e = parse_and_compile("p.toml", &text).expect_err("too large");
+    assert!(e.to_string().contains("bind entries"), "{e}");
+}
+
+#[test]
+fn the_shipped_example_policy_loads() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../policy.toml");
+    let (p, _) = load(std::path::Path::new(path)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!p.guards.is_empty());
+}
