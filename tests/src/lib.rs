@@ -1,1 +1,304 @@
+//! Test harness: real agents, real cgroups, real sockets.
+//!
+//! Every test builds a [`Sandbox`]: its own cgroup subtree (the agent is
+//! attached at its root, so tests cannot see each other's programs), its own
+//! bpffs pin directory and its own policy file. Dropping the sandbox stops
+//! the agent, unloads what it pinned and removes the cgroups.
 
+use std::{
+    ffi::CString,
+    fs,
+    io::{BufRead as _, BufReader},
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// True when the test may run; root-only tests call this first. Under
+/// `CI=true` a missing privilege is a failure, not a skip.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: needs root, and CI=true forbids skipping");
+    }
+    eprintln!("skipping {test}: needs root (run `cargo xtask test` as root)");
+    false
+}
+
+/// The agent binary under test: `PORTGUARD_BIN` (set by `cargo xtask test`),
+/// else the workspace's debug build.
+pub fn agent_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("PORTGUARD_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/portguard");
+    assert!(p.exists(), "{} is missing: run the tests with `cargo xtask test`", p.display());
+    p
+}
+
+/// pg-probe, built by cargo next to the test executables (`target/<profile>/`).
+pub fn probe_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let p = profile_dir.join("pg-probe");
+    assert!(p.exists(), "{} is missing: run the tests with `cargo xtask test`", p.display());
+    p
+}
+
+pub fn cgroup2_mount() -> PathBuf {
+    let mounts = fs::read_to_string("/proc/self/mounts").expect("read /proc/self/mounts");
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+        .expect("no cgroup2 mount")
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+pub struct Sandbox {
+    /// The cgroup the agent attaches at; guard paths are relative to it.
+    pub root: PathBuf,
+    pub bpffs: PathBuf,
+    pub dir: PathBuf,
+    agent: Option<Agent>,
+}
+
+impl Sandbox {
+    pub fn new(test: &str) -> Sandbox {
+        let id = format!("pgtest-{test}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
+        let root = cgroup2_mount().join(&id);
+        fs::create_dir(&root).unwrap_or_else(|e| panic!("mkdir {}: {e}", root.display()));
+        let dir = std::env::temp_dir().join(&id);
+        fs::create_dir_all(&dir).expect("temp dir");
+        Sandbox { root, bpffs: PathBuf::from("/sys/fs/bpf").join(&id), dir, agent: None }
+    }
+
+    /// Creates (if needed) the cgroup at `rel` ("/app/worker") and returns its path.
+    pub fn cgroup(&self, rel: &str) -> PathBuf {
+        let p = self.root.join(rel.trim_start_matches('/'));
+        fs::create_dir_all(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
+        p
+    }
+
+    pub fn procs(&self, rel: &str) -> PathBuf {
+        self.cgroup(rel).join("cgroup.procs")
+    }
+
+    /// Runs pg-probe inside the cgroup `rel` and returns its one-line verdict.
+    pub fn probe(&self, rel: &str, args: &[&str]) -> String {
+        let procs = CString::new(self.procs(rel).into_os_string().into_encoded_bytes()).expect("path");
+        let mut cmd = Command::new(probe_bin());
+        cmd.args(args);
+        // SAFETY: only async-signal-safe calls (open/write/close) between
+        // fork and exec; the path was allocated before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let rc = libc::write(fd, b"0\n".as_ptr().cast(), 2);
+                libc::close(fd);
+                if rc < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = cmd.output().unwrap_or_else(|e| panic!("run pg-probe {args:?}: {e}"));
+        assert!(out.status.success(), "pg-probe {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    pub fn policy_path(&self) -> PathBuf {
+        self.dir.join("policy.toml")
+    }
+
+    pub fn write_policy(&self, text: &str) {
+        fs::write(self.policy_path(), text).expect("write policy");
+    }
+
+    /// Starts the agent on `policy` and waits until it enforces.
+    pub fn start_agent(&mut self, policy: &str) -> &mut Agent {
+        self.write_policy(policy);
+        let agent = Agent::spawn(self, &[]);
+        agent.wait_for("agent to enforce", |l| l["message"] == "portguard is enforcing");
+        self.agent = Some(agent);
+        self.agent.as_mut().expect("just set")
+    }
+
+    pub fn agent(&mut self) -> &mut Agent {
+        self.agent.as_mut().expect("no agent started")
+    }
+
+    /// Stops the running agent (SIGTERM) without unloading.
+    pub fn stop_agent(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            a.terminate();
+        }
+    }
+
+    /// Runs the agent to completion, expecting it to fail; returns its exit
+    /// code and everything it printed.
+    pub fn run_agent_expecting_failure(&self, policy: &str) -> (i32, String) {
+        self.write_policy(policy);
+        let out = self.agent_command(&["--log-format", "text"]).output().expect("run agent");
+        assert!(!out.status.success(), "agent unexpectedly succeeded");
+        let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+        (out.status.code().unwrap_or(-1), text)
+    }
+
+    fn agent_command(&self, extra: &[&str]) -> Command {
+        let mut cmd = Command::new(agent_bin());
+        cmd.arg("run")
+            .arg("--policy")
+            .arg(self.policy_path())
+            .arg("--cgroup-root")
+            .arg(&self.root)
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .args(extra)
+            .env("RUST_LOG", "debug");
+        cmd
+    }
+
+    /// Detaches and removes everything the agent pinned.
+    pub fn unload(&self) {
+        let out = Command::new(agent_bin()).arg("unload").arg("--bpffs").arg(&self.bpffs).output().expect("unload");
+        assert!(out.status.success(), "unload failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.stop_agent();
+        if self.bpffs.exists() {
+            let _ = Command::new(agent_bin()).arg("unload").arg("--bpffs").arg(&self.bpffs).output();
+        }
+        remove_cgroup_tree(&self.root);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Kills whatever is left in the tree and removes it, deepest first.
+pub fn remove_cgroup_tree(path: &Path) {
+    let _ = fs::write(path.join("cgroup.kill"), "1");
+    if let Ok(entries) = fs::read_dir(path) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    for _ in 0..50 {
+        match fs::remove_dir(path) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// A running agent whose JSON log lines are collected as they arrive.
+pub struct Agent {
+    child: Child,
+    lines: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Agent {
+    fn spawn(sandbox: &Sandbox, extra: &[&str]) -> Agent {
+        let mut cmd = sandbox.agent_command(&[&["--log-format", "json"], extra].concat());
+        let mut child = cmd.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().expect("spawn agent");
+        let stderr = child.stderr.take().expect("stderr");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let v = serde_json::from_str(&line).unwrap_or_else(|_| Value::String(line));
+                sink.lock().expect("log lock").push(v);
+            }
+        });
+        Agent { child, lines }
+    }
+
+    pub fn logs(&self) -> Vec<Value> {
+        self.lines.lock().expect("log lock").clone()
+    }
+
+    /// Waits up to 20 s for a log line matching `pred`; panics with the
+    /// whole log otherwise (or when the agent dies first).
+    pub fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.wait_for_after(0, what, pred)
+    }
+
+    /// How many lines have been logged so far, for [`Agent::wait_for_after`].
+    pub fn mark(&self) -> usize {
+        self.lines.lock().expect("log lock").len()
+    }
+
+    /// Like [`Agent::wait_for`], ignoring the first `mark` lines.
+    pub fn wait_for_after(&self, mark: usize, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(v) = self.logs().into_iter().skip(mark).find(|l| pred(l)) {
+                return v;
+            }
+            let dead = std::fs::metadata(format!("/proc/{}", self.child.id())).is_err()
+                || std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+                    .is_ok_and(|s| s.split_whitespace().nth(2) == Some("Z"));
+            if dead || Instant::now() > deadline {
+                let log: Vec<String> = self.logs().iter().map(Value::to_string).collect();
+                panic!("timed out waiting for {what} (agent dead: {dead}); log:\n{}", log.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Denial events logged so far.
+    pub fn denials(&self) -> Vec<Value> {
+        self.logs().into_iter().filter(|l| l["event"] == "denial").collect()
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    pub fn terminate(&mut self) {
+        self.signal(libc::SIGTERM);
+        let _ = self.child.wait();
+    }
+
+    pub fn kill9(&mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.terminate();
+        }
+    }
+}
+
+/// A loopback TCP listener the unguarded test process owns, for connect tests.
+pub fn tcp_listener(addr: &str) -> (std::net::TcpListener, u16) {
+    let l = std::net::TcpListener::bind((addr, 0)).expect("listen");
+    let port = l.local_addr().expect("addr").port();
+    (l, port)
+}

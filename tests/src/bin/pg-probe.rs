@@ -1,0 +1,177 @@
+//! pg-probe: performs one socket operation and prints how it went.
+//!
+//! The integration tests run it inside the cgroups they guard. It uses raw
+//! libc calls so that it can do what std will not: bind with AF_UNSPEC,
+//! move itself between socket() and connect(), and so on.
+//!
+//! Usage:
+//!   pg-probe bind tcp|udp IP PORT          -> "ok port=N" | "err ERRNO"
+//!   pg-probe bind-unspec tcp|udp PORT      (AF_INET socket, sa_family AF_UNSPEC)
+//!   pg-probe connect tcp|udp IP PORT
+//!   pg-probe sendto IP PORT                (unconnected UDP)
+//!   pg-probe move-then-connect tcp|udp IP PORT CGROUP_PROCS
+//!                                          (socket(), then join CGROUP_PROCS, then connect())
+//!
+//! An IPv6 IP (including ::ffff:a.b.c.d) uses an AF_INET6 socket.
+
+use std::{
+    io,
+    mem::size_of,
+    net::IpAddr,
+    process::ExitCode,
+};
+
+fn errno_name(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EPERM) => "EPERM".into(),
+        Some(libc::EACCES) => "EACCES".into(),
+        Some(libc::ECONNREFUSED) => "ECONNREFUSED".into(),
+        Some(libc::EADDRINUSE) => "EADDRINUSE".into(),
+        Some(libc::EINVAL) => "EINVAL".into(),
+        Some(libc::EAFNOSUPPORT) => "EAFNOSUPPORT".into(),
+        Some(libc::ENETUNREACH) => "ENETUNREACH".into(),
+        Some(n) => format!("errno{n}"),
+        None => e.to_string(),
+    }
+}
+
+fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+}
+
+struct Sock(libc::c_int);
+
+impl Drop for Sock {
+    fn drop(&mut self) {
+        // SAFETY: our own fd.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+fn socket(family: libc::c_int, proto: &str) -> io::Result<Sock> {
+    let ty = match proto {
+        "tcp" => libc::SOCK_STREAM,
+        "udp" => libc::SOCK_DGRAM,
+        other => panic!("unknown protocol {other}"),
+    };
+    // SAFETY: plain socket(2).
+    check(unsafe { libc::socket(family, ty, 0) }).map(Sock)
+}
+
+/// A sockaddr for `ip:port`, sized for sockaddr_in6.
+fn sockaddr(ip: IpAddr, port: u16) -> (libc::sockaddr_in6, libc::socklen_t, libc::c_int) {
+    // SAFETY: all-zero is a valid sockaddr_in6.
+    let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    match ip {
+        IpAddr::V4(v4) => {
+            // SAFETY: sockaddr_in fits in sockaddr_in6.
+            let sin = unsafe { &mut *(&mut sa as *mut libc::sockaddr_in6 as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = port.to_be();
+            sin.sin_addr.s_addr = u32::from_ne_bytes(v4.octets());
+            (sa, size_of::<libc::sockaddr_in>() as libc::socklen_t, libc::AF_INET)
+        }
+        IpAddr::V6(v6) => {
+            sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sa.sin6_port = port.to_be();
+            sa.sin6_addr.s6_addr = v6.octets();
+            (sa, size_of::<libc::sockaddr_in6>() as libc::socklen_t, libc::AF_INET6)
+        }
+    }
+}
+
+fn parse_ip(s: &str) -> IpAddr {
+    s.parse().unwrap_or_else(|_| panic!("bad IP {s}"))
+}
+
+fn local_port(fd: libc::c_int) -> u16 {
+    // SAFETY: getsockname into a zeroed sockaddr_in6.
+    let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+    unsafe { libc::getsockname(fd, &mut sa as *mut _ as *mut libc::sockaddr, &mut len) };
+    // sin_port and sin6_port sit at the same offset.
+    u16::from_be(sa.sin6_port)
+}
+
+fn bind(proto: &str, ip: IpAddr, port: u16) -> io::Result<String> {
+    let (sa, len, family) = sockaddr(ip, port);
+    let s = socket(family, proto)?;
+    // SAFETY: sa is valid for len bytes.
+    check(unsafe { libc::bind(s.0, &sa as *const _ as *const libc::sockaddr, len) })?;
+    Ok(format!("ok port={}", local_port(s.0)))
+}
+
+fn bind_unspec(proto: &str, port: u16) -> io::Result<String> {
+    let s = socket(libc::AF_INET, proto)?;
+    // SAFETY: a zeroed sockaddr_in with family AF_UNSPEC and INADDR_ANY, the
+    // one AF_UNSPEC form inet_bind accepts for compatibility.
+    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sin.sin_family = libc::AF_UNSPEC as libc::sa_family_t;
+    sin.sin_port = port.to_be();
+    check(unsafe {
+        libc::bind(s.0, &sin as *const _ as *const libc::sockaddr, size_of::<libc::sockaddr_in>() as u32)
+    })?;
+    Ok(format!("ok port={}", local_port(s.0)))
+}
+
+fn connect_on(s: &Sock, ip: IpAddr, port: u16) -> io::Result<String> {
+    let (sa, len, _) = sockaddr(ip, port);
+    // SAFETY: sa is valid for len bytes.
+    check(unsafe { libc::connect(s.0, &sa as *const _ as *const libc::sockaddr, len) })?;
+    Ok("ok".into())
+}
+
+fn family_of(ip: IpAddr) -> libc::c_int {
+    if ip.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 }
+}
+
+fn connect(proto: &str, ip: IpAddr, port: u16) -> io::Result<String> {
+    let s = socket(family_of(ip), proto)?;
+    connect_on(&s, ip, port)
+}
+
+fn sendto(ip: IpAddr, port: u16) -> io::Result<String> {
+    let (sa, len, family) = sockaddr(ip, port);
+    let s = socket(family, "udp")?;
+    let msg = b"portguard-probe";
+    // SAFETY: buffers valid for their lengths.
+    let rc = unsafe {
+        libc::sendto(s.0, msg.as_ptr().cast(), msg.len(), 0, &sa as *const _ as *const libc::sockaddr, len)
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok("ok".into())
+}
+
+fn join_cgroup(procs: &str) -> io::Result<()> {
+    std::fs::write(procs, std::process::id().to_string())
+}
+
+fn move_then_connect(proto: &str, ip: IpAddr, port: u16, procs: &str) -> io::Result<String> {
+    let s = socket(family_of(ip), proto)?;
+    join_cgroup(procs).map_err(|e| io::Error::new(e.kind(), format!("join {procs}: {e}")))?;
+    connect_on(&s, ip, port)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let port = |s: &str| -> u16 { s.parse().unwrap_or_else(|_| panic!("bad port {s}")) };
+    let result = match a.as_slice() {
+        ["bind", proto, ip, p] => bind(proto, parse_ip(ip), port(p)),
+        ["bind-unspec", proto, p] => bind_unspec(proto, port(p)),
+        ["connect", proto, ip, p] => connect(proto, parse_ip(ip), port(p)),
+        ["sendto", ip, p] => sendto(parse_ip(ip), port(p)),
+        ["move-then-connect", proto, ip, p, procs] => move_then_connect(proto, parse_ip(ip), port(p), procs),
+        _ => {
+            eprintln!("pg-probe: unknown command {a:?} (see the source for usage)");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(line) => println!("{line}"),
+        Err(e) => println!("err {}", errno_name(&e)),
+    }
+    ExitCode::SUCCESS
+}
