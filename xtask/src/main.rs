@@ -1,1 +1,110 @@
-fn main() {}
+//! cargo xtask: what cargo alone cannot do for portguard.
+//!
+//!   cargo xtask setup   install what building and testing need (idempotent)
+//!   cargo xtask run     set up, build, and run the agent on ./policy.toml
+//!   cargo xtask test    set up, build, and run every test (root-only ones too)
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the toolchain pieces and system packages portguard needs.
+    Setup,
+    /// Build the agent (and its eBPF object).
+    Build,
+    /// Set up, build, and run the agent in the foreground on ./policy.toml.
+    Run {
+        /// Extra arguments for `portguard run`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, and run all tests, including those that need root.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
+}
+
+/// Runs `cmd`, echoing it first; fails on a non-zero exit.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("xtask: $ {}", display(cmd));
+    let status = cmd.status().with_context(|| format!("failed to start {}", display(cmd)))?;
+    if !status.success() {
+        bail!("{} failed with {status}", display(cmd));
+    }
+    Ok(())
+}
+
+fn display(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program().to_string_lossy().into_owned())
+        .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn build() -> anyhow::Result<PathBuf> {
+    run(cargo().args(["build", "--package", "portguard-agent", "--package", "portguard-tests", "--bins"]))?;
+    Ok(workspace_root().join("target/debug/portguard"))
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|u| u.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => setup::all(),
+        Cmd::Build => {
+            setup::all()?;
+            build().map(drop)
+        }
+        Cmd::Run { args } => {
+            setup::all()?;
+            let bin = build()?;
+            if !is_root() {
+                bail!("the agent loads eBPF programs and needs root: run `sudo -E cargo xtask run`");
+            }
+            let policy = workspace_root().join("policy.toml");
+            run(Command::new(bin).arg("run").arg("--policy").arg(policy).args(args))
+        }
+        Cmd::Test { args } => {
+            setup::all()?;
+            let bin = build()?;
+            if !is_root() {
+                eprintln!("xtask: not root: the kernel tests will skip (CI=true makes them fail instead)");
+            }
+            // Default members: every crate but the eBPF one, which only
+            // builds for the BPF target (the agent's build.rs builds it).
+            run(cargo().arg("test").env("PORTGUARD_BIN", &bin).env("RUST_BACKTRACE", "1").args(args))
+        }
+    }
+}

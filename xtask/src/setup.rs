@@ -1,0 +1,103 @@
+//! Prerequisites, each checked first and installed only when missing.
+
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+use crate::run;
+
+/// The LLVM that bpf-linker links against; it must match the nightly
+/// toolchain's LLVM major version (see ../shared/PLATFORM.md).
+const LLVM: &str = "22";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn all() -> anyhow::Result<()> {
+    nightly_toolchain()?;
+    rust_src()?;
+    apt_packages(&[
+        &format!("llvm-{LLVM}-dev"),
+        &format!("libpolly-{LLVM}-dev"),
+        "libzstd-dev",
+        "zlib1g-dev",
+    ])?;
+    bpf_linker()?;
+    Ok(())
+}
+
+fn step(what: &str) {
+    eprintln!("xtask: setup: {what}");
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn nightly_toolchain() -> anyhow::Result<()> {
+    let have = output(Command::new("rustup").args(["toolchain", "list"]))
+        .context("rustup is required (https://rustup.rs)")?
+        .lines()
+        .any(|l| l.starts_with("nightly"));
+    if have {
+        step("nightly toolchain (builds the eBPF programs): present");
+        return Ok(());
+    }
+    step("nightly toolchain (builds the eBPF programs): installing");
+    run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
+}
+
+fn rust_src() -> anyhow::Result<()> {
+    let installed =
+        output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
+            .unwrap_or_default();
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        step("rust-src for nightly (for -Z build-std=core): present");
+        return Ok(());
+    }
+    step("rust-src for nightly (for -Z build-std=core): installing");
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn apt_packages(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_none_or(|s| !s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        step(&format!("system packages ({}): present", packages.join(" ")));
+        return Ok(());
+    }
+    step(&format!("system packages: installing {}", missing.join(" ")));
+    if Command::new("apt-get").arg("--version").output().is_err() {
+        bail!("apt-get not found: install {} with your package manager", missing.join(" "));
+    }
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    if let Some(v) = output(Command::new("bpf-linker").arg("--version")) {
+        step(&format!("bpf-linker (links the eBPF object): present ({})", v.trim()));
+        return Ok(());
+    }
+    step(&format!(
+        "bpf-linker (links the eBPF object): building {BPF_LINKER_VERSION} against LLVM {LLVM} (about a minute)"
+    ));
+    let llvm_prefix = format!("/usr/lib/llvm-{LLVM}");
+    let path = format!("{llvm_prefix}/bin:{}", std::env::var("PATH").unwrap_or_default());
+    // Its default feature wants a newer LLVM than Debian ships here; point
+    // its build at the packaged LLVM explicitly.
+    run(Command::new("cargo")
+        .args(["install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION, "--no-default-features"])
+        .args(["--features", &format!("llvm-{LLVM}")])
+        .env("PATH", path)
+        .env("LLVM_PREFIX", &llvm_prefix)
+        .env(format!("LLVM_SYS_{LLVM}1_PREFIX"), &llvm_prefix))
+}
