@@ -50,12 +50,13 @@ fn unescape_mount_path(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v as char);
-                i += 4;
-                continue;
-            }
+        if bytes[i] == b'\\'
+            && i + 4 <= bytes.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+        {
+            out.push(v as char);
+            i += 4;
+            continue;
         }
         out.push(bytes[i] as char);
         i += 1;
@@ -65,16 +66,12 @@ fn unescape_mount_path(s: &str) -> String {
 
 /// Checks that `path` is a cgroup2 directory.
 pub fn ensure_cgroup2_dir(path: &Path) -> Result<(), CgroupError> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
-        CgroupError::NotCgroup2 { path: path.to_owned() }
-    })?;
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| CgroupError::NotCgroup2 { path: path.to_owned() })?;
     // SAFETY: statfs on a NUL-terminated path into a zeroed struct.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(CgroupError::Io {
-            path: path.to_owned(),
-            source: std::io::Error::last_os_error(),
-        });
+        return Err(CgroupError::Io { path: path.to_owned(), source: std::io::Error::last_os_error() });
     }
     if st.f_type as i64 != CGROUP2_SUPER_MAGIC {
         return Err(CgroupError::NotCgroup2 { path: path.to_owned() });
@@ -149,8 +146,7 @@ impl CgroupNames {
             for e in entries.flatten() {
                 if e.file_type().is_ok_and(|t| t.is_dir()) {
                     let name = e.file_name().to_string_lossy().into_owned();
-                    let child_rel =
-                        if rel == "/" { format!("/{name}") } else { format!("{rel}/{name}") };
+                    let child_rel = if rel == "/" { format!("/{name}") } else { format!("{rel}/{name}") };
                     stack.push((e.path(), child_rel));
                 }
             }

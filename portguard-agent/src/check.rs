@@ -41,7 +41,12 @@ pub fn describe(policy: &Policy) -> String {
         for r in &g.bind {
             let ports: Vec<String> = r.ports.iter().map(ToString::to_string).collect();
             let addr = r.address.map(|a| format!(" on {a}")).unwrap_or_default();
-            out.push_str(&format!("  bind {} {}{addr}\n", r.proto.as_str(), ports.join(",")));
+            out.push_str(&format!(
+                "  bind {} {}{addr}{}\n",
+                r.proto.as_str(),
+                ports.join(","),
+                catalog(&r.owner, &r.purpose)
+            ));
         }
         if g.connect.is_empty() {
             out.push_str("  connect: nothing\n");
@@ -49,8 +54,23 @@ pub fn describe(policy: &Policy) -> String {
         for r in &g.connect {
             let ports: Vec<String> = r.ports.iter().map(ToString::to_string).collect();
             let peers: Vec<String> = r.peers.iter().map(ToString::to_string).collect();
-            out.push_str(&format!("  connect {} {} ports {}\n", r.proto.as_str(), peers.join(","), ports.join(",")));
+            out.push_str(&format!(
+                "  connect {} {} ports {}{}\n",
+                r.proto.as_str(),
+                peers.join(","),
+                ports.join(","),
+                catalog(&r.owner, &r.purpose)
+            ));
         }
     }
     out
+}
+
+fn catalog(owner: &Option<String>, purpose: &Option<String>) -> String {
+    match (owner, purpose) {
+        (None, None) => String::new(),
+        (o, p) => {
+            format!("  [owner: {}; purpose: {}]", o.as_deref().unwrap_or("-"), p.as_deref().unwrap_or("-"))
+        }
+    }
 }

@@ -8,7 +8,11 @@ pub const DEFAULT_POLICY: &str = "/etc/portguard/policy.toml";
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/portguard";
 
 #[derive(Debug, Parser)]
-#[command(name = "portguard", version, about = "Kernel-enforced allowlists for the ports each workload binds and the peers it reaches")]
+#[command(
+    name = "portguard",
+    version,
+    about = "Kernel-enforced allowlists for the ports each workload binds and the peers it reaches"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

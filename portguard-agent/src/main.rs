@@ -47,7 +47,10 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Ok(n) => {
-                    println!("removed {n} pinned objects under {}; portguard no longer enforces", bpffs.display());
+                    println!(
+                        "removed {n} pinned objects under {}; portguard no longer enforces",
+                        bpffs.display()
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

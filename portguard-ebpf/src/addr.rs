@@ -78,8 +78,8 @@ pub fn user_addr6(ctx: *mut bpf_sock_addr) -> Addr {
         return Addr::v4(w3);
     }
     let bytes = [
-        w0[0], w0[1], w0[2], w0[3], w1[0], w1[1], w1[2], w1[3], w2[0], w2[1], w2[2], w2[3],
-        w3[0], w3[1], w3[2], w3[3],
+        w0[0], w0[1], w0[2], w0[3], w1[0], w1[1], w1[2], w1[3], w2[0], w2[1], w2[2], w2[3], w3[0], w3[1],
+        w3[2], w3[3],
     ];
     Addr { family: AF_INET6, bytes }
 }

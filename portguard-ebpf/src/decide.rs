@@ -1,8 +1,8 @@
 //! Rule lookups: does a guard allow this bind or this connect?
 
 use portguard_common::{
-    BIND_ADDR_ANY, BIND_ADDR_EXACT, BindKey, ConnectKey, GUARD_ALLOW_EPHEMERAL_BIND, GuardInfo,
-    MAX_PORT_RANGES, MAX_PREFIX_LENS, PortSet, AF_INET,
+    AF_INET, BIND_ADDR_ANY, BIND_ADDR_EXACT, BindKey, ConnectKey, GUARD_ALLOW_EPHEMERAL_BIND, GuardInfo,
+    MAX_PORT_RANGES, MAX_PREFIX_LENS, PortSet,
 };
 
 use crate::{

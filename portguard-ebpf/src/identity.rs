@@ -33,13 +33,8 @@ pub fn stamp_new_socket<C: EbpfContext>(ctx: &C) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     record_current_ancestry(cgroup);
-    let stamp = SockStamp {
-        sock_cgroup: cgroup,
-        guard_cgroup: 0,
-        generation: 0,
-        guarded: STAMP_UNRESOLVED,
-        _pad: 0,
-    };
+    let stamp =
+        SockStamp { sock_cgroup: cgroup, guard_cgroup: 0, generation: 0, guarded: STAMP_UNRESOLVED, _pad: 0 };
     let _ = PG_SOCK_STAMPS.insert(&cookie, &stamp, 0);
 }
 

@@ -17,9 +17,7 @@ use aya_ebpf::{
     macros::{cgroup_sock, cgroup_sock_addr},
     programs::{SockAddrContext, SockContext},
 };
-use portguard_common::{
-    Config, IPPROTO_TCP, IPPROTO_UDP, MODE_AUDIT, ORPHAN_GUARD_ID, Op, Verdict,
-};
+use portguard_common::{Config, IPPROTO_TCP, IPPROTO_UDP, MODE_AUDIT, ORPHAN_GUARD_ID, Op, Verdict};
 
 use crate::{
     addr::{Addr, user_addr4, user_addr6, user_port},

@@ -5,9 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use portguard_common::{
-    Ancestry, BindKey, COUNTER_ENTRIES, Config, ConnectKey, DEFAULT_ANCESTRY_ENTRIES,
-    DEFAULT_SOCK_STAMPS, EVENTS_BYTES, GuardInfo, GuardKey, MAX_BIND_ENTRIES,
-    MAX_CONNECT_ENTRIES, MAX_GUARDS, PortSet, RuleRef, SLOTS, SockStamp, stats,
+    Ancestry, BindKey, COUNTER_ENTRIES, Config, ConnectKey, DEFAULT_ANCESTRY_ENTRIES, DEFAULT_SOCK_STAMPS,
+    EVENTS_BYTES, GuardInfo, GuardKey, MAX_BIND_ENTRIES, MAX_CONNECT_ENTRIES, MAX_GUARDS, PortSet, RuleRef,
+    SLOTS, SockStamp, stats,
 };
 
 /// Policy maps are written while programs read them; without preallocation
@@ -31,12 +31,10 @@ pub static PG_CONNECT_RULES: HashMap<ConnectKey, PortSet> =
     HashMap::with_max_entries(SLOTS * MAX_CONNECT_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map(name = "PG_SOCK_STAMPS")]
-pub static PG_SOCK_STAMPS: LruHashMap<u64, SockStamp> =
-    LruHashMap::with_max_entries(DEFAULT_SOCK_STAMPS, 0);
+pub static PG_SOCK_STAMPS: LruHashMap<u64, SockStamp> = LruHashMap::with_max_entries(DEFAULT_SOCK_STAMPS, 0);
 
 #[map(name = "PG_ANCESTRY")]
-pub static PG_ANCESTRY: LruHashMap<u64, Ancestry> =
-    LruHashMap::with_max_entries(DEFAULT_ANCESTRY_ENTRIES, 0);
+pub static PG_ANCESTRY: LruHashMap<u64, Ancestry> = LruHashMap::with_max_entries(DEFAULT_ANCESTRY_ENTRIES, 0);
 
 /// Scratch space to build an `Ancestry` (264 bytes) off the 512-byte stack.
 #[map(name = "PG_SCRATCH")]

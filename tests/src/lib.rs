@@ -177,7 +177,8 @@ impl Sandbox {
 
     /// Detaches and removes everything the agent pinned.
     pub fn unload(&self) {
-        let out = Command::new(agent_bin()).arg("unload").arg("--bpffs").arg(&self.bpffs).output().expect("unload");
+        let out =
+            Command::new(agent_bin()).arg("unload").arg("--bpffs").arg(&self.bpffs).output().expect("unload");
         assert!(out.status.success(), "unload failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
@@ -227,7 +228,7 @@ impl Agent {
         let sink = Arc::clone(&lines);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let v = serde_json::from_str(&line).unwrap_or_else(|_| Value::String(line));
+                let v = serde_json::from_str(&line).unwrap_or(Value::String(line));
                 sink.lock().expect("log lock").push(v);
             }
         });

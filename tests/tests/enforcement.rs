@@ -37,7 +37,11 @@ fn bind_is_allowed_only_for_listed_ports() {
     sb.start_agent(&app_policy(1));
     assert_eq!(sb.probe("/app", &["bind", "tcp", "127.0.0.1", "8080"]), "ok port=8080");
     assert_eq!(sb.probe("/app", &["bind", "tcp", "0.0.0.0", "8080"]), "ok port=8080");
-    assert_eq!(sb.probe("/app", &["bind", "tcp", "::", "8080"]), "ok port=8080", "port rules do not depend on family");
+    assert_eq!(
+        sb.probe("/app", &["bind", "tcp", "::", "8080"]),
+        "ok port=8080",
+        "port rules do not depend on family"
+    );
     assert_eq!(sb.probe("/app", &["bind", "tcp", "127.0.0.1", "8081"]), "err EPERM");
     assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "8080"]), "err EPERM", "the rule is tcp only");
     // Port 0 (kernel-chosen) is a port nobody approved.
@@ -54,9 +58,21 @@ fn bind_address_restriction_holds_for_every_form_of_the_address() {
     sb.start_agent(&app_policy(1));
     assert_eq!(sb.probe("/app", &["bind", "tcp", "127.0.0.1", "9090"]), "ok port=9090");
     assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "9090"]), "ok port=9090");
-    assert_eq!(sb.probe("/app", &["bind", "tcp", "::ffff:127.0.0.1", "9090"]), "ok port=9090", "v4-mapped is the same address");
-    assert_eq!(sb.probe("/app", &["bind", "tcp", "0.0.0.0", "9090"]), "err EPERM", "wildcard is wider than loopback");
-    assert_eq!(sb.probe("/app", &["bind", "tcp", "::", "9090"]), "err EPERM", "dual-stack wildcard is wider too");
+    assert_eq!(
+        sb.probe("/app", &["bind", "tcp", "::ffff:127.0.0.1", "9090"]),
+        "ok port=9090",
+        "v4-mapped is the same address"
+    );
+    assert_eq!(
+        sb.probe("/app", &["bind", "tcp", "0.0.0.0", "9090"]),
+        "err EPERM",
+        "wildcard is wider than loopback"
+    );
+    assert_eq!(
+        sb.probe("/app", &["bind", "tcp", "::", "9090"]),
+        "err EPERM",
+        "dual-stack wildcard is wider too"
+    );
     assert_eq!(sb.probe("/app", &["bind", "tcp", "::1", "9090"]), "err EPERM");
 }
 
@@ -87,7 +103,11 @@ fn connect_reaches_only_listed_peers() {
     let (a, o) = (allowed_port.to_string(), other_port.to_string());
     assert_eq!(sb.probe("/app", &["connect", "tcp", "127.0.0.1", &a]), "ok");
     assert_eq!(sb.probe("/app", &["connect", "tcp", "127.0.0.1", &o]), "err EPERM");
-    assert_eq!(sb.probe("/app", &["connect", "tcp", "127.0.0.2", &a]), "err EPERM", "peer is 127.0.0.1/32 only");
+    assert_eq!(
+        sb.probe("/app", &["connect", "tcp", "127.0.0.2", &a]),
+        "err EPERM",
+        "peer is 127.0.0.1/32 only"
+    );
     assert_eq!(sb.probe("/app", &["connect", "udp", "127.0.0.1", &a]), "err EPERM", "the rule is tcp only");
     // The same peer written v4-mapped on an AF_INET6 socket meets the v4 rule.
     assert_eq!(sb.probe("/app", &["connect", "tcp", "::ffff:127.0.0.1", &a]), "ok");
@@ -168,7 +188,11 @@ ports = [{port}]
     ));
     assert_eq!(sb.probe("/app", &["connect", "tcp", "::1", &p]), "ok");
     assert_eq!(sb.probe("/app", &["connect", "tcp", "::1:0", &p]), "err EPERM");
-    assert_eq!(sb.probe("/app", &["connect", "tcp", "127.0.0.1", &p]), "err EPERM", "::/120 says nothing about IPv4");
+    assert_eq!(
+        sb.probe("/app", &["connect", "tcp", "127.0.0.1", &p]),
+        "err EPERM",
+        "::/120 says nothing about IPv4"
+    );
 }
 
 #[test]
@@ -228,7 +252,11 @@ ports = [7002]
     assert_eq!(sb.probe("/app", &["bind", "tcp", "127.0.0.1", "7001"]), "ok port=7001");
     assert_eq!(sb.probe("/app", &["bind", "tcp", "127.0.0.1", "7002"]), "err EPERM");
     assert_eq!(sb.probe("/app/inner", &["bind", "tcp", "127.0.0.1", "7002"]), "ok port=7002");
-    assert_eq!(sb.probe("/app/inner", &["bind", "tcp", "127.0.0.1", "7001"]), "err EPERM", "the inner guard replaces the outer one");
+    assert_eq!(
+        sb.probe("/app/inner", &["bind", "tcp", "127.0.0.1", "7001"]),
+        "err EPERM",
+        "the inner guard replaces the outer one"
+    );
 }
 
 #[test]
@@ -243,13 +271,15 @@ fn a_socket_stays_judged_by_the_cgroup_it_was_created_in() {
     let outside = sb.procs("/outside");
     sb.start_agent(&app_policy(1));
     // Created in /app, used after moving to the unguarded /outside: denied.
-    let verdict = sb.probe("/app", &["move-then-connect", "tcp", "127.0.0.1", &p, outside.to_str().expect("utf8")]);
+    let verdict =
+        sb.probe("/app", &["move-then-connect", "tcp", "127.0.0.1", &p, outside.to_str().expect("utf8")]);
     assert_eq!(verdict, "err EPERM");
     // Control: a socket created in /outside is free.
     assert_eq!(sb.probe("/outside", &["connect", "tcp", "127.0.0.1", &p]), "ok");
     // And the other way round: created outside, moved into /app: still free.
     let inside = sb.procs("/app");
-    let verdict = sb.probe("/outside", &["move-then-connect", "tcp", "127.0.0.1", &p, inside.to_str().expect("utf8")]);
+    let verdict =
+        sb.probe("/outside", &["move-then-connect", "tcp", "127.0.0.1", &p, inside.to_str().expect("utf8")]);
     assert_eq!(verdict, "ok");
 }
 

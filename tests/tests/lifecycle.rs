@@ -32,7 +32,9 @@ fn a_guard_waits_for_its_cgroup_and_follows_it_across_restarts() {
     let path = sb.root.join("system.slice/svc.service");
     let mark = sb.agent().mark();
     remove_cgroup_tree(&path);
-    sb.agent().wait_for_after(mark, "cgroup gone", |l| l["message"].as_str().is_some_and(|m| m.contains("is gone")));
+    sb.agent().wait_for_after(mark, "cgroup gone", |l| {
+        l["message"].as_str().is_some_and(|m| m.contains("is gone"))
+    });
     let mark = sb.agent().mark();
     fs::create_dir(&path).expect("recreate");
     sb.agent().wait_for_after(mark, "cgroup back", |l| l["message"] == "guarded cgroup appeared");
@@ -51,7 +53,10 @@ fn a_bad_policy_exits_2_and_attaches_nothing() {
         "[[guard]]\nname = \"app\"\ncgroup = \"/app\"\n[[guard.bind]]\nports = [\"9000-8000\"]\n",
     );
     assert_eq!(code, 2, "{out}");
-    assert!(out.contains("policy.toml:5:10") && out.contains("reversed"), "error names file, line and column: {out}");
+    assert!(
+        out.contains("policy.toml:5:10") && out.contains("reversed"),
+        "error names file, line and column: {out}"
+    );
     assert!(!sb.bpffs.exists(), "nothing may be pinned after a refused start");
     assert_eq!(sb.probe("/app", &["bind", "tcp", "127.0.0.1", "0"]).split('=').next(), Some("ok port"));
 }
@@ -87,7 +92,11 @@ fn enforcement_outlives_the_agent_until_unloaded() {
     assert_eq!(sb.probe("/app", &["bind", "tcp", "127.0.0.1", "8081"]), "err EPERM");
     sb.agent().kill9();
     std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(sb.probe("/app", &["bind", "tcp", "127.0.0.1", "8081"]), "err EPERM", "still denied with the agent dead");
+    assert_eq!(
+        sb.probe("/app", &["bind", "tcp", "127.0.0.1", "8081"]),
+        "err EPERM",
+        "still denied with the agent dead"
+    );
     assert_eq!(sb.probe("/app", &["bind", "tcp", "127.0.0.1", "8080"]), "ok port=8080");
     // A new agent adopts the pinned state (links are updated in place).
     sb.start_agent("[[guard]]\nname = \"app\"\ncgroup = \"/app\"\n[[guard.bind]]\nports = [8080]\n");
@@ -95,5 +104,9 @@ fn enforcement_outlives_the_agent_until_unloaded() {
     sb.stop_agent();
     sb.unload();
     assert!(!sb.bpffs.exists(), "unload removes the pin directory");
-    assert_eq!(sb.probe("/app", &["bind", "tcp", "127.0.0.1", "8081"]), "ok port=8081", "unloaded: nothing enforces");
+    assert_eq!(
+        sb.probe("/app", &["bind", "tcp", "127.0.0.1", "8081"]),
+        "ok port=8081",
+        "unloaded: nothing enforces"
+    );
 }

@@ -76,7 +76,9 @@ fn build() -> anyhow::Result<PathBuf> {
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|u| u.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|u| u.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 

@@ -181,7 +181,12 @@ fn apply(
     let cgroups = resolver.resolve(&compiled);
     let kernel = KernelPolicy::build(&compiled, &ids, &cgroups);
     let stats = maps.apply(kernel)?;
-    tracing::debug!(generation = stats.generation, written = stats.written, deleted = stats.deleted, "policy applied");
+    tracing::debug!(
+        generation = stats.generation,
+        written = stats.written,
+        deleted = stats.deleted,
+        "policy applied"
+    );
     Ok(Applied { path: path.to_owned(), sha256: policy::sha256_hex(text.as_bytes()), compiled, ids, cgroups })
 }
 
@@ -223,7 +228,9 @@ fn log_cgroup_changes(before: &HashMap<String, u64>, after: &HashMap<String, u64
     for (name, id) in after {
         match before.get(name) {
             None => tracing::info!(guard = %name, cgroup_id = id, "guarded cgroup appeared"),
-            Some(old) if old != id => tracing::info!(guard = %name, cgroup_id = id, "guarded cgroup was recreated"),
+            Some(old) if old != id => {
+                tracing::info!(guard = %name, cgroup_id = id, "guarded cgroup was recreated")
+            }
             _ => {}
         }
     }

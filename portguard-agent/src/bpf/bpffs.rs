@@ -108,9 +108,7 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), BpffsError> {
     let target = std::ffi::CString::new("/sys/fs/bpf").expect("no NUL");
     let fstype = std::ffi::CString::new("bpf").expect("no NUL");
     // SAFETY: plain mount(2) with NUL-terminated strings and no data.
-    let rc = unsafe {
-        libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
-    };
+    let rc = unsafe { libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         return Err(mount_err(std::io::Error::last_os_error()));
     }

@@ -74,9 +74,7 @@ pub enum EventsError {
 
 impl EventStream {
     pub fn open(ebpf: &mut Ebpf) -> Result<EventStream, EventsError> {
-        let map = ebpf
-            .take_map(map_names::EVENTS)
-            .ok_or(EventsError::Missing { name: map_names::EVENTS })?;
+        let map = ebpf.take_map(map_names::EVENTS).ok_or(EventsError::Missing { name: map_names::EVENTS })?;
         let ring = RingBuf::try_from(map)?;
         // SAFETY: the ring buffer owns its map fd, which stays open and the
         // same for as long as the RingBuf (now owned by the AsyncFd) lives.

@@ -3,6 +3,7 @@
 
 use std::{
     fs,
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
@@ -11,8 +12,6 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, links::FdLink},
 };
 use portguard_common::map_names;
-
-use std::os::fd::AsFd as _;
 
 use super::{
     bpffs::{BpffsError, PinLayout, ensure_bpffs},
@@ -94,7 +93,6 @@ pub enum LoadError {
 /// The loaded object with every program attached and pinned.
 pub struct Enforcer {
     pub ebpf: Ebpf,
-    pub pins: PinLayout,
 }
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portguard"));
@@ -127,7 +125,9 @@ impl Enforcer {
             let prog_err = |source| LoadError::Program { name, source };
             match <&mut CgroupSockAddr>::try_from(&mut *program) {
                 Ok(p) => p.load().map_err(prog_err)?,
-                Err(_) => <&mut CgroupSock>::try_from(&mut *program).map_err(prog_err)?.load().map_err(prog_err)?,
+                Err(_) => {
+                    <&mut CgroupSock>::try_from(&mut *program).map_err(prog_err)?.load().map_err(prog_err)?
+                }
             }
         }
 
@@ -153,12 +153,18 @@ impl Enforcer {
             let link: FdLink = match <&mut CgroupSockAddr>::try_from(&mut *program) {
                 Ok(p) => {
                     let id = p.attach(&cgroup, CgroupAttachMode::Single).map_err(attach_err)?;
-                    p.take_link(id).map_err(prog_err)?.try_into().map_err(|source| LoadError::Link { name, source })?
+                    p.take_link(id)
+                        .map_err(prog_err)?
+                        .try_into()
+                        .map_err(|source| LoadError::Link { name, source })?
                 }
                 Err(_) => {
                     let p = <&mut CgroupSock>::try_from(&mut *program).map_err(prog_err)?;
                     let id = p.attach(&cgroup, CgroupAttachMode::Single).map_err(attach_err)?;
-                    p.take_link(id).map_err(prog_err)?.try_into().map_err(|source| LoadError::Link { name, source })?
+                    p.take_link(id)
+                        .map_err(prog_err)?
+                        .try_into()
+                        .map_err(|source| LoadError::Link { name, source })?
                 }
             };
             new_links.push((name, link));
@@ -173,7 +179,7 @@ impl Enforcer {
             link_update::replace_program(link.as_fd(), fd.as_fd())
                 .map_err(|source| LoadError::Unpin { path: pins.link(name), source })?;
         }
-        Ok(Enforcer { ebpf, pins })
+        Ok(Enforcer { ebpf })
     }
 }
 

@@ -7,7 +7,6 @@ mod link_update;
 mod loader;
 mod policy_maps;
 
-pub use bpffs::{PinLayout, ensure_bpffs};
 pub use events::{DecodedEvent, EventStream, EventsError};
 pub use loader::{Enforcer, LoadError, unload};
 pub use policy_maps::{GuardIds, KernelPolicy, MapsError, PolicyMaps};

@@ -16,8 +16,8 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, MapError},
 };
 use portguard_common::{
-    BindKey, Config, ConnectKey, GuardInfo, GuardKey, MAX_GUARDS, MAX_PREFIX_LENS, MODE_AUDIT,
-    MODE_ENFORCE, PortSet, RuleRef, map_names,
+    BindKey, Config, ConnectKey, GuardInfo, GuardKey, MAX_GUARDS, MAX_PREFIX_LENS, MODE_AUDIT, MODE_ENFORCE,
+    PortSet, RuleRef, map_names,
 };
 
 use crate::policy::{CompiledPolicy, Mode};
@@ -138,11 +138,13 @@ impl PolicyMaps {
     /// restart they are the pinned maps of the previous run, still enforcing.
     pub fn open(ebpf: &mut Ebpf) -> Result<PolicyMaps, MapsError> {
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(MapsError::Missing { name });
-        let config: Array<MapData, Config> = Array::try_from(take(map_names::CONFIG)?).map_err(map_err(map_names::CONFIG))?;
+        let config: Array<MapData, Config> =
+            Array::try_from(take(map_names::CONFIG)?).map_err(map_err(map_names::CONFIG))?;
         let guards = BpfHashMap::try_from(take(map_names::GUARDS)?).map_err(map_err(map_names::GUARDS))?;
-        let bind = BpfHashMap::try_from(take(map_names::BIND_RULES)?).map_err(map_err(map_names::BIND_RULES))?;
-        let connect =
-            BpfHashMap::try_from(take(map_names::CONNECT_RULES)?).map_err(map_err(map_names::CONNECT_RULES))?;
+        let bind =
+            BpfHashMap::try_from(take(map_names::BIND_RULES)?).map_err(map_err(map_names::BIND_RULES))?;
+        let connect = BpfHashMap::try_from(take(map_names::CONNECT_RULES)?)
+            .map_err(map_err(map_names::CONNECT_RULES))?;
         let generation = config.get(&0, 0).map_err(map_err(map_names::CONFIG))?.generation;
         let mut maps = PolicyMaps {
             config,
@@ -161,11 +163,6 @@ impl PolicyMaps {
 
     pub fn generation(&self) -> u64 {
         self.generation
-    }
-
-    /// The policy the kernel enforces now.
-    pub fn live(&self) -> Option<&KernelPolicy> {
-        (self.generation != 0).then(|| &self.slots[(self.generation & 1) as usize])
     }
 
     fn read_slot(&self, slot: u8) -> Result<KernelPolicy, MapsError> {
@@ -243,7 +240,9 @@ impl PolicyMaps {
             written += 1;
         }
         for (k, v) in new.connect.iter().filter(|(k, v)| old.connect.get(k) != Some(v)) {
-            self.connect.insert(ConnectKey { slot, ..*k }, v, 0).map_err(map_err(map_names::CONNECT_RULES))?;
+            self.connect
+                .insert(ConnectKey { slot, ..*k }, v, 0)
+                .map_err(map_err(map_names::CONNECT_RULES))?;
             written += 1;
         }
         // Guards last: within the slot a guard entry never points at rules

@@ -11,9 +11,8 @@ use std::{
 
 use ipnet::IpNet;
 use portguard_common::{
-    AF_INET, AF_INET6, BIND_ADDR_ANY, BIND_ADDR_EXACT, BindKey, ConnectKey,
-    GUARD_ALLOW_EPHEMERAL_BIND, MAX_BIND_ENTRIES, MAX_CONNECT_ENTRIES, MAX_PORT_RANGES,
-    MAX_PREFIX_LENS, PortRange, PortSet, RuleRef,
+    AF_INET, AF_INET6, BIND_ADDR_ANY, BIND_ADDR_EXACT, BindKey, ConnectKey, GUARD_ALLOW_EPHEMERAL_BIND,
+    MAX_BIND_ENTRIES, MAX_CONNECT_ENTRIES, MAX_PORT_RANGES, MAX_PREFIX_LENS, PortRange, PortSet, RuleRef,
 };
 
 use super::{Mode, PolicyError, Source, validate::Policy};
@@ -104,9 +103,14 @@ pub(super) fn compile(src: &Source, policy: &Policy) -> Result<CompiledPolicy, P
                     ),
                 ));
             }
-            let mut set = PortSet { count: merged.len() as u32, ranges: [PortRange::default(); MAX_PORT_RANGES] };
+            let mut set =
+                PortSet { count: merged.len() as u32, ranges: [PortRange::default(); MAX_PORT_RANGES] };
             set.ranges[..merged.len()].copy_from_slice(&merged);
-            if key.family == AF_INET { v4.insert(key.prefix_len) } else { v6.insert(key.prefix_len) };
+            if key.family == AF_INET {
+                v4.insert(key.prefix_len)
+            } else {
+                v6.insert(key.prefix_len)
+            };
             connect.insert(key, set);
         }
         for (family, lens) in [("IPv4", &v4), ("IPv6", &v6)] {
@@ -125,7 +129,10 @@ pub(super) fn compile(src: &Source, policy: &Policy) -> Result<CompiledPolicy, P
         if connect_total > MAX_CONNECT_ENTRIES as usize {
             return Err(src.error_at(
                 g.connect.first().map(|r| r.span.clone()),
-                format!("guard {:?}: the policy needs more than {MAX_CONNECT_ENTRIES} connect entries", g.name),
+                format!(
+                    "guard {:?}: the policy needs more than {MAX_CONNECT_ENTRIES} connect entries",
+                    g.name
+                ),
             ));
         }
         guards.push(CompiledGuard {

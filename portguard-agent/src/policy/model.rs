@@ -209,22 +209,16 @@ pub struct Peers(pub Vec<Peer>);
 fn parse_peer(s: &str) -> Result<Vec<Peer>, String> {
     let s = s.trim();
     if s == "any" {
-        return Ok(vec![
-            Peer("0.0.0.0/0".parse().expect("valid")),
-            Peer("::/0".parse().expect("valid")),
-        ]);
+        return Ok(vec![Peer("0.0.0.0/0".parse().expect("valid")), Peer("::/0".parse().expect("valid"))]);
     }
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Ok(vec![Peer(IpNet::from(ip))]);
     }
-    let net: IpNet = s.parse().map_err(|_| {
-        format!("{s:?} is not an IP address, a CIDR (10.0.0.0/8, fd00::/8) or \"any\"")
-    })?;
+    let net: IpNet = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IP address, a CIDR (10.0.0.0/8, fd00::/8) or \"any\""))?;
     if net.trunc() != net {
-        return Err(format!(
-            "{s:?} has host bits set past its prefix; did you mean \"{}\"?",
-            net.trunc()
-        ));
+        return Err(format!("{s:?} has host bits set past its prefix; did you mean \"{}\"?", net.trunc()));
     }
     Ok(vec![Peer(net)])
 }

@@ -41,7 +41,11 @@ fn empty_policy_is_valid() {
 #[test]
 fn unknown_keys_are_refused() {
     refused("[[guard]]\nname = \"a\"\ncgroup = \"/a\"\nprots = [1]\n", 4, "unknown field `prots`");
-    refused("[[guard]]\nname = \"a\"\ncgroup = \"/a\"\n[[guard.bind]]\nports = [80]\ncolour = \"red\"\n", 6, "unknown field `colour`");
+    refused(
+        "[[guard]]\nname = \"a\"\ncgroup = \"/a\"\n[[guard.bind]]\nports = [80]\ncolour = \"red\"\n",
+        6,
+        "unknown field `colour`",
+    );
     refused("gaurd = 1\n", 1, "unknown field `gaurd`");
 }
 
@@ -70,7 +74,11 @@ fn bad_peers_are_refused() {
 #[test]
 fn bad_modes_and_protocols_are_refused() {
     refused("[[guard]]\nname = \"a\"\ncgroup = \"/a\"\nmode = \"block\"\n", 4, "unknown variant `block`");
-    refused("[[guard]]\nname = \"a\"\ncgroup = \"/a\"\n[[guard.bind]]\nports = [1]\nproto = \"sctp\"\n", 6, "unknown variant `sctp`");
+    refused(
+        "[[guard]]\nname = \"a\"\ncgroup = \"/a\"\n[[guard.bind]]\nports = [1]\nproto = \"sctp\"\n",
+        6,
+        "unknown variant `sctp`",
+    );
 }
 
 #[test]

@@ -60,10 +60,9 @@ pub(super) fn validate(src: &Source, raw: model::PolicyFile) -> Result<Policy, P
         ));
     }
     if raw.guards.len() > MAX_GUARDS as usize {
-        return Err(src.error_at(
-            None,
-            format!("{} guards; portguard holds at most {MAX_GUARDS}", raw.guards.len()),
-        ));
+        return Err(
+            src.error_at(None, format!("{} guards; portguard holds at most {MAX_GUARDS}", raw.guards.len()))
+        );
     }
     let mut names: HashMap<String, usize> = HashMap::new();
     let mut cgroups: HashMap<String, (String, usize)> = HashMap::new();
@@ -71,8 +70,7 @@ pub(super) fn validate(src: &Source, raw: model::PolicyFile) -> Result<Policy, P
     for g in raw.guards {
         let name = g.name.get_ref().clone();
         let name_span = g.name.span();
-        if name.is_empty()
-            || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         {
             return Err(src.error_at(
                 Some(name_span),
@@ -117,7 +115,10 @@ pub(super) fn validate(src: &Source, raw: model::PolicyFile) -> Result<Policy, P
             .map(|r| {
                 let span = r.ports.span();
                 if r.ports.get_ref().is_empty() {
-                    return Err(src.error_at(Some(span), format!("guard {name:?}: bind rule with an empty ports list")));
+                    return Err(src.error_at(
+                        Some(span),
+                        format!("guard {name:?}: bind rule with an empty ports list"),
+                    ));
                 }
                 Ok(BindRuleSpec {
                     ports: r.ports.into_inner(),

@@ -14,12 +14,7 @@
 //!
 //! An IPv6 IP (including ::ffff:a.b.c.d) uses an AF_INET6 socket.
 
-use std::{
-    io,
-    mem::size_of,
-    net::IpAddr,
-    process::ExitCode,
-};
+use std::{io, mem::size_of, net::IpAddr, process::ExitCode};
 
 fn errno_name(e: &io::Error) -> String {
     match e.raw_os_error() {
