@@ -86,6 +86,16 @@ impl Sandbox {
         Sandbox { root, bpffs: PathBuf::from("/sys/fs/bpf").join(&id), dir, agent: None }
     }
 
+    /// A sandbox with `cgroups` created and an agent enforcing `policy`.
+    pub fn enforcing(test: &str, cgroups: &[&str], policy: &str) -> Sandbox {
+        let mut sb = Sandbox::new(test);
+        for c in cgroups {
+            sb.cgroup(c);
+        }
+        sb.start_agent(policy);
+        sb
+    }
+
     /// Creates (if needed) the cgroup at `rel` ("/app/worker") and returns its path.
     pub fn cgroup(&self, rel: &str) -> PathBuf {
         let p = self.root.join(rel.trim_start_matches('/'));

@@ -32,9 +32,7 @@ fn bind_is_allowed_only_for_listed_ports() {
     if !require_root("bind_is_allowed_only_for_listed_ports") {
         return;
     }
-    let mut sb = Sandbox::new("bind");
-    sb.cgroup("/app");
-    sb.start_agent(&app_policy(1));
+    let sb = Sandbox::enforcing("bind", &["/app"], &app_policy(1));
     assert_eq!(sb.probe("/app", &["bind", "tcp", "127.0.0.1", "8080"]), "ok port=8080");
     assert_eq!(sb.probe("/app", &["bind", "tcp", "0.0.0.0", "8080"]), "ok port=8080");
     assert_eq!(
@@ -53,9 +51,7 @@ fn bind_address_restriction_holds_for_every_form_of_the_address() {
     if !require_root("bind_address_restriction") {
         return;
     }
-    let mut sb = Sandbox::new("bindaddr");
-    sb.cgroup("/app");
-    sb.start_agent(&app_policy(1));
+    let sb = Sandbox::enforcing("bindaddr", &["/app"], &app_policy(1));
     assert_eq!(sb.probe("/app", &["bind", "tcp", "127.0.0.1", "9090"]), "ok port=9090");
     assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "9090"]), "ok port=9090");
     assert_eq!(
@@ -81,9 +77,7 @@ fn af_unspec_bind_is_judged_as_ipv4() {
     if !require_root("af_unspec_bind") {
         return;
     }
-    let mut sb = Sandbox::new("unspec");
-    sb.cgroup("/app");
-    sb.start_agent(&app_policy(1));
+    let sb = Sandbox::enforcing("unspec", &["/app"], &app_policy(1));
     assert_eq!(sb.probe("/app", &["bind-unspec", "tcp", "8081"]), "err EPERM");
     assert_eq!(sb.probe("/app", &["bind-unspec", "tcp", "8080"]), "ok port=8080");
     // 9090 is allowed on 127.0.0.1 only; AF_UNSPEC binds 0.0.0.0.
@@ -97,9 +91,7 @@ fn connect_reaches_only_listed_peers() {
     }
     let (_allowed, allowed_port) = tcp_listener("127.0.0.1");
     let (_other, other_port) = tcp_listener("127.0.0.1");
-    let mut sb = Sandbox::new("connect");
-    sb.cgroup("/app");
-    sb.start_agent(&app_policy(allowed_port));
+    let sb = Sandbox::enforcing("connect", &["/app"], &app_policy(allowed_port));
     let (a, o) = (allowed_port.to_string(), other_port.to_string());
     assert_eq!(sb.probe("/app", &["connect", "tcp", "127.0.0.1", &a]), "ok");
     assert_eq!(sb.probe("/app", &["connect", "tcp", "127.0.0.1", &o]), "err EPERM");
@@ -119,9 +111,9 @@ fn unconnected_udp_cannot_slip_past_the_connect_policy() {
     if !require_root("unconnected_udp") {
         return;
     }
-    let mut sb = Sandbox::new("sendto");
-    sb.cgroup("/app");
-    sb.start_agent(
+    let sb = Sandbox::enforcing(
+        "sendto",
+        &["/app"],
         r#"
 [[guard]]
 name = "app"
@@ -174,10 +166,11 @@ fn ipv6_peers_are_matched_by_prefix() {
     }
     let (_l, port) = tcp_listener("::1");
     let p = port.to_string();
-    let mut sb = Sandbox::new("v6");
-    sb.cgroup("/app");
-    sb.start_agent(&format!(
-        r#"
+    let sb = Sandbox::enforcing(
+        "v6",
+        &["/app"],
+        &format!(
+            r#"
 [[guard]]
 name = "app"
 cgroup = "/app"
@@ -185,7 +178,8 @@ cgroup = "/app"
 peer = "::/120"
 ports = [{port}]
 "#
-    ));
+        ),
+    );
     assert_eq!(sb.probe("/app", &["connect", "tcp", "::1", &p]), "ok");
     assert_eq!(sb.probe("/app", &["connect", "tcp", "::1:0", &p]), "err EPERM");
     assert_eq!(
@@ -218,9 +212,7 @@ fn child_cgroups_are_covered_including_ones_created_after_start() {
     if !require_root("child_cgroups") {
         return;
     }
-    let mut sb = Sandbox::new("child");
-    sb.cgroup("/app");
-    sb.start_agent(&app_policy(1));
+    let sb = Sandbox::enforcing("child", &["/app"], &app_policy(1));
     // Created after the policy was applied: covered at once, in the kernel.
     sb.cgroup("/app/worker/deeper");
     assert_eq!(sb.probe("/app/worker/deeper", &["bind", "tcp", "127.0.0.1", "8081"]), "err EPERM");
@@ -232,9 +224,9 @@ fn nearest_guarded_ancestor_decides() {
     if !require_root("nearest_guard") {
         return;
     }
-    let mut sb = Sandbox::new("nearest");
-    sb.cgroup("/app/inner");
-    sb.start_agent(
+    let sb = Sandbox::enforcing(
+        "nearest",
+        &["/app/inner"],
         r#"
 [[guard]]
 name = "outer"
@@ -288,9 +280,9 @@ fn audit_mode_allows_and_reports() {
     if !require_root("audit_mode") {
         return;
     }
-    let mut sb = Sandbox::new("audit");
-    sb.cgroup("/app");
-    sb.start_agent(
+    let mut sb = Sandbox::enforcing(
+        "audit",
+        &["/app"],
         r#"
 [[guard]]
 name = "app"
@@ -315,9 +307,7 @@ fn a_denial_event_carries_the_facts() {
         return;
     }
     let (_l, port) = tcp_listener("127.0.0.1");
-    let mut sb = Sandbox::new("event");
-    sb.cgroup("/app/worker");
-    sb.start_agent(&app_policy(1));
+    let mut sb = Sandbox::enforcing("event", &["/app/worker"], &app_policy(1));
     assert_eq!(sb.probe("/app/worker", &["connect", "tcp", "127.0.0.1", &port.to_string()]), "err EPERM");
     let e = sb.agent().wait_for("denial event", |l| l["event"] == "denial");
     assert_eq!(e["guard"], "app");
