@@ -39,6 +39,11 @@ impl CgroupResolver {
         Ok(())
     }
 
+    /// The cgroupfs directory of every guard.
+    pub fn guard_paths(&self, policy: &CompiledPolicy) -> Vec<PathBuf> {
+        policy.guards.iter().map(|g| cgroup::join(&self.root, &g.cgroup)).collect()
+    }
+
     /// Ids of the guard cgroups that exist, by guard name.
     pub fn resolve(&self, policy: &CompiledPolicy) -> HashMap<String, u64> {
         policy

@@ -4,6 +4,7 @@
 //! support) before it changes anything; then it attaches, applies the
 //! policy, and loops: events out, cgroup changes and SIGHUP in.
 
+mod cgroup_watch;
 mod denials;
 mod guards;
 
@@ -23,10 +24,11 @@ use crate::{
     policy::{self, CompiledPolicy},
 };
 
-use self::{denials::DenialLog, guards::CgroupResolver};
+use self::{cgroup_watch::CgroupWatch, denials::DenialLog, guards::CgroupResolver};
 
-/// How often guard cgroups are re-resolved, so a guard whose cgroup appears,
-/// or is removed and recreated (a systemd restart), is (re)applied.
+/// How often guard cgroups are re-resolved even without an inotify event,
+/// so a guard whose cgroup appears, or is removed and recreated (a systemd
+/// restart), is (re)applied.
 const CGROUP_RESCAN: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,8 @@ pub enum AgentError {
     Maps(#[from] crate::bpf::MapsError),
     #[error("events: {0}")]
     Events(#[from] crate::bpf::EventsError),
+    #[error("cgroup watch: {0}")]
+    Watch(String),
     #[error("signals: {0}")]
     Signal(#[source] std::io::Error),
     #[error("must run as root (or with CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN): effective uid is {0}")]
@@ -57,7 +61,7 @@ impl AgentError {
             | AgentError::Guard(_)
             | AgentError::Load(_)
             | AgentError::NotRoot(_) => EXIT_BAD_INPUT,
-            AgentError::Maps(_) | AgentError::Events(_) | AgentError::Signal(_) => 1,
+            AgentError::Maps(_) | AgentError::Events(_) | AgentError::Signal(_) | AgentError::Watch(_) => 1,
         }
     }
 }
@@ -112,6 +116,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
     let mut rescan = tokio::time::interval(CGROUP_RESCAN);
+    let mut watch = CgroupWatch::new().map_err(|e| AgentError::Watch(e.to_string()))?;
+    watch.watch_parents_of(resolver.guard_paths(&applied.compiled).iter().map(PathBuf::as_path));
     let mut batch = Vec::new();
     loop {
         tokio::select! {
@@ -120,20 +126,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             _ = sighup.recv() => {
                 reload(&mut maps, &mut guard_ids, &resolver, &mut applied);
             }
-            _ = rescan.tick() => {
-                let now = resolver.resolve(&applied.compiled);
-                if now != applied.cgroups {
-                    log_cgroup_changes(&applied.cgroups, &now);
-                    let kernel = KernelPolicy::build(&applied.compiled, &applied.ids, &now);
-                    match maps.apply(kernel) {
-                        Ok(stats) => {
-                            applied.cgroups = now;
-                            tracing::info!(generation = stats.generation, written = stats.written, deleted = stats.deleted, "guards re-applied");
-                        }
-                        Err(e) => tracing::error!("re-applying guards failed; the previous generation stays live: {e}"),
-                    }
-                }
-            }
+            _ = rescan.tick() => rescan_guards(&mut maps, &resolver, &mut applied, &mut watch),
+            _ = watch.changed() => rescan_guards(&mut maps, &resolver, &mut applied, &mut watch),
             r = events.next_batch(&mut batch) => {
                 r.map_err(|e| AgentError::Events(e.into()))?;
                 for e in batch.drain(..) {
@@ -147,6 +141,34 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         "stopping; enforcement stays in place (pinned). `portguard unload` removes it"
     );
     Ok(())
+}
+
+/// Re-resolves guard cgroups and re-applies the policy when any changed.
+fn rescan_guards(
+    maps: &mut PolicyMaps,
+    resolver: &CgroupResolver,
+    applied: &mut Applied,
+    watch: &mut CgroupWatch,
+) {
+    let now = resolver.resolve(&applied.compiled);
+    watch.watch_parents_of(resolver.guard_paths(&applied.compiled).iter().map(PathBuf::as_path));
+    if now == applied.cgroups {
+        return;
+    }
+    log_cgroup_changes(&applied.cgroups, &now);
+    let kernel = KernelPolicy::build(&applied.compiled, &applied.ids, &now);
+    match maps.apply(kernel) {
+        Ok(stats) => {
+            applied.cgroups = now;
+            tracing::info!(
+                generation = stats.generation,
+                written = stats.written,
+                deleted = stats.deleted,
+                "guards re-applied"
+            );
+        }
+        Err(e) => tracing::error!("re-applying guards failed; the previous generation stays live: {e}"),
+    }
 }
 
 fn has_bpf_caps() -> bool {
