@@ -155,10 +155,11 @@ fn rescan_guards(
     if now == applied.cgroups {
         return;
     }
-    log_cgroup_changes(&applied.cgroups, &now);
     let kernel = KernelPolicy::build(&applied.compiled, &applied.ids, &now);
     match maps.apply(kernel) {
         Ok(stats) => {
+            // Logged once the kernel has it: "appeared" means "guarded".
+            log_cgroup_changes(&applied.cgroups, &now);
             applied.cgroups = now;
             tracing::info!(
                 generation = stats.generation,
