@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 pub const DEFAULT_POLICY: &str = "/etc/portguard/policy.toml";
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/portguard";
+pub const DEFAULT_STATE_DIR: &str = "/run/portguard";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,6 +27,21 @@ pub enum Command {
     Check {
         /// The policy file.
         policy: PathBuf,
+    },
+    /// Ask the running agent to re-read its policy (SIGHUP to the pid in
+    /// the state directory's pid file).
+    Reload {
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Show what is enforced, from the pinned maps (works whether or not the agent runs).
+    Status {
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
     },
     /// Detach portguard's programs and remove its pinned maps.
     Unload {
@@ -48,6 +64,13 @@ pub struct RunArgs {
     /// when under /sys/fs/bpf).
     #[arg(long, default_value = DEFAULT_BPFFS)]
     pub bpffs: PathBuf,
+    /// Where the pid file and state.json (read by `status` and `reload`) go.
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// Remove enforcement when the agent stops. By default it stays pinned,
+    /// so workloads stay guarded while the agent restarts or upgrades.
+    #[arg(long)]
+    pub unload_on_exit: bool,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
@@ -57,5 +80,11 @@ pub enum LogFormat {
     /// Human-readable lines.
     Text,
     /// One JSON object per line, fields at the top level.
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
     Json,
 }

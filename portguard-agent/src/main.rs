@@ -7,6 +7,7 @@ mod check;
 mod cli;
 mod logging;
 mod policy;
+mod status;
 
 use std::process::ExitCode;
 
@@ -39,6 +40,8 @@ fn main() -> ExitCode {
             }
         }
         Command::Check { policy } => check::run(&policy),
+        Command::Reload { state_dir } => status::reload(&state_dir),
+        Command::Status { bpffs, state_dir, format } => status::status(&bpffs, &state_dir, format),
         Command::Unload { bpffs } => {
             logging::init(LogFormat::Text);
             match bpf::unload(&bpffs) {

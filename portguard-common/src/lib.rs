@@ -38,6 +38,11 @@ pub mod map_names {
     pub const EVENTS: &str = "PG_EVENTS";
 }
 
+/// Version of the map layouts below. Bump it with any change to a map's
+/// key, value or size: the agent then pins fresh maps instead of reusing
+/// the ones an older agent left behind.
+pub const MAP_ABI_VERSION: u32 = 1;
+
 /// Number of policy slots (double buffering for atomic switches).
 pub const SLOTS: u32 = 2;
 /// Guards a policy may hold (guard ids are `0..MAX_GUARDS`).

@@ -133,6 +133,22 @@ impl Sandbox {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// The agent's pid file and state.json.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// Runs a `portguard` subcommand (status, reload, ...) against this
+    /// sandbox; returns (exit code, stdout, stderr).
+    pub fn portguard(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(agent_bin()).args(args).output().expect("run portguard");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     pub fn policy_path(&self) -> PathBuf {
         self.dir.join("policy.toml")
     }
@@ -180,6 +196,8 @@ impl Sandbox {
             .arg(&self.root)
             .arg("--bpffs")
             .arg(&self.bpffs)
+            .arg("--state-dir")
+            .arg(self.state_dir())
             .args(extra)
             .env("RUST_LOG", "debug");
         cmd

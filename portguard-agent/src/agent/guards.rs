@@ -22,6 +22,10 @@ impl CgroupResolver {
         Ok(CgroupResolver { root, root_level })
     }
 
+    pub fn root(&self) -> &std::path::Path {
+        &self.root
+    }
+
     /// The kernel records at most `MAX_CGROUP_DEPTH` levels per cgroup; a
     /// guard deeper than that could never be found, so refuse it up front.
     pub fn check_depths(&self, policy: &CompiledPolicy) -> Result<(), String> {

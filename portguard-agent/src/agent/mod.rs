@@ -1,30 +1,33 @@
 //! `portguard run`: the daemon.
 //!
-//! Start-up validates everything (policy, cgroup root, bpffs, kernel
-//! support) before it changes anything; then it attaches, applies the
-//! policy, and loops: events out, cgroup changes and SIGHUP in.
+//! Start-up checks everything that can be wrong with the input (policy,
+//! cgroup root, privileges) before it touches the kernel, loads and
+//! verifies the programs, writes the policy into the maps, and only then
+//! puts the programs on the hooks. After that it loops: denial events out;
+//! policy changes, SIGHUP and cgroup changes in.
 
 mod cgroup_watch;
+mod daemon;
 mod denials;
 mod guards;
+mod policy_watch;
+pub mod state;
 
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 use tokio::signal::unix::{SignalKind, signal};
 
+use self::{
+    cgroup_watch::CgroupWatch, daemon::Daemon, denials::DenialLog, guards::CgroupResolver,
+    policy_watch::PolicyWatch,
+};
 use crate::{
     EXIT_BAD_INPUT,
-    bpf::{Enforcer, EventStream, GuardIds, KernelPolicy, PolicyMaps},
+    bpf::{Enforcer, EventStream, PolicyMaps},
     cgroup,
     cli::RunArgs,
-    policy::{self, CompiledPolicy},
+    policy,
 };
-
-use self::{cgroup_watch::CgroupWatch, denials::DenialLog, guards::CgroupResolver};
 
 /// How often guard cgroups are re-resolved even without an inotify event,
 /// so a guard whose cgroup appears, or is removed and recreated (a systemd
@@ -45,8 +48,18 @@ pub enum AgentError {
     Maps(#[from] crate::bpf::MapsError),
     #[error("events: {0}")]
     Events(#[from] crate::bpf::EventsError),
-    #[error("cgroup watch: {0}")]
-    Watch(String),
+    #[error("watching {what}: {source}")]
+    Watch {
+        what: String,
+        #[source]
+        source: notify::Error,
+    },
+    #[error("state directory {dir}: {source}")]
+    State {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("signals: {0}")]
     Signal(#[source] std::io::Error),
     #[error("must run as root (or with CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN): effective uid is {0}")]
@@ -61,24 +74,17 @@ impl AgentError {
             | AgentError::Guard(_)
             | AgentError::Load(_)
             | AgentError::NotRoot(_) => EXIT_BAD_INPUT,
-            AgentError::Maps(_) | AgentError::Events(_) | AgentError::Signal(_) | AgentError::Watch(_) => 1,
+            AgentError::Maps(_)
+            | AgentError::Events(_)
+            | AgentError::Signal(_)
+            | AgentError::Watch { .. }
+            | AgentError::State { .. } => 1,
         }
     }
 }
 
-/// The policy currently applied, with what is needed to re-apply it.
-struct Applied {
-    path: PathBuf,
-    sha256: String,
-    compiled: CompiledPolicy,
-    ids: HashMap<String, u32>,
-    cgroups: HashMap<String, u64>,
-}
-
 pub async fn run(args: RunArgs) -> Result<(), AgentError> {
-    // Everything that can be wrong with the input is checked before the
-    // kernel is touched.
-    let (text, (_policy, compiled)) = read_policy(&args.policy)?;
+    let (text, compiled) = daemon::read_policy(&args.policy)?;
     let root = match &args.cgroup_root {
         Some(r) => r.clone(),
         None => cgroup::cgroup2_mount()?,
@@ -92,83 +98,87 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         return Err(AgentError::NotRoot(euid));
     }
 
-    let mut enforcer = Enforcer::load_and_attach(&root, &args.bpffs)?;
-    let mut maps = PolicyMaps::open(&mut enforcer.ebpf)?;
-    let mut events = EventStream::open(&mut enforcer.ebpf)?;
+    let mut enforcer = Enforcer::load(&args.bpffs)?;
+    let started = (|| {
+        let maps = PolicyMaps::open(&mut enforcer.ebpf)?;
+        let events = EventStream::open(&mut enforcer.ebpf)?;
+        let mut daemon = Daemon::new(maps, resolver, &args);
+        daemon.apply_policy(&text, compiled)?;
+        Ok::<_, AgentError>((daemon, events))
+    })();
+    let (mut daemon, mut events) = match started {
+        Ok(v) => v,
+        Err(e) => {
+            enforcer.abandon();
+            return Err(e);
+        }
+    };
+    enforcer.attach(&root)?;
     tracing::info!(
         cgroup_root = %root.display(),
         bpffs = %args.bpffs.display(),
         "attached bind4/6, connect4/6, sendmsg4/6, sock_create and sock_release"
     );
-
-    let mut guard_ids = GuardIds::default();
-    let mut applied = apply(&mut maps, &mut guard_ids, &resolver, &args.policy, &text, compiled)?;
-    log_guards(&applied);
+    daemon.log_guards();
+    daemon.write_state();
+    state::write_pid(&args.state_dir)
+        .map_err(|source| AgentError::State { dir: args.state_dir.clone(), source })?;
     tracing::info!(
-        generation = maps.generation(),
+        generation = daemon.generation(),
         policy = %args.policy.display(),
-        sha256 = %applied.sha256,
+        sha256 = %daemon.sha256(),
         "portguard is enforcing"
     );
 
-    let mut denial_log = DenialLog::new(root.clone());
+    let result = event_loop(&mut daemon, &mut events, &args, root).await;
+    state::remove_pid(&args.state_dir);
+    if args.unload_on_exit {
+        drop(enforcer);
+        match crate::bpf::unload(&args.bpffs) {
+            Ok(_) => tracing::info!(bpffs = %args.bpffs.display(), "stopping; --unload-on-exit: enforcement removed"),
+            Err(e) => tracing::error!(bpffs = %args.bpffs.display(), "stopping; unloading failed: {e}"),
+        }
+    } else {
+        tracing::info!(
+            bpffs = %args.bpffs.display(),
+            "stopping; enforcement stays in place (pinned). `portguard unload` removes it"
+        );
+    }
+    result
+}
+
+async fn event_loop(
+    daemon: &mut Daemon,
+    events: &mut EventStream,
+    args: &RunArgs,
+    root: PathBuf,
+) -> Result<(), AgentError> {
+    let mut denial_log = DenialLog::new(root);
     let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
     let mut rescan = tokio::time::interval(CGROUP_RESCAN);
-    let mut watch = CgroupWatch::new().map_err(|e| AgentError::Watch(e.to_string()))?;
-    watch.watch_parents_of(resolver.guard_paths(&applied.compiled).iter().map(PathBuf::as_path));
+    let mut cgroups = CgroupWatch::new()
+        .map_err(|source| AgentError::Watch { what: "cgroups".into(), source })?;
+    let mut policy_file = PolicyWatch::new(&args.policy)
+        .map_err(|source| AgentError::Watch { what: args.policy.display().to_string(), source })?;
+    daemon.watch_cgroups(&mut cgroups);
     let mut batch = Vec::new();
     loop {
         tokio::select! {
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-            _ = sighup.recv() => {
-                reload(&mut maps, &mut guard_ids, &resolver, &mut applied);
-            }
-            _ = rescan.tick() => rescan_guards(&mut maps, &resolver, &mut applied, &mut watch),
-            _ = watch.changed() => rescan_guards(&mut maps, &resolver, &mut applied, &mut watch),
+            _ = sigterm.recv() => return Ok(()),
+            _ = sigint.recv() => return Ok(()),
+            _ = sighup.recv() => daemon.reload("SIGHUP", true),
+            _ = policy_file.changed() => daemon.reload("policy file changed", false),
+            _ = rescan.tick() => daemon.rescan_guards(&mut cgroups),
+            _ = cgroups.changed() => daemon.rescan_guards(&mut cgroups),
             r = events.next_batch(&mut batch) => {
                 r.map_err(|e| AgentError::Events(e.into()))?;
                 for e in batch.drain(..) {
-                    denial_log.log(&e, &applied.ids);
+                    denial_log.log(&e, daemon.guard_ids());
                 }
             }
         }
-    }
-    tracing::info!(
-        bpffs = %args.bpffs.display(),
-        "stopping; enforcement stays in place (pinned). `portguard unload` removes it"
-    );
-    Ok(())
-}
-
-/// Re-resolves guard cgroups and re-applies the policy when any changed.
-fn rescan_guards(
-    maps: &mut PolicyMaps,
-    resolver: &CgroupResolver,
-    applied: &mut Applied,
-    watch: &mut CgroupWatch,
-) {
-    let now = resolver.resolve(&applied.compiled);
-    watch.watch_parents_of(resolver.guard_paths(&applied.compiled).iter().map(PathBuf::as_path));
-    if now == applied.cgroups {
-        return;
-    }
-    let kernel = KernelPolicy::build(&applied.compiled, &applied.ids, &now);
-    match maps.apply(kernel) {
-        Ok(stats) => {
-            // Logged once the kernel has it: "appeared" means "guarded".
-            log_cgroup_changes(&applied.cgroups, &now);
-            applied.cgroups = now;
-            tracing::info!(
-                generation = stats.generation,
-                written = stats.written,
-                deleted = stats.deleted,
-                "guards re-applied"
-            );
-        }
-        Err(e) => tracing::error!("re-applying guards failed; the previous generation stays live: {e}"),
     }
 }
 
@@ -180,84 +190,4 @@ fn has_bpf_caps() -> bool {
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .is_some_and(|caps| caps & (1 << 39) != 0 && caps & (1 << 12) != 0)
-}
-
-fn read_policy(path: &Path) -> Result<(String, (policy::Policy, CompiledPolicy)), AgentError> {
-    let text = std::fs::read_to_string(path).map_err(|e| policy::PolicyError {
-        file: path.display().to_string(),
-        location: None,
-        message: format!("cannot read policy: {e}"),
-    })?;
-    let parsed = policy::parse_and_compile(&path.display().to_string(), &text)?;
-    Ok((text, parsed))
-}
-
-fn apply(
-    maps: &mut PolicyMaps,
-    guard_ids: &mut GuardIds,
-    resolver: &CgroupResolver,
-    path: &Path,
-    text: &str,
-    compiled: CompiledPolicy,
-) -> Result<Applied, AgentError> {
-    let ids = guard_ids.assign(&compiled)?;
-    let cgroups = resolver.resolve(&compiled);
-    let kernel = KernelPolicy::build(&compiled, &ids, &cgroups);
-    let stats = maps.apply(kernel)?;
-    tracing::debug!(
-        generation = stats.generation,
-        written = stats.written,
-        deleted = stats.deleted,
-        "policy applied"
-    );
-    Ok(Applied { path: path.to_owned(), sha256: policy::sha256_hex(text.as_bytes()), compiled, ids, cgroups })
-}
-
-/// SIGHUP: re-read the policy; a bad one is refused and the live one stays.
-fn reload(maps: &mut PolicyMaps, guard_ids: &mut GuardIds, resolver: &CgroupResolver, applied: &mut Applied) {
-    let result = read_policy(&applied.path).and_then(|(text, (_p, compiled))| {
-        resolver.check_depths(&compiled).map_err(AgentError::Guard)?;
-        apply(maps, guard_ids, resolver, &applied.path.clone(), &text, compiled)
-    });
-    match result {
-        Ok(new) => {
-            *applied = new;
-            log_guards(applied);
-            tracing::info!(generation = maps.generation(), sha256 = %applied.sha256, "policy reloaded");
-        }
-        Err(e) => tracing::error!("policy reload refused, the previous policy stays enforced: {e}"),
-    }
-}
-
-fn log_guards(applied: &Applied) {
-    for g in &applied.compiled.guards {
-        let state = match applied.cgroups.get(&g.name) {
-            Some(id) => format!("active (cgroup id {id})"),
-            None => "waiting for its cgroup to appear".to_owned(),
-        };
-        tracing::info!(
-            guard = %g.name,
-            cgroup = %g.cgroup,
-            mode = g.mode.as_str(),
-            bind_entries = g.bind.len(),
-            connect_entries = g.connect.len(),
-            "guard {}: {state}",
-            g.name
-        );
-    }
-}
-
-fn log_cgroup_changes(before: &HashMap<String, u64>, after: &HashMap<String, u64>) {
-    for (name, id) in after {
-        match before.get(name) {
-            None => tracing::info!(guard = %name, cgroup_id = id, "guarded cgroup appeared"),
-            Some(old) if old != id => {
-                tracing::info!(guard = %name, cgroup_id = id, "guarded cgroup was recreated")
-            }
-            _ => {}
-        }
-    }
-    for name in before.keys().filter(|n| !after.contains_key(*n)) {
-        tracing::info!(guard = %name, "guarded cgroup is gone; the guard waits for it to reappear");
-    }
 }

@@ -40,8 +40,34 @@ impl PinLayout {
         PinLayout { root }
     }
 
+    /// Maps live in a directory named after the map ABI, so an agent whose
+    /// maps differ in layout starts fresh maps beside the old ones instead
+    /// of misreading them.
     pub fn maps_dir(&self) -> PathBuf {
-        self.root.join("maps")
+        self.root.join(format!("maps-v{}", portguard_common::MAP_ABI_VERSION))
+    }
+
+    /// Every maps directory under the root, of any ABI.
+    pub fn all_map_dirs(&self) -> Vec<PathBuf> {
+        let Ok(entries) = fs::read_dir(&self.root) else { return Vec::new() };
+        entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("maps")))
+            .collect()
+    }
+
+    /// Removes maps directories of other ABIs (once no program uses them).
+    pub fn remove_stale_map_dirs(&self) {
+        let current = self.maps_dir();
+        for dir in self.all_map_dirs().into_iter().filter(|d| *d != current) {
+            if let Ok(entries) = fs::read_dir(&dir) {
+                for e in entries.flatten() {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+            let _ = fs::remove_dir(&dir);
+        }
     }
 
     pub fn links_dir(&self) -> PathBuf {

@@ -90,51 +90,56 @@ pub enum LoadError {
     },
 }
 
-/// The loaded object with every program attached and pinned.
+/// The loaded object: maps pinned, programs verified, hooks not yet changed.
 pub struct Enforcer {
     pub ebpf: Ebpf,
+    pins: PinLayout,
+    /// The pin directory did not exist before: a failed start removes it.
+    fresh: bool,
 }
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portguard"));
 
 impl Enforcer {
-    /// Loads the programs, reusing maps already pinned under `pin_dir` (so a
-    /// restarted agent keeps the live policy and socket stamps), and attaches
-    /// every program at `cgroup_root`. A link left pinned by an earlier run
-    /// is replaced only after the new one is attached, so the hooks are never
-    /// absent in between.
-    pub fn load_and_attach(cgroup_root: &Path, pin_dir: &Path) -> Result<Enforcer, LoadError> {
+    /// Loads the object, reusing the maps pinned under `pin_dir` by an
+    /// earlier run of the same map ABI (so a restarted agent keeps the live
+    /// policy and socket stamps), and verifies every program. No hook
+    /// changes: a kernel that lacks one fails here with nothing attached.
+    pub fn load(pin_dir: &Path) -> Result<Enforcer, LoadError> {
         ensure_bpffs(pin_dir)?;
         let pins = PinLayout::new(pin_dir.to_owned());
+        let fresh = !pin_dir.exists();
         pins.create()?;
-        let map_paths: Vec<(&str, PathBuf)> =
-            PINNED_MAPS.iter().map(|name| (*name, pins.map(name))).collect();
-        let mut loader = EbpfLoader::new();
-        for (name, path) in &map_paths {
-            loader.map_pin_path(name, path.as_path());
-        }
-        let mut ebpf = loader.load(OBJECT).map_err(LoadError::Load)?;
-
-        let cgroup = fs::File::open(cgroup_root)
-            .map_err(|source| LoadError::Cgroup { cgroup: cgroup_root.to_owned(), source })?;
-
-        // 1. Verify and load every program before any hook changes: a kernel
-        //    that lacks a hook fails here and nothing is attached.
-        for name in PROGRAMS {
-            let program = ebpf.program_mut(name).ok_or(LoadError::MissingProgram { name })?;
-            let prog_err = |source| LoadError::Program { name, source };
-            match <&mut CgroupSockAddr>::try_from(&mut *program) {
-                Ok(p) => p.load().map_err(prog_err)?,
-                Err(_) => {
-                    <&mut CgroupSock>::try_from(&mut *program).map_err(prog_err)?.load().map_err(prog_err)?
+        match load_object(&pins) {
+            Ok(ebpf) => Ok(Enforcer { ebpf, pins, fresh }),
+            Err(e) => {
+                if fresh {
+                    let _ = unload(pin_dir);
                 }
+                Err(e)
             }
         }
+    }
 
-        // 2. Hooks with a link pinned by an earlier run get the new program
-        //    swapped in atomically; the others get a new link. New links are
-        //    only pinned once all of them are attached, so a failure here
-        //    drops them (detaching them) and leaves the earlier state alone.
+    /// Puts the programs on the hooks at `cgroup_root`. Hooks with a link
+    /// pinned by an earlier run get the new program swapped in atomically
+    /// (BPF_LINK_UPDATE); the others get a new link. New links are pinned
+    /// only once all of them are attached, so a failure drops them
+    /// (detaching them) and leaves the earlier state alone. Call it after
+    /// the policy is in the maps, so no hook ever runs on an empty policy.
+    pub fn attach(&mut self, cgroup_root: &Path) -> Result<(), LoadError> {
+        let result = self.attach_inner(cgroup_root);
+        if result.is_err() {
+            self.abandon();
+        }
+        result
+    }
+
+    fn attach_inner(&mut self, cgroup_root: &Path) -> Result<(), LoadError> {
+        let cgroup = fs::File::open(cgroup_root)
+            .map_err(|source| LoadError::Cgroup { cgroup: cgroup_root.to_owned(), source })?;
+        let ebpf = &mut self.ebpf;
+        let pins = &self.pins;
         let mut new_links: Vec<(&'static str, FdLink)> = Vec::new();
         let mut updates: Vec<(&'static str, std::os::fd::OwnedFd)> = Vec::new();
         for name in PROGRAMS {
@@ -179,8 +184,39 @@ impl Enforcer {
             link_update::replace_program(link.as_fd(), fd.as_fd())
                 .map_err(|source| LoadError::Unpin { path: pins.link(name), source })?;
         }
-        Ok(Enforcer { ebpf })
+        // From here on the pinned state is ours: a later failure must not
+        // remove it.
+        self.fresh = false;
+        // Maps of an older ABI are read by nothing now.
+        pins.remove_stale_map_dirs();
+        Ok(())
     }
+
+    /// Undoes a start that failed before it attached anything: removes the
+    /// pin directory if this run created it.
+    pub fn abandon(&mut self) {
+        if self.fresh {
+            let _ = unload(&self.pins.root);
+        }
+    }
+}
+
+fn load_object(pins: &PinLayout) -> Result<Ebpf, LoadError> {
+    let map_paths: Vec<(&str, PathBuf)> = PINNED_MAPS.iter().map(|name| (*name, pins.map(name))).collect();
+    let mut loader = EbpfLoader::new();
+    for (name, path) in &map_paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(OBJECT).map_err(LoadError::Load)?;
+    for name in PROGRAMS {
+        let program = ebpf.program_mut(name).ok_or(LoadError::MissingProgram { name })?;
+        let prog_err = |source| LoadError::Program { name, source };
+        match <&mut CgroupSockAddr>::try_from(&mut *program) {
+            Ok(p) => p.load().map_err(prog_err)?,
+            Err(_) => <&mut CgroupSock>::try_from(&mut *program).map_err(prog_err)?.load().map_err(prog_err)?,
+        }
+    }
+    Ok(ebpf)
 }
 
 /// Detaches every program and removes every pinned map under `pin_dir`.
@@ -189,7 +225,7 @@ pub fn unload(pin_dir: &Path) -> std::io::Result<usize> {
     let pins = PinLayout::new(pin_dir.to_owned());
     let mut removed = 0;
     // Links first: once they are gone nothing reads the maps.
-    for dir in [pins.links_dir(), pins.maps_dir()] {
+    for dir in std::iter::once(pins.links_dir()).chain(pins.all_map_dirs()) {
         match fs::read_dir(&dir) {
             Ok(entries) => {
                 for e in entries {

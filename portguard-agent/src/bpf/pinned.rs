@@ -1,0 +1,106 @@
+//! Reading the pinned state without loading anything: for `status`, and
+//! for the agent's own counters.
+
+use std::{collections::BTreeMap, path::Path};
+
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray};
+use portguard_common::{
+    Config, GuardInfo, GuardKey, Op, Verdict, counter_index, map_names, stats,
+};
+
+use super::bpffs::PinLayout;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PinnedError {
+    #[error("portguard is not loaded: nothing is pinned at {0}")]
+    NotLoaded(String),
+    #[error("pinned map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+/// Decision counts of one guard: `[op][verdict]`.
+pub type GuardCounts = [[u64; 3]; 3];
+
+pub struct DecisionCounters {
+    map: PerCpuArray<MapData, u64>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+impl DecisionCounters {
+    pub fn open(pin_dir: &Path) -> Result<Self, PinnedError> {
+        let pins = PinLayout::new(pin_dir.to_owned());
+        Ok(DecisionCounters {
+            map: PerCpuArray::try_from(open(&pins, map_names::COUNTERS)?)
+                .map_err(|source| PinnedError::Map { name: map_names::COUNTERS, source })?,
+            stats: PerCpuArray::try_from(open(&pins, map_names::STATS)?)
+                .map_err(|source| PinnedError::Map { name: map_names::STATS, source })?,
+        })
+    }
+
+    fn sum(map: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
+        map.get(&index, 0).map_or(0, |v| v.iter().sum())
+    }
+
+    /// Exact counts for one guard id, summed over CPUs.
+    pub fn guard(&self, guard_id: u32) -> GuardCounts {
+        let mut out = [[0; 3]; 3];
+        for op in Op::ALL {
+            for v in Verdict::ALL {
+                out[op as usize][v as usize] = Self::sum(&self.map, counter_index(guard_id, op, v));
+            }
+        }
+        out
+    }
+
+    pub fn events_lost(&self) -> u64 {
+        Self::sum(&self.stats, stats::EVENTS_LOST)
+    }
+
+    pub fn stamp_misses(&self) -> u64 {
+        Self::sum(&self.stats, stats::STAMP_MISSES)
+    }
+}
+
+/// What the kernel enforces right now.
+pub struct LiveState {
+    pub generation: u64,
+    /// Live guards by cgroup id.
+    pub guards: BTreeMap<u64, GuardInfo>,
+}
+
+impl LiveState {
+    pub fn read(pin_dir: &Path) -> Result<LiveState, PinnedError> {
+        let pins = PinLayout::new(pin_dir.to_owned());
+        let config: Array<MapData, Config> = Array::try_from(open(&pins, map_names::CONFIG)?)
+            .map_err(|source| PinnedError::Map { name: map_names::CONFIG, source })?;
+        let generation =
+            config.get(&0, 0).map_err(|source| PinnedError::Map { name: map_names::CONFIG, source })?.generation;
+        let slot = Config { generation }.active_slot();
+        let guards: BpfHashMap<MapData, GuardKey, GuardInfo> =
+            BpfHashMap::try_from(open(&pins, map_names::GUARDS)?)
+                .map_err(|source| PinnedError::Map { name: map_names::GUARDS, source })?;
+        let mut live = BTreeMap::new();
+        if generation != 0 {
+            for item in guards.iter() {
+                let (k, v) = item.map_err(|source| PinnedError::Map { name: map_names::GUARDS, source })?;
+                if k.slot == slot {
+                    live.insert(k.cgroup_id, v);
+                }
+            }
+        }
+        Ok(LiveState { generation, guards: live })
+    }
+}
+
+fn open(pins: &PinLayout, name: &'static str) -> Result<Map, PinnedError> {
+    let path = pins.map(name);
+    if !path.exists() {
+        return Err(PinnedError::NotLoaded(path.display().to_string()));
+    }
+    let data = MapData::from_pin(&path).map_err(|source| PinnedError::Map { name, source })?;
+    Map::from_map_data(data).map_err(|source| PinnedError::Map { name, source })
+}

@@ -1,0 +1,153 @@
+//! `portguard status` and `portguard reload`: talking to what is pinned and
+//! to the agent that runs (if one does).
+
+use std::{path::Path, process::ExitCode};
+
+use portguard_common::{MODE_AUDIT, Op, Verdict};
+use serde_json::json;
+
+use crate::{
+    agent::state,
+    bpf::{DecisionCounters, GuardCounts, LiveState},
+    cli::OutputFormat,
+};
+
+pub fn reload(state_dir: &Path) -> ExitCode {
+    match state::running_pid(state_dir) {
+        Some(pid) => {
+            // SAFETY: signalling a pid we just verified is a portguard.
+            if unsafe { libc::kill(pid, libc::SIGHUP) } == 0 {
+                println!("asked portguard (pid {pid}) to reload its policy; its log shows the outcome");
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("portguard: cannot signal pid {pid}: {}", std::io::Error::last_os_error());
+                ExitCode::FAILURE
+            }
+        }
+        None => {
+            eprintln!(
+                "portguard: no running agent (no live pid in {})",
+                state_dir.join(state::PID_FILE).display()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn counts_json(c: &GuardCounts) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for op in Op::ALL {
+        let mut per = serde_json::Map::new();
+        for v in Verdict::ALL {
+            per.insert(v.as_str().into(), c[op as usize][v as usize].into());
+        }
+        out.insert(op.as_str().into(), per.into());
+    }
+    out.into()
+}
+
+pub fn status(bpffs: &Path, state_dir: &Path, format: OutputFormat) -> ExitCode {
+    let live = match LiveState::read(bpffs) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("portguard: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let counters = DecisionCounters::open(bpffs).ok();
+    let described = state::read_state(state_dir).ok();
+    let pid = state::running_pid(state_dir);
+    let by_cgroup = |id: u64| described.as_ref().and_then(|s| s.guards.iter().find(|g| g.cgroup_id == Some(id)));
+
+    let guards: Vec<serde_json::Value> = live
+        .guards
+        .iter()
+        .map(|(cgroup_id, info)| {
+            let named = by_cgroup(*cgroup_id);
+            json!({
+                "name": named.map(|g| g.name.clone()),
+                "cgroup": named.map(|g| g.cgroup.clone()),
+                "cgroup_id": cgroup_id,
+                "guard_id": info.guard_id,
+                "mode": if info.mode == MODE_AUDIT { "audit" } else { "enforce" },
+                "decisions": counters.as_ref().map(|c| counts_json(&c.guard(info.guard_id))),
+            })
+        })
+        .collect();
+    let pending: Vec<String> = described
+        .iter()
+        .flat_map(|s| s.guards.iter().filter(|g| g.cgroup_id.is_none()).map(|g| g.name.clone()))
+        .collect();
+    let policy = described.as_ref().map(|s| {
+        json!({
+            "file": s.policy,
+            "sha256": s.sha256,
+            "generation": s.generation,
+            "applied_at": humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.applied_at)).to_string(),
+            "matches_kernel": s.generation == live.generation,
+        })
+    });
+    let report = json!({
+        "agent": { "running": pid.is_some(), "pid": pid },
+        "generation": live.generation,
+        "policy": policy,
+        "guards": guards,
+        "guards_waiting_for_cgroup": pending,
+        "events_lost": counters.as_ref().map(DecisionCounters::events_lost),
+        "sockets_without_stamp": counters.as_ref().map(DecisionCounters::stamp_misses),
+    });
+    match format {
+        OutputFormat::Json => println!("{report:#}"),
+        OutputFormat::Text => print!("{}", render_text(&report, bpffs)),
+    }
+    ExitCode::SUCCESS
+}
+
+fn render_text(r: &serde_json::Value, bpffs: &Path) -> String {
+    let mut out = String::new();
+    let agent = match r["agent"]["pid"].as_u64() {
+        Some(pid) => format!("running (pid {pid})"),
+        None => "not running; the pinned programs keep enforcing".to_owned(),
+    };
+    out.push_str(&format!("portguard at {}: agent {agent}\n", bpffs.display()));
+    out.push_str(&format!("kernel policy generation: {}\n", r["generation"]));
+    match r["policy"].as_object() {
+        Some(p) => {
+            out.push_str(&format!(
+                "policy: {} (sha256 {}, generation {}, applied {})\n",
+                p["file"].as_str().unwrap_or("?"),
+                p["sha256"].as_str().unwrap_or("?"),
+                p["generation"],
+                p["applied_at"].as_str().unwrap_or("?")
+            ));
+            if p["matches_kernel"] != true {
+                out.push_str("  warning: the kernel holds another generation than the state file describes\n");
+            }
+        }
+        None => out.push_str("policy: unknown (no state file)\n"),
+    }
+    let guards = r["guards"].as_array().cloned().unwrap_or_default();
+    out.push_str(&format!("guards live in the kernel: {}\n", guards.len()));
+    for g in guards {
+        out.push_str(&format!(
+            "  {} [{}] cgroup {} (id {})\n",
+            g["name"].as_str().unwrap_or("(unnamed)"),
+            g["mode"].as_str().unwrap_or("?"),
+            g["cgroup"].as_str().unwrap_or("?"),
+            g["cgroup_id"]
+        ));
+        if let Some(d) = g["decisions"].as_object() {
+            for (op, v) in d {
+                out.push_str(&format!(
+                    "    {op:8} allowed {} denied {} audited {}\n",
+                    v["allowed"], v["denied"], v["audited"]
+                ));
+            }
+        }
+    }
+    for name in r["guards_waiting_for_cgroup"].as_array().into_iter().flatten() {
+        out.push_str(&format!("  {} waiting for its cgroup\n", name.as_str().unwrap_or("?")));
+    }
+    out.push_str(&format!("events lost: {}\n", r["events_lost"]));
+    out
+}
