@@ -57,7 +57,8 @@ pub fn status(bpffs: &Path, state_dir: &Path, format: OutputFormat) -> ExitCode 
     let counters = DecisionCounters::open(bpffs).ok();
     let described = state::read_state(state_dir).ok();
     let pid = state::running_pid(state_dir);
-    let by_cgroup = |id: u64| described.as_ref().and_then(|s| s.guards.iter().find(|g| g.cgroup_id == Some(id)));
+    let by_cgroup =
+        |id: u64| described.as_ref().and_then(|s| s.guards.iter().find(|g| g.cgroup_id == Some(id)));
 
     let guards: Vec<serde_json::Value> = live
         .guards
@@ -121,7 +122,9 @@ fn render_text(r: &serde_json::Value, bpffs: &Path) -> String {
                 p["applied_at"].as_str().unwrap_or("?")
             ));
             if p["matches_kernel"] != true {
-                out.push_str("  warning: the kernel holds another generation than the state file describes\n");
+                out.push_str(
+                    "  warning: the kernel holds another generation than the state file describes\n",
+                );
             }
         }
         None => out.push_str("policy: unknown (no state file)\n"),

@@ -73,6 +73,7 @@ pub struct Sandbox {
     pub root: PathBuf,
     pub bpffs: PathBuf,
     pub dir: PathBuf,
+    policy: Option<PathBuf>,
     agent: Option<Agent>,
 }
 
@@ -83,7 +84,7 @@ impl Sandbox {
         fs::create_dir(&root).unwrap_or_else(|e| panic!("mkdir {}: {e}", root.display()));
         let dir = std::env::temp_dir().join(&id);
         fs::create_dir_all(&dir).expect("temp dir");
-        Sandbox { root, bpffs: PathBuf::from("/sys/fs/bpf").join(&id), dir, agent: None }
+        Sandbox { root, bpffs: PathBuf::from("/sys/fs/bpf").join(&id), dir, policy: None, agent: None }
     }
 
     /// A sandbox with `cgroups` created and an agent enforcing `policy`.
@@ -109,6 +110,13 @@ impl Sandbox {
 
     /// Runs pg-probe inside the cgroup `rel` and returns its one-line verdict.
     pub fn probe(&self, rel: &str, args: &[&str]) -> String {
+        let out = self.spawn_probe(rel, args).wait_with_output().expect("wait for pg-probe");
+        assert!(out.status.success(), "pg-probe {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Starts pg-probe inside the cgroup `rel`, stdout piped.
+    pub fn spawn_probe(&self, rel: &str, args: &[&str]) -> Child {
         let procs = CString::new(self.procs(rel).into_os_string().into_encoded_bytes()).expect("path");
         let mut cmd = Command::new(probe_bin());
         cmd.args(args);
@@ -128,9 +136,10 @@ impl Sandbox {
                 Ok(())
             });
         }
-        let out = cmd.output().unwrap_or_else(|e| panic!("run pg-probe {args:?}: {e}"));
-        assert!(out.status.success(), "pg-probe {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("run pg-probe {args:?}: {e}"))
     }
 
     /// The agent's pid file and state.json.
@@ -150,17 +159,37 @@ impl Sandbox {
     }
 
     pub fn policy_path(&self) -> PathBuf {
-        self.dir.join("policy.toml")
+        self.policy.clone().unwrap_or_else(|| self.dir.join("policy.toml"))
     }
 
+    /// Points the agent at another policy path (e.g. a ConfigMap layout).
+    pub fn set_policy_path(&mut self, path: PathBuf) {
+        self.policy = Some(path);
+    }
+
+    /// Replaces the policy file in place (truncate and write).
     pub fn write_policy(&self, text: &str) {
         fs::write(self.policy_path(), text).expect("write policy");
+    }
+
+    /// Replaces the policy file the way editors do: write a temporary file
+    /// beside it, then rename it over the original.
+    pub fn rename_policy_over(&self, text: &str) {
+        let path = self.policy_path();
+        let tmp = path.with_extension(format!("tmp{}", NEXT.fetch_add(1, Ordering::SeqCst)));
+        fs::write(&tmp, text).expect("write temp policy");
+        fs::rename(&tmp, &path).expect("rename policy over");
     }
 
     /// Starts the agent on `policy` and waits until it enforces.
     pub fn start_agent(&mut self, policy: &str) -> &mut Agent {
         self.write_policy(policy);
-        let agent = Agent::spawn(self, &[]);
+        self.start_agent_with(&[])
+    }
+
+    /// Starts the agent on the policy file as it is, with extra flags.
+    pub fn start_agent_with(&mut self, extra: &[&str]) -> &mut Agent {
+        let agent = Agent::spawn(self, extra);
         agent.wait_for("agent to enforce", |l| l["message"] == "portguard is enforcing");
         self.agent = Some(agent);
         self.agent.as_mut().expect("just set")
@@ -330,4 +359,41 @@ pub fn tcp_listener(addr: &str) -> (std::net::TcpListener, u16) {
     let l = std::net::TcpListener::bind((addr, 0)).expect("listen");
     let port = l.local_addr().expect("addr").port();
     (l, port)
+}
+
+/// Verdict counts printed by `pg-probe hammer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hammer {
+    pub allowed_ok: u64,
+    pub allowed_refused: u64,
+    pub denied_ok: u64,
+    pub denied_refused: u64,
+}
+
+impl Hammer {
+    pub fn parse(line: &str) -> Hammer {
+        let field = |name: &str| -> u64 {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+        };
+        Hammer {
+            allowed_ok: field("allowed_ok"),
+            allowed_refused: field("allowed_refused"),
+            denied_ok: field("denied_ok"),
+            denied_refused: field("denied_refused"),
+        }
+    }
+
+    pub fn wait(child: Child) -> Hammer {
+        let out = child.wait_with_output().expect("wait for hammer");
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(
+            out.status.success() && line.starts_with("allowed_ok"),
+            "hammer failed: {line} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Hammer::parse(&line)
+    }
 }

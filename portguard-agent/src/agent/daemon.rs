@@ -112,14 +112,19 @@ impl Daemon {
             Ok(t) => t,
             Err(e) => {
                 self.reloads.rejected += 1;
-                tracing::error!(reason = why, "policy reload refused, the previous policy stays enforced: {}: cannot read policy: {e}", self.policy_path.display());
+                tracing::error!(
+                    reason = why,
+                    "policy reload refused, the previous policy stays enforced: {}: cannot read policy: {e}",
+                    self.policy_path.display()
+                );
                 return;
             }
         };
         if !force && policy::sha256_hex(&text) == self.sha256() {
             return;
         }
-        let result = read_policy(&self.policy_path).and_then(|(text, compiled)| self.apply_policy(&text, compiled));
+        let result =
+            read_policy(&self.policy_path).and_then(|(text, compiled)| self.apply_policy(&text, compiled));
         match result {
             Ok(()) => {
                 self.reloads.applied += 1;
@@ -129,7 +134,10 @@ impl Daemon {
             }
             Err(e) => {
                 self.reloads.rejected += 1;
-                tracing::error!(reason = why, "policy reload refused, the previous policy stays enforced: {e}");
+                tracing::error!(
+                    reason = why,
+                    "policy reload refused, the previous policy stays enforced: {e}"
+                );
             }
         }
     }
@@ -219,7 +227,9 @@ fn log_cgroup_changes(before: &HashMap<String, u64>, after: &HashMap<String, u64
     for (name, id) in after {
         match before.get(name) {
             None => tracing::info!(guard = %name, cgroup_id = id, "guarded cgroup appeared"),
-            Some(old) if old != id => tracing::info!(guard = %name, cgroup_id = id, "guarded cgroup was recreated"),
+            Some(old) if old != id => {
+                tracing::info!(guard = %name, cgroup_id = id, "guarded cgroup was recreated")
+            }
             _ => {}
         }
     }

@@ -19,7 +19,6 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use self::{
     cgroup_watch::CgroupWatch, daemon::Daemon, denials::DenialLog, guards::CgroupResolver,
-    policy_watch::PolicyWatch,
 };
 use crate::{
     EXIT_BAD_INPUT,
@@ -135,7 +134,9 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     if args.unload_on_exit {
         drop(enforcer);
         match crate::bpf::unload(&args.bpffs) {
-            Ok(_) => tracing::info!(bpffs = %args.bpffs.display(), "stopping; --unload-on-exit: enforcement removed"),
+            Ok(_) => {
+                tracing::info!(bpffs = %args.bpffs.display(), "stopping; --unload-on-exit: enforcement removed")
+            }
             Err(e) => tracing::error!(bpffs = %args.bpffs.display(), "stopping; unloading failed: {e}"),
         }
     } else {
@@ -158,24 +159,32 @@ async fn event_loop(
     let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
     let mut rescan = tokio::time::interval(CGROUP_RESCAN);
-    let mut cgroups = CgroupWatch::new()
-        .map_err(|source| AgentError::Watch { what: "cgroups".into(), source })?;
-    let mut policy_file = PolicyWatch::new(&args.policy)
+    let mut cgroups =
+        CgroupWatch::new().map_err(|source| AgentError::Watch { what: "cgroups".into(), source })?;
+    let mut policy_file = policy_watch::spawn(&args.policy)
         .map_err(|source| AgentError::Watch { what: args.policy.display().to_string(), source })?;
     daemon.watch_cgroups(&mut cgroups);
     let mut batch = Vec::new();
     loop {
+        // Biased: signals and policy changes first, so a flood of denial
+        // events can never delay a reload or a shutdown.
         tokio::select! {
+            biased;
             _ = sigterm.recv() => return Ok(()),
             _ = sigint.recv() => return Ok(()),
             _ = sighup.recv() => daemon.reload("SIGHUP", true),
-            _ = policy_file.changed() => daemon.reload("policy file changed", false),
+            Some(()) = policy_file.recv() => daemon.reload("policy file changed", false),
             _ = rescan.tick() => daemon.rescan_guards(&mut cgroups),
             _ = cgroups.changed() => daemon.rescan_guards(&mut cgroups),
             r = events.next_batch(&mut batch) => {
                 r.map_err(|e| AgentError::Events(e.into()))?;
+                let full = batch.len() >= crate::bpf::MAX_EVENT_BATCH;
                 for e in batch.drain(..) {
                     denial_log.log(&e, daemon.guard_ids());
+                }
+                if full {
+                    // Let the watcher tasks run between batches of a flood.
+                    tokio::task::yield_now().await;
                 }
             }
         }

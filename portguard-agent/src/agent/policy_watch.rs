@@ -8,41 +8,40 @@
 
 use std::path::Path;
 
-use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
+use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
-pub struct PolicyWatch {
-    _watcher: RecommendedWatcher,
-    events: mpsc::UnboundedReceiver<()>,
+/// Watches the directory of `policy` and sends one message per burst of
+/// changes, once the directory has been quiet for a moment, so a file
+/// written in several steps is read once, whole. The debounce runs in its
+/// own task: the agent's busy event loop cannot interrupt it.
+pub fn spawn(policy: &Path) -> notify::Result<mpsc::Receiver<()>> {
+    let (raw_tx, mut raw) = mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if res.is_ok() {
+            let _ = raw_tx.send(());
+        }
+    })?;
+    let dir = match policy.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => std::path::PathBuf::from("."),
+    };
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        let _watcher = watcher;
+        while raw.recv().await.is_some() {
+            loop {
+                tokio::select! {
+                    e = raw.recv() => if e.is_none() { return },
+                    _ = tokio::time::sleep(QUIET) => break,
+                }
+            }
+            // A full channel already holds a pending reload: nothing lost.
+            let _ = tx.try_send(());
+        }
+    });
+    Ok(rx)
 }
 
-impl PolicyWatch {
-    pub fn new(policy: &Path) -> notify::Result<PolicyWatch> {
-        let (tx, events) = mpsc::unbounded_channel();
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
-                let _ = tx.send(());
-            }
-        })?;
-        let dir = match policy.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-            _ => std::path::PathBuf::from("."),
-        };
-        watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-        Ok(PolicyWatch { _watcher: watcher, events })
-    }
-
-    /// Resolves once the directory has been quiet for a moment after a
-    /// change, so a file written in several steps is read once, whole.
-    pub async fn changed(&mut self) {
-        if self.events.recv().await.is_none() {
-            std::future::pending::<()>().await;
-        }
-        loop {
-            tokio::select! {
-                e = self.events.recv() => if e.is_none() { return },
-                _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => return,
-            }
-        }
-    }
-}
+const QUIET: std::time::Duration = std::time::Duration::from_millis(20);

@@ -58,6 +58,9 @@ impl DecodedEvent {
     }
 }
 
+/// Events read per call of [`EventStream::next_batch`].
+pub const MAX_BATCH: usize = 1024;
+
 pub struct EventStream {
     ring: AsyncFd<RingBuf<MapData>>,
 }
@@ -83,11 +86,20 @@ impl EventStream {
         Ok(EventStream { ring })
     }
 
-    /// Waits for events and appends every one available to `out`.
+    /// Waits for events and appends up to [`MAX_BATCH`] of them to `out`.
+    /// The bound matters: under a flood the kernel refills the ring as fast
+    /// as it is drained, and an unbounded drain would never return to the
+    /// agent's loop (reloads, signals).
     pub async fn next_batch(&mut self, out: &mut Vec<DecodedEvent>) -> io::Result<()> {
         let mut guard = self.ring.readable_mut().await?;
         let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
+        let mut drained = true;
+        for _ in 0..MAX_BATCH {
+            let Some(item) = ring.next() else {
+                drained = true;
+                break;
+            };
+            drained = false;
             if item.len() >= size_of::<Event>() {
                 // SAFETY: the kernel wrote an Event (repr(C), plain integers)
                 // at this position; the read tolerates any alignment.
@@ -95,7 +107,13 @@ impl EventStream {
                 out.push(DecodedEvent::decode(&event));
             }
         }
-        guard.clear_ready();
+        // Only an empty ring may wait for the next wake-up; otherwise the
+        // rest is read on the next call without waiting.
+        if drained {
+            guard.clear_ready();
+        } else {
+            guard.retain_ready();
+        }
         Ok(())
     }
 }

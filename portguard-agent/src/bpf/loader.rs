@@ -213,7 +213,9 @@ fn load_object(pins: &PinLayout) -> Result<Ebpf, LoadError> {
         let prog_err = |source| LoadError::Program { name, source };
         match <&mut CgroupSockAddr>::try_from(&mut *program) {
             Ok(p) => p.load().map_err(prog_err)?,
-            Err(_) => <&mut CgroupSock>::try_from(&mut *program).map_err(prog_err)?.load().map_err(prog_err)?,
+            Err(_) => {
+                <&mut CgroupSock>::try_from(&mut *program).map_err(prog_err)?.load().map_err(prog_err)?
+            }
         }
     }
     Ok(ebpf)

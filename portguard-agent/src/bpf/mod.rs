@@ -4,11 +4,11 @@
 mod bpffs;
 mod events;
 mod link_update;
-mod pinned;
 mod loader;
+mod pinned;
 mod policy_maps;
 
-pub use events::{DecodedEvent, EventStream, EventsError};
-pub use pinned::{DecisionCounters, GuardCounts, LiveState};
+pub use events::{DecodedEvent, EventStream, EventsError, MAX_BATCH as MAX_EVENT_BATCH};
 pub use loader::{Enforcer, LoadError, unload};
+pub use pinned::{DecisionCounters, GuardCounts, LiveState};
 pub use policy_maps::{GuardIds, KernelPolicy, MapsError, PolicyMaps};

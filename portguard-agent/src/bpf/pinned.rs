@@ -4,9 +4,7 @@
 use std::{collections::BTreeMap, path::Path};
 
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray};
-use portguard_common::{
-    Config, GuardInfo, GuardKey, Op, Verdict, counter_index, map_names, stats,
-};
+use portguard_common::{Config, GuardInfo, GuardKey, Op, Verdict, counter_index, map_names, stats};
 
 use super::bpffs::PinLayout;
 
@@ -77,8 +75,10 @@ impl LiveState {
         let pins = PinLayout::new(pin_dir.to_owned());
         let config: Array<MapData, Config> = Array::try_from(open(&pins, map_names::CONFIG)?)
             .map_err(|source| PinnedError::Map { name: map_names::CONFIG, source })?;
-        let generation =
-            config.get(&0, 0).map_err(|source| PinnedError::Map { name: map_names::CONFIG, source })?.generation;
+        let generation = config
+            .get(&0, 0)
+            .map_err(|source| PinnedError::Map { name: map_names::CONFIG, source })?
+            .generation;
         let slot = Config { generation }.active_slot();
         let guards: BpfHashMap<MapData, GuardKey, GuardInfo> =
             BpfHashMap::try_from(open(&pins, map_names::GUARDS)?)

@@ -11,6 +11,10 @@
 //!   pg-probe sendto IP PORT                (unconnected UDP)
 //!   pg-probe move-then-connect tcp|udp IP PORT CGROUP_PROCS
 //!                                          (socket(), then join CGROUP_PROCS, then connect())
+//!   pg-probe hammer bind|connect tcp|udp IP ALLOWED_PORT DENIED_PORT MILLIS
+//!       alternates the operation on a port that should pass and one that
+//!       should be refused for MILLIS ms, and prints
+//!       "allowed_ok=A allowed_refused=B denied_ok=C denied_refused=D"
 //!
 //! An IPv6 IP (including ::ffff:a.b.c.d) uses an AF_INET6 socket.
 
@@ -149,6 +153,33 @@ fn move_then_connect(proto: &str, ip: IpAddr, port: u16, procs: &str) -> io::Res
     connect_on(&s, ip, port)
 }
 
+/// Counts verdicts of a repeated operation; see the usage above.
+fn hammer(op: &str, proto: &str, ip: IpAddr, allowed: u16, denied: u16, millis: u64) -> io::Result<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(millis);
+    let attempt = |port: u16| -> io::Result<bool> {
+        let r = match op {
+            "bind" => bind(proto, ip, port),
+            "connect" => connect(proto, ip, port),
+            other => panic!("hammer: unknown op {other}"),
+        };
+        match r {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(false),
+            Err(e) => Err(e),
+        }
+    };
+    let (mut a_ok, mut a_ref, mut d_ok, mut d_ref) = (0u64, 0u64, 0u64, 0u64);
+    while std::time::Instant::now() < deadline {
+        if attempt(allowed)? {
+            a_ok += 1
+        } else {
+            a_ref += 1
+        }
+        if attempt(denied)? { d_ok += 1 } else { d_ref += 1 }
+    }
+    Ok(format!("allowed_ok={a_ok} allowed_refused={a_ref} denied_ok={d_ok} denied_refused={d_ref}"))
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -159,6 +190,9 @@ fn main() -> ExitCode {
         ["connect", proto, ip, p] => connect(proto, parse_ip(ip), port(p)),
         ["sendto", ip, p] => sendto(parse_ip(ip), port(p)),
         ["move-then-connect", proto, ip, p, procs] => move_then_connect(proto, parse_ip(ip), port(p), procs),
+        ["hammer", op, proto, ip, allowed, denied, millis] => {
+            hammer(op, proto, parse_ip(ip), port(allowed), port(denied), millis.parse().expect("millis"))
+        }
         _ => {
             eprintln!("pg-probe: unknown command {a:?} (see the source for usage)");
             return ExitCode::from(2);

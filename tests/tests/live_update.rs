@@ -1,0 +1,220 @@
+//! Live policy changes are atomic, bad ones change nothing, and enforcement
+//! survives the agent dying and restarting.
+
+use std::{
+    fs,
+    os::unix::fs::symlink,
+    time::{Duration, Instant},
+};
+
+use portguard_tests::{Hammer, Sandbox, require_root};
+
+/// Two policies that agree on 8080 (allowed) and 8081 (denied), for bind
+/// and for connect to 127.0.0.1, and disagree on 7000/7001.
+fn policy(variant: u16) -> String {
+    format!(
+        r#"
+[[guard]]
+name = "app"
+cgroup = "/app"
+[[guard.bind]]
+ports = [8080, {variant}]
+proto = "udp"
+[[guard.connect]]
+peer = "127.0.0.1"
+ports = [8080, {variant}]
+proto = "udp"
+"#
+    )
+}
+
+fn reloads_seen(sb: &mut Sandbox) -> usize {
+    sb.agent().logs().iter().filter(|l| l["message"] == "policy reloaded").count()
+}
+
+#[test]
+fn reloading_never_flips_a_verdict_both_policies_agree_on() {
+    if !require_root("reload_stress") {
+        return;
+    }
+    let mut sb = Sandbox::enforcing("stress", &["/app"], &policy(7000));
+    let binds = sb.spawn_probe("/app", &["hammer", "bind", "udp", "127.0.0.1", "8080", "8081", "3000"]);
+    let connects = sb.spawn_probe("/app", &["hammer", "connect", "udp", "127.0.0.1", "8080", "8081", "3000"]);
+    let deadline = Instant::now() + Duration::from_millis(2800);
+    let mut variant = 7000;
+    let mut writes = 0;
+    while Instant::now() < deadline {
+        variant = if variant == 7000 { 7001 } else { 7000 };
+        sb.rename_policy_over(&policy(variant));
+        writes += 1;
+        if writes % 5 == 0 {
+            sb.agent().signal(libc::SIGHUP);
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let binds = Hammer::wait(binds);
+    let connects = Hammer::wait(connects);
+    for (what, h) in [("bind", binds), ("connect", connects)] {
+        assert_eq!(h.allowed_refused, 0, "{what}: an operation both policies allow was refused: {h:?}");
+        assert_eq!(h.denied_ok, 0, "{what}: an operation both policies deny was allowed: {h:?}");
+        assert!(
+            h.allowed_ok > 1000 && h.denied_refused > 1000,
+            "{what}: too few operations to mean anything: {h:?}"
+        );
+    }
+    let reloads = reloads_seen(&mut sb);
+    assert!(reloads >= 20, "only {reloads} reloads happened during the run ({writes} writes)");
+    eprintln!("{writes} policy writes, {reloads} reloads; bind {binds:?}; connect {connects:?}");
+}
+
+#[test]
+fn kill_9_and_restart_leave_no_window() {
+    if !require_root("kill9_restart") {
+        return;
+    }
+    let mut sb = Sandbox::enforcing("restart", &["/app"], &policy(7000));
+    let hammer = sb.spawn_probe("/app", &["hammer", "bind", "udp", "127.0.0.1", "8080", "8081", "5000"]);
+    std::thread::sleep(Duration::from_millis(500));
+    sb.agent().kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    // A new agent adopts the pinned maps and swaps its programs into the
+    // pinned links while the hammer keeps going.
+    sb.start_agent_with(&[]);
+    std::thread::sleep(Duration::from_millis(500));
+    sb.agent().kill9();
+    sb.start_agent_with(&[]);
+    let h = Hammer::wait(hammer);
+    assert_eq!(h.allowed_refused, 0, "{h:?}");
+    assert_eq!(h.denied_ok, 0, "{h:?}");
+    assert!(h.allowed_ok > 100 && h.denied_refused > 100, "{h:?}");
+}
+
+#[test]
+fn a_broken_policy_is_refused_and_the_old_one_stays() {
+    if !require_root("broken_policy_reload") {
+        return;
+    }
+    let mut sb = Sandbox::enforcing("broken", &["/app"], &policy(7000));
+    let mark = sb.agent().mark();
+    sb.rename_policy_over("[[guard]]\nname = \"app\"\ncgroup = \"/app\"\n[[guard.bind]]\nports = [0]\n");
+    let refused = sb.agent().wait_for_after(mark, "refusal", |l| {
+        l["message"].as_str().is_some_and(|m| m.starts_with("policy reload refused"))
+    });
+    assert!(refused["message"].as_str().is_some_and(|m| m.contains(":5:10: port 0")), "{refused}");
+    assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "7000"]), "ok port=7000");
+    assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "8081"]), "err EPERM");
+    // Fixed: the new policy applies.
+    let mark = sb.agent().mark();
+    sb.rename_policy_over(&policy(8081));
+    sb.agent().wait_for_after(mark, "reload", |l| l["message"] == "policy reloaded");
+    assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "8081"]), "ok port=8081");
+    assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "7000"]), "err EPERM");
+}
+
+#[test]
+fn editing_in_place_and_renaming_over_both_reload() {
+    if !require_root("file_writes_reload") {
+        return;
+    }
+    let mut sb = Sandbox::enforcing("writes", &["/app"], &policy(7000));
+    let mark = sb.agent().mark();
+    sb.rename_policy_over(&policy(7001));
+    sb.agent().wait_for_after(mark, "reload after rename", |l| l["message"] == "policy reloaded");
+    assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "7001"]), "ok port=7001");
+    let mark = sb.agent().mark();
+    sb.write_policy(&policy(7002));
+    sb.agent().wait_for_after(mark, "reload after write", |l| l["message"] == "policy reloaded");
+    assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "7002"]), "ok port=7002");
+    assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "7001"]), "err EPERM");
+}
+
+#[test]
+fn a_configmap_symlink_swap_reloads() {
+    if !require_root("configmap_swap") {
+        return;
+    }
+    // The layout kubelet gives a ConfigMap volume: policy.toml -> ..data/policy.toml,
+    // ..data -> ..<timestamp>; an update writes a new timestamped directory
+    // and renames a new ..data symlink over the old one.
+    let mut sb = Sandbox::new("configmap");
+    sb.cgroup("/app");
+    let vol = sb.dir.join("configmap");
+    fs::create_dir_all(vol.join("..2026_11_21_v1")).expect("mkdir");
+    fs::write(vol.join("..2026_11_21_v1/policy.toml"), policy(7000)).expect("write");
+    symlink("..2026_11_21_v1", vol.join("..data")).expect("symlink");
+    symlink("..data/policy.toml", vol.join("policy.toml")).expect("symlink");
+    sb.set_policy_path(vol.join("policy.toml"));
+    sb.start_agent_with(&[]);
+    assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "7001"]), "err EPERM");
+
+    let mark = sb.agent().mark();
+    fs::create_dir_all(vol.join("..2026_11_21_v2")).expect("mkdir");
+    fs::write(vol.join("..2026_11_21_v2/policy.toml"), policy(7001)).expect("write");
+    symlink("..2026_11_21_v2", vol.join("..data_tmp")).expect("symlink");
+    fs::rename(vol.join("..data_tmp"), vol.join("..data")).expect("swap ..data");
+    fs::remove_dir_all(vol.join("..2026_11_21_v1")).expect("remove old");
+    sb.agent().wait_for_after(mark, "reload after ..data swap", |l| l["message"] == "policy reloaded");
+    assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "7001"]), "ok port=7001");
+}
+
+#[test]
+fn the_reload_command_signals_the_running_agent() {
+    if !require_root("reload_command") {
+        return;
+    }
+    let mut sb = Sandbox::enforcing("reloadcmd", &["/app"], &policy(7000));
+    let mark = sb.agent().mark();
+    let (code, out, err) = sb.portguard(&["reload", "--state-dir", sb.state_dir().to_str().expect("utf8")]);
+    assert_eq!(code, 0, "{out}{err}");
+    let line = sb.agent().wait_for_after(mark, "reload", |l| l["message"] == "policy reloaded");
+    assert_eq!(line["reason"], "SIGHUP");
+}
+
+#[test]
+fn status_reads_the_pinned_state_with_or_without_the_agent() {
+    if !require_root("status") {
+        return;
+    }
+    let mut sb = Sandbox::enforcing("status", &["/app"], &policy(7000));
+    for _ in 0..3 {
+        assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "8081"]), "err EPERM");
+    }
+    assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "8080"]), "ok port=8080");
+    let status = |sb: &Sandbox| -> serde_json::Value {
+        let (bpffs, state) = (sb.bpffs.display().to_string(), sb.state_dir().display().to_string());
+        let (code, out, err) =
+            sb.portguard(&["status", "--format", "json", "--bpffs", &bpffs, "--state-dir", &state]);
+        assert_eq!(code, 0, "{out}{err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status is not JSON ({e}): {out}"))
+    };
+    let s = status(&sb);
+    assert_eq!(s["agent"]["running"], true);
+    assert_eq!(s["policy"]["matches_kernel"], true);
+    assert_eq!(s["policy"]["generation"], s["generation"]);
+    let g = &s["guards"][0];
+    assert_eq!(g["name"], "app");
+    assert_eq!(g["mode"], "enforce");
+    assert_eq!(g["decisions"]["bind"]["denied"], 3);
+    assert_eq!(g["decisions"]["bind"]["allowed"], 1);
+
+    sb.stop_agent();
+    let s = status(&sb);
+    assert_eq!(s["agent"]["running"], false);
+    assert_eq!(s["guards"][0]["name"], "app", "still described after the agent stopped");
+    assert_eq!(s["guards"][0]["decisions"]["bind"]["denied"], 3);
+}
+
+#[test]
+fn unload_on_exit_removes_enforcement_when_the_agent_stops() {
+    if !require_root("unload_on_exit") {
+        return;
+    }
+    let mut sb = Sandbox::new("unloadexit");
+    sb.cgroup("/app");
+    sb.write_policy(&policy(7000));
+    sb.start_agent_with(&["--unload-on-exit"]);
+    assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "8081"]), "err EPERM");
+    sb.stop_agent();
+    assert!(!sb.bpffs.exists(), "pins removed");
+    assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "8081"]), "ok port=8081");
+}
