@@ -1,21 +1,94 @@
-//! One log line per denial or audit-mode violation.
+//! One log line per denial or audit-mode violation, with floods coalesced:
+//! the first event of a kind is logged at once; identical events (same
+//! cgroup, operation, protocol, peer, port and verdict) within the next
+//! [`WINDOW`] only count, and one summary line with `repeats=N` follows.
+//! A process looping on a denied connect costs one line per second, not
+//! one per attempt.
 
-use std::{collections::HashMap, path::PathBuf};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
-use portguard_common::{ORPHAN_GUARD_ID, Verdict};
+use portguard_common::{ORPHAN_GUARD_ID, Op, Verdict};
 
 use crate::{bpf::DecodedEvent, cgroup::CgroupNames};
 
+pub const WINDOW: Duration = Duration::from_secs(1);
+/// Distinct kinds tracked at once; past this the oldest are summarised
+/// early, so memory stays bounded whatever the traffic.
+const MAX_KINDS: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Kind {
+    sock_cgroup: u64,
+    guard_id: u32,
+    op: Option<Op>,
+    verdict: Option<Verdict>,
+    proto: &'static str,
+    addr: IpAddr,
+    port: u16,
+}
+
+struct Seen {
+    first: Instant,
+    repeats: u64,
+    last: DecodedEvent,
+}
+
 pub struct DenialLog {
     names: CgroupNames,
+    seen: HashMap<Kind, Seen>,
 }
 
 impl DenialLog {
     pub fn new(root: PathBuf) -> Self {
-        DenialLog { names: CgroupNames::new(root) }
+        DenialLog { names: CgroupNames::new(root), seen: HashMap::new() }
     }
 
     pub fn log(&mut self, e: &DecodedEvent, ids: &HashMap<String, u32>) {
+        let kind = Kind {
+            sock_cgroup: e.sock_cgroup,
+            guard_id: e.guard_id,
+            op: e.op,
+            verdict: e.verdict,
+            proto: e.proto,
+            addr: e.addr,
+            port: e.port,
+        };
+        if let Some(seen) = self.seen.get_mut(&kind) {
+            seen.repeats += 1;
+            seen.last = e.clone();
+            return;
+        }
+        if self.seen.len() >= MAX_KINDS {
+            self.flush(ids, Some(Instant::now()));
+        }
+        self.emit(e, ids, 0);
+        self.seen.insert(kind, Seen { first: Instant::now(), repeats: 0, last: e.clone() });
+    }
+
+    /// Summarises kinds whose window has ended (all of them when `now` is
+    /// None, e.g. at shutdown).
+    pub fn flush(&mut self, ids: &HashMap<String, u32>, now: Option<Instant>) {
+        let due: Vec<Kind> = self
+            .seen
+            .iter()
+            .filter(|(_, s)| now.is_none_or(|n| n.duration_since(s.first) >= WINDOW) || self.seen.len() >= MAX_KINDS)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in due {
+            if let Some(s) = self.seen.remove(&k)
+                && s.repeats > 0
+            {
+                self.emit(&s.last, ids, s.repeats);
+            }
+        }
+    }
+
+    fn emit(&mut self, e: &DecodedEvent, ids: &HashMap<String, u32>, repeats: u64) {
         let guard = if e.guard_id == ORPHAN_GUARD_ID {
             "(unknown guard)".to_owned()
         } else {
@@ -28,13 +101,14 @@ impl DenialLog {
         let op = e.op.map_or("?", |o| o.as_str());
         let verdict = e.verdict.map_or("?", |v| v.as_str());
         let peer = match e.addr {
-            std::net::IpAddr::V4(a) => format!("{a}:{}", e.port),
-            std::net::IpAddr::V6(a) => format!("[{a}]:{}", e.port),
+            IpAddr::V4(a) => format!("{a}:{}", e.port),
+            IpAddr::V6(a) => format!("[{a}]:{}", e.port),
         };
-        let message = match e.verdict {
+        let what = match e.verdict {
             Some(Verdict::Audited) => format!("audit: {op} {peer}/{} would be denied", e.proto),
             _ => format!("denied {op} {peer}/{}", e.proto),
         };
+        let message = if repeats == 0 { what } else { format!("{what} (repeated {repeats} more times)") };
         tracing::warn!(
             event = "denial",
             guard = %guard,
@@ -46,6 +120,7 @@ impl DenialLog {
             addr = %e.addr,
             port = e.port,
             verdict,
+            repeats,
             generation = e.generation,
             "{message}"
         );

@@ -159,6 +159,7 @@ async fn event_loop(
     let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
     let mut rescan = tokio::time::interval(CGROUP_RESCAN);
+    let mut coalesce = tokio::time::interval(denials::WINDOW / 4);
     let mut cgroups =
         CgroupWatch::new().map_err(|source| AgentError::Watch { what: "cgroups".into(), source })?;
     let mut policy_file = policy_watch::spawn(&args.policy)
@@ -170,11 +171,12 @@ async fn event_loop(
         // events can never delay a reload or a shutdown.
         tokio::select! {
             biased;
-            _ = sigterm.recv() => return Ok(()),
-            _ = sigint.recv() => return Ok(()),
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
             _ = sighup.recv() => daemon.reload("SIGHUP", true),
             Some(()) = policy_file.recv() => daemon.reload("policy file changed", false),
             _ = rescan.tick() => daemon.rescan_guards(&mut cgroups),
+            _ = coalesce.tick() => denial_log.flush(daemon.guard_ids(), Some(std::time::Instant::now())),
             _ = cgroups.changed() => daemon.rescan_guards(&mut cgroups),
             r = events.next_batch(&mut batch) => {
                 r.map_err(|e| AgentError::Events(e.into()))?;
@@ -189,6 +191,8 @@ async fn event_loop(
             }
         }
     }
+    denial_log.flush(daemon.guard_ids(), None);
+    Ok(())
 }
 
 fn has_bpf_caps() -> bool {

@@ -31,10 +31,12 @@ pub fn spawn(policy: &Path) -> notify::Result<mpsc::Receiver<()>> {
     tokio::spawn(async move {
         let _watcher = watcher;
         while raw.recv().await.is_some() {
+            let give_up = tokio::time::Instant::now() + MAX_DELAY;
             loop {
                 tokio::select! {
                     e = raw.recv() => if e.is_none() { return },
                     _ = tokio::time::sleep(QUIET) => break,
+                    _ = tokio::time::sleep_until(give_up) => break,
                 }
             }
             // A full channel already holds a pending reload: nothing lost.
@@ -44,4 +46,8 @@ pub fn spawn(policy: &Path) -> notify::Result<mpsc::Receiver<()>> {
     Ok(rx)
 }
 
+/// How long the directory must be quiet before the file is read...
 const QUIET: std::time::Duration = std::time::Duration::from_millis(20);
+/// ...unless it keeps changing for this long: then it is read anyway (a
+/// half-written file is refused and the next change retries).
+const MAX_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
