@@ -2,14 +2,16 @@
 //!
 //! Every test builds a [`Sandbox`]: its own cgroup subtree (the agent is
 //! attached at its root, so tests cannot see each other's programs), its own
-//! bpffs pin directory and its own policy file. Dropping the sandbox stops
-//! the agent, unloads what it pinned and removes the cgroups.
+//! network namespace (probes and listeners run there, so parallel tests
+//! never compete for a port and no traffic leaves the test), its own bpffs
+//! pin directory and its own policy file. Dropping the sandbox stops the
+//! agent, unloads what it pinned and removes the cgroups and the namespace.
 
 use std::{
     ffi::CString,
     fs,
     io::{BufRead as _, BufReader},
-    os::unix::process::CommandExt as _,
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -71,6 +73,8 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 pub struct Sandbox {
     /// The cgroup the agent attaches at; guard paths are relative to it.
     pub root: PathBuf,
+    /// Name of the network namespace (`ip netns`) probes run in.
+    pub netns: String,
     pub bpffs: PathBuf,
     pub dir: PathBuf,
     policy: Option<PathBuf>,
@@ -84,7 +88,10 @@ impl Sandbox {
         fs::create_dir(&root).unwrap_or_else(|e| panic!("mkdir {}: {e}", root.display()));
         let dir = std::env::temp_dir().join(&id);
         fs::create_dir_all(&dir).expect("temp dir");
-        Sandbox { root, bpffs: PathBuf::from("/sys/fs/bpf").join(&id), dir, policy: None, agent: None }
+        let netns = id.clone();
+        ip(&["netns", "add", &netns]);
+        ip(&["-n", &netns, "link", "set", "lo", "up"]);
+        Sandbox { root, netns, bpffs: PathBuf::from("/sys/fs/bpf").join(&id), dir, policy: None, agent: None }
     }
 
     /// A sandbox with `cgroups` created and an agent enforcing `policy`.
@@ -95,6 +102,31 @@ impl Sandbox {
         }
         sb.start_agent(policy);
         sb
+    }
+
+    fn netns_fd(&self) -> Arc<fs::File> {
+        let path = Path::new("/var/run/netns").join(&self.netns);
+        Arc::new(fs::File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display())))
+    }
+
+    /// A TCP listener on `addr` (port chosen by the kernel) inside the
+    /// sandbox's network namespace, owned by this unguarded test process.
+    pub fn tcp_listener(&self, addr: &str) -> (std::net::TcpListener, u16) {
+        let ns = self.netns_fd();
+        let addr = addr.to_owned();
+        // The network namespace is per thread: switch a helper thread, and
+        // the socket it creates stays in that namespace.
+        std::thread::spawn(move || {
+            // SAFETY: setns on a namespace fd, for this thread only.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                panic!("setns: {}", std::io::Error::last_os_error());
+            }
+            let l = std::net::TcpListener::bind((addr.as_str(), 0)).expect("listen");
+            let port = l.local_addr().expect("addr").port();
+            (l, port)
+        })
+        .join()
+        .expect("listener thread")
     }
 
     /// Creates (if needed) the cgroup at `rel` ("/app/worker") and returns its path.
@@ -118,12 +150,16 @@ impl Sandbox {
     /// Starts pg-probe inside the cgroup `rel`, stdout piped.
     pub fn spawn_probe(&self, rel: &str, args: &[&str]) -> Child {
         let procs = CString::new(self.procs(rel).into_os_string().into_encoded_bytes()).expect("path");
+        let netns = self.netns_fd();
         let mut cmd = Command::new(probe_bin());
         cmd.args(args);
-        // SAFETY: only async-signal-safe calls (open/write/close) between
-        // fork and exec; the path was allocated before the fork.
+        // SAFETY: only async-signal-safe calls (setns/open/write/close)
+        // between fork and exec; everything was allocated before the fork.
         unsafe {
             cmd.pre_exec(move || {
+                if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
                 if fd < 0 {
                     return Err(std::io::Error::last_os_error());
@@ -247,8 +283,17 @@ impl Drop for Sandbox {
             let _ = Command::new(agent_bin()).arg("unload").arg("--bpffs").arg(&self.bpffs).output();
         }
         remove_cgroup_tree(&self.root);
+        let _ = Command::new("ip").args(["netns", "del", &self.netns]).output();
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("ip {args:?}: {e} (install iproute2)"));
+    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Kills whatever is left in the tree and removes it, deepest first.
@@ -352,13 +397,6 @@ impl Drop for Agent {
             self.terminate();
         }
     }
-}
-
-/// A loopback TCP listener the unguarded test process owns, for connect tests.
-pub fn tcp_listener(addr: &str) -> (std::net::TcpListener, u16) {
-    let l = std::net::TcpListener::bind((addr, 0)).expect("listen");
-    let port = l.local_addr().expect("addr").port();
-    (l, port)
 }
 
 /// Verdict counts printed by `pg-probe hammer`.

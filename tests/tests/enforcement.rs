@@ -2,7 +2,7 @@
 //! everything else fails with EPERM and is reported; unguarded cgroups are
 //! untouched; the known ways around a sock_addr hook are closed.
 
-use portguard_tests::{Sandbox, require_root, tcp_listener};
+use portguard_tests::{Sandbox, require_root};
 
 /// A guard on /app that may bind 8080/tcp and reach `port` on 127.0.0.1/tcp.
 fn app_policy(port: u16) -> String {
@@ -89,9 +89,11 @@ fn connect_reaches_only_listed_peers() {
     if !require_root("connect_reaches_only_listed_peers") {
         return;
     }
-    let (_allowed, allowed_port) = tcp_listener("127.0.0.1");
-    let (_other, other_port) = tcp_listener("127.0.0.1");
-    let sb = Sandbox::enforcing("connect", &["/app"], &app_policy(allowed_port));
+    let mut sb = Sandbox::new("connect");
+    sb.cgroup("/app");
+    let (_allowed, allowed_port) = sb.tcp_listener("127.0.0.1");
+    let (_other, other_port) = sb.tcp_listener("127.0.0.1");
+    sb.start_agent(&app_policy(allowed_port));
     let (a, o) = (allowed_port.to_string(), other_port.to_string());
     assert_eq!(sb.probe("/app", &["connect", "tcp", "127.0.0.1", &a]), "ok");
     assert_eq!(sb.probe("/app", &["connect", "tcp", "127.0.0.1", &o]), "err EPERM");
@@ -138,9 +140,9 @@ fn connecting_to_the_unspecified_address_is_judged_as_loopback() {
     if !require_root("unspecified_is_loopback") {
         return;
     }
-    let (_l, port) = tcp_listener("0.0.0.0");
-    let p = port.to_string();
     let mut sb = Sandbox::new("zero");
+    let (_l, port) = sb.tcp_listener("0.0.0.0");
+    let p = port.to_string();
     sb.cgroup("/app");
     // Allows 10.0.0.0/8 and 0.0.0.0/32 literally, but not loopback.
     sb.start_agent(&format!(
@@ -164,13 +166,12 @@ fn ipv6_peers_are_matched_by_prefix() {
     if !require_root("ipv6_peers") {
         return;
     }
-    let (_l, port) = tcp_listener("::1");
+    let mut sb = Sandbox::new("v6");
+    sb.cgroup("/app");
+    let (_l, port) = sb.tcp_listener("::1");
     let p = port.to_string();
-    let sb = Sandbox::enforcing(
-        "v6",
-        &["/app"],
-        &format!(
-            r#"
+    sb.start_agent(&format!(
+        r#"
 [[guard]]
 name = "app"
 cgroup = "/app"
@@ -178,8 +179,7 @@ cgroup = "/app"
 peer = "::/120"
 ports = [{port}]
 "#
-        ),
-    );
+    ));
     assert_eq!(sb.probe("/app", &["connect", "tcp", "::1", &p]), "ok");
     assert_eq!(sb.probe("/app", &["connect", "tcp", "::1:0", &p]), "err EPERM");
     assert_eq!(
@@ -194,9 +194,9 @@ fn unguarded_cgroups_are_untouched() {
     if !require_root("unguarded_untouched") {
         return;
     }
-    let (_l, port) = tcp_listener("127.0.0.1");
-    let p = port.to_string();
     let mut sb = Sandbox::new("unguarded");
+    let (_l, port) = sb.tcp_listener("127.0.0.1");
+    let p = port.to_string();
     sb.cgroup("/app");
     sb.cgroup("/other");
     sb.start_agent(&app_policy(1));
@@ -256,9 +256,9 @@ fn a_socket_stays_judged_by_the_cgroup_it_was_created_in() {
     if !require_root("socket_identity") {
         return;
     }
-    let (_l, port) = tcp_listener("127.0.0.1");
-    let p = port.to_string();
     let mut sb = Sandbox::new("moved");
+    let (_l, port) = sb.tcp_listener("127.0.0.1");
+    let p = port.to_string();
     sb.cgroup("/app");
     let outside = sb.procs("/outside");
     sb.start_agent(&app_policy(1));
@@ -306,8 +306,8 @@ fn a_denial_event_carries_the_facts() {
     if !require_root("denial_event") {
         return;
     }
-    let (_l, port) = tcp_listener("127.0.0.1");
     let mut sb = Sandbox::enforcing("event", &["/app/worker"], &app_policy(1));
+    let (_l, port) = sb.tcp_listener("127.0.0.1");
     assert_eq!(sb.probe("/app/worker", &["connect", "tcp", "127.0.0.1", &port.to_string()]), "err EPERM");
     let e = sb.agent().wait_for("denial event", |l| l["event"] == "denial");
     assert_eq!(e["guard"], "app");

@@ -19,6 +19,8 @@ pub fn all() -> anyhow::Result<()> {
         &format!("libpolly-{LLVM}-dev"),
         "libzstd-dev",
         "zlib1g-dev",
+        // `ip netns`: each kernel test runs its sockets in its own namespace.
+        "iproute2",
     ])?;
     bpf_linker()?;
     Ok(())

@@ -76,7 +76,9 @@ impl DenialLog {
         let due: Vec<Kind> = self
             .seen
             .iter()
-            .filter(|(_, s)| now.is_none_or(|n| n.duration_since(s.first) >= WINDOW) || self.seen.len() >= MAX_KINDS)
+            .filter(|(_, s)| {
+                now.is_none_or(|n| n.duration_since(s.first) >= WINDOW) || self.seen.len() >= MAX_KINDS
+            })
             .map(|(k, _)| k.clone())
             .collect();
         for k in due {

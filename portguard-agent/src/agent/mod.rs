@@ -17,9 +17,7 @@ use std::{path::PathBuf, time::Duration};
 
 use tokio::signal::unix::{SignalKind, signal};
 
-use self::{
-    cgroup_watch::CgroupWatch, daemon::Daemon, denials::DenialLog, guards::CgroupResolver,
-};
+use self::{cgroup_watch::CgroupWatch, daemon::Daemon, denials::DenialLog, guards::CgroupResolver};
 use crate::{
     EXIT_BAD_INPUT,
     bpf::{Enforcer, EventStream, PolicyMaps},
