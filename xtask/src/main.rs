@@ -3,7 +3,9 @@
 //!   cargo xtask setup   install what building and testing need (idempotent)
 //!   cargo xtask run     set up, build, and run the agent on ./policy.toml
 //!   cargo xtask test    set up, build, and run every test (root-only ones too)
+//!   cargo xtask bench   set up, build (release), and write BENCHMARKS.md
 
+mod bench;
 mod setup;
 
 use std::{
@@ -33,6 +35,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Measure (as root) and write BENCHMARKS.md and benchmarks.json.
+    Bench,
     /// Set up, build, and run all tests, including those that need root.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -98,6 +102,16 @@ fn main() -> anyhow::Result<()> {
             let policy = workspace_root().join("policy.toml");
             run(Command::new(bin).arg("run").arg("--policy").arg(policy).args(args))
         }
+        Cmd::Bench => {
+            setup::all()?;
+            if !is_root() {
+                bail!("benchmarks attach eBPF programs and need root");
+            }
+            run(cargo().args(["build", "--release", "--package", "portguard-agent"]))?;
+            // The harness drives the agent through the test sandbox.
+            unsafe_set_env("PORTGUARD_BIN", workspace_root().join("target/release/portguard"));
+            bench::run()
+        }
         Cmd::Test { args } => {
             setup::all()?;
             let bin = build()?;
@@ -109,4 +123,9 @@ fn main() -> anyhow::Result<()> {
             run(cargo().arg("test").env("PORTGUARD_BIN", &bin).env("RUST_BACKTRACE", "1").args(args))
         }
     }
+}
+
+fn unsafe_set_env(key: &str, value: PathBuf) {
+    // SAFETY: called before xtask starts any thread.
+    unsafe { std::env::set_var(key, value) };
 }

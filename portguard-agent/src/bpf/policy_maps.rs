@@ -11,6 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use rustc_hash::FxHashMap;
+
 use aya::{
     Ebpf,
     maps::{Array, HashMap as BpfHashMap, MapData, MapError},
@@ -68,9 +70,9 @@ impl GuardIds {
 /// What one slot holds, with every key's slot field zero.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct KernelPolicy {
-    pub guards: HashMap<u64, GuardInfo>,
-    pub bind: HashMap<BindKey, RuleRef>,
-    pub connect: HashMap<ConnectKey, PortSet>,
+    pub guards: FxHashMap<u64, GuardInfo>,
+    pub bind: FxHashMap<BindKey, RuleRef>,
+    pub connect: FxHashMap<ConnectKey, PortSet>,
 }
 
 impl KernelPolicy {
@@ -83,7 +85,11 @@ impl KernelPolicy {
         ids: &HashMap<String, u32>,
         cgroup_ids: &HashMap<String, u64>,
     ) -> KernelPolicy {
-        let mut out = KernelPolicy::default();
+        let mut out = KernelPolicy {
+            bind: FxHashMap::with_capacity_and_hasher(policy.bind_entries(), Default::default()),
+            connect: FxHashMap::with_capacity_and_hasher(policy.connect_entries(), Default::default()),
+            ..KernelPolicy::default()
+        };
         for g in &policy.guards {
             let guard_id = ids[&g.name];
             if let Some(&cgroup) = cgroup_ids.get(&g.name) {

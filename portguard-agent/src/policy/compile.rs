@@ -4,10 +4,12 @@
 //! stamps those on when it writes a slot, so a compiled policy can be
 //! compared with what a slot already holds and only the difference written.
 
-use std::{
-    collections::{BTreeSet, HashMap},
-    net::IpAddr,
-};
+use std::{collections::BTreeSet, net::IpAddr};
+
+// FxHash: these maps hold up to hundreds of thousands of small fixed-size
+// keys built from our own policy; SipHash's DoS resistance buys nothing here
+// and costs several times the hashing time on every reload.
+use rustc_hash::FxHashMap as HashMap;
 
 use ipnet::IpNet;
 use portguard_common::{
@@ -50,7 +52,7 @@ pub(super) fn compile(src: &Source, policy: &Policy) -> Result<CompiledPolicy, P
     let mut guards = Vec::with_capacity(policy.guards.len());
     let (mut bind_total, mut connect_total) = (0usize, 0usize);
     for g in &policy.guards {
-        let mut bind = HashMap::new();
+        let mut bind = HashMap::default();
         for (index, rule) in g.bind.iter().enumerate() {
             let (addr_kind, addr) = match rule.address {
                 None => (BIND_ADDR_ANY, [0u8; 16]),
@@ -78,7 +80,7 @@ pub(super) fn compile(src: &Source, policy: &Policy) -> Result<CompiledPolicy, P
         bind_total += bind.len();
 
         // Ports per (proto, family, prefix), merged across rules.
-        let mut ports: HashMap<ConnectKey, (Vec<PortRange>, std::ops::Range<usize>)> = HashMap::new();
+        let mut ports: HashMap<ConnectKey, (Vec<PortRange>, std::ops::Range<usize>)> = HashMap::default();
         for rule in &g.connect {
             for net in &rule.peers {
                 let (family, prefix_len, addr) = connect_prefix(net);
@@ -89,7 +91,7 @@ pub(super) fn compile(src: &Source, policy: &Policy) -> Result<CompiledPolicy, P
                 }
             }
         }
-        let mut connect = HashMap::with_capacity(ports.len());
+        let mut connect = HashMap::with_capacity_and_hasher(ports.len(), Default::default());
         let (mut v4, mut v6) = (BTreeSet::new(), BTreeSet::new());
         for (key, (ranges, span)) in ports {
             let merged = merge_ranges(ranges);

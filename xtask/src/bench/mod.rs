@@ -1,0 +1,55 @@
+//! `cargo xtask bench`: measurements taken side by side in one run, written
+//! to BENCHMARKS.md (tables and a reading of them) and benchmarks.json.
+
+mod apply;
+
+use std::fmt::Write as _;
+
+use anyhow::Context as _;
+use serde_json::Value;
+
+use crate::workspace_root;
+
+pub struct Section {
+    pub markdown: String,
+    pub json: Value,
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let sections = vec![apply::run()];
+    let mut md = String::from("# portguard benchmarks\n\n");
+    let _ = writeln!(
+        md,
+        "Written by `cargo xtask bench` on {} (kernel {}, {} CPUs). Numbers from one noisy VM: compare ratios within this file, not absolutes across machines.\n",
+        humantime_now(),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let mut json = serde_json::Map::new();
+    for s in sections {
+        md.push_str(&s.markdown);
+        md.push('\n');
+        if let Value::Object(o) = s.json {
+            json.extend(o);
+        }
+    }
+    let root = workspace_root();
+    std::fs::write(root.join("BENCHMARKS.md"), md).context("write BENCHMARKS.md")?;
+    std::fs::write(root.join("benchmarks.json"), serde_json::to_string_pretty(&Value::Object(json))?)
+        .context("write benchmarks.json")?;
+    eprintln!("xtask: wrote BENCHMARKS.md and benchmarks.json");
+    Ok(())
+}
+
+fn humantime_now() -> String {
+    let out = std::process::Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default()
+}
