@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 pub const DEFAULT_POLICY: &str = "/etc/portguard/policy.toml";
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/portguard";
 pub const DEFAULT_STATE_DIR: &str = "/run/portguard";
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -64,6 +65,10 @@ pub struct RunArgs {
     /// when under /sys/fs/bpf).
     #[arg(long, default_value = DEFAULT_BPFFS)]
     pub bpffs: PathBuf,
+    /// Where /metrics, /healthz and /readyz are served. Loopback by
+    /// default: widen it only as far as your Prometheus needs.
+    #[arg(long, default_value = DEFAULT_METRICS_ADDR)]
+    pub metrics_addr: std::net::SocketAddr,
     /// Where the pid file and state.json (read by `status` and `reload`) go.
     #[arg(long, default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,

@@ -6,6 +6,7 @@ mod cgroup;
 mod check;
 mod cli;
 mod logging;
+mod metrics;
 mod policy;
 mod status;
 

@@ -36,6 +36,7 @@ pub mod map_names {
     pub const COUNTERS: &str = "PG_COUNTERS";
     pub const STATS: &str = "PG_STATS";
     pub const EVENTS: &str = "PG_EVENTS";
+    pub const DENIAL_COUNTS: &str = "PG_DENIAL_COUNTS";
 }
 
 /// Version of the map layouts below. Bump it with any change to a map's
@@ -61,6 +62,9 @@ pub const MAX_PREFIX_LENS: usize = 8;
 pub const DEFAULT_SOCK_STAMPS: u32 = 65_536;
 /// Cgroups whose ancestry is remembered (LRU beyond this).
 pub const DEFAULT_ANCESTRY_ENTRIES: u32 = 16_384;
+/// Distinct (guard, op, proto, port, verdict) denial counters kept; the
+/// least recently bumped is evicted past this (bounds metric label sets).
+pub const DENIAL_COUNT_ENTRIES: u32 = 16_384;
 /// Ring buffer size in bytes for denial events.
 pub const EVENTS_BYTES: u32 = 1 << 20;
 
@@ -89,7 +93,7 @@ pub const STAMP_UNGUARDED: u32 = 2;
 /// Operations, as counted and reported.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(Hash))]
+#[cfg_attr(feature = "user", derive(Hash, PartialOrd, Ord))]
 pub enum Op {
     Bind = 0,
     Connect = 1,
@@ -121,7 +125,7 @@ impl Op {
 /// Verdicts, as counted and reported.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(Hash))]
+#[cfg_attr(feature = "user", derive(Hash, PartialOrd, Ord))]
 pub enum Verdict {
     Allowed = 0,
     Denied = 1,
@@ -294,6 +298,20 @@ pub struct PortSet {
     pub ranges: [PortRange; MAX_PORT_RANGES],
 }
 
+/// `PG_DENIAL_COUNTS` key: exact per-port counts of denials and audit-mode
+/// violations, kept in the kernel so they survive a full ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(Hash, PartialOrd, Ord))]
+pub struct DenialKey {
+    pub guard_id: u32,
+    pub port: u16,
+    pub op: u8,
+    pub proto: u8,
+    pub verdict: u8,
+    pub _pad: [u8; 3],
+}
+
 /// A denial or audit-mode violation, sent through `PG_EVENTS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -336,6 +354,7 @@ mod user {
     unsafe impl aya::Pod for PortRange {}
     unsafe impl aya::Pod for PortSet {}
     unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for DenialKey {}
 }
 
 #[cfg(test)]
@@ -356,6 +375,7 @@ mod tests {
         assert_eq!(size_of::<ConnectKey>(), 24);
         assert_eq!(size_of::<PortSet>(), 4 + 4 * MAX_PORT_RANGES);
         assert_eq!(size_of::<Event>(), 80);
+        assert_eq!(size_of::<DenialKey>(), 12);
     }
 
     #[test]

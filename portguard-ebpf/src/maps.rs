@@ -2,10 +2,10 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use portguard_common::{
-    Ancestry, BindKey, COUNTER_ENTRIES, Config, ConnectKey, DEFAULT_ANCESTRY_ENTRIES, DEFAULT_SOCK_STAMPS,
+    Ancestry, BindKey, COUNTER_ENTRIES, Config, ConnectKey, DENIAL_COUNT_ENTRIES, DEFAULT_ANCESTRY_ENTRIES, DenialKey, DEFAULT_SOCK_STAMPS,
     EVENTS_BYTES, GuardInfo, GuardKey, MAX_BIND_ENTRIES, MAX_CONNECT_ENTRIES, MAX_GUARDS, PortSet, RuleRef,
     SLOTS, SockStamp, stats,
 };
@@ -42,6 +42,10 @@ pub static PG_SCRATCH: PerCpuArray<Ancestry> = PerCpuArray::with_max_entries(1, 
 
 #[map(name = "PG_COUNTERS")]
 pub static PG_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_ENTRIES, 0);
+
+#[map(name = "PG_DENIAL_COUNTS")]
+pub static PG_DENIAL_COUNTS: LruPerCpuHashMap<DenialKey, u64> =
+    LruPerCpuHashMap::with_max_entries(DENIAL_COUNT_ENTRIES, 0);
 
 #[map(name = "PG_STATS")]
 pub static PG_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);

@@ -1,12 +1,12 @@
 //! Counting every guarded decision and reporting violations.
 
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid};
-use portguard_common::{Event, Op, Verdict, counter_index, stats};
+use portguard_common::{DenialKey, Event, Op, Verdict, counter_index, stats};
 
 use crate::{
     addr::Addr,
     identity::Guarded,
-    maps::{PG_COUNTERS, PG_EVENTS, PG_STATS, bump},
+    maps::{PG_COUNTERS, PG_DENIAL_COUNTS, PG_EVENTS, PG_STATS, bump},
 };
 
 pub struct Decision<'a> {
@@ -28,6 +28,7 @@ pub fn record(d: &Decision) {
     if d.verdict == Verdict::Allowed {
         return;
     }
+    count_denial(d);
     let Some(mut entry) = PG_EVENTS.reserve::<Event>(0) else {
         bump(&PG_STATS, stats::EVENTS_LOST);
         return;
@@ -49,4 +50,32 @@ pub fn record(d: &Decision) {
         addr: d.addr.bytes,
     });
     entry.submit(0);
+}
+
+/// Bumps this CPU's count for the denial's (guard, op, proto, port,
+/// verdict). A per-CPU LRU hash: no atomics, and bounded.
+#[inline(always)]
+fn count_denial(d: &Decision) {
+    const BPF_NOEXIST: u64 = 1;
+    let key = DenialKey {
+        guard_id: d.guard_id,
+        port: d.port,
+        op: d.op as u8,
+        proto: d.proto,
+        verdict: d.verdict as u8,
+        _pad: [0; 3],
+    };
+    if let Some(count) = PG_DENIAL_COUNTS.get_ptr_mut(&key) {
+        // SAFETY: this CPU's copy of the value; nothing else writes it.
+        unsafe { *count += 1 };
+        return;
+    }
+    // Another CPU may insert the key between our lookup and insert; then
+    // the insert fails and this CPU's copy (zeroed by the kernel) is there
+    // to bump.
+    if PG_DENIAL_COUNTS.insert(&key, &1, BPF_NOEXIST).is_err()
+        && let Some(count) = PG_DENIAL_COUNTS.get_ptr_mut(&key)
+    {
+        unsafe { *count += 1 };
+    }
 }

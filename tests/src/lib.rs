@@ -263,6 +263,8 @@ impl Sandbox {
             .arg(&self.bpffs)
             .arg("--state-dir")
             .arg(self.state_dir())
+            // Parallel tests each get a free port; the agent logs it.
+            .args(["--metrics-addr", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "debug");
         cmd
@@ -368,6 +370,16 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Where this agent serves /metrics (read from its start-up log).
+    pub fn metrics_addr(&self) -> String {
+        let line = self.wait_for("metrics address", |l| l["message"] == "serving /metrics, /healthz and /readyz");
+        line["addr"].as_str().expect("addr field").to_owned()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Denial events logged so far.

@@ -3,6 +3,7 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
+    sync::{Arc, atomic::Ordering},
 };
 
 use super::{
@@ -14,6 +15,7 @@ use super::{
 use crate::{
     bpf::{GuardIds, KernelPolicy, PolicyMaps},
     cli::RunArgs,
+    metrics::{Metrics, PolicySummary},
     policy::{self, CompiledPolicy},
 };
 
@@ -23,14 +25,9 @@ struct Applied {
     compiled: CompiledPolicy,
     ids: HashMap<String, u32>,
     cgroups: HashMap<String, u64>,
+    /// "enforce" / "audit" by guard id, for reports.
+    modes: HashMap<u32, &'static str>,
     applied_at: u64,
-}
-
-/// Reload outcomes since start, for logs and metrics.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ReloadCounts {
-    pub applied: u64,
-    pub rejected: u64,
 }
 
 pub struct Daemon {
@@ -41,7 +38,7 @@ pub struct Daemon {
     policy_path: PathBuf,
     state_dir: PathBuf,
     bpffs: PathBuf,
-    pub reloads: ReloadCounts,
+    metrics: Arc<Metrics>,
 }
 
 pub fn read_policy(path: &Path) -> Result<(String, CompiledPolicy), AgentError> {
@@ -55,7 +52,7 @@ pub fn read_policy(path: &Path) -> Result<(String, CompiledPolicy), AgentError> 
 }
 
 impl Daemon {
-    pub fn new(maps: PolicyMaps, resolver: CgroupResolver, args: &RunArgs) -> Daemon {
+    pub fn new(maps: PolicyMaps, resolver: CgroupResolver, args: &RunArgs, metrics: Arc<Metrics>) -> Daemon {
         Daemon {
             maps,
             resolver,
@@ -64,8 +61,28 @@ impl Daemon {
             policy_path: args.policy.clone(),
             state_dir: args.state_dir.clone(),
             bpffs: args.bpffs.clone(),
-            reloads: ReloadCounts::default(),
+            metrics,
         }
+    }
+
+    pub fn guard_modes(&self) -> &HashMap<u32, &'static str> {
+        static EMPTY: std::sync::OnceLock<HashMap<u32, &'static str>> = std::sync::OnceLock::new();
+        self.applied.as_ref().map_or_else(|| EMPTY.get_or_init(HashMap::new), |a| &a.modes)
+    }
+
+    /// Hands what the agent knows to the metrics endpoint.
+    fn publish(&self) {
+        let Some(a) = &self.applied else { return };
+        let (guards, bind, connect) = self.maps.entry_counts();
+        self.metrics.set_policy(PolicySummary {
+            file: self.policy_path.display().to_string(),
+            sha256: a.sha256.clone(),
+            generation: self.generation(),
+            guard_names: a.ids.iter().map(|(n, id)| (*id, n.clone())).collect(),
+            guards: a.compiled.guards.len(),
+            guarded_cgroups: a.cgroups.len(),
+            map_entries: vec![("guards", guards), ("bind_rules", bind), ("connect_rules", connect)],
+        });
     }
 
     pub fn generation(&self) -> u64 {
@@ -97,13 +114,16 @@ impl Daemon {
             apply_us = started.elapsed().as_micros() as u64,
             "policy applied to the kernel maps"
         );
+        let modes = compiled.guards.iter().map(|g| (ids[&g.name], g.mode.as_str())).collect();
         self.applied = Some(Applied {
             sha256: policy::sha256_hex(text.as_bytes()),
             compiled,
             ids,
             cgroups,
+            modes,
             applied_at: state::now_unix(),
         });
+        self.publish();
         Ok(())
     }
 
@@ -114,7 +134,7 @@ impl Daemon {
         let text = match std::fs::read(&self.policy_path) {
             Ok(t) => t,
             Err(e) => {
-                self.reloads.rejected += 1;
+                self.metrics.reloads_rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(
                     reason = why,
                     "policy reload refused, the previous policy stays enforced: {}: cannot read policy: {e}",
@@ -133,7 +153,7 @@ impl Daemon {
         });
         match result {
             Ok(compile_us) => {
-                self.reloads.applied += 1;
+                self.metrics.reloads_applied.fetch_add(1, Ordering::Relaxed);
                 self.log_guards();
                 self.write_state();
                 tracing::info!(
@@ -146,7 +166,7 @@ impl Daemon {
                 );
             }
             Err(e) => {
-                self.reloads.rejected += 1;
+                self.metrics.reloads_rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(
                     reason = why,
                     "policy reload refused, the previous policy stays enforced: {e}"
@@ -184,6 +204,7 @@ impl Daemon {
                     a.cgroups = now;
                 }
                 self.write_state();
+                self.publish();
             }
             Err(e) => tracing::error!("re-applying guards failed; the previous generation stays live: {e}"),
         }

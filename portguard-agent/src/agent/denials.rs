@@ -14,6 +14,7 @@ use std::{
 
 use portguard_common::{ORPHAN_GUARD_ID, Op, Verdict};
 
+use super::workload;
 use crate::{bpf::DecodedEvent, cgroup::CgroupNames};
 
 pub const WINDOW: Duration = Duration::from_secs(1);
@@ -48,7 +49,7 @@ impl DenialLog {
         DenialLog { names: CgroupNames::new(root), seen: HashMap::new() }
     }
 
-    pub fn log(&mut self, e: &DecodedEvent, ids: &HashMap<String, u32>) {
+    pub fn log(&mut self, e: &DecodedEvent, ids: &HashMap<String, u32>, modes: &HashMap<u32, &'static str>) {
         let kind = Kind {
             sock_cgroup: e.sock_cgroup,
             guard_id: e.guard_id,
@@ -64,15 +65,15 @@ impl DenialLog {
             return;
         }
         if self.seen.len() >= MAX_KINDS {
-            self.flush(ids, Some(Instant::now()));
+            self.flush(ids, modes, Some(Instant::now()));
         }
-        self.emit(e, ids, 0);
+        self.emit(e, ids, modes, 0);
         self.seen.insert(kind, Seen { first: Instant::now(), repeats: 0, last: e.clone() });
     }
 
     /// Summarises kinds whose window has ended (all of them when `now` is
     /// None, e.g. at shutdown).
-    pub fn flush(&mut self, ids: &HashMap<String, u32>, now: Option<Instant>) {
+    pub fn flush(&mut self, ids: &HashMap<String, u32>, modes: &HashMap<u32, &'static str>, now: Option<Instant>) {
         let due: Vec<Kind> = self
             .seen
             .iter()
@@ -85,12 +86,12 @@ impl DenialLog {
             if let Some(s) = self.seen.remove(&k)
                 && s.repeats > 0
             {
-                self.emit(&s.last, ids, s.repeats);
+                self.emit(&s.last, ids, modes, s.repeats);
             }
         }
     }
 
-    fn emit(&mut self, e: &DecodedEvent, ids: &HashMap<String, u32>, repeats: u64) {
+    fn emit(&mut self, e: &DecodedEvent, ids: &HashMap<String, u32>, modes: &HashMap<u32, &'static str>, repeats: u64) {
         let guard = if e.guard_id == ORPHAN_GUARD_ID {
             "(unknown guard)".to_owned()
         } else {
@@ -100,6 +101,13 @@ impl DenialLog {
                 .unwrap_or_else(|| format!("guard-id:{}", e.guard_id))
         };
         let cgroup = self.names.name(e.sock_cgroup);
+        let guard_cgroup = self.names.name(e.guard_cgroup);
+        let w = workload::parse(&cgroup);
+        // Best effort: the process may be gone by the time we look.
+        let exe = std::fs::read_link(format!("/proc/{}/exe", e.pid))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let mode = modes.get(&e.guard_id).copied().unwrap_or("?");
         let op = e.op.map_or("?", |o| o.as_str());
         let verdict = e.verdict.map_or("?", |v| v.as_str());
         let peer = match e.addr {
@@ -114,9 +122,15 @@ impl DenialLog {
         tracing::warn!(
             event = "denial",
             guard = %guard,
+            guard_cgroup = %guard_cgroup,
+            mode,
             cgroup = %cgroup,
+            unit = w.unit.as_deref().unwrap_or(""),
+            pod_uid = w.pod_uid.as_deref().unwrap_or(""),
+            container_id = w.container_id.as_deref().unwrap_or(""),
             pid = e.pid,
             comm = %e.comm,
+            exe = %exe,
             op,
             proto = e.proto,
             addr = %e.addr,

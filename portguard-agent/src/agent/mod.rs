@@ -12,17 +12,23 @@ mod denials;
 mod guards;
 mod policy_watch;
 pub mod state;
+mod workload;
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use tokio::signal::unix::{SignalKind, signal};
 
 use self::{cgroup_watch::CgroupWatch, daemon::Daemon, denials::DenialLog, guards::CgroupResolver};
 use crate::{
     EXIT_BAD_INPUT,
-    bpf::{Enforcer, EventStream, PolicyMaps},
+    bpf::{Enforcer, EventStream, KernelCounters, PolicyMaps},
     cgroup,
     cli::RunArgs,
+    metrics::{self, Metrics},
     policy,
 };
 
@@ -57,6 +63,14 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    #[error("kernel counters: {0}")]
+    Counters(#[from] crate::bpf::PinnedError),
+    #[error("metrics endpoint {addr}: {source}")]
+    MetricsAddr {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("signals: {0}")]
     Signal(#[source] std::io::Error),
     #[error("must run as root (or with CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN): effective uid is {0}")]
@@ -70,12 +84,14 @@ impl AgentError {
             | AgentError::Cgroup(_)
             | AgentError::Guard(_)
             | AgentError::Load(_)
-            | AgentError::NotRoot(_) => EXIT_BAD_INPUT,
+            | AgentError::NotRoot(_)
+            | AgentError::MetricsAddr { .. } => EXIT_BAD_INPUT,
             AgentError::Maps(_)
             | AgentError::Events(_)
             | AgentError::Signal(_)
             | AgentError::Watch { .. }
-            | AgentError::State { .. } => 1,
+            | AgentError::State { .. }
+            | AgentError::Counters(_) => 1,
         }
     }
 }
@@ -96,14 +112,20 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     }
 
     let mut enforcer = Enforcer::load(&args.bpffs)?;
-    let started = (|| {
+    let started = async {
         let maps = PolicyMaps::open(&mut enforcer.ebpf)?;
         let events = EventStream::open(&mut enforcer.ebpf)?;
-        let mut daemon = Daemon::new(maps, resolver, &args);
+        let metrics = Arc::new(Metrics::new(KernelCounters::open(&args.bpffs)?));
+        let addr = metrics::serve(args.metrics_addr, Arc::clone(&metrics))
+            .await
+            .map_err(|source| AgentError::MetricsAddr { addr: args.metrics_addr, source })?;
+        tracing::info!(addr = %addr, "serving /metrics, /healthz and /readyz");
+        let mut daemon = Daemon::new(maps, resolver, &args, Arc::clone(&metrics));
         daemon.apply_policy(&text, compiled)?;
-        Ok::<_, AgentError>((daemon, events))
-    })();
-    let (mut daemon, mut events) = match started {
+        Ok::<_, AgentError>((daemon, events, metrics))
+    }
+    .await;
+    let (mut daemon, mut events, metrics) = match started {
         Ok(v) => v,
         Err(e) => {
             enforcer.abandon();
@@ -111,6 +133,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         }
     };
     enforcer.attach(&root)?;
+    metrics.ready.store(true, Ordering::Relaxed);
     tracing::info!(
         cgroup_root = %root.display(),
         bpffs = %args.bpffs.display(),
@@ -127,7 +150,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         "portguard is enforcing"
     );
 
-    let result = event_loop(&mut daemon, &mut events, &args, root).await;
+    let result = event_loop(&mut daemon, &mut events, &metrics, &args, root).await;
     state::remove_pid(&args.state_dir);
     if args.unload_on_exit {
         drop(enforcer);
@@ -149,6 +172,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
 async fn event_loop(
     daemon: &mut Daemon,
     events: &mut EventStream,
+    metrics: &Metrics,
     args: &RunArgs,
     root: PathBuf,
 ) -> Result<(), AgentError> {
@@ -174,13 +198,14 @@ async fn event_loop(
             _ = sighup.recv() => daemon.reload("SIGHUP", true),
             Some(()) = policy_file.recv() => daemon.reload("policy file changed", false),
             _ = rescan.tick() => daemon.rescan_guards(&mut cgroups),
-            _ = coalesce.tick() => denial_log.flush(daemon.guard_ids(), Some(std::time::Instant::now())),
+            _ = coalesce.tick() => denial_log.flush(daemon.guard_ids(), daemon.guard_modes(), Some(std::time::Instant::now())),
             _ = cgroups.changed() => daemon.rescan_guards(&mut cgroups),
             r = events.next_batch(&mut batch) => {
                 r.map_err(|e| AgentError::Events(e.into()))?;
                 let full = batch.len() >= crate::bpf::MAX_EVENT_BATCH;
+                metrics.events_received.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 for e in batch.drain(..) {
-                    denial_log.log(&e, daemon.guard_ids());
+                    denial_log.log(&e, daemon.guard_ids(), daemon.guard_modes());
                 }
                 if full {
                     // Let the watcher tasks run between batches of a flood.
@@ -189,7 +214,7 @@ async fn event_loop(
             }
         }
     }
-    denial_log.flush(daemon.guard_ids(), None);
+    denial_log.flush(daemon.guard_ids(), daemon.guard_modes(), None);
     Ok(())
 }
 

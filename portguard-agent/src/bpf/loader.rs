@@ -31,7 +31,7 @@ pub const PROGRAMS: [&str; 8] = [
     "pg_sendmsg6",
 ];
 
-const PINNED_MAPS: [&str; 9] = [
+const PINNED_MAPS: [&str; 10] = [
     map_names::CONFIG,
     map_names::GUARDS,
     map_names::BIND_RULES,
@@ -41,6 +41,7 @@ const PINNED_MAPS: [&str; 9] = [
     map_names::COUNTERS,
     map_names::STATS,
     map_names::EVENTS,
+    map_names::DENIAL_COUNTS,
 ];
 
 #[derive(Debug, thiserror::Error)]

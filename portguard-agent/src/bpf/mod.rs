@@ -10,5 +10,5 @@ mod policy_maps;
 
 pub use events::{DecodedEvent, EventStream, EventsError, MAX_BATCH as MAX_EVENT_BATCH};
 pub use loader::{Enforcer, LoadError, unload};
-pub use pinned::{DecisionCounters, GuardCounts, LiveState};
+pub use pinned::{DecisionCounters, GuardCounts, KernelCounters, LiveState, PinnedError};
 pub use policy_maps::{GuardIds, KernelPolicy, MapsError, PolicyMaps};

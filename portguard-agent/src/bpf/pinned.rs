@@ -3,8 +3,8 @@
 
 use std::{collections::BTreeMap, path::Path};
 
-use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray};
-use portguard_common::{Config, GuardInfo, GuardKey, Op, Verdict, counter_index, map_names, stats};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap};
+use portguard_common::{Config, DenialKey, GuardInfo, GuardKey, Op, Verdict, counter_index, map_names, stats};
 
 use super::bpffs::PinLayout;
 
@@ -60,6 +60,39 @@ impl DecisionCounters {
 
     pub fn stamp_misses(&self) -> u64 {
         Self::sum(&self.stats, stats::STAMP_MISSES)
+    }
+}
+
+/// Every counter the kernel keeps, for metrics.
+pub struct KernelCounters {
+    pub decisions: DecisionCounters,
+    denial_counts: PerCpuHashMap<MapData, DenialKey, u64>,
+}
+
+impl std::fmt::Debug for KernelCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KernelCounters")
+    }
+}
+
+impl KernelCounters {
+    pub fn open(pin_dir: &Path) -> Result<Self, PinnedError> {
+        let pins = PinLayout::new(pin_dir.to_owned());
+        Ok(KernelCounters {
+            decisions: DecisionCounters::open(pin_dir)?,
+            denial_counts: PerCpuHashMap::try_from(open(&pins, map_names::DENIAL_COUNTS)?)
+                .map_err(|source| PinnedError::Map { name: map_names::DENIAL_COUNTS, source })?,
+        })
+    }
+
+    /// Exact denial and audit-violation counts per (guard, op, proto, port,
+    /// verdict), summed over CPUs.
+    pub fn denials(&self) -> Vec<(DenialKey, u64)> {
+        self.denial_counts
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, per_cpu)| (k, per_cpu.iter().sum()))
+            .collect()
     }
 }
 

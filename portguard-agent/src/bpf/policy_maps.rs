@@ -171,6 +171,12 @@ impl PolicyMaps {
         self.generation
     }
 
+    /// Entries in the guard, bind and connect maps, both slots.
+    pub fn entry_counts(&self) -> (usize, usize, usize) {
+        let sum = |f: fn(&KernelPolicy) -> usize| self.slots.iter().map(f).sum();
+        (sum(|k| k.guards.len()), sum(|k| k.bind.len()), sum(|k| k.connect.len()))
+    }
+
     fn read_slot(&self, slot: u8) -> Result<KernelPolicy, MapsError> {
         let mut out = KernelPolicy::default();
         for item in self.guards.iter() {

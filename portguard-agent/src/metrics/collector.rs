@@ -1,0 +1,167 @@
+//! Encodes every metric at scrape time.
+
+use std::{collections::BTreeMap, sync::atomic::Ordering};
+
+use portguard_common::{Op, Verdict};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+};
+
+use super::Metrics;
+
+type Labels = Vec<(&'static str, String)>;
+
+fn counters(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (Labels, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in series {
+        ConstCounter::new(v).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauges(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (Labels, i64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in series {
+        ConstGauge::new(v).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// One sample without labels.
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Result<(), std::fmt::Error> {
+    ConstCounter::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> Result<(), std::fmt::Error> {
+    ConstGauge::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+impl Collector for Metrics {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let policy = self.policy.lock().expect("metrics lock").clone();
+        let name_of = |id: u32| policy.guard_names.get(&id).cloned().unwrap_or_else(|| format!("guard-id:{id}"));
+        let kernel = self.kernel.lock().expect("metrics lock");
+
+        // Per-port denial counts: the label set is bounded by the kernel
+        // map (LRU), and peers never become labels.
+        let mut denials = Vec::new();
+        let mut audits = Vec::new();
+        for (key, n) in kernel.denials() {
+            let labels = vec![
+                ("guard", name_of(key.guard_id)),
+                ("op", Op::from_u8(key.op).map_or("?", Op::as_str).to_owned()),
+                ("proto", proto_name(key.proto).to_owned()),
+                ("port", key.port.to_string()),
+            ];
+            match Verdict::from_u8(key.verdict) {
+                Some(Verdict::Denied) => denials.push((labels, n)),
+                Some(Verdict::Audited) => audits.push((labels, n)),
+                _ => {}
+            }
+        }
+        counters(&mut enc, "portguard_denials", "Operations refused in enforce mode.", denials)?;
+        counters(
+            &mut enc,
+            "portguard_audit_violations",
+            "Operations an audit-mode guard would have refused (and let through).",
+            audits,
+        )?;
+
+        let mut decisions: BTreeMap<(Op, Verdict), u64> = BTreeMap::new();
+        for id in policy.guard_names.keys() {
+            let c = kernel.decisions.guard(*id);
+            for op in Op::ALL {
+                for v in Verdict::ALL {
+                    *decisions.entry((op, v)).or_default() += c[op as usize][v as usize];
+                }
+            }
+        }
+        counters(
+            &mut enc,
+            "portguard_decisions",
+            "Decisions on sockets of guarded cgroups, by operation and verdict.",
+            decisions.into_iter().map(|((op, v), n)| {
+                (vec![("op", op.as_str().to_owned()), ("verdict", v.as_str().to_owned())], n)
+            }),
+        )?;
+        counter(
+            &mut enc,
+            "portguard_events_lost",
+            "Denial events the kernel could not queue (ring buffer full); counts stay exact.",
+            kernel.decisions.events_lost(),
+        )?;
+        counter(
+            &mut enc,
+            "portguard_events_received",
+            "Denial events read from the kernel by the agent.",
+            self.events_received.load(Ordering::Relaxed),
+        )?;
+        counters(
+            &mut enc,
+            "portguard_policy_reloads",
+            "Policy reloads, by result.",
+            [
+                (vec![("result", "applied".to_owned())], self.reloads_applied.load(Ordering::Relaxed)),
+                (vec![("result", "rejected".to_owned())], self.reloads_rejected.load(Ordering::Relaxed)),
+            ],
+        )?;
+        gauge(
+            &mut enc,
+            "portguard_policy_generation",
+            "Generation of the policy the kernel enforces.",
+            policy.generation as i64,
+        )?;
+        gauges(
+            &mut enc,
+            "portguard_policy_info",
+            "The applied policy file and its SHA-256 (value is always 1).",
+            [(vec![("sha256", policy.sha256.clone()), ("file", policy.file.clone())], 1)],
+        )?;
+        gauge(&mut enc, "portguard_guards", "Guards in the policy.", policy.guards as i64)?;
+        gauge(
+            &mut enc,
+            "portguard_guarded_cgroups",
+            "Guards whose cgroup exists and is guarded now.",
+            policy.guarded_cgroups as i64,
+        )?;
+        gauges(
+            &mut enc,
+            "portguard_map_entries",
+            "Entries in each policy map (both slots).",
+            policy.map_entries.iter().map(|(m, n)| (vec![("map", (*m).to_owned())], *n as i64)),
+        )?;
+        gauge(
+            &mut enc,
+            "portguard_ready",
+            "1 once the programs are attached and the policy is applied.",
+            i64::from(self.ready.load(Ordering::Relaxed)),
+        )?;
+        gauges(
+            &mut enc,
+            "portguard_build_info",
+            "The agent's version (value is always 1).",
+            [(vec![("version", env!("CARGO_PKG_VERSION").to_owned())], 1)],
+        )?;
+        Ok(())
+    }
+}
+
+fn proto_name(p: u8) -> &'static str {
+    match p {
+        portguard_common::IPPROTO_TCP => "tcp",
+        portguard_common::IPPROTO_UDP => "udp",
+        _ => "other",
+    }
+}

@@ -1,0 +1,63 @@
+//! Prometheus metrics, health and readiness, served on `--metrics-addr`.
+//!
+//! Counts of decisions come from the kernel's per-CPU counters, read at
+//! scrape time: they are exact whatever happened to the event stream.
+//! Everything the agent itself knows (reloads, policy, guards) is kept in
+//! [`Metrics`] and updated as it changes.
+
+mod collector;
+mod server;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, AtomicU64},
+    },
+};
+
+pub use server::serve;
+
+use crate::bpf::KernelCounters;
+
+/// What the agent knows about the policy it applied.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySummary {
+    pub file: String,
+    pub sha256: String,
+    pub generation: u64,
+    /// Guard names by guard id.
+    pub guard_names: HashMap<u32, String>,
+    pub guards: usize,
+    pub guarded_cgroups: usize,
+    /// Entries in each policy map, both slots.
+    pub map_entries: Vec<(&'static str, usize)>,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    pub ready: AtomicBool,
+    pub reloads_applied: AtomicU64,
+    pub reloads_rejected: AtomicU64,
+    /// Events read from the ring buffer by the agent.
+    pub events_received: AtomicU64,
+    pub policy: Mutex<PolicySummary>,
+    kernel: Mutex<KernelCounters>,
+}
+
+impl Metrics {
+    pub fn new(kernel: KernelCounters) -> Metrics {
+        Metrics {
+            ready: AtomicBool::new(false),
+            reloads_applied: AtomicU64::new(0),
+            reloads_rejected: AtomicU64::new(0),
+            events_received: AtomicU64::new(0),
+            policy: Mutex::new(PolicySummary::default()),
+            kernel: Mutex::new(kernel),
+        }
+    }
+
+    pub fn set_policy(&self, summary: PolicySummary) {
+        *self.policy.lock().expect("metrics lock") = summary;
+    }
+}
