@@ -21,6 +21,9 @@ pub fn all() -> anyhow::Result<()> {
         "zlib1g-dev",
         // `ip netns`: each kernel test runs its sockets in its own namespace.
         "iproute2",
+        // A real Prometheus scrapes the agent in the tests; promtool checks
+        // the metrics page and the shipped alert rules.
+        "prometheus",
     ])?;
     bpf_linker()?;
     Ok(())

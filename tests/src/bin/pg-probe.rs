@@ -15,6 +15,9 @@
 //!       alternates the operation on a port that should pass and one that
 //!       should be refused for MILLIS ms, and prints
 //!       "allowed_ok=A allowed_refused=B denied_ok=C denied_refused=D"
+//!   pg-probe flood tcp|udp IP PORT COUNT
+//!       connect() COUNT times on one socket as fast as it can and prints
+//!       "attempted=N refused=M"
 //!
 //! An IPv6 IP (including ::ffff:a.b.c.d) uses an AF_INET6 socket.
 
@@ -180,6 +183,21 @@ fn hammer(op: &str, proto: &str, ip: IpAddr, allowed: u16, denied: u16, millis: 
     Ok(format!("allowed_ok={a_ok} allowed_refused={a_ref} denied_ok={d_ok} denied_refused={d_ref}"))
 }
 
+/// Repeated connect() on one socket: the cheapest way to hit a hook.
+fn flood(proto: &str, ip: IpAddr, port: u16, count: u64) -> io::Result<String> {
+    let s = socket(family_of(ip), proto)?;
+    let mut refused = 0u64;
+    for _ in 0..count {
+        if let Err(e) = connect_on(&s, ip, port) {
+            if e.raw_os_error() != Some(libc::EPERM) {
+                return Err(e);
+            }
+            refused += 1;
+        }
+    }
+    Ok(format!("attempted={count} refused={refused}"))
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -190,6 +208,7 @@ fn main() -> ExitCode {
         ["connect", proto, ip, p] => connect(proto, parse_ip(ip), port(p)),
         ["sendto", ip, p] => sendto(parse_ip(ip), port(p)),
         ["move-then-connect", proto, ip, p, procs] => move_then_connect(proto, parse_ip(ip), port(p), procs),
+        ["flood", proto, ip, p, count] => flood(proto, parse_ip(ip), port(p), count.parse().expect("count")),
         ["hammer", op, proto, ip, allowed, denied, millis] => {
             hammer(op, proto, parse_ip(ip), port(allowed), port(denied), millis.parse().expect("millis"))
         }
