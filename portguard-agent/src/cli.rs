@@ -44,6 +44,15 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
     },
+    /// Attach empty always-allow programs at the same hooks and exit
+    /// (benchmark baseline; remove with `unload`).
+    #[command(hide = true)]
+    BenchNoop {
+        #[arg(long)]
+        cgroup_root: PathBuf,
+        #[arg(long)]
+        bpffs: PathBuf,
+    },
     /// Detach portguard's programs and remove its pinned maps.
     Unload {
         /// bpffs directory portguard pinned its objects under.

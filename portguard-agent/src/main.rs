@@ -43,6 +43,15 @@ fn main() -> ExitCode {
         Command::Check { policy } => check::run(&policy),
         Command::Reload { state_dir } => status::reload(&state_dir),
         Command::Status { bpffs, state_dir, format } => status::status(&bpffs, &state_dir, format),
+        Command::BenchNoop { cgroup_root, bpffs } => {
+            match bpf::Enforcer::load_noop(&bpffs).and_then(|mut e| e.attach(&cgroup_root)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("portguard: {e}");
+                    ExitCode::from(EXIT_BAD_INPUT)
+                }
+            }
+        }
         Command::Unload { bpffs } => {
             logging::init(LogFormat::Text);
             match bpf::unload(&bpffs) {

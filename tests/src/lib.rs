@@ -48,8 +48,12 @@ pub fn agent_bin() -> PathBuf {
     p
 }
 
-/// pg-probe, built by cargo next to the test executables (`target/<profile>/`).
+/// pg-probe: `PG_PROBE_BIN` (the benchmarks use a release build), else the
+/// one cargo built next to the test executables (`target/<profile>/`).
 pub fn probe_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("PG_PROBE_BIN") {
+        return PathBuf::from(p);
+    }
     let exe = std::env::current_exe().expect("current_exe");
     let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
     let p = profile_dir.join("pg-probe");

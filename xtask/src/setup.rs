@@ -24,6 +24,9 @@ pub fn all() -> anyhow::Result<()> {
         // A real Prometheus scrapes the agent in the tests; promtool checks
         // the metrics page and the shipped alert rules.
         "prometheus",
+        // The benchmark compares against nftables and reads BPF run stats.
+        "nftables",
+        "bpftool",
     ])?;
     bpf_linker()?;
     Ok(())

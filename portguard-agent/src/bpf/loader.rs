@@ -100,6 +100,9 @@ pub struct Enforcer {
 }
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portguard"));
+/// Empty always-allow programs on the same hooks, for the benchmark's
+/// baseline (`portguard bench-noop`); a few hundred bytes.
+static NOOP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portguard-noop"));
 
 impl Enforcer {
     /// Loads the object, reusing the maps pinned under `pin_dir` by an
@@ -107,11 +110,20 @@ impl Enforcer {
     /// policy and socket stamps), and verifies every program. No hook
     /// changes: a kernel that lacks one fails here with nothing attached.
     pub fn load(pin_dir: &Path) -> Result<Enforcer, LoadError> {
+        Self::load_from(pin_dir, OBJECT)
+    }
+
+    /// Loads the empty baseline programs instead (benchmarks only).
+    pub fn load_noop(pin_dir: &Path) -> Result<Enforcer, LoadError> {
+        Self::load_from(pin_dir, NOOP_OBJECT)
+    }
+
+    fn load_from(pin_dir: &Path, object: &[u8]) -> Result<Enforcer, LoadError> {
         ensure_bpffs(pin_dir)?;
         let pins = PinLayout::new(pin_dir.to_owned());
         let fresh = !pin_dir.exists();
         pins.create()?;
-        match load_object(&pins) {
+        match load_object(&pins, object) {
             Ok(ebpf) => Ok(Enforcer { ebpf, pins, fresh }),
             Err(e) => {
                 if fresh {
@@ -202,13 +214,13 @@ impl Enforcer {
     }
 }
 
-fn load_object(pins: &PinLayout) -> Result<Ebpf, LoadError> {
+fn load_object(pins: &PinLayout, object: &[u8]) -> Result<Ebpf, LoadError> {
     let map_paths: Vec<(&str, PathBuf)> = PINNED_MAPS.iter().map(|name| (*name, pins.map(name))).collect();
     let mut loader = EbpfLoader::new();
     for (name, path) in &map_paths {
         loader.map_pin_path(name, path.as_path());
     }
-    let mut ebpf = loader.load(OBJECT).map_err(LoadError::Load)?;
+    let mut ebpf = loader.load(object).map_err(LoadError::Load)?;
     for name in PROGRAMS {
         let program = ebpf.program_mut(name).ok_or(LoadError::MissingProgram { name })?;
         let prog_err = |source| LoadError::Program { name, source };

@@ -2,6 +2,12 @@
 //! to BENCHMARKS.md (tables and a reading of them) and benchmarks.json.
 
 mod apply;
+mod configs;
+mod flood;
+mod overhead;
+mod plot;
+mod targets;
+mod workloads;
 
 use std::fmt::Write as _;
 
@@ -23,8 +29,17 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The value below which a fraction `q` of the samples lie.
+pub fn quantile(mut v: Vec<f64>, q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
 pub fn run() -> anyhow::Result<()> {
-    let sections = vec![apply::run()];
+    let sections = vec![overhead::run()?.section, apply::run(), flood::run()];
     let mut md = String::from("# portguard benchmarks\n\n");
     let _ = writeln!(
         md,

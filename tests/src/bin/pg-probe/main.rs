@@ -19,7 +19,11 @@
 //!       connect() COUNT times on one socket as fast as it can and prints
 //!       "attempted=N refused=M"
 //!
+//!   pg-probe bench w1|w2|w3|w4 PORT ITERATIONS   (see bench.rs)
+//!
 //! An IPv6 IP (including ::ffff:a.b.c.d) uses an AF_INET6 socket.
+
+mod bench;
 
 use std::{io, mem::size_of, net::IpAddr, process::ExitCode};
 
@@ -208,6 +212,7 @@ fn main() -> ExitCode {
         ["connect", proto, ip, p] => connect(proto, parse_ip(ip), port(p)),
         ["sendto", ip, p] => sendto(parse_ip(ip), port(p)),
         ["move-then-connect", proto, ip, p, procs] => move_then_connect(proto, parse_ip(ip), port(p), procs),
+        ["bench", workload, p, n] => bench::run(workload, port(p), n.parse().expect("iterations")),
         ["flood", proto, ip, p, count] => flood(proto, parse_ip(ip), port(p), count.parse().expect("count")),
         ["hammer", op, proto, ip, allowed, denied, millis] => {
             hammer(op, proto, parse_ip(ip), port(allowed), port(denied), millis.parse().expect("millis"))

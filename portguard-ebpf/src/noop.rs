@@ -1,0 +1,55 @@
+//! Empty always-allow programs on the same hooks as portguard's, for the
+//! benchmark's C1 configuration: the cost any cgroup-BPF design pays.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    macros::{cgroup_sock, cgroup_sock_addr},
+    programs::{SockAddrContext, SockContext},
+};
+
+#[cgroup_sock(sock_create)]
+pub fn pg_sock_create(_ctx: SockContext) -> i32 {
+    1
+}
+
+#[cgroup_sock(sock_release)]
+pub fn pg_sock_release(_ctx: SockContext) -> i32 {
+    1
+}
+
+#[cgroup_sock_addr(bind4)]
+pub fn pg_bind4(_ctx: SockAddrContext) -> i32 {
+    1
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn pg_bind6(_ctx: SockAddrContext) -> i32 {
+    1
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn pg_connect4(_ctx: SockAddrContext) -> i32 {
+    1
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn pg_connect6(_ctx: SockAddrContext) -> i32 {
+    1
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn pg_sendmsg4(_ctx: SockAddrContext) -> i32 {
+    1
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn pg_sendmsg6(_ctx: SockAddrContext) -> i32 {
+    1
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
