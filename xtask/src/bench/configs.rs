@@ -80,6 +80,10 @@ fn nft_ruleset(cgroup_path: &str, rules: usize, as_set: bool) -> String {
             let _ = writeln!(s, "    {m} ip daddr 127.0.0.1 tcp dport {port} accept");
         }
     }
+    // A dropped SYN would leave connect() retrying for minutes; refuse TCP
+    // with a reset (the caller sees ECONNREFUSED), drop everything else
+    // (the caller sees EPERM).
+    let _ = writeln!(s, "    {m} meta l4proto tcp reject with tcp reset");
     let _ = writeln!(s, "    {m} drop\n  }}\n}}");
     s
 }

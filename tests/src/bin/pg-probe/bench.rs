@@ -9,8 +9,9 @@
 //!             LISTENER_PORT
 //!   w4 PORT   bind() a UDP socket to 127.0.0.1:PORT and close it
 //!
-//! A refused operation (EPERM) counts as done: the denied variants time
-//! exactly that.
+//! A refused operation counts as done: the denied variants time exactly
+//! that. Refused means EPERM (a cgroup hook or a dropped packet), or for
+//! TCP ECONNREFUSED (a firewall's reset).
 
 use std::{io, mem::size_of, net::IpAddr, time::Instant};
 
@@ -22,7 +23,7 @@ pub const RECEIVER_PORT: u16 = 41001;
 fn refused(r: io::Result<()>) -> io::Result<bool> {
     match r {
         Ok(()) => Ok(false),
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(true),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::ECONNREFUSED)) => Ok(true),
         Err(e) => Err(e),
     }
 }
