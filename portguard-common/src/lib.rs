@@ -12,9 +12,10 @@
 //!   whole operation with that slot's entries. The agent writes a new policy
 //!   into the inactive slot and then bumps the generation: one 8-byte write
 //!   switches every guard and every rule at once.
-//! * `SOCK_STAMPS` remembers, per socket cookie, the cgroup the socket was
-//!   created in and which guard covers it (resolved once per generation).
-//!   The common, unguarded case costs one hash lookup per operation.
+//! * `SK_STAMPS` (socket-local storage) remembers, per socket, the cgroup
+//!   the socket was created in and the guard that covers it (resolved once
+//!   per generation). The common, unguarded case costs one socket-storage
+//!   lookup per operation: a pointer walk, no hashing, no locks.
 //! * `ANCESTRY` records each socket-creating cgroup's ancestor ids at the time
 //!   a socket is created there (the creating task is then in that cgroup), so
 //!   a socket can be re-resolved after a policy change even when the process
@@ -31,18 +32,19 @@ pub mod map_names {
     pub const GUARDS: &str = "PG_GUARDS";
     pub const BIND_RULES: &str = "PG_BIND_RULES";
     pub const CONNECT_RULES: &str = "PG_CONNECT_RULES";
-    pub const SOCK_STAMPS: &str = "PG_SOCK_STAMPS";
+    pub const SK_STAMPS: &str = "PG_SK_STAMPS";
     pub const ANCESTRY: &str = "PG_ANCESTRY";
     pub const COUNTERS: &str = "PG_COUNTERS";
     pub const STATS: &str = "PG_STATS";
     pub const EVENTS: &str = "PG_EVENTS";
     pub const DENIAL_COUNTS: &str = "PG_DENIAL_COUNTS";
+    pub const PREFIX_MASKS: &str = "PG_PREFIX_MASKS";
 }
 
 /// Version of the map layouts below. Bump it with any change to a map's
 /// key, value or size: the agent then pins fresh maps instead of reusing
 /// the ones an older agent left behind.
-pub const MAP_ABI_VERSION: u32 = 1;
+pub const MAP_ABI_VERSION: u32 = 2;
 
 /// Number of policy slots (double buffering for atomic switches).
 pub const SLOTS: u32 = 2;
@@ -58,8 +60,6 @@ pub const MAX_CGROUP_DEPTH: usize = 32;
 pub const MAX_PORT_RANGES: usize = 32;
 /// Distinct peer prefix lengths one guard may use per address family.
 pub const MAX_PREFIX_LENS: usize = 8;
-/// Sockets whose creation cgroup is remembered (LRU beyond this).
-pub const DEFAULT_SOCK_STAMPS: u32 = 65_536;
 /// Cgroups whose ancestry is remembered (LRU beyond this).
 pub const DEFAULT_ANCESTRY_ENTRIES: u32 = 16_384;
 /// Distinct (guard, op, proto, port, verdict) denial counters kept; the
@@ -169,11 +169,14 @@ pub const fn counter_index(guard_id: u32, op: Op, verdict: Verdict) -> u32 {
 pub mod stats {
     /// Events lost because the ring buffer was full.
     pub const EVENTS_LOST: u32 = 0;
-    /// Operations on sockets with no stamp (created before portguard, or
-    /// evicted from the LRU): judged by the calling task's cgroup.
+    /// Operations on sockets with no stamp (created before portguard was
+    /// attached): judged by the calling task's cgroup, then stamped.
     pub const STAMP_MISSES: u32 = 1;
     /// Re-resolutions that found no recorded ancestry for the socket's cgroup.
     pub const ANCESTRY_MISSES: u32 = 2;
+    /// Sockets the kernel had no memory to stamp (their operation was
+    /// refused, whatever their cgroup).
+    pub const STAMP_FAILURES: u32 = 3;
     pub const COUNT: u32 = 4;
 }
 
@@ -194,7 +197,8 @@ impl Config {
     }
 }
 
-/// `PG_SOCK_STAMPS` value, keyed by socket cookie (u64).
+/// `PG_SK_STAMPS` value: socket-local storage, created with the socket
+/// and freed with it by the kernel.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SockStamp {
@@ -202,10 +206,13 @@ pub struct SockStamp {
     pub sock_cgroup: u64,
     /// The guarded cgroup that covers it, valid when `guarded == STAMP_GUARDED`.
     pub guard_cgroup: u64,
-    /// Generation under which `guarded`/`guard_cgroup` were resolved.
+    /// Generation under which the fields below were resolved.
     pub generation: u64,
     pub guarded: u32,
     pub _pad: u32,
+    /// The covering guard as the generation's slot holds it, cached so that
+    /// an operation costs no guard lookup.
+    pub guard: GuardInfo,
 }
 
 /// `PG_ANCESTRY` value, keyed by cgroup id (u64): `ids[level]` is the id of
@@ -290,7 +297,14 @@ pub struct PortRange {
     pub last: u16,
 }
 
+impl PortRange {
+    /// A range with no port in it (first > last): fills unused slots, so
+    /// the kernel can test every slot without looking at the count.
+    pub const EMPTY: PortRange = PortRange { first: 1, last: 0 };
+}
+
 /// `PG_CONNECT_RULES` value: the ports allowed to peers in that prefix.
+/// Slots past `count` hold [`PortRange::EMPTY`], which contains no port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortSet {
@@ -367,7 +381,7 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<Config>(), 8);
-        assert_eq!(size_of::<SockStamp>(), 32);
+        assert_eq!(size_of::<SockStamp>(), 32 + size_of::<GuardInfo>());
         assert_eq!(size_of::<Ancestry>(), 8 + 8 * MAX_CGROUP_DEPTH);
         assert_eq!(size_of::<GuardKey>(), 16);
         assert_eq!(size_of::<GuardInfo>(), 16 + 2 * MAX_PREFIX_LENS);

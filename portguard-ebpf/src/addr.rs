@@ -3,6 +3,8 @@
 use aya_ebpf::bindings::bpf_sock_addr;
 use portguard_common::{AF_INET, AF_INET6};
 
+use crate::maps::PG_PREFIX_MASKS;
+
 /// A peer or local address as portguard judges it.
 #[derive(Clone, Copy)]
 pub struct Addr {
@@ -91,19 +93,17 @@ pub fn user_port(ctx: *mut bpf_sock_addr) -> u16 {
     u16::from_be(unsafe { (*ctx).user_port } as u16)
 }
 
-/// Zeroes every bit past `prefix_len` (bits counted from the first byte).
+/// Zeroes every bit past `prefix_len` (bits counted from the first byte),
+/// with the mask the agent precomputed for that length: branch-free, so
+/// the verifier walks it once per prefix instead of once per bit pattern.
 #[inline(always)]
 pub fn masked(bytes: &[u8; 16], prefix_len: u8) -> [u8; 16] {
+    let Some(mask) = PG_PREFIX_MASKS.get(u32::from(prefix_len)) else {
+        return [0xff; 16];
+    };
     let mut out = [0u8; 16];
-    let plen = prefix_len as u32;
-    for i in 0..16u32 {
-        let start = i * 8;
-        if plen >= start + 8 {
-            out[i as usize] = bytes[i as usize];
-        } else if plen > start {
-            let keep = plen - start;
-            out[i as usize] = bytes[i as usize] & (0xffu8 << (8 - keep));
-        }
+    for i in 0..16 {
+        out[i] = bytes[i] & mask[i];
     }
     out
 }

@@ -1,18 +1,25 @@
 //! Which guard judges a socket: the nearest guarded ancestor of the cgroup the
 //! socket was *created* in, not of whoever uses it now.
+//!
+//! `sock_create` stamps every inet socket with its creating cgroup in
+//! socket-local storage. The first operation under a policy generation
+//! resolves the stamp to a guard (or to "unguarded") from the ancestry the
+//! kernel reported for that cgroup, and caches the guard in the stamp.
+
+use core::ffi::c_void;
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::generated::{
-        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_socket_cookie,
-    },
+    bindings::BPF_SK_STORAGE_GET_F_CREATE,
+    helpers::generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_sk_storage_get},
+    programs::{SockAddrContext, SockContext},
 };
 use portguard_common::{
-    Ancestry, Config, GuardInfo, GuardKey, MAX_CGROUP_DEPTH, STAMP_GUARDED, STAMP_UNGUARDED,
-    STAMP_UNRESOLVED, SockStamp, stats,
+    Ancestry, Config, GuardInfo, GuardKey, MAX_CGROUP_DEPTH, STAMP_GUARDED, STAMP_UNGUARDED, STAMP_UNRESOLVED,
+    SockStamp, stats,
 };
 
-use crate::maps::{PG_ANCESTRY, PG_GUARDS, PG_SCRATCH, PG_SOCK_STAMPS, PG_STATS, bump};
+use crate::maps::{PG_ANCESTRY, PG_GUARDS, PG_SCRATCH, PG_SK_STAMPS, PG_STATS, bump};
 
 const BPF_NOEXIST: u64 = 1;
 
@@ -20,101 +27,106 @@ const BPF_NOEXIST: u64 = 1;
 pub struct Guarded {
     pub sock_cgroup: u64,
     pub guard_cgroup: u64,
-    /// `None` when the stamp names a guard the active slot does not hold;
-    /// the caller must then fail closed.
+    /// `None` when the socket could not be stamped; the caller must then
+    /// fail closed.
     pub info: Option<GuardInfo>,
 }
 
-/// Records the creating task's cgroup and its ancestors. Called from
-/// `sock_create`, where the task is by definition in the socket's cgroup.
+fn stamps_map() -> *mut c_void {
+    // The static's address is what the loader relocates into the map.
+    core::ptr::addr_of!(PG_SK_STAMPS) as *mut c_void
+}
+
+/// Stamps a new socket with the creating task's cgroup, which is by
+/// definition the socket's, and records that cgroup's ancestry.
 #[inline(always)]
-pub fn stamp_new_socket<C: EbpfContext>(ctx: &C) {
-    // SAFETY: helpers valid in cgroup_sock programs.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+pub fn stamp_new_socket(ctx: &SockContext) {
+    // SAFETY: helper valid in cgroup_sock programs.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     record_current_ancestry(cgroup);
-    let stamp =
-        SockStamp { sock_cgroup: cgroup, guard_cgroup: 0, generation: 0, guarded: STAMP_UNRESOLVED, _pad: 0 };
-    let _ = PG_SOCK_STAMPS.insert(&cookie, &stamp, 0);
-}
-
-#[inline(always)]
-pub fn forget_socket<C: EbpfContext>(ctx: &C) {
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let _ = PG_SOCK_STAMPS.remove(&cookie);
-}
-
-/// Resolves the guard for the socket behind `ctx` under `cfg`, caching the
-/// answer in the socket's stamp until the policy generation changes.
-/// Returns `None` for an unguarded socket: the fast path.
-#[inline(always)]
-pub fn socket_guard<C: EbpfContext>(ctx: &C, cfg: &Config) -> Option<Guarded> {
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let slot = cfg.active_slot();
-    let (sock_cgroup, guard_cgroup) = match PG_SOCK_STAMPS.get_ptr_mut(&cookie) {
-        Some(stamp) => {
-            // SAFETY: a map value pointer, valid for this program run.
-            let s = unsafe { &mut *stamp };
-            if s.generation != cfg.generation || s.guarded == STAMP_UNRESOLVED {
-                let guard = resolve_recorded(s.sock_cgroup, slot);
-                s.guard_cgroup = guard.unwrap_or(0);
-                s.guarded = if guard.is_some() { STAMP_GUARDED } else { STAMP_UNGUARDED };
-                s.generation = cfg.generation;
-            }
-            if s.guarded != STAMP_GUARDED {
-                return None;
-            }
-            (s.sock_cgroup, s.guard_cgroup)
-        }
-        None => {
-            // A socket older than portguard (or evicted from the LRU): the
-            // best identity left is the calling task's cgroup. Stamp it so
-            // the next operation takes the fast path.
-            bump(&PG_STATS, stats::STAMP_MISSES);
-            let cgroup = unsafe { bpf_get_current_cgroup_id() };
-            record_current_ancestry(cgroup);
-            let guard = resolve_recorded(cgroup, slot);
-            let stamp = SockStamp {
-                sock_cgroup: cgroup,
-                guard_cgroup: guard.unwrap_or(0),
-                generation: cfg.generation,
-                guarded: if guard.is_some() { STAMP_GUARDED } else { STAMP_UNGUARDED },
-                _pad: 0,
-            };
-            let _ = PG_SOCK_STAMPS.insert(&cookie, &stamp, 0);
-            (cgroup, guard?)
-        }
+    let mut stamp = SockStamp { sock_cgroup: cgroup, ..SockStamp::default() };
+    // SAFETY: in cgroup_sock programs the socket argument is the context.
+    unsafe {
+        bpf_sk_storage_get(
+            stamps_map(),
+            ctx.as_ptr(),
+            (&mut stamp as *mut SockStamp).cast(),
+            BPF_SK_STORAGE_GET_F_CREATE.into(),
+        )
     };
-    let key = GuardKey { cgroup_id: guard_cgroup, slot, _pad: 0 };
-    // SAFETY: PG_GUARDS is not preallocated, so a value we read is never
-    // recycled under us; we copy it out at once.
-    let info = unsafe { PG_GUARDS.get(&key) }.copied();
-    Some(Guarded { sock_cgroup, guard_cgroup, info })
 }
 
-/// Nearest guarded ancestor (or the cgroup itself) of `cgroup`, using the
-/// ancestry recorded when a socket was created there.
+/// The guard for the socket behind `ctx` under `cfg`, or `None` for an
+/// unguarded socket: the fast path.
+///
+/// Written so that resolution has a single call site: every copy of its
+/// loops multiplies the verifier's work (it refused an earlier shape with
+/// E2BIG, "BPF program is too large").
 #[inline(always)]
-fn resolve_recorded(cgroup: u64, slot: u32) -> Option<u64> {
-    // SAFETY: LRU values can be recycled under a reader; a torn read here can
-    // only pick a wrong *ancestor list*, which the fallback below also risks.
-    match unsafe { PG_ANCESTRY.get(&cgroup) } {
-        Some(ancestry) => nearest_guard(ancestry, slot),
-        None => {
-            bump(&PG_STATS, stats::ANCESTRY_MISSES);
-            if unsafe { bpf_get_current_cgroup_id() } == cgroup {
-                record_current_ancestry(cgroup);
-                if let Some(ancestry) = unsafe { PG_ANCESTRY.get(&cgroup) } {
-                    return nearest_guard(ancestry, slot);
-                }
-            }
-            nearest_guard_of_current(slot)
+pub fn socket_guard(ctx: &SockAddrContext, cfg: &Config) -> Option<Guarded> {
+    let slot = cfg.active_slot();
+    // SAFETY: ctx.sock_addr->sk is the socket; the helper checks it.
+    let mut stamp = unsafe { PG_SK_STAMPS.get_ptr_mut(ctx) };
+    if stamp.is_null() {
+        // A socket older than portguard: the best identity left is the
+        // calling task's cgroup. Stamp it so the next operation is fast.
+        bump(&PG_STATS, stats::STAMP_MISSES);
+        let mut fresh = SockStamp { sock_cgroup: unsafe { bpf_get_current_cgroup_id() }, ..SockStamp::default() };
+        record_current_ancestry(fresh.sock_cgroup);
+        stamp = unsafe { PG_SK_STAMPS.get_or_insert_ptr_mut(ctx, Some(&mut fresh)) };
+        if stamp.is_null() {
+            // No memory for 64 bytes of socket storage: refuse rather than
+            // guess (a guard must never open), and count it.
+            bump(&PG_STATS, stats::STAMP_FAILURES);
+            return Some(Guarded { sock_cgroup: fresh.sock_cgroup, guard_cgroup: 0, info: None });
         }
     }
+    // SAFETY: socket storage owned by this socket, valid for this run.
+    let s = unsafe { &mut *stamp };
+    if s.generation != cfg.generation || s.guarded == STAMP_UNRESOLVED {
+        match resolve(s.sock_cgroup, slot) {
+            Some((guard_cgroup, info)) => {
+                s.guard_cgroup = guard_cgroup;
+                s.guard = info;
+                s.guarded = STAMP_GUARDED;
+            }
+            None => s.guarded = STAMP_UNGUARDED,
+        }
+        s.generation = cfg.generation;
+    }
+    if s.guarded != STAMP_GUARDED {
+        return None;
+    }
+    Some(Guarded { sock_cgroup: s.sock_cgroup, guard_cgroup: s.guard_cgroup, info: Some(s.guard) })
+}
+
+/// Nearest guarded ancestor (or the cgroup itself) of `cgroup`, with its
+/// guard, from the ancestry recorded when a socket was created there. If
+/// none is recorded (evicted from the LRU), the calling task's cgroup is the
+/// best identity left.
+#[inline(always)]
+fn resolve(cgroup: u64, slot: u32) -> Option<(u64, GuardInfo)> {
+    let mut key = cgroup;
+    if PG_ANCESTRY.get_ptr(&key).is_none() {
+        bump(&PG_STATS, stats::ANCESTRY_MISSES);
+        key = unsafe { bpf_get_current_cgroup_id() };
+        record_current_ancestry(key);
+    }
+    // SAFETY: LRU values can be recycled under a reader; a torn read can only
+    // pick a wrong ancestor list, the same risk as the fallback above.
+    let ancestry = unsafe { PG_ANCESTRY.get(&key) }?;
+    nearest_guard(ancestry, slot)
 }
 
 #[inline(always)]
-fn nearest_guard(ancestry: &Ancestry, slot: u32) -> Option<u64> {
+fn guard_at(id: u64, slot: u32) -> Option<GuardInfo> {
+    let key = GuardKey { cgroup_id: id, slot, _pad: 0 };
+    // SAFETY: not preallocated (see maps.rs): copied out at once.
+    unsafe { PG_GUARDS.get(&key) }.copied()
+}
+
+#[inline(always)]
+fn nearest_guard(ancestry: &Ancestry, slot: u32) -> Option<(u64, GuardInfo)> {
     let depth = ancestry.depth as usize;
     for i in 0..MAX_CGROUP_DEPTH {
         let level = MAX_CGROUP_DEPTH - 1 - i;
@@ -122,30 +134,11 @@ fn nearest_guard(ancestry: &Ancestry, slot: u32) -> Option<u64> {
             continue;
         }
         let id = ancestry.ids[level];
-        let key = GuardKey { cgroup_id: id, slot, _pad: 0 };
-        if PG_GUARDS.get_ptr(&key).is_some() {
-            return Some(id);
+        if let Some(info) = guard_at(id, slot) {
+            return Some((id, info));
         }
     }
     None
-}
-
-/// Last resort when no ancestry is recorded: walk the calling task's
-/// cgroup. Wrong only for a socket that changed hands *and* lost its record.
-#[inline(always)]
-fn nearest_guard_of_current(slot: u32) -> Option<u64> {
-    let mut found = None;
-    for level in 0..MAX_CGROUP_DEPTH {
-        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
-        if id == 0 {
-            break;
-        }
-        let key = GuardKey { cgroup_id: id, slot, _pad: 0 };
-        if PG_GUARDS.get_ptr(&key).is_some() {
-            found = Some(id);
-        }
-    }
-    found
 }
 
 #[inline(always)]

@@ -1,8 +1,9 @@
 //! portguard's kernel side.
 //!
 //! `cgroup/sock_create` stamps each new socket with the cgroup it was created
-//! in; the sock_addr hooks judge bind, connect and unconnected sends against
-//! the guard covering that cgroup. An unguarded socket costs one lookup.
+//! in (socket-local storage, freed with the socket); the sock_addr hooks
+//! judge bind, connect and unconnected sends against the guard covering that
+//! cgroup. An unguarded socket costs one socket-storage lookup.
 //! A sock_addr program allows by returning 1 and denies (EPERM) with 0.
 #![no_std]
 #![no_main]
@@ -22,7 +23,7 @@ use portguard_common::{Config, IPPROTO_TCP, IPPROTO_UDP, MODE_AUDIT, ORPHAN_GUAR
 use crate::{
     addr::{Addr, user_addr4, user_addr6, user_port},
     decide::{bind_allowed, connect_allowed},
-    identity::{forget_socket, socket_guard, stamp_new_socket},
+    identity::{socket_guard, stamp_new_socket},
     maps::PG_CONFIG,
     report::{Decision, record},
 };
@@ -33,12 +34,6 @@ const DENY: i32 = 0;
 #[cgroup_sock(sock_create)]
 pub fn pg_sock_create(ctx: SockContext) -> i32 {
     stamp_new_socket(&ctx);
-    ALLOW
-}
-
-#[cgroup_sock(sock_release)]
-pub fn pg_sock_release(ctx: SockContext) -> i32 {
-    forget_socket(&ctx);
     ALLOW
 }
 

@@ -1,11 +1,12 @@
 //! Every map the programs use. Names match `portguard_common::map_names`.
 
 use aya_ebpf::{
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use portguard_common::{
-    Ancestry, BindKey, COUNTER_ENTRIES, Config, ConnectKey, DENIAL_COUNT_ENTRIES, DEFAULT_ANCESTRY_ENTRIES, DenialKey, DEFAULT_SOCK_STAMPS,
+    Ancestry, BindKey, COUNTER_ENTRIES, Config, ConnectKey, DENIAL_COUNT_ENTRIES, DEFAULT_ANCESTRY_ENTRIES, DenialKey,
     EVENTS_BYTES, GuardInfo, GuardKey, MAX_BIND_ENTRIES, MAX_CONNECT_ENTRIES, MAX_GUARDS, PortSet, RuleRef,
     SLOTS, SockStamp, stats,
 };
@@ -30,11 +31,18 @@ pub static PG_BIND_RULES: HashMap<BindKey, RuleRef> =
 pub static PG_CONNECT_RULES: HashMap<ConnectKey, PortSet> =
     HashMap::with_max_entries(SLOTS * MAX_CONNECT_ENTRIES, BPF_F_NO_PREALLOC);
 
-#[map(name = "PG_SOCK_STAMPS")]
-pub static PG_SOCK_STAMPS: LruHashMap<u64, SockStamp> = LruHashMap::with_max_entries(DEFAULT_SOCK_STAMPS, 0);
+/// Socket-local storage: one stamp per socket, freed with the socket, so
+/// there is nothing to evict and nothing to clean up on close.
+#[btf_map(name = "PG_SK_STAMPS")]
+pub static PG_SK_STAMPS: SkStorage<SockStamp> = SkStorage::new();
 
 #[map(name = "PG_ANCESTRY")]
 pub static PG_ANCESTRY: LruHashMap<u64, Ancestry> = LruHashMap::with_max_entries(DEFAULT_ANCESTRY_ENTRIES, 0);
+
+/// `PG_PREFIX_MASKS[n]`: the 16-byte mask keeping the first n bits (0..=128),
+/// filled by the agent at load.
+#[map(name = "PG_PREFIX_MASKS")]
+pub static PG_PREFIX_MASKS: Array<[u8; 16]> = Array::with_max_entries(129, 0);
 
 /// Scratch space to build an `Ancestry` (264 bytes) off the 512-byte stack.
 #[map(name = "PG_SCRATCH")]

@@ -13,11 +13,6 @@ pub fn pg_sock_create(_ctx: SockContext) -> i32 {
     1
 }
 
-#[cgroup_sock(sock_release)]
-pub fn pg_sock_release(_ctx: SockContext) -> i32 {
-    1
-}
-
 #[cgroup_sock_addr(bind4)]
 pub fn pg_bind4(_ctx: SockAddrContext) -> i32 {
     1

@@ -137,7 +137,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     tracing::info!(
         cgroup_root = %root.display(),
         bpffs = %args.bpffs.display(),
-        "attached bind4/6, connect4/6, sendmsg4/6, sock_create and sock_release"
+        "attached bind4/6, connect4/6, sendmsg4/6 and sock_create"
     );
     daemon.log_guards();
     daemon.write_state();

@@ -20,9 +20,8 @@ use super::{
 
 /// The programs, in the order they are attached. `sock_create` comes first
 /// so that sockets are stamped before the hooks that read stamps run.
-pub const PROGRAMS: [&str; 8] = [
+pub const PROGRAMS: [&str; 7] = [
     "pg_sock_create",
-    "pg_sock_release",
     "pg_bind4",
     "pg_bind6",
     "pg_connect4",
@@ -36,7 +35,7 @@ const PINNED_MAPS: [&str; 10] = [
     map_names::GUARDS,
     map_names::BIND_RULES,
     map_names::CONNECT_RULES,
-    map_names::SOCK_STAMPS,
+    map_names::SK_STAMPS,
     map_names::ANCESTRY,
     map_names::COUNTERS,
     map_names::STATS,
@@ -200,6 +199,17 @@ impl Enforcer {
         // From here on the pinned state is ours: a later failure must not
         // remove it.
         self.fresh = false;
+        // Links of programs this object no longer has (an older agent's):
+        // unpinning detaches them.
+        if let Ok(entries) = fs::read_dir(pins.links_dir()) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                if !PROGRAMS.iter().any(|p| name.to_str() == Some(*p)) {
+                    tracing::info!(link = %e.path().display(), "removing a link this agent no longer uses");
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
         // Maps of an older ABI are read by nothing now.
         pins.remove_stale_map_dirs();
         Ok(())

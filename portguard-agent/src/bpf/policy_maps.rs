@@ -152,6 +152,7 @@ impl PolicyMaps {
         let connect = BpfHashMap::try_from(take(map_names::CONNECT_RULES)?)
             .map_err(map_err(map_names::CONNECT_RULES))?;
         let generation = config.get(&0, 0).map_err(map_err(map_names::CONFIG))?.generation;
+        fill_prefix_masks(take(map_names::PREFIX_MASKS)?)?;
         let mut maps = PolicyMaps {
             config,
             guards,
@@ -266,6 +267,18 @@ impl PolicyMaps {
         }
         Ok((written, deleted))
     }
+}
+
+/// `PG_PREFIX_MASKS[n]` keeps the first n bits of a 16-byte address; the
+/// kernel ANDs with it instead of computing masks bit by bit.
+fn fill_prefix_masks(map: aya::maps::Map) -> Result<(), MapsError> {
+    let name = map_names::PREFIX_MASKS;
+    let mut masks: Array<MapData, [u8; 16]> = Array::try_from(map).map_err(map_err(name))?;
+    for len in 0..=128u32 {
+        let bits: u128 = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+        masks.set(len, bits.to_be_bytes(), 0).map_err(map_err(name))?;
+    }
+    Ok(())
 }
 
 fn remove<K: aya::Pod, V: aya::Pod>(

@@ -106,7 +106,7 @@ pub(super) fn compile(src: &Source, policy: &Policy) -> Result<CompiledPolicy, P
                 ));
             }
             let mut set =
-                PortSet { count: merged.len() as u32, ranges: [PortRange::default(); MAX_PORT_RANGES] };
+                PortSet { count: merged.len() as u32, ranges: [PortRange::EMPTY; MAX_PORT_RANGES] };
             set.ranges[..merged.len()].copy_from_slice(&merged);
             if key.family == AF_INET {
                 v4.insert(key.prefix_len)
