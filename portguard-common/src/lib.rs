@@ -80,6 +80,11 @@ pub const MODE_AUDIT: u32 = 2;
 
 /// `GuardInfo::flags`: the guard allows `bind()` to port 0 (kernel-chosen).
 pub const GUARD_ALLOW_EPHEMERAL_BIND: u32 = 1;
+/// `GuardInfo::flags`: the guard allows raw and SCTP sockets, whose
+/// bind/connect the sock_addr hooks never see.
+pub const GUARD_ALLOW_OTHER_SOCKETS: u32 = 2;
+pub const SOCK_RAW: u32 = 3;
+pub const IPPROTO_SCTP: u32 = 132;
 
 /// `BindKey::addr_kind`: the rule allows any local address, or one address.
 pub const BIND_ADDR_ANY: u8 = 1;
@@ -98,17 +103,21 @@ pub enum Op {
     Bind = 0,
     Connect = 1,
     Sendmsg = 2,
+    /// Creating a socket of a kind the sock_addr hooks cannot see (raw,
+    /// SCTP) in a guarded cgroup.
+    Socket = 3,
 }
 pub const OP_COUNT: usize = 4;
 
 impl Op {
-    pub const ALL: [Op; 3] = [Op::Bind, Op::Connect, Op::Sendmsg];
+    pub const ALL: [Op; 4] = [Op::Bind, Op::Connect, Op::Sendmsg, Op::Socket];
 
     pub fn from_u8(v: u8) -> Option<Op> {
         match v {
             0 => Some(Op::Bind),
             1 => Some(Op::Connect),
             2 => Some(Op::Sendmsg),
+            3 => Some(Op::Socket),
             _ => None,
         }
     }
@@ -118,6 +127,7 @@ impl Op {
             Op::Bind => "bind",
             Op::Connect => "connect",
             Op::Sendmsg => "sendmsg",
+            Op::Socket => "socket",
         }
     }
 }
@@ -394,7 +404,7 @@ mod tests {
 
     #[test]
     fn counter_indexes_do_not_collide() {
-        let last = counter_index(ORPHAN_GUARD_ID, Op::Sendmsg, Verdict::Audited);
+        let last = counter_index(ORPHAN_GUARD_ID, Op::Socket, Verdict::Audited);
         assert!(last < COUNTER_ENTRIES);
         assert_ne!(
             counter_index(0, Op::Connect, Verdict::Allowed),

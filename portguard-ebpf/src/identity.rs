@@ -38,9 +38,10 @@ fn stamps_map() -> *mut c_void {
 }
 
 /// Stamps a new socket with the creating task's cgroup, which is by
-/// definition the socket's, and records that cgroup's ancestry.
+/// definition the socket's, and records that cgroup's ancestry. Returns the
+/// cgroup.
 #[inline(always)]
-pub fn stamp_new_socket(ctx: &SockContext) {
+pub fn stamp_new_socket(ctx: &SockContext) -> u64 {
     // SAFETY: helper valid in cgroup_sock programs.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     record_current_ancestry(cgroup);
@@ -54,6 +55,13 @@ pub fn stamp_new_socket(ctx: &SockContext) {
             BPF_SK_STORAGE_GET_F_CREATE.into(),
         )
     };
+    cgroup
+}
+
+/// The guard covering `cgroup` (the calling task's own) under `cfg`.
+#[inline(always)]
+pub fn guard_of(cgroup: u64, cfg: &Config) -> Option<(u64, GuardInfo)> {
+    resolve(cgroup, cfg.active_slot())
 }
 
 /// The guard for the socket behind `ctx` under `cfg`, or `None` for an

@@ -18,12 +18,15 @@ use aya_ebpf::{
     macros::{cgroup_sock, cgroup_sock_addr},
     programs::{SockAddrContext, SockContext},
 };
-use portguard_common::{Config, IPPROTO_TCP, IPPROTO_UDP, MODE_AUDIT, ORPHAN_GUARD_ID, Op, Verdict};
+use portguard_common::{
+    AF_INET, AF_INET6, Config, GUARD_ALLOW_OTHER_SOCKETS, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, MODE_AUDIT,
+    ORPHAN_GUARD_ID, Op, SOCK_RAW, Verdict,
+};
 
 use crate::{
     addr::{Addr, user_addr4, user_addr6, user_port},
     decide::{bind_allowed, connect_allowed},
-    identity::{socket_guard, stamp_new_socket},
+    identity::{Guarded, guard_of, socket_guard, stamp_new_socket},
     maps::PG_CONFIG,
     report::{Decision, record},
 };
@@ -33,8 +36,43 @@ const DENY: i32 = 0;
 
 #[cgroup_sock(sock_create)]
 pub fn pg_sock_create(ctx: SockContext) -> i32 {
-    stamp_new_socket(&ctx);
-    ALLOW
+    let cgroup = stamp_new_socket(&ctx);
+    // SAFETY: reading the context's own fields.
+    let (ty, protocol, family) = unsafe { ((*ctx.sock).type_, (*ctx.sock).protocol, (*ctx.sock).family) };
+    // Raw and SCTP sockets bind and connect without any sock_addr hook, so
+    // a guard refuses to create them unless its policy allows them.
+    if ty != SOCK_RAW && protocol != IPPROTO_SCTP {
+        return ALLOW;
+    }
+    let Some(cfg) = read_config() else { return ALLOW };
+    let Some((guard_cgroup, info)) = guard_of(cgroup, &cfg) else { return ALLOW };
+    if info.flags & GUARD_ALLOW_OTHER_SOCKETS != 0 {
+        return ALLOW;
+    }
+    let verdict = if info.mode == MODE_AUDIT { Verdict::Audited } else { Verdict::Denied };
+    let guarded = Guarded { sock_cgroup: cgroup, guard_cgroup, info: Some(info) };
+    let addr = Addr { family: if family == 10 { AF_INET6 } else { AF_INET }, bytes: [0; 16] };
+    record(&Decision {
+        op: Op::Socket,
+        verdict,
+        guard_id: info.guard_id,
+        guarded: &guarded,
+        generation: cfg.generation,
+        proto: protocol as u8,
+        addr: &addr,
+        port: 0,
+    });
+    if verdict == Verdict::Denied { DENY } else { ALLOW }
+}
+
+/// The live generation, read once (one aligned 8-byte load), or `None`
+/// before any policy was applied.
+#[inline(always)]
+fn read_config() -> Option<Config> {
+    let cfg = PG_CONFIG.get_ptr(0)?;
+    // SAFETY: array value pointer.
+    let generation = unsafe { core::ptr::read_volatile(&(*cfg).generation) };
+    (generation != 0).then_some(Config { generation })
 }
 
 #[cgroup_sock_addr(bind4)]
@@ -72,16 +110,11 @@ pub fn pg_sendmsg6(ctx: SockAddrContext) -> i32 {
 /// AF_UNSPEC bind is judged like AF_INET), never on `user_family`.
 #[inline(always)]
 fn judge(ctx: &SockAddrContext, op: Op, addr: Addr) -> i32 {
-    let Some(cfg) = PG_CONFIG.get_ptr(0) else {
-        return ALLOW;
-    };
     // Read once: the whole decision uses this generation's slot even if the
     // agent switches to a new policy meanwhile.
-    // SAFETY: array value pointer; one aligned 8-byte load.
-    let cfg = Config { generation: unsafe { core::ptr::read_volatile(&(*cfg).generation) } };
-    if cfg.generation == 0 {
+    let Some(cfg) = read_config() else {
         return ALLOW;
-    }
+    };
     let Some(guarded) = socket_guard(ctx, &cfg) else {
         return ALLOW;
     };
@@ -97,10 +130,12 @@ fn judge(ctx: &SockAddrContext, op: Op, addr: Addr) -> i32 {
                 && match op {
                     Op::Bind => bind_allowed(info, slot, proto, &addr, port),
                     Op::Connect | Op::Sendmsg => connect_allowed(info, slot, proto, &addr, port),
+                    // Judged in sock_create, never here.
+                    Op::Socket => false,
                 };
             (info.guard_id, allowed, info.mode == MODE_AUDIT)
         }
-        // The stamp names a guard this slot lacks: fail closed.
+        // The socket could not be stamped: fail closed.
         None => (ORPHAN_GUARD_ID, false, false),
     };
     let verdict = if allowed {

@@ -153,9 +153,22 @@ impl Sandbox {
 
     /// Starts pg-probe inside the cgroup `rel`, stdout piped.
     pub fn spawn_probe(&self, rel: &str, args: &[&str]) -> Child {
+        self.spawn_in(rel, &probe_bin(), args)
+    }
+
+    /// Runs `program` inside the cgroup `rel` and the sandbox's network
+    /// namespace; returns its trimmed stdout.
+    pub fn run_in(&self, rel: &str, program: &Path, args: &[&str]) -> String {
+        let out = self.spawn_in(rel, program, args).wait_with_output().expect("wait");
+        assert!(out.status.success(), "{} {args:?} failed: {}", program.display(), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Starts `program` inside the cgroup `rel`, stdout piped.
+    pub fn spawn_in(&self, rel: &str, program: &Path, args: &[&str]) -> Child {
         let procs = CString::new(self.procs(rel).into_os_string().into_encoded_bytes()).expect("path");
         let netns = self.netns_fd();
-        let mut cmd = Command::new(probe_bin());
+        let mut cmd = Command::new(program);
         cmd.args(args);
         // SAFETY: only async-signal-safe calls (setns/open/write/close)
         // between fork and exec; everything was allocated before the fork.

@@ -21,7 +21,7 @@ pub enum PinnedError {
 }
 
 /// Decision counts of one guard: `[op][verdict]`.
-pub type GuardCounts = [[u64; 3]; 3];
+pub type GuardCounts = [[u64; 3]; 4];
 
 pub struct DecisionCounters {
     map: PerCpuArray<MapData, u64>,
@@ -45,7 +45,7 @@ impl DecisionCounters {
 
     /// Exact counts for one guard id, summed over CPUs.
     pub fn guard(&self, guard_id: u32) -> GuardCounts {
-        let mut out = [[0; 3]; 3];
+        let mut out = [[0; 3]; 4];
         for op in Op::ALL {
             for v in Verdict::ALL {
                 out[op as usize][v as usize] = Self::sum(&self.map, counter_index(guard_id, op, v));

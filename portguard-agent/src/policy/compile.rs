@@ -13,7 +13,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use ipnet::IpNet;
 use portguard_common::{
-    AF_INET, AF_INET6, BIND_ADDR_ANY, BIND_ADDR_EXACT, BindKey, ConnectKey, GUARD_ALLOW_EPHEMERAL_BIND,
+    AF_INET, AF_INET6, BIND_ADDR_ANY, BIND_ADDR_EXACT, BindKey, ConnectKey, GUARD_ALLOW_EPHEMERAL_BIND, GUARD_ALLOW_OTHER_SOCKETS,
     MAX_BIND_ENTRIES, MAX_CONNECT_ENTRIES, MAX_PORT_RANGES, MAX_PREFIX_LENS, PortRange, PortSet, RuleRef,
 };
 
@@ -141,7 +141,8 @@ pub(super) fn compile(src: &Source, policy: &Policy) -> Result<CompiledPolicy, P
             name: g.name.clone(),
             cgroup: g.cgroup.clone(),
             mode: g.mode,
-            flags: if g.allow_ephemeral_bind { GUARD_ALLOW_EPHEMERAL_BIND } else { 0 },
+            flags: (if g.allow_ephemeral_bind { GUARD_ALLOW_EPHEMERAL_BIND } else { 0 })
+                | (if g.allow_raw_sockets { GUARD_ALLOW_OTHER_SOCKETS } else { 0 }),
             bind,
             connect,
             v4_prefix_lens: v4.into_iter().rev().collect(),

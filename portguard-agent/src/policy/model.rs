@@ -42,6 +42,10 @@ pub struct Guard {
     /// an ephemeral listener is still an uncatalogued port.
     #[serde(default)]
     pub allow_ephemeral_bind: bool,
+    /// Allow creating raw (SOCK_RAW) and SCTP sockets. Off by default: their
+    /// bind and connect bypass the hooks portguard judges with.
+    #[serde(default)]
+    pub allow_raw_sockets: bool,
     #[serde(default)]
     pub bind: Vec<BindRule>,
     #[serde(default)]

@@ -25,6 +25,7 @@ pub struct GuardSpec {
     pub unit: Option<String>,
     pub mode: Mode,
     pub allow_ephemeral_bind: bool,
+    pub allow_raw_sockets: bool,
     pub bind: Vec<BindRuleSpec>,
     pub connect: Vec<ConnectRuleSpec>,
 }
@@ -160,6 +161,7 @@ pub(super) fn validate(src: &Source, raw: model::PolicyFile) -> Result<Policy, P
             unit,
             mode: g.mode,
             allow_ephemeral_bind: g.allow_ephemeral_bind,
+            allow_raw_sockets: g.allow_raw_sockets,
             bind,
             connect,
         });

@@ -59,11 +59,13 @@ pub fn assess(rows: &[Value]) -> String {
             find(rows, w, true, "NftSet", Some(1000)),
         ) {
             let (p, l, s) = (f(pg, "overhead_ns"), f(list, "overhead_ns"), f(set, "overhead_ns"));
+            // A median at or below C0's means portguard's cost is lost in
+            // the noise; the ratio is then meaningless but the target holds.
+            let lower = if p <= 0.0 { "portguard within noise of C0".to_owned() } else { format!("{:.1}x lower", l / p) };
             let _ = writeln!(
                 md,
-                "| {w} at 1,000 rules: portguard overhead >= 10x lower than an nftables rule list | {p:.0} ns vs {l:.0} ns = {:.1}x lower | {} |",
-                l / p,
-                verdict(l / p >= 10.0)
+                "| {w} at 1,000 rules: portguard overhead >= 10x lower than an nftables rule list | {p:.0} ns vs {l:.0} ns: {lower} | {} |",
+                verdict(p <= 0.0 || l / p >= 10.0)
             );
             let _ = writeln!(
                 md,

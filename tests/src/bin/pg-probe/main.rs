@@ -20,6 +20,16 @@
 //!       "attempted=N refused=M"
 //!
 //!   pg-probe bench w1|w2|w3|w4 PORT ITERATIONS   (see bench.rs)
+//!   pg-probe sendmsg IP PORT               (UDP, sendmsg(2) with a destination)
+//!   pg-probe sendmmsg IP PORT              (UDP, two messages in one sendmmsg(2))
+//!   pg-probe fastopen IP PORT              (TCP sendto(MSG_FASTOPEN): connects and sends)
+//!   pg-probe scm-pass tcp|udp IP PORT PROCS
+//!       creates the socket here, hands it over SCM_RIGHTS to a child that
+//!       first moves itself into PROCS; the child connects
+//!   pg-probe wait-then-connect tcp|udp IP PORT FILE
+//!       creates the socket, prints "ready", waits for FILE, then connects
+//!   pg-probe socket raw|sctp|packet        (just create one)
+//!   pg-probe listen-unbound                (TCP listen() without bind(): autobind)
 //!
 //! An IPv6 IP (including ::ffff:a.b.c.d) uses an AF_INET6 socket.
 
@@ -187,6 +197,159 @@ fn hammer(op: &str, proto: &str, ip: IpAddr, allowed: u16, denied: u16, millis: 
     Ok(format!("allowed_ok={a_ok} allowed_refused={a_ref} denied_ok={d_ok} denied_refused={d_ref}"))
 }
 
+fn dest(ip: IpAddr, port: u16) -> (libc::sockaddr_in6, libc::socklen_t, libc::c_int) {
+    sockaddr(ip, port)
+}
+
+fn sendmsg_to(ip: IpAddr, port: u16, many: bool) -> io::Result<String> {
+    let (mut sa, len, family) = dest(ip, port);
+    let s = socket(family, "udp")?;
+    let mut payload = *b"portguard-probe";
+    let mut iov = libc::iovec { iov_base: payload.as_mut_ptr().cast(), iov_len: payload.len() };
+    // SAFETY: all-zero is a valid msghdr; the pointers set below outlive the call.
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_name = (&mut sa as *mut libc::sockaddr_in6).cast();
+    hdr.msg_namelen = len;
+    hdr.msg_iov = &mut iov;
+    hdr.msg_iovlen = 1;
+    if many {
+        let mut msgs = [libc::mmsghdr { msg_hdr: hdr, msg_len: 0 }, libc::mmsghdr { msg_hdr: hdr, msg_len: 0 }];
+        // SAFETY: two valid mmsghdrs.
+        let n = unsafe { libc::sendmmsg(s.0, msgs.as_mut_ptr(), 2, 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        return Ok(format!("ok sent={n}"));
+    }
+    // SAFETY: a valid msghdr.
+    if unsafe { libc::sendmsg(s.0, &hdr, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok("ok".into())
+}
+
+fn fastopen(ip: IpAddr, port: u16) -> io::Result<String> {
+    let (sa, len, family) = dest(ip, port);
+    let s = socket(family, "tcp")?;
+    let msg = b"GET / HTTP/1.0\r\n\r\n";
+    // SAFETY: buffers valid for their lengths.
+    let rc = unsafe {
+        libc::sendto(s.0, msg.as_ptr().cast(), msg.len(), libc::MSG_FASTOPEN, &sa as *const _ as *const libc::sockaddr, len)
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok("ok".into())
+}
+
+/// Creates the socket in this process's cgroup, passes it over a unix
+/// socket to a child that first moves to `procs`; the child connects.
+fn scm_pass(proto: &str, ip: IpAddr, port: u16, procs: &str) -> io::Result<String> {
+    let mut pair = [0; 2];
+    check(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, pair.as_mut_ptr()) })?;
+    // SAFETY: fork in a single-threaded program.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let result = (|| -> io::Result<String> {
+            join_cgroup(procs)?;
+            let fd = recv_fd(pair[1])?;
+            connect_on(&Sock(fd), ip, port)
+        })();
+        let line = match result {
+            Ok(l) => l,
+            Err(e) => format!("err {}", errno_name(&e)),
+        };
+        println!("{line}");
+        unsafe { libc::_exit(0) };
+    }
+    let s = socket(family_of(ip), proto)?;
+    send_fd(pair[0], s.0)?;
+    let mut status = 0;
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    // The child printed the verdict.
+    std::process::exit(0);
+}
+
+fn send_fd(over: libc::c_int, fd: libc::c_int) -> io::Result<()> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    let mut cbuf = [0u8; 64];
+    // SAFETY: standard SCM_RIGHTS message construction into a large enough buffer.
+    unsafe {
+        let mut hdr: libc::msghdr = std::mem::zeroed();
+        hdr.msg_iov = &mut iov;
+        hdr.msg_iovlen = 1;
+        hdr.msg_control = cbuf.as_mut_ptr().cast();
+        hdr.msg_controllen = libc::CMSG_SPACE(size_of::<libc::c_int>() as u32) as usize;
+        let cmsg = libc::CMSG_FIRSTHDR(&hdr);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::c_int>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), fd);
+        if libc::sendmsg(over, &hdr, 0) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn recv_fd(over: libc::c_int) -> io::Result<libc::c_int> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    let mut cbuf = [0u8; 64];
+    // SAFETY: receiving one SCM_RIGHTS fd into a large enough buffer.
+    unsafe {
+        let mut hdr: libc::msghdr = std::mem::zeroed();
+        hdr.msg_iov = &mut iov;
+        hdr.msg_iovlen = 1;
+        hdr.msg_control = cbuf.as_mut_ptr().cast();
+        hdr.msg_controllen = cbuf.len();
+        if libc::recvmsg(over, &mut hdr, 0) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let cmsg = libc::CMSG_FIRSTHDR(&hdr);
+        if cmsg.is_null() {
+            return Err(io::Error::other("no fd received"));
+        }
+        Ok(std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>()))
+    }
+}
+
+fn wait_then_connect(proto: &str, ip: IpAddr, port: u16, file: &str) -> io::Result<String> {
+    let s = socket(family_of(ip), proto)?;
+    println!("ready");
+    use std::io::Write as _;
+    let _ = io::stdout().flush();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::path::Path::new(file).exists() {
+        if std::time::Instant::now() > deadline {
+            return Err(io::Error::other("timed out waiting for the go file"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    connect_on(&s, ip, port)
+}
+
+fn listen_unbound() -> io::Result<String> {
+    let s = socket(libc::AF_INET, "tcp")?;
+    // SAFETY: listen on our own socket.
+    check(unsafe { libc::listen(s.0, 1) })?;
+    Ok(format!("ok port={}", local_port(s.0)))
+}
+
+fn create_socket(kind: &str) -> io::Result<String> {
+    let (family, ty, proto) = match kind {
+        "raw" => (libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP),
+        "sctp" => (libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP),
+        "packet" => (libc::AF_PACKET, libc::SOCK_RAW, 0),
+        other => panic!("unknown socket kind {other}"),
+    };
+    // SAFETY: plain socket(2).
+    let fd = check(unsafe { libc::socket(family, ty, proto) })?;
+    unsafe { libc::close(fd) };
+    Ok("ok".into())
+}
+
 /// Repeated connect() on one socket: the cheapest way to hit a hook.
 fn flood(proto: &str, ip: IpAddr, port: u16, count: u64) -> io::Result<String> {
     let s = socket(family_of(ip), proto)?;
@@ -212,6 +375,13 @@ fn main() -> ExitCode {
         ["connect", proto, ip, p] => connect(proto, parse_ip(ip), port(p)),
         ["sendto", ip, p] => sendto(parse_ip(ip), port(p)),
         ["move-then-connect", proto, ip, p, procs] => move_then_connect(proto, parse_ip(ip), port(p), procs),
+        ["sendmsg", ip, p] => sendmsg_to(parse_ip(ip), port(p), false),
+        ["sendmmsg", ip, p] => sendmsg_to(parse_ip(ip), port(p), true),
+        ["fastopen", ip, p] => fastopen(parse_ip(ip), port(p)),
+        ["scm-pass", proto, ip, p, procs] => scm_pass(proto, parse_ip(ip), port(p), procs),
+        ["wait-then-connect", proto, ip, p, file] => wait_then_connect(proto, parse_ip(ip), port(p), file),
+        ["socket", kind] => create_socket(kind),
+        ["listen-unbound"] => listen_unbound(),
         ["bench", workload, p, n] => bench::run(workload, port(p), n.parse().expect("iterations")),
         ["flood", proto, ip, p, count] => flood(proto, parse_ip(ip), port(p), count.parse().expect("count")),
         ["hammer", op, proto, ip, allowed, denied, millis] => {
