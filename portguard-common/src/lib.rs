@@ -94,6 +94,8 @@ pub const BIND_ADDR_EXACT: u8 = 2;
 pub const STAMP_UNRESOLVED: u32 = 0;
 pub const STAMP_GUARDED: u32 = 1;
 pub const STAMP_UNGUARDED: u32 = 2;
+/// `SockStamp::flags`: the socket was bound through a judged bind.
+pub const STAMP_BOUND: u32 = 1;
 
 /// Operations, as counted and reported.
 #[repr(u8)]
@@ -104,13 +106,15 @@ pub enum Op {
     Connect = 1,
     Sendmsg = 2,
     /// Creating a socket of a kind the sock_addr hooks cannot see (raw,
-    /// SCTP) in a guarded cgroup.
+    /// SCTP, packet) in a guarded cgroup.
     Socket = 3,
+    /// listen() on a socket that no judged bind gave its port.
+    Listen = 4,
 }
-pub const OP_COUNT: usize = 4;
+pub const OP_COUNT: usize = 8;
 
 impl Op {
-    pub const ALL: [Op; 4] = [Op::Bind, Op::Connect, Op::Sendmsg, Op::Socket];
+    pub const ALL: [Op; 5] = [Op::Bind, Op::Connect, Op::Sendmsg, Op::Socket, Op::Listen];
 
     pub fn from_u8(v: u8) -> Option<Op> {
         match v {
@@ -118,6 +122,7 @@ impl Op {
             1 => Some(Op::Connect),
             2 => Some(Op::Sendmsg),
             3 => Some(Op::Socket),
+            4 => Some(Op::Listen),
             _ => None,
         }
     }
@@ -128,6 +133,7 @@ impl Op {
             Op::Connect => "connect",
             Op::Sendmsg => "sendmsg",
             Op::Socket => "socket",
+            Op::Listen => "listen",
         }
     }
 }
@@ -219,7 +225,9 @@ pub struct SockStamp {
     /// Generation under which the fields below were resolved.
     pub generation: u64,
     pub guarded: u32,
-    pub _pad: u32,
+    /// `STAMP_BOUND`: a bind hook allowed (or audited) an explicit bind, so
+    /// a later listen() is on a port the policy saw.
+    pub flags: u32,
     /// The covering guard as the generation's slot holds it, cached so that
     /// an operation costs no guard lookup.
     pub guard: GuardInfo,
@@ -404,7 +412,7 @@ mod tests {
 
     #[test]
     fn counter_indexes_do_not_collide() {
-        let last = counter_index(ORPHAN_GUARD_ID, Op::Socket, Verdict::Audited);
+        let last = counter_index(ORPHAN_GUARD_ID, Op::Listen, Verdict::Audited);
         assert!(last < COUNTER_ENTRIES);
         assert_ne!(
             counter_index(0, Op::Connect, Verdict::Allowed),

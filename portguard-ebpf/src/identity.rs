@@ -15,8 +15,8 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockContext},
 };
 use portguard_common::{
-    Ancestry, Config, GuardInfo, GuardKey, MAX_CGROUP_DEPTH, STAMP_GUARDED, STAMP_UNGUARDED, STAMP_UNRESOLVED,
-    SockStamp, stats,
+    Ancestry, Config, GuardInfo, GuardKey, MAX_CGROUP_DEPTH, STAMP_BOUND, STAMP_GUARDED, STAMP_UNGUARDED,
+    STAMP_UNRESOLVED, SockStamp, stats,
 };
 
 use crate::maps::{PG_ANCESTRY, PG_GUARDS, PG_SCRATCH, PG_SK_STAMPS, PG_STATS, bump};
@@ -61,6 +61,7 @@ pub fn stamp_new_socket(ctx: &SockContext) -> u64 {
 /// The guard covering `cgroup` (the calling task's own) under `cfg`.
 #[inline(always)]
 pub fn guard_of(cgroup: u64, cfg: &Config) -> Option<(u64, GuardInfo)> {
+    record_current_ancestry(cgroup);
     resolve(cgroup, cfg.active_slot())
 }
 
@@ -79,7 +80,8 @@ pub fn socket_guard(ctx: &SockAddrContext, cfg: &Config) -> Option<Guarded> {
         // A socket older than portguard: the best identity left is the
         // calling task's cgroup. Stamp it so the next operation is fast.
         bump(&PG_STATS, stats::STAMP_MISSES);
-        let mut fresh = SockStamp { sock_cgroup: unsafe { bpf_get_current_cgroup_id() }, ..SockStamp::default() };
+        let mut fresh =
+            SockStamp { sock_cgroup: unsafe { bpf_get_current_cgroup_id() }, ..SockStamp::default() };
         record_current_ancestry(fresh.sock_cgroup);
         stamp = unsafe { PG_SK_STAMPS.get_or_insert_ptr_mut(ctx, Some(&mut fresh)) };
         if stamp.is_null() {
@@ -91,6 +93,16 @@ pub fn socket_guard(ctx: &SockAddrContext, cfg: &Config) -> Option<Guarded> {
     }
     // SAFETY: socket storage owned by this socket, valid for this run.
     let s = unsafe { &mut *stamp };
+    refresh(s, slot, cfg);
+    if s.guarded != STAMP_GUARDED {
+        return None;
+    }
+    Some(Guarded { sock_cgroup: s.sock_cgroup, guard_cgroup: s.guard_cgroup, info: Some(s.guard) })
+}
+
+/// Re-resolves a stamp made under another generation (or never resolved).
+#[inline(always)]
+pub fn refresh(s: &mut SockStamp, slot: u32, cfg: &Config) {
     if s.generation != cfg.generation || s.guarded == STAMP_UNRESOLVED {
         match resolve(s.sock_cgroup, slot) {
             Some((guard_cgroup, info)) => {
@@ -102,10 +114,24 @@ pub fn socket_guard(ctx: &SockAddrContext, cfg: &Config) -> Option<Guarded> {
         }
         s.generation = cfg.generation;
     }
-    if s.guarded != STAMP_GUARDED {
-        return None;
+}
+
+/// Notes that a judged bind let this socket take its port.
+#[inline(always)]
+pub fn mark_bound(ctx: &SockAddrContext) {
+    // SAFETY: ctx.sock_addr->sk is the socket; the helper checks it.
+    let stamp = unsafe { PG_SK_STAMPS.get_ptr_mut(ctx) };
+    if !stamp.is_null() {
+        unsafe { (*stamp).flags |= STAMP_BOUND };
     }
-    Some(Guarded { sock_cgroup: s.sock_cgroup, guard_cgroup: s.guard_cgroup, info: Some(s.guard) })
+}
+
+/// The stamp of a kernel `struct sock` (from an LSM hook), if it has one.
+#[inline(always)]
+pub fn stamp_of_sock(sk: *mut c_void) -> Option<&'static mut SockStamp> {
+    // SAFETY: `sk` is a BTF-typed socket pointer the verifier checks.
+    let p = unsafe { bpf_sk_storage_get(stamps_map(), sk, core::ptr::null_mut(), 0) }.cast::<SockStamp>();
+    if p.is_null() { None } else { Some(unsafe { &mut *p }) }
 }
 
 /// Nearest guarded ancestor (or the cgroup itself) of `cgroup`, with its

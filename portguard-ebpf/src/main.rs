@@ -11,6 +11,7 @@
 mod addr;
 mod decide;
 mod identity;
+mod lsm;
 mod maps;
 mod report;
 
@@ -26,10 +27,16 @@ use portguard_common::{
 use crate::{
     addr::{Addr, user_addr4, user_addr6, user_port},
     decide::{bind_allowed, connect_allowed},
-    identity::{Guarded, guard_of, socket_guard, stamp_new_socket},
+    identity::{Guarded, guard_of, mark_bound, socket_guard, stamp_new_socket},
     maps::PG_CONFIG,
     report::{Decision, record},
 };
+
+/// LSM programs and some helpers are only for GPL-compatible programs; the
+/// kernel accepts this dual licence as such.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "license")]
+pub static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
@@ -68,7 +75,7 @@ pub fn pg_sock_create(ctx: SockContext) -> i32 {
 /// The live generation, read once (one aligned 8-byte load), or `None`
 /// before any policy was applied.
 #[inline(always)]
-fn read_config() -> Option<Config> {
+pub(crate) fn read_config() -> Option<Config> {
     let cfg = PG_CONFIG.get_ptr(0)?;
     // SAFETY: array value pointer.
     let generation = unsafe { core::ptr::read_volatile(&(*cfg).generation) };
@@ -130,8 +137,8 @@ fn judge(ctx: &SockAddrContext, op: Op, addr: Addr) -> i32 {
                 && match op {
                     Op::Bind => bind_allowed(info, slot, proto, &addr, port),
                     Op::Connect | Op::Sendmsg => connect_allowed(info, slot, proto, &addr, port),
-                    // Judged in sock_create, never here.
-                    Op::Socket => false,
+                    // Judged in sock_create and the LSM hooks, never here.
+                    Op::Socket | Op::Listen => false,
                 };
             (info.guard_id, allowed, info.mode == MODE_AUDIT)
         }
@@ -155,7 +162,13 @@ fn judge(ctx: &SockAddrContext, op: Op, addr: Addr) -> i32 {
         addr: &addr,
         port,
     });
-    if verdict == Verdict::Denied { DENY } else { ALLOW }
+    if verdict == Verdict::Denied {
+        return DENY;
+    }
+    if op == Op::Bind {
+        mark_bound(ctx);
+    }
+    ALLOW
 }
 
 #[cfg(not(test))]

@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use portguard_common::{
-    Ancestry, BindKey, COUNTER_ENTRIES, Config, ConnectKey, DENIAL_COUNT_ENTRIES, DEFAULT_ANCESTRY_ENTRIES, DenialKey,
-    EVENTS_BYTES, GuardInfo, GuardKey, MAX_BIND_ENTRIES, MAX_CONNECT_ENTRIES, MAX_GUARDS, PortSet, RuleRef,
-    SLOTS, SockStamp, stats,
+    Ancestry, BindKey, COUNTER_ENTRIES, Config, ConnectKey, DEFAULT_ANCESTRY_ENTRIES, DENIAL_COUNT_ENTRIES,
+    DenialKey, EVENTS_BYTES, GuardInfo, GuardKey, MAX_BIND_ENTRIES, MAX_CONNECT_ENTRIES, MAX_GUARDS, PortSet,
+    RuleRef, SLOTS, SockStamp, stats,
 };
 
 /// Policy maps are written while programs read them; without preallocation

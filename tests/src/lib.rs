@@ -160,7 +160,12 @@ impl Sandbox {
     /// namespace; returns its trimmed stdout.
     pub fn run_in(&self, rel: &str, program: &Path, args: &[&str]) -> String {
         let out = self.spawn_in(rel, program, args).wait_with_output().expect("wait");
-        assert!(out.status.success(), "{} {args:?} failed: {}", program.display(), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{} {args:?} failed: {}",
+            program.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
@@ -397,7 +402,8 @@ impl Agent {
 
     /// Where this agent serves /metrics (read from its start-up log).
     pub fn metrics_addr(&self) -> String {
-        let line = self.wait_for("metrics address", |l| l["message"] == "serving /metrics, /healthz and /readyz");
+        let line =
+            self.wait_for("metrics address", |l| l["message"] == "serving /metrics, /healthz and /readyz");
         line["addr"].as_str().expect("addr field").to_owned()
     }
 

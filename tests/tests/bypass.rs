@@ -80,7 +80,10 @@ fn a_socket_created_before_the_agent_started_is_judged() {
     sb.cgroup("/app");
     let (_l, port) = sb.tcp_listener("127.0.0.1");
     let go = sb.dir.join("go");
-    let mut child = sb.spawn_probe("/app", &["wait-then-connect", "tcp", "127.0.0.1", &port.to_string(), go.to_str().expect("utf8")]);
+    let mut child = sb.spawn_probe(
+        "/app",
+        &["wait-then-connect", "tcp", "127.0.0.1", &port.to_string(), go.to_str().expect("utf8")],
+    );
     // Wait for "ready": the socket exists before any program is attached.
     let mut stdout = child.stdout.take().expect("stdout");
     let mut buf = [0u8; 6];
@@ -130,28 +133,76 @@ fn raw_and_sctp_sockets_are_refused_in_guarded_cgroups_unless_allowed() {
     }
 }
 
-/// Known gap (README "Limits"): AF_PACKET sockets are not inet sockets, so
-/// the cgroup socket hooks never see them. When this starts failing, the
-/// gap is closed: update the README.
+/// AF_PACKET sockets are not inet sockets, so the cgroup socket hooks never
+/// see them; the BPF LSM `socket_create` program refuses them in guarded
+/// cgroups unless the guard allows raw sockets.
 #[test]
-fn known_gap_packet_sockets_are_not_refused() {
-    if !require_root("packet_gap") {
+fn packet_sockets_are_refused_in_guarded_cgroups_unless_allowed() {
+    if !require_root("packet_sockets") {
         return;
     }
-    let sb = Sandbox::enforcing("packet", &["/app"], &policy(""));
-    assert_eq!(sb.probe("/app", &["socket", "packet"]), "ok");
+    let mut sb = Sandbox::new("packet");
+    sb.cgroup("/app");
+    sb.cgroup("/loose");
+    sb.start_agent(&format!(
+        "{}\n[[guard]]\nname = \"loose\"\ncgroup = \"/loose\"\nallow_raw_sockets = true\n",
+        policy("")
+    ));
+    if !lsm_attached(&mut sb) {
+        // Known gap on kernels that refuse BPF LSM programs (README "Limits").
+        assert_eq!(sb.probe("/app", &["socket", "packet"]), "ok");
+        return;
+    }
+    assert_eq!(sb.probe("/app", &["socket", "packet"]), "err EPERM");
+    assert_eq!(sb.probe("/loose", &["socket", "packet"]), "ok");
+    assert_eq!(sb.probe("/", &["socket", "packet"]), "ok", "unguarded");
 }
 
-/// Known gap (README "Limits"): listen() without bind() picks a port with
-/// no bind hook in the kernel's path. When this starts failing, the gap is
-/// closed: update the README.
+/// listen() without bind() gets an ephemeral port with no bind hook on the
+/// way; the BPF LSM `socket_listen` program refuses it in guarded cgroups.
+/// A socket bound through a judged bind listens as usual.
 #[test]
-fn known_gap_listen_without_bind_gets_an_ephemeral_port() {
-    if !require_root("listen_gap") {
+fn listen_without_bind_is_refused_in_guarded_cgroups() {
+    if !require_root("listen_unbound") {
         return;
     }
-    let sb = Sandbox::enforcing("listen", &["/app"], &policy(""));
-    assert!(sb.probe("/app", &["listen-unbound"]).starts_with("ok port="));
+    let mut sb = Sandbox::new("listen");
+    sb.cgroup("/app");
+    sb.cgroup("/audited");
+    sb.start_agent(&format!(
+        "{}\n[[guard]]\nname = \"audited\"\ncgroup = \"/audited\"\nmode = \"audit\"\n",
+        policy("")
+    ));
+    assert_eq!(sb.probe("/app", &["serve", "127.0.0.1", "8080"]), "ok port=8080", "bind then listen");
+    if !lsm_attached(&mut sb) {
+        // Known gap on kernels that refuse BPF LSM programs (README "Limits").
+        assert!(sb.probe("/app", &["listen-unbound"]).starts_with("ok port="));
+        return;
+    }
+    assert_eq!(sb.probe("/app", &["listen-unbound"]), "err EPERM");
+    assert!(sb.probe("/", &["listen-unbound"]).starts_with("ok port="), "unguarded");
+    assert!(sb.probe("/audited", &["listen-unbound"]).starts_with("ok port="), "audit mode lets it through");
+    let e = sb.agent().wait_for("listen event", |l| l["op"] == "listen" && l["verdict"] == "audited");
+    assert_eq!(e["guard"], "audited");
+}
+
+/// Whether the agent could attach its BPF LSM programs on this kernel; it
+/// says so in its log either way.
+fn lsm_attached(sb: &mut Sandbox) -> bool {
+    let agent = sb.agent();
+    let attached = agent
+        .logs()
+        .iter()
+        .any(|l| l["message"] == "BPF LSM programs attached: socket_listen, socket_create");
+    if !attached {
+        let why = agent
+            .logs()
+            .iter()
+            .find(|l| l["level"] == "WARN" && l["target"] == "portguard::bpf::lsm")
+            .cloned();
+        eprintln!("BPF LSM programs not attached on this kernel: {why:?}");
+    }
+    attached
 }
 
 /// A guarded cgroup removed and recreated under the same path: a process

@@ -150,7 +150,9 @@ fn the_shipped_alert_rules_are_valid_and_pass_their_tests() {
             Ok(out) => out,
             Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("promtool: {e}"),
             Err(e) => {
-                eprintln!("skipping alert rule checks: promtool not installed ({e}); `cargo xtask setup` installs it");
+                eprintln!(
+                    "skipping alert rule checks: promtool not installed ({e}); `cargo xtask setup` installs it"
+                );
                 return;
             }
         };

@@ -107,7 +107,15 @@ fn main() -> anyhow::Result<()> {
             if !is_root() {
                 bail!("benchmarks attach eBPF programs and need root");
             }
-            run(cargo().args(["build", "--release", "--package", "portguard-agent", "--package", "portguard-tests", "--bins"]))?;
+            run(cargo().args([
+                "build",
+                "--release",
+                "--package",
+                "portguard-agent",
+                "--package",
+                "portguard-tests",
+                "--bins",
+            ]))?;
             // The harness drives the agent through the test sandbox.
             unsafe_set_env("PORTGUARD_BIN", workspace_root().join("target/release/portguard"));
             unsafe_set_env("PG_PROBE_BIN", workspace_root().join("target/release/pg-probe"));

@@ -73,7 +73,12 @@ impl DenialLog {
 
     /// Summarises kinds whose window has ended (all of them when `now` is
     /// None, e.g. at shutdown).
-    pub fn flush(&mut self, ids: &HashMap<String, u32>, modes: &HashMap<u32, &'static str>, now: Option<Instant>) {
+    pub fn flush(
+        &mut self,
+        ids: &HashMap<String, u32>,
+        modes: &HashMap<u32, &'static str>,
+        now: Option<Instant>,
+    ) {
         let due: Vec<Kind> = self
             .seen
             .iter()
@@ -91,7 +96,13 @@ impl DenialLog {
         }
     }
 
-    fn emit(&mut self, e: &DecodedEvent, ids: &HashMap<String, u32>, modes: &HashMap<u32, &'static str>, repeats: u64) {
+    fn emit(
+        &mut self,
+        e: &DecodedEvent,
+        ids: &HashMap<String, u32>,
+        modes: &HashMap<u32, &'static str>,
+        repeats: u64,
+    ) {
         let guard = if e.guard_id == ORPHAN_GUARD_ID {
             "(unknown guard)".to_owned()
         } else {

@@ -14,7 +14,11 @@ const RUNTIME_PREFIXES: [&str; 4] = ["cri-containerd-", "crio-", "docker-", "lib
 pub fn parse(path: &str) -> Workload {
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     let mut w = Workload {
-        unit: parts.iter().rev().find(|p| UNIT_SUFFIXES.iter().any(|s| p.ends_with(s))).map(|p| (*p).to_owned()),
+        unit: parts
+            .iter()
+            .rev()
+            .find(|p| UNIT_SUFFIXES.iter().any(|s| p.ends_with(s)))
+            .map(|p| (*p).to_owned()),
         ..Workload::default()
     };
     for (i, part) in parts.iter().enumerate() {

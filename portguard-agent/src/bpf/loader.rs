@@ -15,20 +15,13 @@ use portguard_common::map_names;
 
 use super::{
     bpffs::{BpffsError, PinLayout, ensure_bpffs},
-    link_update,
+    link_update, lsm,
 };
 
 /// The programs, in the order they are attached. `sock_create` comes first
 /// so that sockets are stamped before the hooks that read stamps run.
-pub const PROGRAMS: [&str; 7] = [
-    "pg_sock_create",
-    "pg_bind4",
-    "pg_bind6",
-    "pg_connect4",
-    "pg_connect6",
-    "pg_sendmsg4",
-    "pg_sendmsg6",
-];
+pub const PROGRAMS: [&str; 7] =
+    ["pg_sock_create", "pg_bind4", "pg_bind6", "pg_connect4", "pg_connect6", "pg_sendmsg4", "pg_sendmsg6"];
 
 const PINNED_MAPS: [&str; 10] = [
     map_names::CONFIG,
@@ -49,6 +42,8 @@ pub enum LoadError {
     Bpffs(#[from] BpffsError),
     #[error("loading the eBPF object failed (is this run as root, with CAP_BPF and CAP_NET_ADMIN?): {0}")]
     Load(#[source] aya::EbpfError),
+    #[error("cannot read the kernel's BTF (/sys/kernel/btf/vmlinux): {0}")]
+    Btf(String),
     #[error("program {name} is missing from the eBPF object")]
     MissingProgram { name: &'static str },
     #[error("the kernel refused program {name} (does it support this cgroup hook?): {source}")]
@@ -94,6 +89,8 @@ pub enum LoadError {
 pub struct Enforcer {
     pub ebpf: Ebpf,
     pins: PinLayout,
+    /// The optional LSM programs were loaded (the BPF LSM is active).
+    lsm: bool,
     /// The pin directory did not exist before: a failed start removes it.
     fresh: bool,
 }
@@ -122,8 +119,8 @@ impl Enforcer {
         let pins = PinLayout::new(pin_dir.to_owned());
         let fresh = !pin_dir.exists();
         pins.create()?;
-        match load_object(&pins, object) {
-            Ok(ebpf) => Ok(Enforcer { ebpf, pins, fresh }),
+        match load_object(&pins, object).and_then(|mut ebpf| Ok((lsm::load(&mut ebpf)?, ebpf))) {
+            Ok((lsm, ebpf)) => Ok(Enforcer { ebpf, pins, lsm, fresh }),
             Err(e) => {
                 if fresh {
                     let _ = unload(pin_dir);
@@ -196,6 +193,9 @@ impl Enforcer {
             link_update::replace_program(link.as_fd(), fd.as_fd())
                 .map_err(|source| LoadError::Unpin { path: pins.link(name), source })?;
         }
+        if self.lsm {
+            lsm::attach(ebpf, pins)?;
+        }
         // From here on the pinned state is ours: a later failure must not
         // remove it.
         self.fresh = false;
@@ -204,7 +204,9 @@ impl Enforcer {
         if let Ok(entries) = fs::read_dir(pins.links_dir()) {
             for e in entries.flatten() {
                 let name = e.file_name();
-                if !PROGRAMS.iter().any(|p| name.to_str() == Some(*p)) {
+                let ours =
+                    name.to_str().is_some_and(|n| PROGRAMS.contains(&n) || (self.lsm && lsm::is_lsm_link(n)));
+                if !ours {
                     tracing::info!(link = %e.path().display(), "removing a link this agent no longer uses");
                     let _ = fs::remove_file(e.path());
                 }

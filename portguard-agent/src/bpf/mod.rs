@@ -5,6 +5,7 @@ mod bpffs;
 mod events;
 mod link_update;
 mod loader;
+mod lsm;
 mod pinned;
 mod policy_maps;
 

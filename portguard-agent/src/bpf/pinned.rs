@@ -4,7 +4,9 @@
 use std::{collections::BTreeMap, path::Path};
 
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap};
-use portguard_common::{Config, DenialKey, GuardInfo, GuardKey, Op, Verdict, counter_index, map_names, stats};
+use portguard_common::{
+    Config, DenialKey, GuardInfo, GuardKey, Op, Verdict, counter_index, map_names, stats,
+};
 
 use super::bpffs::PinLayout;
 
@@ -21,7 +23,7 @@ pub enum PinnedError {
 }
 
 /// Decision counts of one guard: `[op][verdict]`.
-pub type GuardCounts = [[u64; 3]; 4];
+pub type GuardCounts = [[u64; 3]; Op::ALL.len()];
 
 pub struct DecisionCounters {
     map: PerCpuArray<MapData, u64>,
@@ -45,7 +47,7 @@ impl DecisionCounters {
 
     /// Exact counts for one guard id, summed over CPUs.
     pub fn guard(&self, guard_id: u32) -> GuardCounts {
-        let mut out = [[0; 3]; 4];
+        let mut out = [[0; 3]; Op::ALL.len()];
         for op in Op::ALL {
             for v in Verdict::ALL {
                 out[op as usize][v as usize] = Self::sum(&self.map, counter_index(guard_id, op, v));

@@ -51,7 +51,8 @@ fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> Result<
 impl Collector for Metrics {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let policy = self.policy.lock().expect("metrics lock").clone();
-        let name_of = |id: u32| policy.guard_names.get(&id).cloned().unwrap_or_else(|| format!("guard-id:{id}"));
+        let name_of =
+            |id: u32| policy.guard_names.get(&id).cloned().unwrap_or_else(|| format!("guard-id:{id}"));
         let kernel = self.kernel.lock().expect("metrics lock");
 
         // Per-port denial counts: the label set is bounded by the kernel

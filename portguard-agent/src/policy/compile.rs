@@ -13,8 +13,9 @@ use rustc_hash::FxHashMap as HashMap;
 
 use ipnet::IpNet;
 use portguard_common::{
-    AF_INET, AF_INET6, BIND_ADDR_ANY, BIND_ADDR_EXACT, BindKey, ConnectKey, GUARD_ALLOW_EPHEMERAL_BIND, GUARD_ALLOW_OTHER_SOCKETS,
-    MAX_BIND_ENTRIES, MAX_CONNECT_ENTRIES, MAX_PORT_RANGES, MAX_PREFIX_LENS, PortRange, PortSet, RuleRef,
+    AF_INET, AF_INET6, BIND_ADDR_ANY, BIND_ADDR_EXACT, BindKey, ConnectKey, GUARD_ALLOW_EPHEMERAL_BIND,
+    GUARD_ALLOW_OTHER_SOCKETS, MAX_BIND_ENTRIES, MAX_CONNECT_ENTRIES, MAX_PORT_RANGES, MAX_PREFIX_LENS,
+    PortRange, PortSet, RuleRef,
 };
 
 use super::{Mode, PolicyError, Source, validate::Policy};
@@ -105,8 +106,7 @@ pub(super) fn compile(src: &Source, policy: &Policy) -> Result<CompiledPolicy, P
                     ),
                 ));
             }
-            let mut set =
-                PortSet { count: merged.len() as u32, ranges: [PortRange::EMPTY; MAX_PORT_RANGES] };
+            let mut set = PortSet { count: merged.len() as u32, ranges: [PortRange::EMPTY; MAX_PORT_RANGES] };
             set.ranges[..merged.len()].copy_from_slice(&merged);
             if key.family == AF_INET {
                 v4.insert(key.prefix_len)

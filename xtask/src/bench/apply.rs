@@ -55,16 +55,23 @@ fn measure(rules: usize) -> Run {
         // A new variant each round: every change really differs from both
         // slots, so each writes one entry and deletes one.
         sb.rename_policy_over(&connect_policy(rules, round));
-        let applied = sb.agent().wait_for_after(mark, "one-rule apply", |l| {
-            l["message"] == "policy applied to the kernel maps"
-        });
+        let applied = sb
+            .agent()
+            .wait_for_after(mark, "one-rule apply", |l| l["message"] == "policy applied to the kernel maps");
         let reloaded = sb.agent().wait_for_after(mark, "reload", |l| l["message"] == "policy reloaded");
         change_reload.push(t.elapsed());
         change_compile_us.push(reloaded["compile_us"].as_u64().unwrap_or(0));
         change_apply_us.push(apply_us(&applied));
         change_written = applied["written"].as_u64().unwrap_or(0) + applied["deleted"].as_u64().unwrap_or(0);
     }
-    Run { startup, full_apply_us: apply_us(&full), change_apply_us, change_compile_us, change_reload, change_written }
+    Run {
+        startup,
+        full_apply_us: apply_us(&full),
+        change_apply_us,
+        change_compile_us,
+        change_reload,
+        change_written,
+    }
 }
 
 pub fn run() -> Section {

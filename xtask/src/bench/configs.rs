@@ -45,7 +45,13 @@ fn portguard_policy(rules: usize) -> String {
          [[guard.connect]]\npeer = \"127.0.0.1\"\nports = [{ALLOWED}, {LISTENER_PORT}, {RECEIVER_PORT}]\nproto = \"both\"\n"
     );
     for i in 1..rules {
-        let _ = write!(s, "[[guard.connect]]\npeer = \"10.{}.{}.{}\"\nports = [5432]\n", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
+        let _ = write!(
+            s,
+            "[[guard.connect]]\npeer = \"10.{}.{}.{}\"\nports = [5432]\n",
+            (i >> 16) & 0xff,
+            (i >> 8) & 0xff,
+            i & 0xff
+        );
     }
     s
 }
@@ -73,7 +79,13 @@ fn nft_ruleset(cgroup_path: &str, rules: usize, as_set: bool) -> String {
         let _ = writeln!(s, "    {m} ip daddr . tcp dport @allowed accept");
     } else {
         for i in 1..rules {
-            let _ = writeln!(s, "    {m} ip daddr 10.{}.{}.{} tcp dport 5432 accept", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
+            let _ = writeln!(
+                s,
+                "    {m} ip daddr 10.{}.{}.{} tcp dport 5432 accept",
+                (i >> 16) & 0xff,
+                (i >> 8) & 0xff,
+                i & 0xff
+            );
         }
         for port in [ALLOWED, LISTENER_PORT, RECEIVER_PORT] {
             let _ = writeln!(s, "    {m} ip daddr 127.0.0.1 udp dport {port} accept");
@@ -108,21 +120,52 @@ pub fn build(sizes: &[usize], nft_sizes: &[usize]) -> anyhow::Result<Vec<Config>
         sb.cgroup("/w");
         sb
     };
-    out.push(Config { label: "C0 nothing".into(), kind: Kind::Floor, rules: 0, sandbox: plain("c0"), cgroup: "/w" });
+    out.push(Config {
+        label: "C0 nothing".into(),
+        kind: Kind::Floor,
+        rules: 0,
+        sandbox: plain("c0"),
+        cgroup: "/w",
+    });
 
     let sb = plain("c1");
-    crate::run(Command::new(agent_bin()).arg("bench-noop").arg("--cgroup-root").arg(&sb.root).arg("--bpffs").arg(&sb.bpffs))?;
-    out.push(Config { label: "C1 empty program".into(), kind: Kind::Empty, rules: 0, sandbox: sb, cgroup: "/w" });
+    crate::run(
+        Command::new(agent_bin())
+            .arg("bench-noop")
+            .arg("--cgroup-root")
+            .arg(&sb.root)
+            .arg("--bpffs")
+            .arg(&sb.bpffs),
+    )?;
+    out.push(Config {
+        label: "C1 empty program".into(),
+        kind: Kind::Empty,
+        rules: 0,
+        sandbox: sb,
+        cgroup: "/w",
+    });
 
     let mut sb = plain("c2");
     sb.cgroup("/other");
     sb.start_agent(&portguard_policy(10).replace("cgroup = \"/w\"", "cgroup = \"/other\""));
-    out.push(Config { label: "C2 portguard, unguarded".into(), kind: Kind::Unguarded, rules: 10, sandbox: sb, cgroup: "/w" });
+    out.push(Config {
+        label: "C2 portguard, unguarded".into(),
+        kind: Kind::Unguarded,
+        rules: 10,
+        sandbox: sb,
+        cgroup: "/w",
+    });
 
     for &n in sizes {
         let mut sb = plain("c3");
         sb.start_agent(&portguard_policy(n));
-        out.push(Config { label: format!("C3 portguard, {n} rules"), kind: Kind::Portguard, rules: n, sandbox: sb, cgroup: "/w" });
+        out.push(Config {
+            label: format!("C3 portguard, {n} rules"),
+            kind: Kind::Portguard,
+            rules: n,
+            sandbox: sb,
+            cgroup: "/w",
+        });
     }
     for &n in nft_sizes {
         for as_set in [false, true] {
@@ -130,9 +173,14 @@ pub fn build(sizes: &[usize], nft_sizes: &[usize]) -> anyhow::Result<Vec<Config>
             let path = format!("{}/w", sb.root.file_name().and_then(|f| f.to_str()).unwrap_or_default());
             load_nft(&sb, &nft_ruleset(&path, n, as_set))?;
             let (kind, what) = if as_set { (Kind::NftSet, "set") } else { (Kind::NftList, "rule list") };
-            out.push(Config { label: format!("C4 nftables {what}, {n} rules"), kind, rules: n, sandbox: sb, cgroup: "/w" });
+            out.push(Config {
+                label: format!("C4 nftables {what}, {n} rules"),
+                kind,
+                rules: n,
+                sandbox: sb,
+                cgroup: "/w",
+            });
         }
     }
     Ok(out)
 }
-

@@ -35,7 +35,11 @@ fn trial(cfg: &Config, w: &Workload, allowed: bool) -> f64 {
         .find_map(|kv| kv.strip_prefix("ns_per_op="))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("{}: {} {}: {out}", cfg.label, w.id, port));
-    let refused: u64 = out.split_whitespace().find_map(|kv| kv.strip_prefix("refused=")).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let refused: u64 = out
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("refused="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let enforced = match cfg.kind {
         Kind::Floor | Kind::Empty | Kind::Unguarded => false,
         Kind::Portguard => true,
@@ -44,7 +48,14 @@ fn trial(cfg: &Config, w: &Workload, allowed: bool) -> f64 {
     // Nothing listens on the denied port, so an unguarded TCP connect to it
     // is refused too (by the kernel's reset): W3 denied is always refused.
     let expect_refused = !allowed && (enforced || w.id == "w3");
-    assert_eq!(refused > 0, expect_refused, "{}: {} {} refused={refused}", cfg.label, w.id, if allowed { "allowed" } else { "denied" });
+    assert_eq!(
+        refused > 0,
+        expect_refused,
+        "{}: {} {} refused={refused}",
+        cfg.label,
+        w.id,
+        if allowed { "allowed" } else { "denied" }
+    );
     ns
 }
 
@@ -58,13 +69,20 @@ fn prog_id(cfg: &Config, program: &str) -> Option<u64> {
 
 /// (run_time_ns, run_cnt) of every loaded program, from BPF run stats.
 fn run_stats() -> HashMap<u64, (f64, f64)> {
-    let Ok(out) = Command::new("bpftool").args(["-j", "prog", "show"]).output() else { return HashMap::new() };
+    let Ok(out) = Command::new("bpftool").args(["-j", "prog", "show"]).output() else {
+        return HashMap::new();
+    };
     let progs: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     progs
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|p| Some((p["id"].as_u64()?, (p["run_time_ns"].as_f64().unwrap_or(0.0), p["run_cnt"].as_f64().unwrap_or(0.0)))))
+        .filter_map(|p| {
+            Some((
+                p["id"].as_u64()?,
+                (p["run_time_ns"].as_f64().unwrap_or(0.0), p["run_cnt"].as_f64().unwrap_or(0.0)),
+            ))
+        })
         .collect()
 }
 
@@ -99,7 +117,8 @@ pub fn run() -> anyhow::Result<Results> {
             }
         }
     }
-    let mut rng = Rng(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64 | 1);
+    let mut rng =
+        Rng(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64 | 1);
     for i in (1..plan.len()).rev() {
         plan.swap(i, (rng.next() % (i as u64 + 1)) as usize);
     }
@@ -107,7 +126,10 @@ pub fn run() -> anyhow::Result<Results> {
     let ids: Vec<HashMap<&str, u64>> = configs
         .iter()
         .map(|c| {
-            ["pg_connect4", "pg_sendmsg4", "pg_bind4"].into_iter().filter_map(|p| Some((p, prog_id(c, p)?))).collect()
+            ["pg_connect4", "pg_sendmsg4", "pg_bind4"]
+                .into_iter()
+                .filter_map(|p| Some((p, prog_id(c, p)?)))
+                .collect()
         })
         .collect();
     let mut samples: HashMap<(usize, usize, bool), Vec<f64>> = HashMap::new();
@@ -157,10 +179,15 @@ pub fn run() -> anyhow::Result<Results> {
                 let s = &samples[&(ci, wi, allowed)];
                 let m = median(s.clone());
                 let over = m - c0;
-                let prog_ns_run = prog_totals.get(&(ci, wi, allowed)).filter(|t| t.1 > 0.0).map(|t| t.0 / t.1);
+                let prog_ns_run =
+                    prog_totals.get(&(ci, wi, allowed)).filter(|t| t.1 > 0.0).map(|t| t.0 / t.1);
                 let prog_ns = prog_ns_run.map_or("-".to_owned(), |v| format!("{v:.0}"));
                 let nft_blind = matches!(c.kind, Kind::NftList | Kind::NftSet) && !w.nft_sees_it;
-                let ratio = if c.kind == Kind::Floor || nft_blind { "-".to_owned() } else { format!("{:.2}", over / c1_over) };
+                let ratio = if c.kind == Kind::Floor || nft_blind {
+                    "-".to_owned()
+                } else {
+                    format!("{:.2}", over / c1_over)
+                };
                 let _ = writeln!(
                     md,
                     "| {} | {:.0} [{:.0}-{:.0}] | {}{:.0} | {} | {} |",

@@ -41,7 +41,15 @@ pub fn assess(rows: &[Value]) -> String {
     for r in rows.iter().filter(|r| r["kind"] == "Portguard") {
         let x = f(r, "overhead_vs_c1");
         if x > worst.0 {
-            worst = (x, format!("{} {} {}", r["config"].as_str().unwrap_or(""), r["workload"], if r["allowed"] == true { "allowed" } else { "denied" }));
+            worst = (
+                x,
+                format!(
+                    "{} {} {}",
+                    r["config"].as_str().unwrap_or(""),
+                    r["workload"],
+                    if r["allowed"] == true { "allowed" } else { "denied" }
+                ),
+            );
         }
     }
     let _ = writeln!(
@@ -61,7 +69,11 @@ pub fn assess(rows: &[Value]) -> String {
             let (p, l, s) = (f(pg, "overhead_ns"), f(list, "overhead_ns"), f(set, "overhead_ns"));
             // A median at or below C0's means portguard's cost is lost in
             // the noise; the ratio is then meaningless but the target holds.
-            let lower = if p <= 0.0 { "portguard within noise of C0".to_owned() } else { format!("{:.1}x lower", l / p) };
+            let lower = if p <= 0.0 {
+                "portguard within noise of C0".to_owned()
+            } else {
+                format!("{:.1}x lower", l / p)
+            };
             let _ = writeln!(
                 md,
                 "| {w} at 1,000 rules: portguard overhead >= 10x lower than an nftables rule list | {p:.0} ns vs {l:.0} ns: {lower} | {} |",
@@ -78,7 +90,11 @@ pub fn assess(rows: &[Value]) -> String {
     for w in ["w1", "w2", "w3", "w4"] {
         if let Some(r) = find(rows, w, true, "Unguarded", None) {
             let x = f(r, "overhead_vs_c1");
-            let _ = writeln!(md, "| {w} unguarded (C2) overhead <= 1.2x C1's | {x:.2}x | {} |", verdict(x <= 1.2));
+            let _ = writeln!(
+                md,
+                "| {w} unguarded (C2) overhead <= 1.2x C1's | {x:.2}x | {} |",
+                verdict(x <= 1.2)
+            );
         }
     }
     md

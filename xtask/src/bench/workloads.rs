@@ -17,7 +17,12 @@ pub struct Workload {
 }
 
 pub const ALL: [Workload; 4] = [
-    Workload { id: "w1", what: "W1 connect() on a reused UDP socket", iterations: 20_000, nft_sees_it: false },
+    Workload {
+        id: "w1",
+        what: "W1 connect() on a reused UDP socket",
+        iterations: 20_000,
+        nft_sees_it: false,
+    },
     Workload { id: "w2", what: "W2 unconnected UDP sendto()", iterations: 20_000, nft_sees_it: true },
     Workload { id: "w3", what: "W3 TCP connect/accept/close", iterations: 1_500, nft_sees_it: true },
     Workload { id: "w4", what: "W4 bind() and close", iterations: 20_000, nft_sees_it: false },

@@ -56,7 +56,14 @@ pub fn run(workload: &str, port: u16, iterations: u64) -> io::Result<String> {
             for _ in 0..iterations {
                 // SAFETY: buffers valid for their lengths.
                 let rc = unsafe {
-                    libc::sendto(tx.0, msg.as_ptr().cast(), msg.len(), 0, &sa as *const _ as *const libc::sockaddr, len)
+                    libc::sendto(
+                        tx.0,
+                        msg.as_ptr().cast(),
+                        msg.len(),
+                        0,
+                        &sa as *const _ as *const libc::sockaddr,
+                        len,
+                    )
                 };
                 let r = if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) };
                 // A full receive buffer drops silently; ECONNREFUSED cannot
@@ -69,7 +76,13 @@ pub fn run(workload: &str, port: u16, iterations: u64) -> io::Result<String> {
             let one: libc::c_int = 1;
             // SAFETY: setsockopt with a valid int.
             unsafe {
-                libc::setsockopt(listener.0, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const libc::c_int).cast(), size_of::<libc::c_int>() as u32)
+                libc::setsockopt(
+                    listener.0,
+                    libc::SOL_SOCKET,
+                    libc::SO_REUSEADDR,
+                    (&one as *const libc::c_int).cast(),
+                    size_of::<libc::c_int>() as u32,
+                )
             };
             bind_to(listener.0, LISTENER_PORT)?;
             check(unsafe { libc::listen(listener.0, 128) })?;
@@ -78,14 +91,21 @@ pub fn run(workload: &str, port: u16, iterations: u64) -> io::Result<String> {
             for _ in 0..iterations {
                 let c = socket(libc::AF_INET, "tcp")?;
                 unsafe {
-                    libc::setsockopt(c.0, libc::SOL_SOCKET, libc::SO_LINGER, (&linger as *const libc::linger).cast(), size_of::<libc::linger>() as u32)
+                    libc::setsockopt(
+                        c.0,
+                        libc::SOL_SOCKET,
+                        libc::SO_LINGER,
+                        (&linger as *const libc::linger).cast(),
+                        size_of::<libc::linger>() as u32,
+                    )
                 };
                 if refused(connect_on(&c, lo, port).map(drop))? {
                     refusals += 1;
                     continue;
                 }
                 // SAFETY: accept on our listener; the fd is closed at once.
-                let a = check(unsafe { libc::accept(listener.0, std::ptr::null_mut(), std::ptr::null_mut()) })?;
+                let a =
+                    check(unsafe { libc::accept(listener.0, std::ptr::null_mut(), std::ptr::null_mut()) })?;
                 unsafe { libc::close(a) };
             }
         }

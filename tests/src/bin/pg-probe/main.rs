@@ -30,6 +30,7 @@
 //!       creates the socket, prints "ready", waits for FILE, then connects
 //!   pg-probe socket raw|sctp|packet        (just create one)
 //!   pg-probe listen-unbound                (TCP listen() without bind(): autobind)
+//!   pg-probe serve IP PORT                 (TCP bind() then listen())
 //!
 //! An IPv6 IP (including ::ffff:a.b.c.d) uses an AF_INET6 socket.
 
@@ -213,7 +214,8 @@ fn sendmsg_to(ip: IpAddr, port: u16, many: bool) -> io::Result<String> {
     hdr.msg_iov = &mut iov;
     hdr.msg_iovlen = 1;
     if many {
-        let mut msgs = [libc::mmsghdr { msg_hdr: hdr, msg_len: 0 }, libc::mmsghdr { msg_hdr: hdr, msg_len: 0 }];
+        let mut msgs =
+            [libc::mmsghdr { msg_hdr: hdr, msg_len: 0 }, libc::mmsghdr { msg_hdr: hdr, msg_len: 0 }];
         // SAFETY: two valid mmsghdrs.
         let n = unsafe { libc::sendmmsg(s.0, msgs.as_mut_ptr(), 2, 0) };
         if n < 0 {
@@ -234,7 +236,14 @@ fn fastopen(ip: IpAddr, port: u16) -> io::Result<String> {
     let msg = b"GET / HTTP/1.0\r\n\r\n";
     // SAFETY: buffers valid for their lengths.
     let rc = unsafe {
-        libc::sendto(s.0, msg.as_ptr().cast(), msg.len(), libc::MSG_FASTOPEN, &sa as *const _ as *const libc::sockaddr, len)
+        libc::sendto(
+            s.0,
+            msg.as_ptr().cast(),
+            msg.len(),
+            libc::MSG_FASTOPEN,
+            &sa as *const _ as *const libc::sockaddr,
+            len,
+        )
     };
     if rc < 0 {
         return Err(io::Error::last_os_error());
@@ -330,6 +339,15 @@ fn wait_then_connect(proto: &str, ip: IpAddr, port: u16, file: &str) -> io::Resu
     connect_on(&s, ip, port)
 }
 
+fn serve(ip: IpAddr, port: u16) -> io::Result<String> {
+    let (sa, len, family) = sockaddr(ip, port);
+    let s = socket(family, "tcp")?;
+    // SAFETY: sa is valid for len bytes.
+    check(unsafe { libc::bind(s.0, &sa as *const _ as *const libc::sockaddr, len) })?;
+    check(unsafe { libc::listen(s.0, 1) })?;
+    Ok(format!("ok port={}", local_port(s.0)))
+}
+
 fn listen_unbound() -> io::Result<String> {
     let s = socket(libc::AF_INET, "tcp")?;
     // SAFETY: listen on our own socket.
@@ -382,6 +400,7 @@ fn main() -> ExitCode {
         ["wait-then-connect", proto, ip, p, file] => wait_then_connect(proto, parse_ip(ip), port(p), file),
         ["socket", kind] => create_socket(kind),
         ["listen-unbound"] => listen_unbound(),
+        ["serve", ip, p] => serve(parse_ip(ip), port(p)),
         ["bench", workload, p, n] => bench::run(workload, port(p), n.parse().expect("iterations")),
         ["flood", proto, ip, p, count] => flood(proto, parse_ip(ip), port(p), count.parse().expect("count")),
         ["hammer", op, proto, ip, allowed, denied, millis] => {
