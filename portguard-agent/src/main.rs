@@ -1,24 +1,13 @@
 //! `portguard`: the agent daemon and its command-line tools.
 
-mod agent;
-mod bpf;
-mod cgroup;
-mod check;
-mod cli;
-mod logging;
-mod metrics;
-mod policy;
-mod status;
-
 use std::process::ExitCode;
 
 use clap::Parser as _;
-
-use crate::cli::{Cli, Command, LogFormat};
-
-/// Exit status for input that cannot be used (bad policy, missing cgroup,
-/// no privileges, unsupported kernel): nothing was changed.
-pub const EXIT_BAD_INPUT: u8 = 2;
+use portguard_agent::{
+    EXIT_BAD_INPUT, agent, bpf, check,
+    cli::{Cli, Command, LogFormat},
+    logging, status,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

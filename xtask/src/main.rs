@@ -37,6 +37,12 @@ enum Cmd {
     },
     /// Measure (as root) and write BENCHMARKS.md and benchmarks.json.
     Bench,
+    /// Fuzz the policy parser and compiler (cargo fuzz, nightly).
+    Fuzz {
+        /// How long to run.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+    },
     /// Set up, build, and run all tests, including those that need root.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -120,6 +126,15 @@ fn main() -> anyhow::Result<()> {
             unsafe_set_env("PORTGUARD_BIN", workspace_root().join("target/release/portguard"));
             unsafe_set_env("PG_PROBE_BIN", workspace_root().join("target/release/pg-probe"));
             bench::run()
+        }
+        Cmd::Fuzz { seconds } => {
+            setup::all()?;
+            setup::cargo_fuzz()?;
+            let root = workspace_root();
+            run(Command::new("cargo")
+                .current_dir(root.join("fuzz"))
+                .args(["+nightly", "fuzz", "run", "policy", "corpus/policy", "--"])
+                .arg(format!("-max_total_time={seconds}")))
         }
         Cmd::Test { args } => {
             setup::all()?;

@@ -109,3 +109,13 @@ fn bpf_linker() -> anyhow::Result<()> {
         .env("LLVM_PREFIX", &llvm_prefix)
         .env(format!("LLVM_SYS_{LLVM}1_PREFIX"), &llvm_prefix))
 }
+
+/// cargo-fuzz, for `cargo xtask fuzz` only.
+pub fn cargo_fuzz() -> anyhow::Result<()> {
+    if output(Command::new("cargo").args(["fuzz", "--version"])).is_some() {
+        step("cargo-fuzz: present");
+        return Ok(());
+    }
+    step("cargo-fuzz (runs the policy fuzzer): installing");
+    run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
+}
