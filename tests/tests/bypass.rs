@@ -52,6 +52,25 @@ fn tcp_fast_open_is_judged_like_connect() {
 }
 
 #[test]
+fn io_uring_connect_is_judged_like_the_syscall() {
+    if !require_root("io_uring") {
+        return;
+    }
+    let mut sb = Sandbox::new("uring");
+    sb.cgroup("/app");
+    let (_l, port) = sb.tcp_listener("127.0.0.1");
+    sb.start_agent(&policy(""));
+    let denied = sb.probe("/app", &["uring-connect", "tcp", "127.0.0.1", &port.to_string()]);
+    if denied.starts_with("unsupported") {
+        assert!(std::env::var("CI").is_err(), "io_uring unavailable under CI: {denied}");
+        eprintln!("skipping: io_uring unavailable here ({denied})");
+        return;
+    }
+    assert_eq!(denied, "err EPERM");
+    assert_eq!(sb.probe("/app", &["uring-connect", "udp", "127.0.0.1", "5353"]), "ok");
+}
+
+#[test]
 fn a_socket_passed_over_scm_rights_stays_under_its_guard() {
     if !require_root("scm_rights") {
         return;

@@ -31,6 +31,7 @@
 //!   pg-probe socket raw|sctp|packet        (just create one)
 //!   pg-probe listen-unbound                (TCP listen() without bind(): autobind)
 //!   pg-probe serve IP PORT                 (TCP bind() then listen())
+//!   pg-probe uring-connect tcp|udp IP PORT (connect through io_uring)
 //!
 //! An IPv6 IP (including ::ffff:a.b.c.d) uses an AF_INET6 socket.
 
@@ -348,6 +349,26 @@ fn serve(ip: IpAddr, port: u16) -> io::Result<String> {
     Ok(format!("ok port={}", local_port(s.0)))
 }
 
+/// connect() submitted through io_uring instead of the syscall.
+fn uring_connect(proto: &str, ip: IpAddr, port: u16) -> io::Result<String> {
+    let (sa, len, family) = sockaddr(ip, port);
+    let s = socket(family, proto)?;
+    let mut ring = match io_uring::IoUring::new(4) {
+        Ok(r) => r,
+        Err(e) => return Ok(format!("unsupported {e}")),
+    };
+    let op = io_uring::opcode::Connect::new(io_uring::types::Fd(s.0), (&sa as *const libc::sockaddr_in6).cast(), len)
+        .build();
+    // SAFETY: the sockaddr outlives the submission (we wait for it below).
+    unsafe { ring.submission().push(&op).map_err(io::Error::other)? };
+    ring.submit_and_wait(1)?;
+    let cqe = ring.completion().next().ok_or_else(|| io::Error::other("no completion"))?;
+    if cqe.result() < 0 {
+        return Err(io::Error::from_raw_os_error(-cqe.result()));
+    }
+    Ok("ok".into())
+}
+
 fn listen_unbound() -> io::Result<String> {
     let s = socket(libc::AF_INET, "tcp")?;
     // SAFETY: listen on our own socket.
@@ -401,6 +422,7 @@ fn main() -> ExitCode {
         ["socket", kind] => create_socket(kind),
         ["listen-unbound"] => listen_unbound(),
         ["serve", ip, p] => serve(parse_ip(ip), port(p)),
+        ["uring-connect", proto, ip, p] => uring_connect(proto, parse_ip(ip), port(p)),
         ["bench", workload, p, n] => bench::run(workload, port(p), n.parse().expect("iterations")),
         ["flood", proto, ip, p, count] => flood(proto, parse_ip(ip), port(p), count.parse().expect("count")),
         ["hammer", op, proto, ip, allowed, denied, millis] => {
