@@ -51,8 +51,9 @@ pub fn load(ebpf: &mut Ebpf) -> Result<bool, LoadError> {
     for (name, hook) in LSM_PROGRAMS {
         let program = ebpf.program_mut(name).ok_or(LoadError::MissingProgram { name })?;
         let p: &mut Lsm = program.try_into().map_err(|source| LoadError::Program { name, source })?;
-        // Optional: a kernel that refuses BPF LSM programs (lockdown, a
-        // security module's policy) leaves the two gaps open, loudly.
+        // Optional: a kernel that refuses BPF LSM programs (some vendor
+        // kernels allow trampoline programs from PID 1 only) leaves the two
+        // gaps open, loudly.
         if let Err(e) = p.load(hook, &btf) {
             tracing::warn!(
                 program = name,
