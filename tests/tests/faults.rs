@@ -1,0 +1,95 @@
+//! Faults: nothing guarded may open, and bad conditions get clear errors.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use portguard_tests::{Hammer, Sandbox, agent_bin, require_root};
+
+fn policy(variant: u16) -> String {
+    format!(
+        "[[guard]]\nname = \"app\"\ncgroup = \"/app\"\n[[guard.bind]]\nports = [8080, {variant}]\nproto = \"udp\"\n"
+    )
+}
+
+#[test]
+fn kill_9_in_the_middle_of_reloads_opens_nothing() {
+    if !require_root("kill9_reload") {
+        return;
+    }
+    let mut sb = Sandbox::enforcing("killreload", &["/app"], &policy(7000));
+    let hammer = sb.spawn_probe("/app", &["hammer", "bind", "udp", "127.0.0.1", "8080", "8081", "4000"]);
+    let start = Instant::now();
+    let mut variant = 7000;
+    let mut killed = 0;
+    while start.elapsed() < Duration::from_millis(3600) {
+        variant = if variant == 7000 { 7001 } else { 7000 };
+        sb.rename_policy_over(&policy(variant));
+        std::thread::sleep(Duration::from_millis(15));
+        // Every ~600 ms: kill the agent while reloads are in flight, and
+        // start a new one on the pinned state.
+        if start.elapsed() > Duration::from_millis(600 * (killed + 1)) && killed < 4 {
+            sb.agent().kill9();
+            killed += 1;
+            sb.start_agent_with(&[]);
+        }
+    }
+    let h = Hammer::wait(hammer);
+    assert_eq!(h.allowed_refused, 0, "{h:?}");
+    assert_eq!(h.denied_ok, 0, "{h:?}");
+    assert!(killed >= 2 && h.allowed_ok > 100, "{killed} kills, {h:?}");
+}
+
+#[test]
+fn a_missing_bpffs_is_mounted() {
+    if !require_root("bpffs_missing") {
+        return;
+    }
+    let sb = Sandbox::new("nobpffs");
+    sb.cgroup("/app");
+    sb.write_policy(&policy(7000));
+    // A private mount namespace without /sys/fs/bpf: the agent mounts it
+    // (in that namespace) and starts.
+    let script = format!(
+        "umount /sys/fs/bpf 2>/dev/null; exec timeout -s TERM 6 {} run --policy {} --cgroup-root {} --bpffs {} --state-dir {} --metrics-addr 127.0.0.1:0 --unload-on-exit",
+        agent_bin().display(),
+        sb.policy_path().display(),
+        sb.root.display(),
+        sb.bpffs.display(),
+        sb.state_dir().display()
+    );
+    let out = Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]).output().expect("unshare");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mounted bpffs"), "{err}");
+    assert!(err.contains("portguard is enforcing"), "{err}");
+}
+
+#[test]
+fn missing_privileges_get_a_clear_error_and_change_nothing() {
+    if !require_root("no_privileges") {
+        return;
+    }
+    let sb = Sandbox::new("noprivs");
+    sb.cgroup("/app");
+    sb.write_policy(&policy(7000));
+    std::fs::set_permissions(&sb.dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(sb.policy_path(), std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .arg(agent_bin())
+        .arg("run")
+        .arg("--policy")
+        .arg(sb.policy_path())
+        .arg("--cgroup-root")
+        .arg(&sb.root)
+        .arg("--bpffs")
+        .arg(&sb.bpffs)
+        .output()
+        .expect("setpriv");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("must run as root"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(!sb.bpffs.exists());
+}
