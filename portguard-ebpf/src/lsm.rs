@@ -14,15 +14,14 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{helpers::generated::bpf_get_current_cgroup_id, macros::lsm, programs::LsmContext};
-use portguard_common::{
-    AF_INET, GUARD_ALLOW_OTHER_SOCKETS, IPPROTO_TCP, MODE_AUDIT, Op, STAMP_BOUND, STAMP_GUARDED, Verdict,
-};
+use portguard_common::{AF_INET, IPPROTO_TCP, MODE_AUDIT, Op, STAMP_BOUND, STAMP_GUARDED, Verdict};
 
 use crate::{
     addr::Addr,
-    identity::{Guarded, guard_of, refresh, stamp_of_sock},
+    identity::{Guarded, refresh, stamp_of_sock},
     read_config,
     report::{Decision, record},
+    socket_kinds::creation_allowed,
 };
 
 const LSM_ALLOW: i32 = 0;
@@ -72,24 +71,7 @@ pub fn pg_socket_create(ctx: LsmContext) -> i32 {
     if family != AF_PACKET || kern != 0 {
         return LSM_ALLOW;
     }
-    let Some(cfg) = read_config() else { return LSM_ALLOW };
     // SAFETY: helper valid in LSM programs.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    let Some((guard_cgroup, info)) = guard_of(cgroup, &cfg) else { return LSM_ALLOW };
-    if info.flags & GUARD_ALLOW_OTHER_SOCKETS != 0 {
-        return LSM_ALLOW;
-    }
-    let verdict = if info.mode == MODE_AUDIT { Verdict::Audited } else { Verdict::Denied };
-    let guarded = Guarded { sock_cgroup: cgroup, guard_cgroup, info: Some(info) };
-    record(&Decision {
-        op: Op::Socket,
-        verdict,
-        guard_id: info.guard_id,
-        guarded: &guarded,
-        generation: cfg.generation,
-        proto: 0,
-        addr: &Addr { family: AF_INET, bytes: [0; 16] },
-        port: 0,
-    });
-    if verdict == Verdict::Denied { -EPERM } else { LSM_ALLOW }
+    if creation_allowed(cgroup, AF_INET, 0) { LSM_ALLOW } else { -EPERM }
 }

@@ -14,22 +14,24 @@ mod identity;
 mod lsm;
 mod maps;
 mod report;
+mod socket_kinds;
 
 use aya_ebpf::{
     macros::{cgroup_sock, cgroup_sock_addr},
     programs::{SockAddrContext, SockContext},
 };
 use portguard_common::{
-    AF_INET, AF_INET6, Config, GUARD_ALLOW_OTHER_SOCKETS, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, MODE_AUDIT,
-    ORPHAN_GUARD_ID, Op, SOCK_RAW, Verdict,
+    AF_INET, AF_INET6, Config, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, MODE_AUDIT, ORPHAN_GUARD_ID, Op,
+    SOCK_RAW, Verdict,
 };
 
 use crate::{
     addr::{Addr, user_addr4, user_addr6, user_port},
     decide::{bind_allowed, connect_allowed},
-    identity::{Guarded, guard_of, mark_bound, socket_guard, stamp_new_socket},
+    identity::{mark_bound, socket_guard, stamp_new_socket},
     maps::PG_CONFIG,
     report::{Decision, record},
+    socket_kinds::creation_allowed,
 };
 
 /// LSM programs and some helpers are only for GPL-compatible programs; the
@@ -51,25 +53,8 @@ pub fn pg_sock_create(ctx: SockContext) -> i32 {
     if ty != SOCK_RAW && protocol != IPPROTO_SCTP {
         return ALLOW;
     }
-    let Some(cfg) = read_config() else { return ALLOW };
-    let Some((guard_cgroup, info)) = guard_of(cgroup, &cfg) else { return ALLOW };
-    if info.flags & GUARD_ALLOW_OTHER_SOCKETS != 0 {
-        return ALLOW;
-    }
-    let verdict = if info.mode == MODE_AUDIT { Verdict::Audited } else { Verdict::Denied };
-    let guarded = Guarded { sock_cgroup: cgroup, guard_cgroup, info: Some(info) };
-    let addr = Addr { family: if family == 10 { AF_INET6 } else { AF_INET }, bytes: [0; 16] };
-    record(&Decision {
-        op: Op::Socket,
-        verdict,
-        guard_id: info.guard_id,
-        guarded: &guarded,
-        generation: cfg.generation,
-        proto: protocol as u8,
-        addr: &addr,
-        port: 0,
-    });
-    if verdict == Verdict::Denied { DENY } else { ALLOW }
+    let family = if family == 10 { AF_INET6 } else { AF_INET };
+    if creation_allowed(cgroup, family, protocol as u8) { ALLOW } else { DENY }
 }
 
 /// The live generation, read once (one aligned 8-byte load), or `None`

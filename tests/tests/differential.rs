@@ -56,13 +56,22 @@ fn protos() -> impl Strategy<Value = (Vec<&'static str>, &'static str)> {
 
 fn port_specs() -> impl Strategy<Value = Vec<(u16, u16)>> {
     prop::collection::vec(
-        prop_oneof![prop::sample::select(PORTS.to_vec()).prop_map(|p| (p, p)), prop::sample::select(RANGES.to_vec())],
+        prop_oneof![
+            prop::sample::select(PORTS.to_vec()).prop_map(|p| (p, p)),
+            prop::sample::select(RANGES.to_vec())
+        ],
         1..3,
     )
 }
 
 fn rule(bind: bool) -> impl Strategy<Value = Rule> {
-    (protos(), port_specs(), prop::collection::vec(prop::sample::select(PEERS.to_vec()), 1..3), any::<bool>(), prop::sample::select(BIND_ADDRS.to_vec()))
+    (
+        protos(),
+        port_specs(),
+        prop::collection::vec(prop::sample::select(PEERS.to_vec()), 1..3),
+        any::<bool>(),
+        prop::sample::select(BIND_ADDRS.to_vec()),
+    )
         .prop_map(move |((protos, _), ports, peers, with_addr, addr)| Rule {
             protos,
             ports,
@@ -82,7 +91,11 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (proto.clone(), prop::sample::select(OP_BIND_ADDRS.to_vec()), port.clone())
             .prop_map(|(proto, a, port)| Op::Bind { proto, addr: a.parse().expect("ip"), port }),
-        (proto, prop::sample::select(OP_PEERS.to_vec()), port.prop_filter("connect to port 0 is not a thing", |p| *p != 0))
+        (
+            proto,
+            prop::sample::select(OP_PEERS.to_vec()),
+            port.prop_filter("connect to port 0 is not a thing", |p| *p != 0)
+        )
             .prop_map(|(proto, a, port)| Op::Connect { proto, addr: a.parse().expect("ip"), port }),
     ]
 }
@@ -92,9 +105,14 @@ fn parse_net(s: &str) -> IpNet {
 }
 
 fn toml(p: &Policy) -> String {
-    let mut s = format!("[[guard]]\nname = \"app\"\ncgroup = \"/app\"\nallow_ephemeral_bind = {}\n", p.ephemeral);
+    let mut s =
+        format!("[[guard]]\nname = \"app\"\ncgroup = \"/app\"\nallow_ephemeral_bind = {}\n", p.ephemeral);
     let ports = |r: &Rule| -> String {
-        r.ports.iter().map(|(a, b)| if a == b { a.to_string() } else { format!("\"{a}-{b}\"") }).collect::<Vec<_>>().join(", ")
+        r.ports
+            .iter()
+            .map(|(a, b)| if a == b { a.to_string() } else { format!("\"{a}-{b}\"") })
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     let proto = |r: &Rule| if r.protos.len() == 2 { "both" } else { r.protos[0] };
     for r in &p.bind {
@@ -105,7 +123,12 @@ fn toml(p: &Policy) -> String {
     }
     for r in &p.connect {
         let peers: Vec<String> = r.peers.iter().map(|n| format!("\"{n}\"")).collect();
-        s.push_str(&format!("[[guard.connect]]\npeer = [{}]\nports = [{}]\nproto = \"{}\"\n", peers.join(", "), ports(r), proto(r)));
+        s.push_str(&format!(
+            "[[guard.connect]]\npeer = [{}]\nports = [{}]\nproto = \"{}\"\n",
+            peers.join(", "),
+            ports(r),
+            proto(r)
+        ));
     }
     s
 }
@@ -136,7 +159,9 @@ fn reference_allows(p: &Policy, op: &Op) -> bool {
                     IpAddr::V6(_) => "::1".parse().expect("ip"),
                 };
             }
-            p.connect.iter().any(|r| r.protos.contains(proto) && in_ports(r, *port) && r.peers.iter().any(|n| n.contains(&peer)))
+            p.connect.iter().any(|r| {
+                r.protos.contains(proto) && in_ports(r, *port) && r.peers.iter().any(|n| n.contains(&peer))
+            })
         }
     }
 }
@@ -147,8 +172,16 @@ fn kernel_verdicts_equal_the_reference_evaluator() {
         return;
     }
     // proptest wants an Fn closure; the sandbox is used by one case at a time.
-    let sb = std::cell::RefCell::new(Sandbox::enforcing("diff", &["/app"], "[[guard]]\nname = \"app\"\ncgroup = \"/app\"\n"));
-    let mut runner = TestRunner::new(proptest::test_runner::Config { cases: 32, failure_persistence: None, ..Default::default() });
+    let sb = std::cell::RefCell::new(Sandbox::enforcing(
+        "diff",
+        &["/app"],
+        "[[guard]]\nname = \"app\"\ncgroup = \"/app\"\n",
+    ));
+    let mut runner = TestRunner::new(proptest::test_runner::Config {
+        cases: 32,
+        failure_persistence: None,
+        ..Default::default()
+    });
     let strategy = (policy(), prop::collection::vec(op(), 25));
     let checked = std::cell::Cell::new(0usize);
     let allowed = std::cell::Cell::new(0usize);
@@ -163,14 +196,25 @@ fn kernel_verdicts_equal_the_reference_evaluator() {
             sb.agent().wait_for_after(mark, "reload", |l| l["message"] == "policy reloaded");
             for op in &ops {
                 let args: Vec<String> = match op {
-                    Op::Bind { proto, addr, port } => vec!["bind".into(), (*proto).into(), addr.to_string(), port.to_string()],
-                    Op::Connect { proto, addr, port } => vec!["connect".into(), (*proto).into(), addr.to_string(), port.to_string()],
+                    Op::Bind { proto, addr, port } => {
+                        vec!["bind".into(), (*proto).into(), addr.to_string(), port.to_string()]
+                    }
+                    Op::Connect { proto, addr, port } => {
+                        vec!["connect".into(), (*proto).into(), addr.to_string(), port.to_string()]
+                    }
                 };
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
                 let out = sb.probe("/app", &args);
                 let kernel_allows = out != "err EPERM";
                 let reference = reference_allows(&policy, op);
-                prop_assert_eq!(kernel_allows, reference, "{:?} -> kernel said {:?}\npolicy:\n{}", op, out, toml(&policy));
+                prop_assert_eq!(
+                    kernel_allows,
+                    reference,
+                    "{:?} -> kernel said {:?}\npolicy:\n{}",
+                    op,
+                    out,
+                    toml(&policy)
+                );
                 checked.set(checked.get() + 1);
                 allowed.set(allowed.get() + usize::from(reference));
             }

@@ -59,7 +59,10 @@ fn a_missing_bpffs_is_mounted() {
         sb.bpffs.display(),
         sb.state_dir().display()
     );
-    let out = Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]).output().expect("unshare");
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("mounted bpffs"), "{err}");
     assert!(err.contains("portguard is enforcing"), "{err}");
@@ -74,7 +77,8 @@ fn missing_privileges_get_a_clear_error_and_change_nothing() {
     sb.cgroup("/app");
     sb.write_policy(&policy(7000));
     std::fs::set_permissions(&sb.dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-    std::fs::set_permissions(sb.policy_path(), std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
+    std::fs::set_permissions(sb.policy_path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
         .arg(agent_bin())
@@ -91,5 +95,30 @@ fn missing_privileges_get_a_clear_error_and_change_nothing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("must run as root"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(!sb.bpffs.exists());
+}
+
+#[test]
+fn no_cgroup2_mount_gets_a_clear_error() {
+    if !require_root("no_cgroup2") {
+        return;
+    }
+    let sb = Sandbox::new("nocgroup2");
+    sb.write_policy(&policy(7000));
+    // A private mount namespace with every cgroup2 mount removed.
+    let script = format!(
+        "for m in $(awk '$3==\"cgroup2\"{{print $2}}' /proc/self/mounts); do umount -l \"$m\"; done; exec {} run --policy {} --bpffs {} --state-dir {} --metrics-addr 127.0.0.1:0",
+        agent_bin().display(),
+        sb.policy_path().display(),
+        sb.bpffs.display(),
+        sb.state_dir().display()
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare");
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no cgroup2 filesystem is mounted"), "{err}");
     assert!(!sb.bpffs.exists());
 }

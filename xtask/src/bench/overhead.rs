@@ -203,7 +203,8 @@ pub fn run() -> anyhow::Result<Results> {
                 rows_json.push(json!({
                     "workload": w.id, "allowed": allowed, "config": c.label, "kind": format!("{:?}", c.kind),
                     "rules": c.rules, "median_ns": m, "p10_ns": quantile(s.clone(), 0.1), "p90_ns": quantile(s.clone(), 0.9),
-                    "overhead_ns": over, "overhead_vs_c1": over / c1_over, "prog_ns_per_run": prog_ns_run,
+                    "overhead_ns": over, "c0_ns": c0, "c1_overhead_ns": c1_over,
+                    "overhead_vs_c1": if c1_over > 0.0 { Some(over / c1_over) } else { None }, "prog_ns_per_run": prog_ns_run,
                     "not_seen_by_nftables": nft_blind,
                 }));
             }

@@ -357,8 +357,12 @@ fn uring_connect(proto: &str, ip: IpAddr, port: u16) -> io::Result<String> {
         Ok(r) => r,
         Err(e) => return Ok(format!("unsupported {e}")),
     };
-    let op = io_uring::opcode::Connect::new(io_uring::types::Fd(s.0), (&sa as *const libc::sockaddr_in6).cast(), len)
-        .build();
+    let op = io_uring::opcode::Connect::new(
+        io_uring::types::Fd(s.0),
+        (&sa as *const libc::sockaddr_in6).cast(),
+        len,
+    )
+    .build();
     // SAFETY: the sockaddr outlives the submission (we wait for it below).
     unsafe { ring.submission().push(&op).map_err(io::Error::other)? };
     ring.submit_and_wait(1)?;

@@ -1,0 +1,36 @@
+//! Socket kinds whose bind and connect no sock_addr hook sees (raw, SCTP,
+//! packet): a guard refuses to create them unless its policy allows them.
+
+use portguard_common::{GUARD_ALLOW_OTHER_SOCKETS, MODE_AUDIT, Op, Verdict};
+
+use crate::{
+    addr::Addr,
+    identity::{Guarded, guard_of},
+    read_config,
+    report::{Decision, record},
+};
+
+/// Judges creating such a socket from `cgroup` (the calling task's, which
+/// the new socket belongs to): true to allow. Counts and reports a refusal
+/// or an audit-mode violation.
+#[inline(always)]
+pub fn creation_allowed(cgroup: u64, family: u8, proto: u8) -> bool {
+    let Some(cfg) = read_config() else { return true };
+    let Some((guard_cgroup, info)) = guard_of(cgroup, &cfg) else { return true };
+    if info.flags & GUARD_ALLOW_OTHER_SOCKETS != 0 {
+        return true;
+    }
+    let verdict = if info.mode == MODE_AUDIT { Verdict::Audited } else { Verdict::Denied };
+    let guarded = Guarded { sock_cgroup: cgroup, guard_cgroup, info: Some(info) };
+    record(&Decision {
+        op: Op::Socket,
+        verdict,
+        guard_id: info.guard_id,
+        guarded: &guarded,
+        generation: cfg.generation,
+        proto,
+        addr: &Addr { family, bytes: [0; 16] },
+        port: 0,
+    });
+    verdict != Verdict::Denied
+}
