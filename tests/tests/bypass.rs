@@ -52,6 +52,27 @@ fn tcp_fast_open_is_judged_like_connect() {
 }
 
 #[test]
+fn ip_bind_address_no_port_then_connect_is_judged_twice() {
+    if !require_root("bind_address_no_port") {
+        return;
+    }
+    let mut sb = Sandbox::new("noport");
+    sb.cgroup("/app");
+    sb.cgroup("/eph");
+    let (_l, port) = sb.tcp_listener("127.0.0.1");
+    let p = port.to_string();
+    sb.start_agent(&format!(
+        "{}\n[[guard]]\nname = \"eph\"\ncgroup = \"/eph\"\nallow_ephemeral_bind = true\n[[guard.connect]]\npeer = \"127.0.0.1\"\nports = [{port}]\n",
+        policy("")
+    ));
+    // The bind to port 0 is judged first: no ephemeral ports for /app.
+    assert_eq!(sb.probe("/app", &["bind-no-port-connect", "127.0.0.1", &p]), "bind: err EPERM");
+    // Allowed to bind ephemerally, then the connect is judged on its own.
+    assert_eq!(sb.probe("/eph", &["bind-no-port-connect", "127.0.0.1", &p]), "ok");
+    assert_eq!(sb.probe("/eph", &["bind-no-port-connect", "127.0.0.1", "8080"]), "err EPERM");
+}
+
+#[test]
 fn io_uring_connect_is_judged_like_the_syscall() {
     if !require_root("io_uring") {
         return;

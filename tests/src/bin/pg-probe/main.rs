@@ -32,6 +32,9 @@
 //!   pg-probe listen-unbound                (TCP listen() without bind(): autobind)
 //!   pg-probe serve IP PORT                 (TCP bind() then listen())
 //!   pg-probe uring-connect tcp|udp IP PORT (connect through io_uring)
+//!   pg-probe bind-no-port-connect IP PORT
+//!       TCP: IP_BIND_ADDRESS_NO_PORT, bind(IP, 0), then connect(IP, PORT);
+//!       prints "bind: err ..." or the connect's verdict
 //!
 //! An IPv6 IP (including ::ffff:a.b.c.d) uses an AF_INET6 socket.
 
@@ -373,6 +376,21 @@ fn uring_connect(proto: &str, ip: IpAddr, port: u16) -> io::Result<String> {
     Ok("ok".into())
 }
 
+fn bind_no_port_connect(ip: IpAddr, port: u16) -> io::Result<String> {
+    let s = socket(family_of(ip), "tcp")?;
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt with a valid int (IP_BIND_ADDRESS_NO_PORT = 24).
+    check(unsafe {
+        libc::setsockopt(s.0, libc::IPPROTO_IP, 24, (&one as *const libc::c_int).cast(), size_of::<libc::c_int>() as u32)
+    })?;
+    let (sa, len, _) = sockaddr(ip, 0);
+    // SAFETY: sa is valid for len bytes.
+    if let Err(e) = check(unsafe { libc::bind(s.0, &sa as *const _ as *const libc::sockaddr, len) }) {
+        return Ok(format!("bind: err {}", errno_name(&e)));
+    }
+    connect_on(&s, ip, port)
+}
+
 fn listen_unbound() -> io::Result<String> {
     let s = socket(libc::AF_INET, "tcp")?;
     // SAFETY: listen on our own socket.
@@ -427,6 +445,7 @@ fn main() -> ExitCode {
         ["listen-unbound"] => listen_unbound(),
         ["serve", ip, p] => serve(parse_ip(ip), port(p)),
         ["uring-connect", proto, ip, p] => uring_connect(proto, parse_ip(ip), port(p)),
+        ["bind-no-port-connect", ip, p] => bind_no_port_connect(parse_ip(ip), port(p)),
         ["bench", workload, p, n] => bench::run(workload, port(p), n.parse().expect("iterations")),
         ["flood", proto, ip, p, count] => flood(proto, parse_ip(ip), port(p), count.parse().expect("count")),
         ["hammer", op, proto, ip, allowed, denied, millis] => {
