@@ -211,6 +211,7 @@ pub fn run() -> anyhow::Result<Results> {
             md.push('\n');
         }
     }
+    md.push_str(&super::targets::reading(&rows_json));
     md.push_str(&super::targets::assess(&rows_json));
     super::plot::overhead_vs_rules(&rows_json)?;
     md.push_str("\n![overhead vs policy size](benchmarks-overhead.svg)\n");

@@ -36,29 +36,33 @@ pub fn assess(rows: &[Value]) -> String {
             );
         }
     }
-    // 2. Overhead within 2x of the empty program's, at every size.
-    let mut worst = (0.0f64, String::new());
-    for r in rows.iter().filter(|r| r["kind"] == "Portguard") {
-        let x = f(r, "overhead_vs_c1");
-        if x > worst.0 {
-            worst = (
-                x,
-                format!(
-                    "{} {} {}",
-                    r["config"].as_str().unwrap_or(""),
-                    r["workload"],
-                    if r["allowed"] == true { "allowed" } else { "denied" }
-                ),
+    // 2. Overhead within 2x of the empty program's, at every size: per
+    // workload and variant, where C1's overhead stands out of the noise.
+    for w in ["w1", "w2", "w3", "w4"] {
+        for allowed in [true, false] {
+            let cells: Vec<&Value> = rows
+                .iter()
+                .filter(|r| r["kind"] == "Portguard" && r["workload"] == w && r["allowed"] == allowed)
+                .collect();
+            let Some(first) = cells.first() else { continue };
+            let variant = if allowed { "allowed" } else { "denied" };
+            let c1 = f(first, "c1_overhead_ns");
+            let worst = cells.iter().map(|r| f(r, "overhead_ns")).fold(f64::MIN, f64::max);
+            if c1 <= 20.0 {
+                let _ = writeln!(
+                    md,
+                    "| {w} {variant}: guarded overhead <= 2x C1's | C1's overhead is in the noise ({c1:.0} ns); portguard's worst is {worst:.0} ns | n/a |"
+                );
+                continue;
+            }
+            let _ = writeln!(
+                md,
+                "| {w} {variant}: guarded overhead <= 2x C1's, at 10 / 1,000 / 100,000 rules | worst {worst:.0} ns vs {c1:.0} ns = {:.2}x | {} |",
+                worst / c1,
+                verdict(worst <= 2.0 * c1)
             );
         }
     }
-    let _ = writeln!(
-        md,
-        "| guarded overhead over C0 <= 2x C1's, every size and workload | worst {:.2}x ({}) | {} |",
-        worst.0,
-        worst.1,
-        verdict(worst.0 <= 2.0)
-    );
     // 3. Against nftables at 1,000 rules, where nftables sees the traffic.
     for w in ["w2", "w3"] {
         if let (Some(pg), Some(list), Some(set)) = (
@@ -86,16 +90,80 @@ pub fn assess(rows: &[Value]) -> String {
             );
         }
     }
-    // 4. Unguarded workloads.
+    // 4. Unguarded workloads, by ns/op and, less noisy, by the programs'
+    // own run time.
     for w in ["w1", "w2", "w3", "w4"] {
-        if let Some(r) = find(rows, w, true, "Unguarded", None) {
-            let x = f(r, "overhead_vs_c1");
-            let _ = writeln!(
-                md,
-                "| {w} unguarded (C2) overhead <= 1.2x C1's | {x:.2}x | {} |",
-                verdict(x <= 1.2)
+        if let (Some(r), Some(empty)) = (find(rows, w, true, "Unguarded", None), find(rows, w, true, "Empty", None)) {
+            let (c1, over) = (f(r, "c1_overhead_ns"), f(r, "overhead_ns"));
+            let progs = format!(
+                "program {:.0} ns vs empty {:.0} ns per run",
+                f(r, "prog_ns_per_run"),
+                f(empty, "prog_ns_per_run")
             );
+            if c1 <= 20.0 {
+                let _ = writeln!(
+                    md,
+                    "| {w} unguarded (C2) overhead <= 1.2x C1's | C1's overhead is in the noise ({c1:.0} ns); C2's is {over:.0} ns; {progs} | n/a |"
+                );
+            } else {
+                let _ = writeln!(
+                    md,
+                    "| {w} unguarded (C2) overhead <= 1.2x C1's | {over:.0} ns vs {c1:.0} ns = {:.2}x; {progs} | {} |",
+                    over / c1,
+                    verdict(over <= 1.2 * c1)
+                );
+            }
         }
     }
+    md
+}
+
+/// A short reading of the overhead tables, in sentences built from this
+/// run's numbers (the file is rewritten on every run).
+pub fn reading(rows: &[Value]) -> String {
+    let f = |v: Option<&Value>, k: &str| v.and_then(|v| v[k].as_f64()).unwrap_or(f64::NAN);
+    let cell = |w: &str, allowed: bool, kind: &str, rules: Option<u64>| find(rows, w, allowed, kind, rules);
+    let mut md = String::from("### Reading\n\n");
+    let _ = writeln!(
+        md,
+        "- **Unguarded sockets** (C2, what every other workload on the host pays): a connect() on a reused socket \
+         costs {:.0} ns over nothing attached, against {:.0} ns for an empty program; the program itself runs {:.0} ns \
+         against the empty program's {:.0} ns (one socket-storage lookup).",
+        f(cell("w1", true, "Unguarded", None), "overhead_ns"),
+        f(cell("w1", true, "Floor", None), "c1_overhead_ns"),
+        f(cell("w1", true, "Unguarded", None), "prog_ns_per_run"),
+        f(cell("w1", true, "Empty", None), "prog_ns_per_run"),
+    );
+    let _ = writeln!(
+        md,
+        "- **Guarded, allowed**: connect4 runs {:.0} ns at 10 rules and {:.0} ns at 100,000: flat in policy size.",
+        f(cell("w1", true, "Portguard", Some(10)), "prog_ns_per_run"),
+        f(cell("w1", true, "Portguard", Some(100_000)), "prog_ns_per_run"),
+    );
+    let _ = writeln!(
+        md,
+        "- **Guarded, denied**: a refusal costs more ({:.0} ns per program run at 1,000 rules) because it is \
+         reported: a ring-buffer event with the process name, and exact per-CPU and per-port counters. Denials \
+         are the rare path.",
+        f(cell("w1", false, "Portguard", Some(1000)), "prog_ns_per_run"),
+    );
+    let _ = writeln!(
+        md,
+        "- **New sockets** pay for their stamp: W4 (socket, bind, close in a loop) costs {:.0} ns over nothing \
+         attached when unguarded, and the first bind of each socket resolves its guard ({:.0} ns per bind4 run). \
+         Workloads that open a socket per request see this; long-lived sockets do not.",
+        f(cell("w4", true, "Unguarded", None), "overhead_ns"),
+        f(cell("w4", true, "Unguarded", None), "prog_ns_per_run"),
+    );
+    let _ = writeln!(
+        md,
+        "- **nftables** rule lists grow linearly: a UDP sendto costs {:.0} ns over nothing at 1,000 rules and \
+         {:.0} ns at 10,000; a set stays at {:.0} ns. portguard at 1,000 rules: {:.0} ns. nftables never sees a \
+         UDP connect() or a bind() at all: it filters packets, portguard judges the calls.\n",
+        f(cell("w2", true, "NftList", Some(1000)), "overhead_ns"),
+        f(cell("w2", true, "NftList", Some(10_000)), "overhead_ns"),
+        f(cell("w2", true, "NftSet", Some(1000)), "overhead_ns"),
+        f(cell("w2", true, "Portguard", Some(1000)), "overhead_ns"),
+    );
     md
 }
