@@ -49,20 +49,12 @@ fn a_missing_bpffs_is_mounted() {
     let sb = Sandbox::new("nobpffs");
     sb.cgroup("/app");
     sb.write_policy(&policy(7000));
-    // A private mount namespace without /sys/fs/bpf: the agent mounts it
-    // (in that namespace) and starts.
-    let script = format!(
-        "umount /sys/fs/bpf 2>/dev/null; exec timeout -s TERM 6 {} run --policy {} --cgroup-root {} --bpffs {} --state-dir {} --metrics-addr 127.0.0.1:0 --unload-on-exit",
-        agent_bin().display(),
-        sb.policy_path().display(),
-        sb.root.display(),
-        sb.bpffs.display(),
-        sb.state_dir().display()
+    // Without /sys/fs/bpf: the agent mounts it (in that namespace) and starts.
+    let out = run_agent_in_private_mounts(
+        &sb,
+        "umount /sys/fs/bpf 2>/dev/null",
+        &format!("--cgroup-root {} --unload-on-exit", sb.root.display()),
     );
-    let out = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", &script])
-        .output()
-        .expect("unshare");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("mounted bpffs"), "{err}");
     assert!(err.contains("portguard is enforcing"), "{err}");
@@ -105,20 +97,30 @@ fn no_cgroup2_mount_gets_a_clear_error() {
     }
     let sb = Sandbox::new("nocgroup2");
     sb.write_policy(&policy(7000));
-    // A private mount namespace with every cgroup2 mount removed.
+    // With every cgroup2 mount removed.
+    let out = run_agent_in_private_mounts(
+        &sb,
+        "for m in $(awk '$3==\"cgroup2\"{print $2}' /proc/self/mounts); do umount -l \"$m\"; done",
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no cgroup2 filesystem is mounted"), "{err}");
+    assert!(!sb.bpffs.exists());
+}
+
+/// Runs the agent (for at most 6 s) in a private mount namespace, after the
+/// shell commands `prelude` changed that namespace's mounts.
+fn run_agent_in_private_mounts(sb: &Sandbox, prelude: &str, extra: &str) -> std::process::Output {
     let script = format!(
-        "for m in $(awk '$3==\"cgroup2\"{{print $2}}' /proc/self/mounts); do umount -l \"$m\"; done; exec {} run --policy {} --bpffs {} --state-dir {} --metrics-addr 127.0.0.1:0",
+        "{prelude}; exec timeout -s TERM 6 {} run --policy {} --bpffs {} --state-dir {} --metrics-addr 127.0.0.1:0 {extra}",
         agent_bin().display(),
         sb.policy_path().display(),
         sb.bpffs.display(),
         sb.state_dir().display()
     );
-    let out = Command::new("unshare")
+    Command::new("unshare")
         .args(["-m", "--propagation", "private", "sh", "-c", &script])
         .output()
-        .expect("unshare");
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no cgroup2 filesystem is mounted"), "{err}");
-    assert!(!sb.bpffs.exists());
+        .expect("unshare")
 }

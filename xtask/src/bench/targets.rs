@@ -93,7 +93,9 @@ pub fn assess(rows: &[Value]) -> String {
     // 4. Unguarded workloads, by ns/op and, less noisy, by the programs'
     // own run time.
     for w in ["w1", "w2", "w3", "w4"] {
-        if let (Some(r), Some(empty)) = (find(rows, w, true, "Unguarded", None), find(rows, w, true, "Empty", None)) {
+        if let (Some(r), Some(empty)) =
+            (find(rows, w, true, "Unguarded", None), find(rows, w, true, "Empty", None))
+        {
             let (c1, over) = (f(r, "c1_overhead_ns"), f(r, "overhead_ns"));
             let progs = format!(
                 "program {:.0} ns vs empty {:.0} ns per run",

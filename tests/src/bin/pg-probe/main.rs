@@ -381,7 +381,13 @@ fn bind_no_port_connect(ip: IpAddr, port: u16) -> io::Result<String> {
     let one: libc::c_int = 1;
     // SAFETY: setsockopt with a valid int (IP_BIND_ADDRESS_NO_PORT = 24).
     check(unsafe {
-        libc::setsockopt(s.0, libc::IPPROTO_IP, 24, (&one as *const libc::c_int).cast(), size_of::<libc::c_int>() as u32)
+        libc::setsockopt(
+            s.0,
+            libc::IPPROTO_IP,
+            24,
+            (&one as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as u32,
+        )
     })?;
     let (sa, len, _) = sockaddr(ip, 0);
     // SAFETY: sa is valid for len bytes.
