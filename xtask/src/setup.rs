@@ -27,6 +27,8 @@ pub fn all() -> anyhow::Result<()> {
         // The benchmark compares against nftables and reads BPF run stats.
         "nftables",
         "bpftool",
+        // `systemd-analyze verify` checks the shipped unit.
+        "systemd",
     ])?;
     bpf_linker()?;
     Ok(())

@@ -10,6 +10,7 @@ mod cgroup_watch;
 mod daemon;
 mod denials;
 mod guards;
+mod sd_notify;
 mod policy_watch;
 pub mod state;
 mod workload;
@@ -149,8 +150,10 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         sha256 = %daemon.sha256(),
         "portguard is enforcing"
     );
+    sd_notify::notify("READY=1");
 
     let result = event_loop(&mut daemon, &mut events, &metrics, &args, root).await;
+    sd_notify::notify("STOPPING=1");
     state::remove_pid(&args.state_dir);
     if args.unload_on_exit {
         drop(enforcer);
@@ -182,6 +185,8 @@ async fn event_loop(
     let mut sighup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
     let mut rescan = tokio::time::interval(CGROUP_RESCAN);
     let mut coalesce = tokio::time::interval(denials::WINDOW / 4);
+    // Without a watchdog the timer still ticks, rarely, and pings no one.
+    let mut watchdog = tokio::time::interval(sd_notify::watchdog_interval().unwrap_or(Duration::from_secs(3600)));
     let mut cgroups =
         CgroupWatch::new().map_err(|source| AgentError::Watch { what: "cgroups".into(), source })?;
     let mut policy_file = policy_watch::spawn(&args.policy)
@@ -198,6 +203,7 @@ async fn event_loop(
             _ = sighup.recv() => daemon.reload("SIGHUP", true),
             Some(()) = policy_file.recv() => daemon.reload("policy file changed", false),
             _ = rescan.tick() => daemon.rescan_guards(&mut cgroups),
+            _ = watchdog.tick() => sd_notify::notify("WATCHDOG=1"),
             _ = coalesce.tick() => denial_log.flush(daemon.guard_ids(), daemon.guard_modes(), Some(std::time::Instant::now())),
             _ = cgroups.changed() => daemon.rescan_guards(&mut cgroups),
             r = events.next_batch(&mut batch) => {

@@ -1,0 +1,78 @@
+//! The systemd unit: valid for systemd, and its capability set is enough to
+//! enforce (and one less is not).
+
+use std::{path::Path, process::Command};
+
+use portguard_tests::{Sandbox, agent_bin, require_root};
+
+const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/systemd/portguard.service");
+
+fn unit_capabilities() -> Vec<String> {
+    let unit = std::fs::read_to_string(UNIT).expect("unit");
+    let line = unit.lines().find_map(|l| l.strip_prefix("AmbientCapabilities=")).expect("AmbientCapabilities");
+    line.split_whitespace().map(|c| c.trim_start_matches("CAP_").to_lowercase()).collect()
+}
+
+#[test]
+fn systemd_analyze_verifies_the_unit() {
+    if Command::new("systemd-analyze").arg("--version").output().is_err() {
+        assert!(std::env::var("CI").is_err(), "systemd-analyze missing under CI");
+        eprintln!("skipping: systemd-analyze not installed");
+        return;
+    }
+    // Point ExecStart at the binary under test: verify checks it exists.
+    let dir = std::env::temp_dir().join(format!("pg-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let unit = std::fs::read_to_string(UNIT).expect("unit").replace("/usr/local/bin/portguard", &agent_bin().display().to_string());
+    let path = dir.join("portguard.service");
+    std::fs::write(&path, unit).expect("write unit");
+    let out = Command::new("systemd-analyze").arg("verify").arg(&path).output().expect("systemd-analyze");
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "systemd-analyze verify: {text}");
+    assert!(!text.contains("portguard.service:"), "warnings about the unit: {text}");
+}
+
+fn run_with_caps(sb: &Sandbox, caps: &[String]) -> String {
+    let list = caps.iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(",");
+    let out = Command::new("setpriv")
+        .arg(format!("--inh-caps=-all,{list}"))
+        .arg(format!("--ambient-caps=-all,{list}"))
+        .arg(format!("--bounding-set=-all,{list}"))
+        .arg("--")
+        .arg("timeout")
+        .args(["-s", "TERM", "6"])
+        .arg(agent_bin())
+        .arg("run")
+        .arg("--policy")
+        .arg(sb.policy_path())
+        .arg("--cgroup-root")
+        .arg(&sb.root)
+        .arg("--bpffs")
+        .arg(&sb.bpffs)
+        .arg("--state-dir")
+        .arg(sb.state_dir())
+        .args(["--metrics-addr", "127.0.0.1:0", "--unload-on-exit"])
+        .output()
+        .expect("setpriv");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn the_units_capabilities_are_enough_and_none_is_spare() {
+    if !require_root("unit_capabilities") {
+        return;
+    }
+    let sb = Sandbox::new("caps");
+    sb.cgroup("/app");
+    sb.write_policy("[[guard]]\nname = \"app\"\ncgroup = \"/app\"\n");
+    assert!(Path::new("/sys/fs/bpf").exists());
+    let caps = unit_capabilities();
+    let log = run_with_caps(&sb, &caps);
+    assert!(log.contains("portguard is enforcing"), "with {caps:?}: {log}");
+    for dropped in &caps {
+        let fewer: Vec<String> = caps.iter().filter(|c| *c != dropped).cloned().collect();
+        let log = run_with_caps(&sb, &fewer);
+        assert!(!log.contains("portguard is enforcing"), "{dropped} is not needed: {log}");
+    }
+}
