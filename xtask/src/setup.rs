@@ -31,6 +31,23 @@ pub fn all() -> anyhow::Result<()> {
         "systemd",
     ])?;
     bpf_linker()?;
+    kubernetes_validate()?;
+    Ok(())
+}
+
+/// kubernetes-validate (PyPI) checks the shipped manifests in the tests.
+fn kubernetes_validate() -> anyhow::Result<()> {
+    if output(Command::new("kubernetes-validate").arg("--version")).is_some() {
+        step("kubernetes-validate (checks deploy/kubernetes): present");
+        return Ok(());
+    }
+    step("kubernetes-validate (checks deploy/kubernetes): installing from PyPI");
+    run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "kubernetes-validate"]))?;
+    // Under pyenv a new console script needs its shim.
+    let _ = Command::new("pyenv").arg("rehash").status();
+    if output(Command::new("kubernetes-validate").arg("--version")).is_none() {
+        bail!("kubernetes-validate was installed but is not on PATH");
+    }
     Ok(())
 }
 
