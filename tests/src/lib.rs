@@ -279,18 +279,22 @@ impl Sandbox {
 
     fn agent_command(&self, extra: &[&str]) -> Command {
         let mut cmd = Command::new(agent_bin());
-        cmd.arg("run")
-            .arg("--policy")
-            .arg(self.policy_path())
-            .arg("--cgroup-root")
-            .arg(&self.root)
-            .arg("--bpffs")
-            .arg(&self.bpffs)
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .args(extra)
-            .env("RUST_LOG", "debug");
+        cmd.args(self.agent_run_args()).args(extra).env("RUST_LOG", "debug");
         cmd
+    }
+
+    /// `run` and the flags that point an agent at this sandbox, for tests
+    /// that start it under a wrapper (setpriv, unshare).
+    pub fn agent_run_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["run".into(), "--policy".into(), self.policy_path().into()];
+        for (flag, value) in
+            [("--cgroup-root", &self.root), ("--bpffs", &self.bpffs), ("--state-dir", &self.state_dir())]
+        {
+            args.push(flag.into());
+            args.push(value.into());
+        }
+        args
     }
 
     /// Detaches and removes everything the agent pinned.

@@ -9,7 +9,8 @@ const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/systemd/portg
 
 fn unit_capabilities() -> Vec<String> {
     let unit = std::fs::read_to_string(UNIT).expect("unit");
-    let line = unit.lines().find_map(|l| l.strip_prefix("AmbientCapabilities=")).expect("AmbientCapabilities");
+    let line =
+        unit.lines().find_map(|l| l.strip_prefix("AmbientCapabilities=")).expect("AmbientCapabilities");
     line.split_whitespace().map(|c| c.trim_start_matches("CAP_").to_lowercase()).collect()
 }
 
@@ -23,7 +24,9 @@ fn systemd_analyze_verifies_the_unit() {
     // Point ExecStart at the binary under test: verify checks it exists.
     let dir = std::env::temp_dir().join(format!("pg-unit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
-    let unit = std::fs::read_to_string(UNIT).expect("unit").replace("/usr/local/bin/portguard", &agent_bin().display().to_string());
+    let unit = std::fs::read_to_string(UNIT)
+        .expect("unit")
+        .replace("/usr/local/bin/portguard", &agent_bin().display().to_string());
     let path = dir.join("portguard.service");
     std::fs::write(&path, unit).expect("write unit");
     let out = Command::new("systemd-analyze").arg("verify").arg(&path).output().expect("systemd-analyze");
@@ -43,15 +46,7 @@ fn run_with_caps(sb: &Sandbox, caps: &[String]) -> String {
         .arg("timeout")
         .args(["-s", "TERM", "6"])
         .arg(agent_bin())
-        .arg("run")
-        .arg("--policy")
-        .arg(sb.policy_path())
-        .arg("--cgroup-root")
-        .arg(&sb.root)
-        .arg("--bpffs")
-        .arg(&sb.bpffs)
-        .arg("--state-dir")
-        .arg(sb.state_dir())
+        .args(sb.agent_run_args())
         .args(["--metrics-addr", "127.0.0.1:0", "--unload-on-exit"])
         .output()
         .expect("setpriv");
@@ -82,7 +77,8 @@ const K8S: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kubernetes");
 #[test]
 fn the_kubernetes_manifests_validate_against_the_schemas() {
     let files = ["namespace.yaml", "rbac.yaml", "configmap.yaml", "daemonset.yaml", "service.yaml"];
-    let out = match Command::new("kubernetes-validate").arg("--strict").args(files).current_dir(K8S).output() {
+    let out = match Command::new("kubernetes-validate").arg("--strict").args(files).current_dir(K8S).output()
+    {
         Ok(out) => out,
         Err(e) => {
             assert!(std::env::var("CI").is_err(), "kubernetes-validate missing under CI: {e}");
@@ -99,7 +95,12 @@ fn the_kubernetes_manifests_validate_against_the_schemas() {
 fn the_configmap_policy_is_valid() {
     let cm = std::fs::read_to_string(Path::new(K8S).join("configmap.yaml")).expect("configmap");
     let start = cm.find("policy.toml: |").expect("policy key") + "policy.toml: |".len();
-    let policy: String = cm[start..].lines().skip(1).map(|l| l.strip_prefix("    ").unwrap_or(l)).map(|l| format!("{l}\n")).collect();
+    let policy: String = cm[start..]
+        .lines()
+        .skip(1)
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .map(|l| format!("{l}\n"))
+        .collect();
     let path = std::env::temp_dir().join(format!("pg-cm-{}.toml", std::process::id()));
     std::fs::write(&path, policy).expect("write");
     let out = Command::new(agent_bin()).arg("check").arg(&path).output().expect("check");
@@ -109,8 +110,9 @@ fn the_configmap_policy_is_valid() {
 
 #[test]
 fn the_prometheus_rule_carries_the_shipped_alerts() {
-    let alerts = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/prometheus/alerts.yml"))
-        .expect("alerts.yml");
+    let alerts =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/prometheus/alerts.yml"))
+            .expect("alerts.yml");
     let rule = std::fs::read_to_string(Path::new(K8S).join("monitoring.yaml")).expect("monitoring.yaml");
     let body = &alerts[alerts.find("groups:").expect("groups")..];
     for line in body.lines().filter(|l| !l.trim().is_empty()) {

@@ -74,13 +74,7 @@ fn missing_privileges_get_a_clear_error_and_change_nothing() {
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
         .arg(agent_bin())
-        .arg("run")
-        .arg("--policy")
-        .arg(sb.policy_path())
-        .arg("--cgroup-root")
-        .arg(&sb.root)
-        .arg("--bpffs")
-        .arg(&sb.bpffs)
+        .args(sb.agent_run_args())
         .output()
         .expect("setpriv");
     assert_eq!(out.status.code(), Some(2));

@@ -10,8 +10,8 @@ mod cgroup_watch;
 mod daemon;
 mod denials;
 mod guards;
-mod sd_notify;
 mod policy_watch;
+mod sd_notify;
 pub mod state;
 mod workload;
 
@@ -186,7 +186,8 @@ async fn event_loop(
     let mut rescan = tokio::time::interval(CGROUP_RESCAN);
     let mut coalesce = tokio::time::interval(denials::WINDOW / 4);
     // Without a watchdog the timer still ticks, rarely, and pings no one.
-    let mut watchdog = tokio::time::interval(sd_notify::watchdog_interval().unwrap_or(Duration::from_secs(3600)));
+    let mut watchdog =
+        tokio::time::interval(sd_notify::watchdog_interval().unwrap_or(Duration::from_secs(3600)));
     let mut cgroups =
         CgroupWatch::new().map_err(|source| AgentError::Watch { what: "cgroups".into(), source })?;
     let mut policy_file = policy_watch::spawn(&args.policy)
