@@ -42,11 +42,7 @@ pub struct Daemon {
 }
 
 pub fn read_policy(path: &Path) -> Result<(String, CompiledPolicy), AgentError> {
-    let text = std::fs::read_to_string(path).map_err(|e| policy::PolicyError {
-        file: path.display().to_string(),
-        location: None,
-        message: format!("cannot read policy: {e}"),
-    })?;
+    let text = policy::read(path)?;
     let (_policy, compiled) = policy::parse_and_compile(&path.display().to_string(), &text)?;
     Ok((text, compiled))
 }
@@ -131,26 +127,29 @@ impl Daemon {
     /// SHA-256) is left alone. A policy that fails any check is refused and
     /// the live one stays.
     pub fn reload(&mut self, why: &str, force: bool) {
-        let text = match std::fs::read(&self.policy_path) {
+        // Read once: the hash check and the parse see the same bytes.
+        let text = match policy::read(&self.policy_path) {
             Ok(t) => t,
             Err(e) => {
                 self.metrics.reloads_rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(
                     reason = why,
-                    "policy reload refused, the previous policy stays enforced: {}: cannot read policy: {e}",
-                    self.policy_path.display()
+                    "policy reload refused, the previous policy stays enforced: {e}"
                 );
                 return;
             }
         };
-        if !force && policy::sha256_hex(&text) == self.sha256() {
+        if !force && policy::sha256_hex(text.as_bytes()) == self.sha256() {
             return;
         }
         let started = std::time::Instant::now();
-        let result = read_policy(&self.policy_path).and_then(|(text, compiled)| {
-            let compile_us = started.elapsed().as_micros() as u64;
-            self.apply_policy(&text, compiled).map(|()| compile_us)
-        });
+        let file = self.policy_path.display().to_string();
+        let result = policy::parse_and_compile(&file, &text).map_err(AgentError::from).and_then(
+            |(_policy, compiled)| {
+                let compile_us = started.elapsed().as_micros() as u64;
+                self.apply_policy(&text, compiled).map(|()| compile_us)
+            },
+        );
         match result {
             Ok(compile_us) => {
                 self.metrics.reloads_applied.fetch_add(1, Ordering::Relaxed);

@@ -59,13 +59,16 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 /// Reads, validates and compiles the policy at `path`.
 pub fn load(path: &Path) -> Result<(Policy, CompiledPolicy), PolicyError> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
-        file: file.clone(),
+    parse_and_compile(&path.display().to_string(), &read(path)?)
+}
+
+/// The text of the policy file at `path`.
+pub fn read(path: &Path) -> Result<String, PolicyError> {
+    std::fs::read_to_string(path).map_err(|e| PolicyError {
+        file: path.display().to_string(),
         location: None,
         message: format!("cannot read policy: {e}"),
-    })?;
-    parse_and_compile(&file, &text)
+    })
 }
 
 pub fn parse_and_compile(file: &str, text: &str) -> Result<(Policy, CompiledPolicy), PolicyError> {
