@@ -10,6 +10,8 @@ use std::{
     path::{Component, Path, PathBuf},
 };
 
+use crate::statfs;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     #[error("no cgroup2 filesystem is mounted (looked in /proc/self/mounts)")]
@@ -25,8 +27,6 @@ pub enum CgroupError {
         source: std::io::Error,
     },
 }
-
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 /// The cgroup2 mount point, read from /proc/self/mounts. The first cgroup2
 /// mount wins: `/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified`
@@ -66,14 +66,14 @@ fn unescape_mount_path(s: &str) -> String {
 
 /// Checks that `path` is a cgroup2 directory.
 pub fn ensure_cgroup2_dir(path: &Path) -> Result<(), CgroupError> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| CgroupError::NotCgroup2 { path: path.to_owned() })?;
-    // SAFETY: statfs on a NUL-terminated path into a zeroed struct.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(CgroupError::Io { path: path.to_owned(), source: std::io::Error::last_os_error() });
-    }
-    if st.f_type as i64 != CGROUP2_SUPER_MAGIC {
+    let magic = match statfs::magic(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            return Err(CgroupError::NotCgroup2 { path: path.to_owned() });
+        }
+        Err(source) => return Err(CgroupError::Io { path: path.to_owned(), source }),
+    };
+    if magic != statfs::CGROUP2_SUPER_MAGIC {
         return Err(CgroupError::NotCgroup2 { path: path.to_owned() });
     }
     Ok(())

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod logging;
 pub mod metrics;
 pub mod policy;
+mod statfs;
 pub mod status;
 
 /// Exit status for input that cannot be used (bad policy, missing cgroup,

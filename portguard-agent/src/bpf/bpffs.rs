@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+use crate::statfs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BpffsError {
@@ -98,17 +98,6 @@ impl PinLayout {
     }
 }
 
-fn fs_magic(path: &Path) -> std::io::Result<i64> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: statfs on a NUL-terminated path into a zeroed struct.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(st.f_type as i64)
-}
-
 /// Makes sure the pin directory's parent is on bpffs. A fresh machine may
 /// not have /sys/fs/bpf mounted: when the pin directory is under it, mount
 /// it; anywhere else, refuse with a clear error.
@@ -119,8 +108,8 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), BpffsError> {
     while !parent.exists() {
         parent = parent.parent().unwrap_or(Path::new("/"));
     }
-    match fs_magic(parent) {
-        Ok(magic) if magic == BPF_FS_MAGIC => return Ok(()),
+    match statfs::magic(parent) {
+        Ok(magic) if magic == statfs::BPF_FS_MAGIC => return Ok(()),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(source) => return Err(BpffsError::Io { path: parent.to_owned(), source }),
@@ -139,8 +128,8 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), BpffsError> {
         return Err(mount_err(std::io::Error::last_os_error()));
     }
     tracing::info!(mount = "/sys/fs/bpf", "mounted bpffs");
-    match fs_magic(parent) {
-        Ok(magic) if magic == BPF_FS_MAGIC => Ok(()),
+    match statfs::magic(parent) {
+        Ok(magic) if magic == statfs::BPF_FS_MAGIC => Ok(()),
         _ => Err(BpffsError::NotBpffs { path: parent.to_owned() }),
     }
 }
