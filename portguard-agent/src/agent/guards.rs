@@ -4,10 +4,7 @@ use std::{collections::HashMap, path::PathBuf};
 
 use portguard_common::MAX_CGROUP_DEPTH;
 
-use crate::{
-    cgroup::{self, CgroupError},
-    policy::CompiledPolicy,
-};
+use crate::{cgroup, policy::CompiledPolicy};
 
 pub struct CgroupResolver {
     root: PathBuf,
@@ -16,10 +13,10 @@ pub struct CgroupResolver {
 }
 
 impl CgroupResolver {
-    pub fn new(root: PathBuf) -> Result<Self, CgroupError> {
-        let mount = cgroup::cgroup2_mount()?;
-        let root_level = root.strip_prefix(&mount).map(|rel| rel.components().count()).unwrap_or(0);
-        Ok(CgroupResolver { root, root_level })
+    /// `root` is the attach cgroup, `mount` the cgroup2 mount it lies under.
+    pub fn new(root: PathBuf, mount: &std::path::Path) -> Self {
+        let root_level = root.strip_prefix(mount).map(|rel| rel.components().count()).unwrap_or(0);
+        CgroupResolver { root, root_level }
     }
 
     pub fn root(&self) -> &std::path::Path {

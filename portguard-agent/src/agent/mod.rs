@@ -99,12 +99,13 @@ impl AgentError {
 
 pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let (text, compiled) = daemon::read_policy(&args.policy)?;
+    let mount = cgroup::cgroup2_mount()?;
     let root = match &args.cgroup_root {
         Some(r) => r.clone(),
-        None => cgroup::cgroup2_mount()?,
+        None => mount.clone(),
     };
     cgroup::ensure_cgroup2_dir(&root)?;
-    let resolver = CgroupResolver::new(root.clone())?;
+    let resolver = CgroupResolver::new(root.clone(), &mount);
     resolver.check_depths(&compiled).map_err(AgentError::Guard)?;
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
