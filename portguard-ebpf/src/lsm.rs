@@ -14,13 +14,12 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{helpers::generated::bpf_get_current_cgroup_id, macros::lsm, programs::LsmContext};
-use portguard_common::{AF_INET, IPPROTO_TCP, MODE_AUDIT, Op, STAMP_BOUND, STAMP_GUARDED, Verdict};
+use portguard_common::{AF_INET, IPPROTO_TCP, Op, STAMP_BOUND, STAMP_GUARDED, Verdict};
 
 use crate::{
-    addr::Addr,
-    identity::{Guarded, refresh, stamp_of_sock},
+    identity::{refresh, stamp_of_sock},
     read_config,
-    report::{Decision, record},
+    report::record_violation,
     socket_kinds::creation_allowed,
 };
 
@@ -47,20 +46,15 @@ pub fn pg_socket_listen(ctx: LsmContext) -> i32 {
     if stamp.guarded != STAMP_GUARDED || stamp.flags & STAMP_BOUND != 0 {
         return LSM_ALLOW;
     }
-    let info = stamp.guard;
-    let verdict = if info.mode == MODE_AUDIT { Verdict::Audited } else { Verdict::Denied };
-    let guarded =
-        Guarded { sock_cgroup: stamp.sock_cgroup, guard_cgroup: stamp.guard_cgroup, info: Some(info) };
-    record(&Decision {
-        op: Op::Listen,
-        verdict,
-        guard_id: info.guard_id,
-        guarded: &guarded,
-        generation: cfg.generation,
-        proto: IPPROTO_TCP,
-        addr: &Addr { family: AF_INET, bytes: [0; 16] },
-        port: 0,
-    });
+    let verdict = record_violation(
+        Op::Listen,
+        stamp.sock_cgroup,
+        stamp.guard_cgroup,
+        &stamp.guard,
+        cfg.generation,
+        IPPROTO_TCP,
+        AF_INET,
+    );
     if verdict == Verdict::Denied { -EPERM } else { LSM_ALLOW }
 }
 

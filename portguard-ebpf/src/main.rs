@@ -53,7 +53,7 @@ pub fn pg_sock_create(ctx: SockContext) -> i32 {
     if ty != SOCK_RAW && protocol != IPPROTO_SCTP {
         return ALLOW;
     }
-    let family = if family == 10 { AF_INET6 } else { AF_INET };
+    let family = if family == u32::from(AF_INET6) { AF_INET6 } else { AF_INET };
     if creation_allowed(cgroup, family, protocol as u8) { ALLOW } else { DENY }
 }
 

@@ -1,7 +1,7 @@
 //! Counting every guarded decision and reporting violations.
 
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid};
-use portguard_common::{DenialKey, Event, Op, Verdict, counter_index, stats};
+use portguard_common::{DenialKey, Event, GuardInfo, MODE_AUDIT, Op, Verdict, counter_index, stats};
 
 use crate::{
     addr::Addr,
@@ -18,6 +18,33 @@ pub struct Decision<'a> {
     pub proto: u8,
     pub addr: &'a Addr,
     pub port: u16,
+}
+
+/// A violation of `info`'s guard by a socket-level operation (no peer, no
+/// port): denied in enforce mode, audited in audit mode; recorded either way.
+#[inline(always)]
+pub fn record_violation(
+    op: Op,
+    sock_cgroup: u64,
+    guard_cgroup: u64,
+    info: &GuardInfo,
+    generation: u64,
+    proto: u8,
+    family: u8,
+) -> Verdict {
+    let verdict = if info.mode == MODE_AUDIT { Verdict::Audited } else { Verdict::Denied };
+    let guarded = Guarded { sock_cgroup, guard_cgroup, info: Some(*info) };
+    record(&Decision {
+        op,
+        verdict,
+        guard_id: info.guard_id,
+        guarded: &guarded,
+        generation,
+        proto,
+        addr: &Addr { family, bytes: [0; 16] },
+        port: 0,
+    });
+    verdict
 }
 
 /// Counts the decision (exact, per CPU) and, for anything but an allow,

@@ -1,14 +1,9 @@
 //! Socket kinds whose bind and connect no sock_addr hook sees (raw, SCTP,
 //! packet): a guard refuses to create them unless its policy allows them.
 
-use portguard_common::{GUARD_ALLOW_OTHER_SOCKETS, MODE_AUDIT, Op, Verdict};
+use portguard_common::{GUARD_ALLOW_OTHER_SOCKETS, Op, Verdict};
 
-use crate::{
-    addr::Addr,
-    identity::{Guarded, guard_of},
-    read_config,
-    report::{Decision, record},
-};
+use crate::{identity::guard_of, read_config, report::record_violation};
 
 /// Judges creating such a socket from `cgroup` (the calling task's, which
 /// the new socket belongs to): true to allow. Counts and reports a refusal
@@ -20,17 +15,6 @@ pub fn creation_allowed(cgroup: u64, family: u8, proto: u8) -> bool {
     if info.flags & GUARD_ALLOW_OTHER_SOCKETS != 0 {
         return true;
     }
-    let verdict = if info.mode == MODE_AUDIT { Verdict::Audited } else { Verdict::Denied };
-    let guarded = Guarded { sock_cgroup: cgroup, guard_cgroup, info: Some(info) };
-    record(&Decision {
-        op: Op::Socket,
-        verdict,
-        guard_id: info.guard_id,
-        guarded: &guarded,
-        generation: cfg.generation,
-        proto,
-        addr: &Addr { family, bytes: [0; 16] },
-        port: 0,
-    });
-    verdict != Verdict::Denied
+    record_violation(Op::Socket, cgroup, guard_cgroup, &info, cfg.generation, proto, family)
+        != Verdict::Denied
 }
