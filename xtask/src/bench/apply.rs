@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use portguard_tests::Sandbox;
 use serde_json::{Value, json};
 
-use super::{Section, median};
+use super::{Section, median, workloads::filler_connect_rules};
 
 /// A policy with one guard and `rules` connect rules, one /32 peer each.
 /// `variant` changes exactly one rule.
@@ -17,10 +17,7 @@ pub fn connect_policy(rules: usize, variant: u8) -> String {
     // Rule 0's peer lies outside the 10/8 block the others fill, so each
     // variant is a peer no other rule names.
     s.push_str(&format!("[[guard.connect]]\npeer = \"192.168.{variant}.1\"\nports = [5432]\n"));
-    for i in 1..rules {
-        let (a, b, c) = ((i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
-        s.push_str(&format!("[[guard.connect]]\npeer = \"10.{a}.{b}.{c}\"\nports = [5432]\n"));
-    }
+    s.push_str(&filler_connect_rules(rules));
     s
 }
 

@@ -12,7 +12,9 @@ use std::{fmt::Write as _, process::Command};
 
 use portguard_tests::{Sandbox, agent_bin};
 
-use crate::bench::workloads::{ALLOWED, LISTENER_PORT, RECEIVER_PORT, W4_ALLOWED};
+use crate::bench::workloads::{
+    ALLOWED, LISTENER_PORT, RECEIVER_PORT, W4_ALLOWED, filler_connect_rules, filler_peer,
+};
 
 pub struct Config {
     pub label: String,
@@ -44,15 +46,7 @@ fn portguard_policy(rules: usize) -> String {
          [[guard.bind]]\nports = [{RECEIVER_PORT}, {W4_ALLOWED}]\nproto = \"udp\"\n\
          [[guard.connect]]\npeer = \"127.0.0.1\"\nports = [{ALLOWED}, {LISTENER_PORT}, {RECEIVER_PORT}]\nproto = \"both\"\n"
     );
-    for i in 1..rules {
-        let _ = write!(
-            s,
-            "[[guard.connect]]\npeer = \"10.{}.{}.{}\"\nports = [5432]\n",
-            (i >> 16) & 0xff,
-            (i >> 8) & 0xff,
-            i & 0xff
-        );
-    }
+    s.push_str(&filler_connect_rules(rules));
     s
 }
 
@@ -66,7 +60,7 @@ fn nft_ruleset(cgroup_path: &str, rules: usize, as_set: bool) -> String {
         s.push_str("  set allowed {\n    type ipv4_addr . inet_service\n    elements = { ");
         let _ = write!(s, "127.0.0.1 . {ALLOWED}, 127.0.0.1 . {LISTENER_PORT}, 127.0.0.1 . {RECEIVER_PORT}");
         for i in 1..rules {
-            let _ = write!(s, ", 10.{}.{}.{} . 5432", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
+            let _ = write!(s, ", {} . 5432", filler_peer(i));
         }
         s.push_str(" }\n  }\n");
     }
@@ -79,13 +73,7 @@ fn nft_ruleset(cgroup_path: &str, rules: usize, as_set: bool) -> String {
         let _ = writeln!(s, "    {m} ip daddr . tcp dport @allowed accept");
     } else {
         for i in 1..rules {
-            let _ = writeln!(
-                s,
-                "    {m} ip daddr 10.{}.{}.{} tcp dport 5432 accept",
-                (i >> 16) & 0xff,
-                (i >> 8) & 0xff,
-                i & 0xff
-            );
+            let _ = writeln!(s, "    {m} ip daddr {} tcp dport 5432 accept", filler_peer(i));
         }
         for port in [ALLOWED, LISTENER_PORT, RECEIVER_PORT] {
             let _ = writeln!(s, "    {m} ip daddr 127.0.0.1 udp dport {port} accept");

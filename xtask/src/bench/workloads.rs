@@ -40,3 +40,14 @@ impl Workload {
         }
     }
 }
+
+/// The i-th filler peer (10.0.0.1, 10.0.0.2, ...): rules for these make a
+/// policy large without matching anything a workload does.
+pub fn filler_peer(i: usize) -> String {
+    format!("10.{}.{}.{}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff)
+}
+
+/// Connect rules to filler peers 1..n (port 5432), in policy TOML.
+pub fn filler_connect_rules(n: usize) -> String {
+    (1..n).map(|i| format!("[[guard.connect]]\npeer = \"{}\"\nports = [5432]\n", filler_peer(i))).collect()
+}
