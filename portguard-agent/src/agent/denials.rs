@@ -18,8 +18,9 @@ use super::workload;
 use crate::{bpf::DecodedEvent, cgroup::CgroupNames};
 
 pub const WINDOW: Duration = Duration::from_secs(1);
-/// Distinct kinds tracked at once; past this the oldest are summarised
-/// early, so memory stays bounded whatever the traffic.
+/// Distinct kinds tracked at once; reaching it summarises every tracked
+/// kind at once and starts over, so memory stays bounded whatever the
+/// traffic.
 const MAX_KINDS: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
