@@ -1,29 +1,82 @@
-//! `portguard check`: validate a policy and show what it would enforce.
+//! `portguard check`: validate a policy, show what it would enforce, and
+//! hold its catalog (owner, purpose, approval) to account.
+//!
+//! Exit status: 0 usable (catalog findings are warnings), 1 catalog
+//! findings under `--strict`, 2 the policy cannot be used at all.
 
 use std::{path::Path, process::ExitCode};
 
+use serde_json::json;
+
 use crate::{
     EXIT_BAD_INPUT,
-    policy::{self, Policy},
+    cli::OutputFormat,
+    policy::{self, Catalog, Policy, PolicyError, Source, catalog},
 };
 
-pub fn run(path: &Path) -> ExitCode {
-    match policy::load(path) {
-        Ok((policy, compiled)) => {
+/// Exit status for `check --strict` when the catalog has findings.
+pub const EXIT_FINDINGS: u8 = 1;
+
+pub fn run(path: &Path, strict: bool, format: OutputFormat) -> ExitCode {
+    let file = path.display().to_string();
+    let loaded =
+        policy::read(path).and_then(|text| policy::parse_and_compile(&file, &text).map(|p| (text, p)));
+    let (text, (policy, compiled)) = match loaded {
+        Ok(ok) => ok,
+        Err(e) => {
+            match format {
+                OutputFormat::Text => eprintln!("portguard: {e}"),
+                OutputFormat::Json => println!("{}", json!({ "ok": false, "error": error_json(&e) })),
+            }
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let findings = catalog::findings(&Source { file: &file, text: &text }, &policy, catalog::today());
+    let failing = strict && findings.iter().any(catalog::Finding::fails_strict);
+    match format {
+        OutputFormat::Text => {
             print!("{}", describe(&policy));
+            for f in &findings {
+                let level = if strict && f.fails_strict() { "error" } else { "warning" };
+                eprintln!("{file}:{}:{}: {level}: {}", f.line, f.column, f.message());
+            }
             println!(
-                "ok: {} guards, {} bind entries, {} connect entries",
+                "{}: {} guards, {} bind entries, {} connect entries, {} catalog findings",
+                if failing { "failed" } else { "ok" },
                 policy.guards.len(),
                 compiled.bind_entries(),
-                compiled.connect_entries()
+                compiled.connect_entries(),
+                findings.len()
             );
-            ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("portguard: {e}");
-            ExitCode::from(EXIT_BAD_INPUT)
+        OutputFormat::Json => {
+            let report = json!({
+                "ok": !failing,
+                "file": file,
+                "strict": strict,
+                "guards": policy.guards.len(),
+                "bind_entries": compiled.bind_entries(),
+                "connect_entries": compiled.connect_entries(),
+                "findings": findings.iter().map(|f| {
+                    let mut v = serde_json::to_value(f).expect("findings serialise");
+                    v["message"] = f.message().into();
+                    v["fails_strict"] = f.fails_strict().into();
+                    v
+                }).collect::<Vec<_>>(),
+            });
+            println!("{report}");
         }
     }
+    if failing { ExitCode::from(EXIT_FINDINGS) } else { ExitCode::SUCCESS }
+}
+
+fn error_json(e: &PolicyError) -> serde_json::Value {
+    json!({
+        "file": e.file,
+        "line": e.location.map(|l| l.0),
+        "column": e.location.map(|l| l.1),
+        "message": e.message,
+    })
 }
 
 /// A human summary of a policy, one line per rule.
@@ -45,7 +98,7 @@ pub fn describe(policy: &Policy) -> String {
                 "  bind {} {}{addr}{}\n",
                 r.proto.as_str(),
                 ports.join(","),
-                catalog(&r.owner, &r.purpose)
+                describe_catalog(&r.catalog)
             ));
         }
         if g.connect.is_empty() {
@@ -59,18 +112,23 @@ pub fn describe(policy: &Policy) -> String {
                 r.proto.as_str(),
                 peers.join(","),
                 ports.join(","),
-                catalog(&r.owner, &r.purpose)
+                describe_catalog(&r.catalog)
             ));
         }
     }
     out
 }
 
-fn catalog(owner: &Option<String>, purpose: &Option<String>) -> String {
-    match (owner, purpose) {
-        (None, None) => String::new(),
-        (o, p) => {
-            format!("  [owner: {}; purpose: {}]", o.as_deref().unwrap_or("-"), p.as_deref().unwrap_or("-"))
-        }
-    }
+fn describe_catalog(c: &Catalog) -> String {
+    let parts: Vec<String> = [
+        ("owner", c.owner.clone()),
+        ("purpose", c.purpose.clone()),
+        ("approved by", c.approved_by.clone()),
+        ("ticket", c.ticket.clone()),
+        ("expires", c.expires.map(|e| e.to_string())),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.map(|v| format!("{k}: {v}")))
+    .collect();
+    if parts.is_empty() { String::new() } else { format!("  [{}]", parts.join("; ")) }
 }

@@ -24,10 +24,17 @@ pub struct Cli {
 pub enum Command {
     /// Load the eBPF programs, apply the policy and report denials until stopped.
     Run(RunArgs),
-    /// Validate a policy and print what it would enforce, without loading anything.
+    /// Validate a policy, print what it would enforce and check its catalog
+    /// (owner, purpose, approval expiry), without loading anything. Exit
+    /// status: 0 ok, 1 catalog findings with --strict, 2 invalid policy.
     Check {
         /// The policy file.
         policy: PathBuf,
+        /// Fail (exit 1) when a rule lacks owner or purpose, or its approval expired.
+        #[arg(long)]
+        strict: bool,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
     },
     /// Ask the running agent to re-read its policy (SIGHUP to the pid in
     /// the state directory's pid file).

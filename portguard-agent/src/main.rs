@@ -29,7 +29,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { policy } => check::run(&policy),
+        Command::Check { policy, strict, format } => check::run(&policy, strict, format),
         Command::Reload { state_dir } => status::reload(&state_dir),
         Command::Status { bpffs, state_dir, format } => status::status(&bpffs, &state_dir, format),
         Command::BenchNoop { cgroup_root, bpffs } => {

@@ -4,6 +4,7 @@
 //! compiles into kernel map entries, or yields one `PolicyError` that names
 //! the file, line, column and field. Nothing here touches the kernel.
 
+pub mod catalog;
 mod compile;
 mod model;
 mod validate;
@@ -11,8 +12,8 @@ mod validate;
 use std::{fmt, ops::Range, path::Path};
 
 pub use compile::CompiledPolicy;
-pub use model::Mode;
-pub use validate::Policy;
+pub use model::{Expiry, Mode, PortSpec, Proto};
+pub use validate::{BindRuleSpec, Catalog, ConnectRuleSpec, GuardSpec, Policy};
 
 /// A policy that cannot be used, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -109,11 +109,20 @@ pub struct BindRule {
     /// Only this local address; default: any address.
     #[serde(default)]
     pub address: Option<Spanned<IpAddr>>,
-    /// Catalog metadata: who owns this port or peer, and why it exists.
+    /// Catalog metadata (see `CatalogFields`). Spelled out in each rule
+    /// rather than flattened: serde's flatten drops deny_unknown_fields and
+    /// the TOML spans that errors point with.
     #[serde(default)]
     pub owner: Option<String>,
     #[serde(default)]
     pub purpose: Option<String>,
+    #[serde(default)]
+    pub approved_by: Option<String>,
+    #[serde(default)]
+    pub ticket: Option<String>,
+    /// The approval's last valid day: a TOML date (2027-03-31) or a string.
+    #[serde(default)]
+    pub expires: Option<Spanned<Expiry>>,
 }
 
 /// Peers this workload may connect or send to.
@@ -124,11 +133,63 @@ pub struct ConnectRule {
     pub ports: Spanned<Vec<PortSpec>>,
     #[serde(default)]
     pub proto: Proto,
-    /// Catalog metadata: who owns this port or peer, and why it exists.
+    /// Catalog metadata (see `CatalogFields`). Spelled out in each rule
+    /// rather than flattened: serde's flatten drops deny_unknown_fields and
+    /// the TOML spans that errors point with.
     #[serde(default)]
     pub owner: Option<String>,
     #[serde(default)]
     pub purpose: Option<String>,
+    #[serde(default)]
+    pub approved_by: Option<String>,
+    #[serde(default)]
+    pub ticket: Option<String>,
+    /// The approval's last valid day: a TOML date (2027-03-31) or a string.
+    #[serde(default)]
+    pub expires: Option<Spanned<Expiry>>,
+}
+
+/// A calendar date, checked to exist (no 2027-02-30).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Expiry(pub time::Date);
+
+impl fmt::Display for Expiry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.0;
+        write!(f, "{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
+    }
+}
+
+impl std::str::FromStr for Expiry {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a date (write expires = 2027-03-31)");
+        let mut parts = s.trim().splitn(3, '-');
+        let mut next = || parts.next().and_then(|p| p.parse::<u32>().ok()).ok_or_else(bad);
+        let (y, m, d) = (next()?, next()?, next()?);
+        let month = u8::try_from(m).ok().and_then(|m| time::Month::try_from(m).ok()).ok_or_else(bad)?;
+        let year = i32::try_from(y).map_err(|_| bad())?;
+        let day = u8::try_from(d).map_err(|_| bad())?;
+        time::Date::from_calendar_date(year, month, day).map(Expiry).map_err(|_| bad())
+    }
+}
+
+impl<'de> Deserialize<'de> for Expiry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // A TOML date literal arrives as a Datetime; a quoted one as text.
+        match toml::Value::deserialize(d)? {
+            toml::Value::Datetime(dt) if dt.time.is_none() && dt.offset.is_none() => {
+                let date =
+                    dt.date.ok_or_else(|| de::Error::custom("expires must be a date such as 2027-03-31"))?;
+                format!("{:04}-{:02}-{:02}", date.year, date.month, date.day)
+                    .parse()
+                    .map_err(de::Error::custom)
+            }
+            toml::Value::String(s) => s.parse().map_err(de::Error::custom),
+            _ => Err(de::Error::custom("expires must be a date such as 2027-03-31, without a time")),
+        }
+    }
 }
 
 /// An inclusive port range; a single port has `first == last`.

@@ -232,3 +232,83 @@ fn the_shipped_example_policy_loads() {
     let (p, _) = load(std::path::Path::new(path)).unwrap_or_else(|e| panic!("{e}"));
     assert!(!p.guards.is_empty());
 }
+
+mod catalog_findings {
+    use super::*;
+    use crate::policy::catalog::{self, FindingKind};
+
+    fn findings(text: &str, today: time::Date) -> Vec<catalog::Finding> {
+        let (p, _) = ok(text);
+        catalog::findings(&Source { file: "p.toml", text }, &p, today)
+    }
+
+    fn date(s: &str) -> time::Date {
+        s.parse::<crate::policy::Expiry>().unwrap().0
+    }
+
+    const RULES: &str = r#"
+[[guard]]
+name = "api"
+cgroup = "/api"
+  [[guard.bind]]
+  ports = [8443]
+  owner = "payments"
+  purpose = "public API"
+  approved_by = "sec-review"
+  ticket = "SEC-42"
+  expires = 2027-03-31
+  [[guard.connect]]
+  peer = "10.0.0.0/8"
+  ports = [5432]
+  owner = "TODO: who owns this peer?"
+  purpose = ""
+"#;
+
+    #[test]
+    fn missing_and_todo_fields_are_found_at_the_rule() {
+        let f = findings(RULES, date("2027-01-01"));
+        let missing: Vec<_> = f.iter().map(|f| (f.rule_kind, f.rule_index, f.line, f.kind.clone())).collect();
+        assert_eq!(
+            missing,
+            vec![
+                ("connect", 0, 13, FindingKind::Missing { field: "owner" }),
+                ("connect", 0, 13, FindingKind::Missing { field: "purpose" }),
+            ]
+        );
+        assert!(f.iter().all(catalog::Finding::fails_strict));
+    }
+
+    #[test]
+    fn approvals_expire_after_their_last_day() {
+        let expiry = |today| {
+            findings(RULES, date(today))
+                .into_iter()
+                .filter(|f| f.rule_kind == "bind")
+                .map(|f| f.kind)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(expiry("2027-01-01"), vec![]);
+        assert_eq!(
+            expiry("2027-03-21"),
+            vec![FindingKind::ExpiresSoon { expires: "2027-03-31".into(), days_left: 10 }]
+        );
+        assert_eq!(
+            expiry("2027-03-31"),
+            vec![FindingKind::ExpiresSoon { expires: "2027-03-31".into(), days_left: 0 }]
+        );
+        assert_eq!(expiry("2027-04-01"), vec![FindingKind::Expired { expires: "2027-03-31".into() }]);
+    }
+
+    #[test]
+    fn expiry_accepts_dates_and_refuses_anything_else() {
+        let with = |v: &str| MINIMAL.to_owned() + &format!("[[guard.bind]]\nports = [1]\nexpires = {v}\n");
+        assert_eq!(
+            ok(&with("\"2027-03-31\"")).0.guards[0].bind[0].catalog.expires.unwrap().to_string(),
+            "2027-03-31"
+        );
+        refused(&with("\"2027-02-30\""), 7, "not a date");
+        refused(&with("\"next week\""), 7, "not a date");
+        refused(&with("2027-03-31T10:00:00Z"), 7, "without a time");
+        refused(&with("20270331"), 7, "without a time");
+    }
+}

@@ -7,7 +7,7 @@ use portguard_common::{MAX_CGROUP_DEPTH, MAX_GUARDS};
 
 use super::{
     PolicyError, Source,
-    model::{self, Mode, PortSpec, Proto},
+    model::{self, Expiry, Mode, PortSpec, Proto},
 };
 
 /// A policy that passed every check.
@@ -30,14 +30,24 @@ pub struct GuardSpec {
     pub connect: Vec<ConnectRuleSpec>,
 }
 
+/// Who owns a rule's port or peer, why it exists, and who approved it until
+/// when. Informational for the kernel; `portguard check --strict` enforces it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Catalog {
+    pub owner: Option<String>,
+    pub purpose: Option<String>,
+    pub approved_by: Option<String>,
+    pub ticket: Option<String>,
+    pub expires: Option<Expiry>,
+}
+
 #[derive(Debug, Clone)]
 pub struct BindRuleSpec {
     pub ports: Vec<PortSpec>,
     pub proto: Proto,
     pub address: Option<IpAddr>,
-    pub owner: Option<String>,
-    pub purpose: Option<String>,
-    /// Where the rule is, for compile-time errors.
+    pub catalog: Catalog,
+    /// Where the rule is, for compile-time errors and catalog findings.
     pub span: std::ops::Range<usize>,
 }
 
@@ -46,8 +56,7 @@ pub struct ConnectRuleSpec {
     pub peers: Vec<IpNet>,
     pub ports: Vec<PortSpec>,
     pub proto: Proto,
-    pub owner: Option<String>,
-    pub purpose: Option<String>,
+    pub catalog: Catalog,
     pub span: std::ops::Range<usize>,
 }
 
@@ -125,8 +134,13 @@ pub(super) fn validate(src: &Source, raw: model::PolicyFile) -> Result<Policy, P
                     ports: r.ports.into_inner(),
                     proto: r.proto,
                     address: r.address.map(|a| a.into_inner()),
-                    owner: r.owner,
-                    purpose: r.purpose,
+                    catalog: Catalog {
+                        owner: r.owner,
+                        purpose: r.purpose,
+                        approved_by: r.approved_by,
+                        ticket: r.ticket,
+                        expires: r.expires.map(|e| e.into_inner()),
+                    },
                     span,
                 })
             })
@@ -149,8 +163,13 @@ pub(super) fn validate(src: &Source, raw: model::PolicyFile) -> Result<Policy, P
                     peers: r.peer.into_inner().0.into_iter().map(|p| p.0).collect(),
                     ports: r.ports.into_inner(),
                     proto: r.proto,
-                    owner: r.owner,
-                    purpose: r.purpose,
+                    catalog: Catalog {
+                        owner: r.owner,
+                        purpose: r.purpose,
+                        approved_by: r.approved_by,
+                        ticket: r.ticket,
+                        expires: r.expires.map(|e| e.into_inner()),
+                    },
                     span,
                 })
             })
