@@ -44,7 +44,7 @@ pub mod map_names {
 /// Version of the map layouts below. Bump it with any change to a map's
 /// key, value or size: the agent then pins fresh maps instead of reusing
 /// the ones an older agent left behind.
-pub const MAP_ABI_VERSION: u32 = 2;
+pub const MAP_ABI_VERSION: u32 = 3;
 
 /// Number of policy slots (double buffering for atomic switches).
 pub const SLOTS: u32 = 2;
@@ -96,6 +96,11 @@ pub const STAMP_GUARDED: u32 = 1;
 pub const STAMP_UNGUARDED: u32 = 2;
 /// `SockStamp::flags`: the socket was bound through a judged bind.
 pub const STAMP_BOUND: u32 = 1;
+/// `SockStamp::flags`: the socket holds a live port (a TCP listener or a
+/// bound UDP socket) that was reported; its release is reported too.
+pub const STAMP_LIVE: u32 = 2;
+/// `Event::guard_id` of a port-lifecycle event on an unguarded socket.
+pub const UNGUARDED_ID: u32 = u32::MAX;
 
 /// Operations, as counted and reported.
 #[repr(u8)]
@@ -110,6 +115,11 @@ pub enum Op {
     Socket = 3,
     /// listen() on a socket that no judged bind gave its port.
     Listen = 4,
+    /// Not judged: a port went live (a TCP listen, a bound UDP socket).
+    /// Reported for every socket, guarded or not, for the inventory.
+    PortOpened = 5,
+    /// Not judged: a socket reported by `PortOpened` was released.
+    PortClosed = 6,
 }
 pub const OP_COUNT: usize = 8;
 
@@ -123,6 +133,8 @@ impl Op {
             2 => Some(Op::Sendmsg),
             3 => Some(Op::Socket),
             4 => Some(Op::Listen),
+            5 => Some(Op::PortOpened),
+            6 => Some(Op::PortClosed),
             _ => None,
         }
     }
@@ -134,6 +146,8 @@ impl Op {
             Op::Sendmsg => "sendmsg",
             Op::Socket => "socket",
             Op::Listen => "listen",
+            Op::PortOpened => "port_opened",
+            Op::PortClosed => "port_closed",
         }
     }
 }
@@ -344,7 +358,8 @@ pub struct DenialKey {
     pub _pad: [u8; 3],
 }
 
-/// A denial or audit-mode violation, sent through `PG_EVENTS`.
+/// A denial, an audit-mode violation or a port-lifecycle change, sent
+/// through `PG_EVENTS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Event {
@@ -367,6 +382,8 @@ pub struct Event {
     pub comm: [u8; 16],
     /// v4 addresses in the first 4 bytes.
     pub addr: [u8; 16],
+    /// The socket cookie: pairs a port-lifecycle event with its close.
+    pub cookie: u64,
 }
 
 #[cfg(feature = "user")]
@@ -406,7 +423,7 @@ mod tests {
         assert_eq!(size_of::<BindKey>(), 28);
         assert_eq!(size_of::<ConnectKey>(), 24);
         assert_eq!(size_of::<PortSet>(), 4 + 4 * MAX_PORT_RANGES);
-        assert_eq!(size_of::<Event>(), 80);
+        assert_eq!(size_of::<Event>(), 88);
         assert_eq!(size_of::<DenialKey>(), 12);
     }
 

@@ -126,6 +126,30 @@ pub fn mark_bound(ctx: &SockAddrContext) {
     }
 }
 
+/// The stamp of a socket given as a `bpf_sock` context or `sk` pointer.
+/// With `create`, a socket older than portguard is stamped with the calling
+/// task's cgroup, as the sock_addr hooks do.
+#[inline(always)]
+pub fn stamp_of_socket(sk: *mut c_void, create: bool) -> Option<&'static mut SockStamp> {
+    // SAFETY: `sk` is a socket pointer the verifier checks.
+    let mut p = unsafe { bpf_sk_storage_get(stamps_map(), sk, core::ptr::null_mut(), 0) }.cast::<SockStamp>();
+    if p.is_null() && create {
+        let cgroup = unsafe { bpf_get_current_cgroup_id() };
+        record_current_ancestry(cgroup);
+        let mut fresh = SockStamp { sock_cgroup: cgroup, ..SockStamp::default() };
+        p = unsafe {
+            bpf_sk_storage_get(
+                stamps_map(),
+                sk,
+                (&mut fresh as *mut SockStamp).cast(),
+                BPF_SK_STORAGE_GET_F_CREATE.into(),
+            )
+        }
+        .cast::<SockStamp>();
+    }
+    if p.is_null() { None } else { Some(unsafe { &mut *p }) }
+}
+
 /// The stamp of a kernel `struct sock` (from an LSM hook), if it has one.
 #[inline(always)]
 pub fn stamp_of_sock(sk: *mut c_void) -> Option<&'static mut SockStamp> {

@@ -4,8 +4,8 @@
 #![no_main]
 
 use aya_ebpf::{
-    macros::{cgroup_sock, cgroup_sock_addr},
-    programs::{SockAddrContext, SockContext},
+    macros::{cgroup_sock, cgroup_sock_addr, sock_ops},
+    programs::{SockAddrContext, SockContext, SockOpsContext},
 };
 
 #[cgroup_sock(sock_create)]
@@ -40,6 +40,26 @@ pub fn pg_sendmsg4(_ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn pg_sendmsg6(_ctx: SockAddrContext) -> i32 {
+    1
+}
+
+#[cgroup_sock(post_bind4)]
+pub fn pg_post_bind4(_ctx: SockContext) -> i32 {
+    1
+}
+
+#[cgroup_sock(post_bind6)]
+pub fn pg_post_bind6(_ctx: SockContext) -> i32 {
+    1
+}
+
+#[cgroup_sock(sock_release)]
+pub fn pg_sock_release(_ctx: SockContext) -> i32 {
+    1
+}
+
+#[sock_ops]
+pub fn pg_sock_ops(_ctx: SockOpsContext) -> u32 {
     1
 }
 

@@ -75,6 +75,7 @@ pub fn record(d: &Decision) {
         _pad2: 0,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
         addr: d.addr.bytes,
+        cookie: 0,
     });
     entry.submit(0);
 }
@@ -105,4 +106,46 @@ fn count_denial(d: &Decision) {
     {
         unsafe { *count += 1 };
     }
+}
+
+/// A port going live or closing (inventory, not a decision).
+pub struct LifecycleEvent {
+    pub op: Op,
+    pub sock_cgroup: u64,
+    pub guard_cgroup: u64,
+    pub guard_id: u32,
+    pub generation: u64,
+    pub proto: u8,
+    pub addr: Addr,
+    pub port: u16,
+    pub cookie: u64,
+}
+
+/// Queues a port-lifecycle event. Not counted per guard: the agent's
+/// inventory is the count. A full ring buffer loses the event (counted),
+/// and the agent's periodic scan repairs its inventory.
+#[inline(always)]
+pub fn record_lifecycle(e: &LifecycleEvent) {
+    let Some(mut entry) = PG_EVENTS.reserve::<Event>(0) else {
+        bump(&PG_STATS, stats::EVENTS_LOST);
+        return;
+    };
+    entry.write(Event {
+        sock_cgroup: e.sock_cgroup,
+        guard_cgroup: e.guard_cgroup,
+        pid_tgid: bpf_get_current_pid_tgid(),
+        generation: e.generation,
+        guard_id: e.guard_id,
+        port: e.port,
+        op: e.op as u8,
+        family: e.addr.family,
+        proto: e.proto,
+        verdict: Verdict::Allowed as u8,
+        _pad: 0,
+        _pad2: 0,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        addr: e.addr.bytes,
+        cookie: e.cookie,
+    });
+    entry.submit(0);
 }

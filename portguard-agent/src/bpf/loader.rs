@@ -9,7 +9,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, links::FdLink},
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps, links::FdLink},
 };
 use portguard_common::map_names;
 
@@ -19,9 +19,22 @@ use super::{
 };
 
 /// The programs, in the order they are attached. `sock_create` comes first
-/// so that sockets are stamped before the hooks that read stamps run.
-pub const PROGRAMS: [&str; 7] =
-    ["pg_sock_create", "pg_bind4", "pg_bind6", "pg_connect4", "pg_connect6", "pg_sendmsg4", "pg_sendmsg6"];
+/// so that sockets are stamped before the hooks that read stamps run; the
+/// port-inventory programs (post_bind, sock_ops, sock_release) come last:
+/// they only report.
+pub const PROGRAMS: [&str; 11] = [
+    "pg_sock_create",
+    "pg_bind4",
+    "pg_bind6",
+    "pg_connect4",
+    "pg_connect6",
+    "pg_sendmsg4",
+    "pg_sendmsg6",
+    "pg_post_bind4",
+    "pg_post_bind6",
+    "pg_sock_ops",
+    "pg_sock_release",
+];
 
 const PINNED_MAPS: [&str; 10] = [
     map_names::CONFIG,
@@ -164,23 +177,18 @@ impl Enforcer {
             let attach_err = |source| LoadError::Attach { name, cgroup: cgroup_root.to_owned(), source };
             // Link-based cgroup attach takes no flags; the kernel runs every
             // linked program (multi-attach) whatever mode is named here.
-            let link: FdLink = match <&mut CgroupSockAddr>::try_from(&mut *program) {
-                Ok(p) => {
-                    let id = p.attach(&cgroup, CgroupAttachMode::Single).map_err(attach_err)?;
-                    p.take_link(id)
-                        .map_err(prog_err)?
-                        .try_into()
-                        .map_err(|source| LoadError::Link { name, source })?
-                }
-                Err(_) => {
-                    let p = <&mut CgroupSock>::try_from(&mut *program).map_err(prog_err)?;
-                    let id = p.attach(&cgroup, CgroupAttachMode::Single).map_err(attach_err)?;
-                    p.take_link(id)
-                        .map_err(prog_err)?
-                        .try_into()
-                        .map_err(|source| LoadError::Link { name, source })?
-                }
-            };
+            let link: FdLink = if let Ok(p) = <&mut CgroupSockAddr>::try_from(&mut *program) {
+                let id = p.attach(&cgroup, CgroupAttachMode::Single).map_err(attach_err)?;
+                p.take_link(id).map_err(prog_err)?.try_into()
+            } else if let Ok(p) = <&mut SockOps>::try_from(&mut *program) {
+                let id = p.attach(&cgroup, CgroupAttachMode::Single).map_err(attach_err)?;
+                p.take_link(id).map_err(prog_err)?.try_into()
+            } else {
+                let p = <&mut CgroupSock>::try_from(&mut *program).map_err(prog_err)?;
+                let id = p.attach(&cgroup, CgroupAttachMode::Single).map_err(attach_err)?;
+                p.take_link(id).map_err(prog_err)?.try_into()
+            }
+            .map_err(|source| LoadError::Link { name, source })?;
             new_links.push((name, link));
         }
         for (name, link) in new_links {
@@ -236,11 +244,12 @@ fn load_object(pins: &PinLayout, object: &[u8]) -> Result<Ebpf, LoadError> {
     for name in PROGRAMS {
         let program = ebpf.program_mut(name).ok_or(LoadError::MissingProgram { name })?;
         let prog_err = |source| LoadError::Program { name, source };
-        match <&mut CgroupSockAddr>::try_from(&mut *program) {
-            Ok(p) => p.load().map_err(prog_err)?,
-            Err(_) => {
-                <&mut CgroupSock>::try_from(&mut *program).map_err(prog_err)?.load().map_err(prog_err)?
-            }
+        if let Ok(p) = <&mut CgroupSockAddr>::try_from(&mut *program) {
+            p.load().map_err(prog_err)?;
+        } else if let Ok(p) = <&mut SockOps>::try_from(&mut *program) {
+            p.load().map_err(prog_err)?;
+        } else {
+            <&mut CgroupSock>::try_from(&mut *program).map_err(prog_err)?.load().map_err(prog_err)?;
         }
     }
     Ok(ebpf)

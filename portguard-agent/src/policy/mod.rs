@@ -5,6 +5,7 @@
 //! the file, line, column and field. Nothing here touches the kernel.
 
 pub mod catalog;
+pub mod eval;
 mod compile;
 mod model;
 mod validate;
