@@ -36,6 +36,21 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
     },
+    /// List every listening TCP and bound UDP port on the host (all network
+    /// namespaces) with its process, cgroup and status against the policy:
+    /// approved, unapproved (guarded but no rule) or unguarded.
+    Scan {
+        #[arg(long, default_value = DEFAULT_POLICY)]
+        policy: PathBuf,
+        /// The cgroup guard paths are relative to (as for `run`).
+        #[arg(long)]
+        cgroup_root: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+        /// Exit 1 when any port is unapproved (a CI/CD gate).
+        #[arg(long)]
+        fail_on_unapproved: bool,
+    },
     /// Ask the running agent to re-read its policy (SIGHUP to the pid in
     /// the state directory's pid file).
     Reload {

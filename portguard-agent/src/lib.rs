@@ -6,11 +6,14 @@ pub mod bpf;
 pub mod cgroup;
 pub mod check;
 pub mod cli;
+pub mod inventory;
 pub mod logging;
 pub mod metrics;
 pub mod policy;
+pub mod scan;
 mod statfs;
 pub mod status;
+pub mod trail;
 
 /// Exit status for input that cannot be used (bad policy, missing cgroup,
 /// no privileges, unsupported kernel): nothing was changed.

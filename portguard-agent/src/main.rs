@@ -6,7 +6,7 @@ use clap::Parser as _;
 use portguard_agent::{
     EXIT_BAD_INPUT, agent, bpf, check,
     cli::{Cli, Command, LogFormat},
-    logging, status,
+    logging, scan, status,
 };
 
 fn main() -> ExitCode {
@@ -30,6 +30,12 @@ fn main() -> ExitCode {
             }
         }
         Command::Check { policy, strict, format } => check::run(&policy, strict, format),
+        Command::Scan { policy, cgroup_root, format, fail_on_unapproved } => scan::run(&scan::ScanArgs {
+            policy: &policy,
+            cgroup_root: cgroup_root.as_deref(),
+            format,
+            fail_on_unapproved,
+        }),
         Command::Reload { state_dir } => status::reload(&state_dir),
         Command::Status { bpffs, state_dir, format } => status::status(&bpffs, &state_dir, format),
         Command::BenchNoop { cgroup_root, bpffs } => {

@@ -13,7 +13,7 @@ mod guards;
 mod policy_watch;
 mod sd_notify;
 pub mod state;
-mod workload;
+pub mod workload;
 
 use std::{
     path::PathBuf,

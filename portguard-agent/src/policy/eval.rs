@@ -57,13 +57,17 @@ impl Policy {
     /// The guard covering `cgroup` (a path relative to the attach root):
     /// its nearest guarded ancestor, or itself.
     pub fn guard_for(&self, cgroup: &str) -> Option<&GuardSpec> {
-        self.guards
-            .iter()
-            .filter(|g| is_within(cgroup, &g.cgroup))
-            .max_by_key(|g| g.cgroup.len())
+        self.guards.iter().filter(|g| is_within(cgroup, &g.cgroup)).max_by_key(|g| g.cgroup.len())
     }
 
-    pub fn judge(&self, cgroup: &str, action: Action, proto: Proto, addr: IpAddr, port: u16) -> Judgement<'_> {
+    pub fn judge(
+        &self,
+        cgroup: &str,
+        action: Action,
+        proto: Proto,
+        addr: IpAddr,
+        port: u16,
+    ) -> Judgement<'_> {
         match self.guard_for(cgroup) {
             None => Judgement::Unguarded,
             Some(guard) => guard.judge(action, proto, addr, port),
@@ -90,9 +94,9 @@ impl GuardSpec {
             }),
             Action::Connect => {
                 let peer = unspecified_as_loopback(addr);
-                self.connect
-                    .iter()
-                    .position(|r| covers(r.proto) && in_ports(&r.ports) && r.peers.iter().any(|n| n.contains(&peer)))
+                self.connect.iter().position(|r| {
+                    covers(r.proto) && in_ports(&r.ports) && r.peers.iter().any(|n| n.contains(&peer))
+                })
             }
         };
         match rule {
@@ -167,14 +171,20 @@ allow_ephemeral_bind = true
         let p = policy();
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let j = |cg, action, proto, addr: &str, port| p.judge(cg, action, proto, ip(addr), port);
-        assert!(matches!(j("/app", Action::Bind, Proto::Tcp, "0.0.0.0", 8080), Judgement::Allowed { rule: 0, .. }));
+        assert!(matches!(
+            j("/app", Action::Bind, Proto::Tcp, "0.0.0.0", 8080),
+            Judgement::Allowed { rule: 0, .. }
+        ));
         assert!(matches!(j("/app", Action::Bind, Proto::Udp, "0.0.0.0", 8080), Judgement::Violation { .. }));
         // The inner guard's rules replace the outer's.
         assert!(!j("/app/db", Action::Bind, Proto::Tcp, "0.0.0.0", 8080).allowed());
         assert!(j("/app/db", Action::Bind, Proto::Tcp, "0.0.0.0", 8080).passes(), "audit mode lets it pass");
         assert!(j("/app/db", Action::Bind, Proto::Tcp, "::ffff:127.0.0.1", 5432).allowed());
         assert!(!j("/app/db", Action::Bind, Proto::Tcp, "::", 5432).allowed());
-        assert!(matches!(j("/app/db", Action::Bind, Proto::Tcp, "::", 0), Judgement::AllowedEphemeral { .. }));
+        assert!(matches!(
+            j("/app/db", Action::Bind, Proto::Tcp, "::", 0),
+            Judgement::AllowedEphemeral { .. }
+        ));
         assert!(j("/app/db", Action::Connect, Proto::Udp, "10.9.9.9", 5005).allowed());
         assert!(!j("/app/db", Action::Connect, Proto::Tcp, "10.9.9.9", 5011).allowed());
         assert!(matches!(j("/elsewhere", Action::Connect, Proto::Tcp, "1.1.1.1", 443), Judgement::Unguarded));

@@ -5,8 +5,8 @@
 //! the file, line, column and field. Nothing here touches the kernel.
 
 pub mod catalog;
-pub mod eval;
 mod compile;
+pub mod eval;
 mod model;
 mod validate;
 

@@ -1,0 +1,179 @@
+//! Every live port on the host, from /proc: listening TCP sockets and bound,
+//! unconnected UDP sockets, in every network namespace that has a process,
+//! each with the process that holds it and that process's cgroup.
+//!
+//! /proc rather than sock_diag: sock_diag answers for one network namespace
+//! per netlink socket, and entering the others needs CAP_SYS_ADMIN, which
+//! the agent does not hold. /proc/<pid>/net/* shows each process's own
+//! namespace without it.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use crate::policy::Proto;
+
+/// A port some socket holds open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenPort {
+    pub proto: Proto,
+    pub addr: IpAddr,
+    pub port: u16,
+    /// The socket's inode, unique per host while it lives.
+    pub inode: u64,
+    /// Inode of its network namespace.
+    pub netns: u64,
+    /// The lowest pid holding it open (forked workers share a listener).
+    pub pid: Option<u32>,
+    pub comm: String,
+    /// The holder's cgroup, relative to the cgroup2 mount.
+    pub cgroup: Option<String>,
+}
+
+const TCP_LISTEN: u8 = 0x0A;
+/// An unconnected UDP socket reads as TCP_CLOSE in /proc/net/udp.
+const UDP_UNCONNECTED: u8 = 0x07;
+
+pub fn open_ports() -> std::io::Result<Vec<OpenPort>> {
+    // socket inode -> lowest pid; netns inode -> one pid living in it.
+    let mut holders: HashMap<u64, u32> = HashMap::new();
+    let mut namespaces: BTreeMap<u64, u32> = BTreeMap::new();
+    let mut pids: Vec<u32> = fs::read_dir("/proc")?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .collect();
+    pids.sort_unstable();
+    for pid in pids {
+        // Processes come and go while we look: skip the ones that went.
+        let Some(netns) = ns_inode(pid) else { continue };
+        namespaces.entry(netns).or_insert(pid);
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        for fd in fds.flatten() {
+            if let Ok(target) = fs::read_link(fd.path())
+                && let Some(inode) = target.to_str().and_then(socket_inode)
+            {
+                holders.entry(inode).or_insert(pid);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (netns, pid) in namespaces {
+        for (file, proto, state, v6) in [
+            ("tcp", Proto::Tcp, TCP_LISTEN, false),
+            ("tcp6", Proto::Tcp, TCP_LISTEN, true),
+            ("udp", Proto::Udp, UDP_UNCONNECTED, false),
+            ("udp6", Proto::Udp, UDP_UNCONNECTED, true),
+        ] {
+            let Ok(table) = fs::read_to_string(format!("/proc/{pid}/net/{file}")) else { continue };
+            for entry in parse_table(&table, v6).into_iter().filter(|e| e.state == state && e.port != 0) {
+                let holder = holders.get(&entry.inode).copied();
+                out.push(OpenPort {
+                    proto,
+                    addr: entry.addr,
+                    port: entry.port,
+                    inode: entry.inode,
+                    netns,
+                    pid: holder,
+                    comm: holder.map(comm).unwrap_or_default(),
+                    cgroup: holder.and_then(cgroup_of),
+                });
+            }
+        }
+    }
+    out.sort_by_key(|p| (p.port, p.proto as u8, p.addr, p.inode));
+    Ok(out)
+}
+
+fn ns_inode(pid: u32) -> Option<u64> {
+    let link = fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
+    link.to_str()?.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+}
+
+fn socket_inode(target: &str) -> Option<u64> {
+    target.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+pub fn comm(pid: u32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim_end().to_owned()).unwrap_or_default()
+}
+
+/// The cgroup v2 path of a process ("0::/path" in /proc/<pid>/cgroup).
+pub fn cgroup_of(pid: u32) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("0::")).map(|p| p.trim_end().to_owned())
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Entry {
+    addr: IpAddr,
+    port: u16,
+    state: u8,
+    inode: u64,
+}
+
+/// Rows of /proc/net/{tcp,udp}[6]: "sl local rem st tx:rx tr:when retr uid
+/// timeout inode ...". Each address word is printed as the in-memory
+/// (network-order) bytes read as a host-order integer.
+fn parse_table(text: &str, v6: bool) -> Vec<Entry> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (addr, port) = cols.get(1)?.split_once(':')?;
+            Some(Entry {
+                addr: parse_addr(addr, v6)?,
+                port: u16::from_str_radix(port, 16).ok()?,
+                state: u8::from_str_radix(cols.get(3)?, 16).ok()?,
+                inode: cols.get(9)?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+fn parse_addr(hex: &str, v6: bool) -> Option<IpAddr> {
+    let words: Vec<u32> = (0..hex.len() / 8)
+        .map(|i| u32::from_str_radix(&hex[i * 8..i * 8 + 8], 16).ok())
+        .collect::<Option<_>>()?;
+    match (v6, words.as_slice()) {
+        (false, [w]) => Some(IpAddr::V4(Ipv4Addr::from(w.to_ne_bytes()))),
+        (true, [a, b, c, d]) => {
+            let mut bytes = [0u8; 16];
+            for (i, w) in [a, b, c, d].iter().enumerate() {
+                bytes[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+            }
+            Some(IpAddr::V6(Ipv6Addr::from(bytes)))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_net_rows() {
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 100 0 0 10 0\n";
+        assert_eq!(
+            parse_table(tcp, false),
+            vec![Entry { addr: "127.0.0.1".parse().unwrap(), port: 8080, state: 0x0A, inode: 12345 }]
+        );
+        let tcp6 = "header\n   0: 00000000000000000000000001000000:1F91 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 777 1\n";
+        assert_eq!(parse_table(tcp6, true)[0].addr, "::1".parse::<IpAddr>().unwrap());
+        assert_eq!(parse_table(tcp6, true)[0].port, 8081);
+    }
+
+    #[test]
+    fn finds_a_listener_of_this_process() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let me = std::process::id();
+        let found = open_ports().unwrap();
+        let mine = found.iter().find(|p| p.port == port && p.proto == Proto::Tcp).expect("listener found");
+        assert_eq!(mine.pid, Some(me));
+        assert_eq!(mine.addr, "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(mine.cgroup, cgroup_of(me));
+    }
+}

@@ -1,0 +1,159 @@
+//! `portguard scan`: every live port on the host against the policy, as a
+//! report or a CI/CD gate.
+//!
+//! Exit status: 0 done, 1 `--fail-on-unapproved` found an unapproved port,
+//! 2 the policy or the cgroup root cannot be used.
+
+use std::{path::Path, process::ExitCode};
+
+use serde_json::json;
+
+use crate::{
+    EXIT_BAD_INPUT,
+    agent::workload,
+    cgroup,
+    cli::OutputFormat,
+    inventory::{self, Standing, procfs::OpenPort},
+    policy::{self, Proto},
+    trail::PortStatus,
+};
+
+pub struct ScanArgs<'a> {
+    pub policy: &'a Path,
+    pub cgroup_root: Option<&'a Path>,
+    pub format: OutputFormat,
+    pub fail_on_unapproved: bool,
+}
+
+pub fn run(args: &ScanArgs) -> ExitCode {
+    match scan(args) {
+        Ok(rows) => {
+            let unapproved = rows.iter().filter(|(_, s)| s.status == PortStatus::Unapproved).count();
+            match args.format {
+                OutputFormat::Text => print!("{}", text(&rows)),
+                OutputFormat::Json => println!("{}", json(&rows)),
+            }
+            if args.fail_on_unapproved && unapproved > 0 {
+                eprintln!("portguard: {unapproved} unapproved ports are live");
+                ExitCode::from(crate::check::EXIT_FINDINGS)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("portguard: {e}");
+            ExitCode::from(EXIT_BAD_INPUT)
+        }
+    }
+}
+
+fn scan(args: &ScanArgs) -> Result<Vec<(OpenPort, Standing)>, String> {
+    let (policy, _) = policy::load(args.policy).map_err(|e| e.to_string())?;
+    let mount = cgroup::cgroup2_mount().map_err(|e| e.to_string())?;
+    let root = args.cgroup_root.map_or_else(|| mount.clone(), Path::to_path_buf);
+    let root_in_mount = root.strip_prefix(&mount).map(|r| format!("/{}", r.display())).map_err(|_| {
+        format!("cgroup root {} is not under the cgroup2 mount {}", root.display(), mount.display())
+    })?;
+    if !root.is_dir() {
+        return Err(format!("cgroup root {}: no such cgroup", root.display()));
+    }
+    let ports = inventory::procfs::open_ports().map_err(|e| format!("cannot read /proc: {e}"))?;
+    Ok(ports
+        .into_iter()
+        .map(|p| {
+            let cg = p.cgroup.as_deref().and_then(|c| inventory::relative_to_root(c, &root_in_mount));
+            let s = inventory::standing(&policy, cg.as_deref(), p.proto, p.addr, p.port);
+            (p, s)
+        })
+        .collect())
+}
+
+fn proto_str(p: Proto) -> &'static str {
+    match p {
+        Proto::Udp => "udp",
+        _ => "tcp",
+    }
+}
+
+fn status_str(s: PortStatus) -> &'static str {
+    match s {
+        PortStatus::Approved => "approved",
+        PortStatus::Unapproved => "unapproved",
+        PortStatus::Unguarded => "unguarded",
+    }
+}
+
+fn text(rows: &[(OpenPort, Standing)]) -> String {
+    let mut out = format!(
+        "{:<10} {:<5} {:<28} {:<8} {:<16} {:<14} {}\n",
+        "STATUS", "PROTO", "LOCAL", "PID", "COMM", "GUARD", "CGROUP / WORKLOAD / APPROVAL"
+    );
+    for (p, s) in rows {
+        let local = match p.addr {
+            std::net::IpAddr::V6(a) => format!("[{a}]:{}", p.port),
+            a => format!("{a}:{}", p.port),
+        };
+        let cg = p.cgroup.as_deref().unwrap_or("-");
+        let w = workload::parse(cg);
+        let mut detail = cg.to_owned();
+        if let Some(u) = &w.unit {
+            detail.push_str(&format!(" unit={u}"));
+        }
+        if let Some(pod) = &w.pod_uid {
+            detail.push_str(&format!(" pod={pod}"));
+        }
+        if let Some(r) = &s.rule {
+            detail.push_str(&format!(
+                " rule=#{} owner={} approved_by={}",
+                r.number,
+                r.owner.as_deref().unwrap_or("-"),
+                r.approved_by.as_deref().unwrap_or("-")
+            ));
+        }
+        out.push_str(&format!(
+            "{:<10} {:<5} {:<28} {:<8} {:<16} {:<14} {detail}\n",
+            status_str(s.status),
+            proto_str(p.proto),
+            local,
+            p.pid.map_or("-".to_owned(), |p| p.to_string()),
+            if p.comm.is_empty() { "-" } else { &p.comm },
+            s.guard.as_deref().unwrap_or("-"),
+        ));
+    }
+    let count = |st| rows.iter().filter(|(_, s)| s.status == st).count();
+    out.push_str(&format!(
+        "{} live ports: {} approved, {} unapproved, {} unguarded\n",
+        rows.len(),
+        count(PortStatus::Approved),
+        count(PortStatus::Unapproved),
+        count(PortStatus::Unguarded)
+    ));
+    out
+}
+
+fn json(rows: &[(OpenPort, Standing)]) -> serde_json::Value {
+    let ports: Vec<_> = rows
+        .iter()
+        .map(|(p, s)| {
+            let w = workload::parse(p.cgroup.as_deref().unwrap_or(""));
+            json!({
+                "status": status_str(s.status),
+                "proto": proto_str(p.proto),
+                "addr": p.addr,
+                "port": p.port,
+                "pid": p.pid,
+                "comm": p.comm,
+                "cgroup": p.cgroup,
+                "unit": w.unit,
+                "pod_uid": w.pod_uid,
+                "container_id": w.container_id,
+                "netns": p.netns,
+                "inode": p.inode,
+                "guard": s.guard,
+                "mode": s.mode,
+                "rule": s.rule,
+            })
+        })
+        .collect();
+    json!({ "ports": ports })
+}

@@ -1,0 +1,144 @@
+//! The audit trail: a JSON-lines file of ports going live and closing and of
+//! every refused or audited operation (coalesced), append-only, rotated by
+//! size. `portguard replay` and `portguard suggest` read it back.
+
+pub mod record;
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, Write as _},
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
+};
+
+pub use record::{PortStatus, Record, RecordKind, RecordOp, RuleInfo, read_records};
+
+pub struct AuditTrail {
+    path: PathBuf,
+    max_bytes: u64,
+    keep: usize,
+    file: File,
+    size: u64,
+}
+
+impl AuditTrail {
+    /// Opens (creating) `path` for appending. Rotation keeps `keep` older
+    /// files as `path.1` (newest) .. `path.<keep>`.
+    pub fn open(path: &Path, max_bytes: u64, keep: usize) -> io::Result<AuditTrail> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = open_append(path)?;
+        let size = file.metadata()?.len();
+        Ok(AuditTrail { path: path.to_owned(), max_bytes, keep, file, size })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one line in a single write, so a reader never sees half a
+    /// record, and rotates first when the line would pass the size limit.
+    pub fn append(&mut self, record: &Record) -> io::Result<()> {
+        let mut line = serde_json::to_vec(record).map_err(io::Error::other)?;
+        line.push(b'\n');
+        if self.size > 0 && self.size + line.len() as u64 > self.max_bytes {
+            self.rotate()?;
+        }
+        self.file.write_all(&line)?;
+        self.size += line.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let numbered = |n: usize| PathBuf::from(format!("{}.{n}", self.path.display()));
+        if self.keep == 0 {
+            std::fs::remove_file(&self.path)?;
+        } else {
+            let _ = std::fs::remove_file(numbered(self.keep));
+            for n in (1..self.keep).rev() {
+                match std::fs::rename(numbered(n), numbered(n + 1)) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+            std::fs::rename(&self.path, numbered(1))?;
+        }
+        self.file = open_append(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    // Peers and process names are in here: readable by root and its group.
+    OpenOptions::new().create(true).append(true).mode(0o640).open(path)
+}
+
+/// Now, as the trail writes times.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(port: u16) -> Record {
+        Record {
+            time: now_rfc3339(),
+            event: RecordKind::PortOpened,
+            guard: Some("g".into()),
+            guard_cgroup: Some("/g".into()),
+            mode: Some("enforce".into()),
+            cgroup: "/g".into(),
+            unit: None,
+            pod_uid: None,
+            pid: 1,
+            comm: "x".into(),
+            op: RecordOp::Bind,
+            proto: "tcp".into(),
+            addr: "127.0.0.1".parse().unwrap(),
+            port,
+            count: 1,
+            status: Some(PortStatus::Approved),
+            rule: Some(RuleInfo { number: 1, owner: Some("team".into()), ..RuleInfo::default() }),
+            open_seconds: None,
+        }
+    }
+
+    #[test]
+    fn rotates_by_size_and_keeps_the_newest_files() {
+        let dir = std::env::temp_dir().join(format!("pg-trail-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("audit.jsonl");
+        let line_len = serde_json::to_vec(&record(1)).unwrap().len() as u64 + 1;
+        let mut trail = AuditTrail::open(&path, line_len * 3, 2).unwrap();
+        for port in 1..=10 {
+            trail.append(&record(port)).unwrap();
+        }
+        let ports = |p: &Path| read_records(p).unwrap().iter().map(|r| r.port).collect::<Vec<_>>();
+        assert_eq!(ports(&path), vec![10]);
+        assert_eq!(ports(&dir.join("audit.jsonl.1")), vec![7, 8, 9]);
+        assert_eq!(ports(&dir.join("audit.jsonl.2")), vec![4, 5, 6]);
+        assert!(!dir.join("audit.jsonl.3").exists());
+        // Reopening appends; it never truncates.
+        drop(trail);
+        let mut trail = AuditTrail::open(&path, line_len * 3, 2).unwrap();
+        trail.append(&record(11)).unwrap();
+        assert_eq!(ports(&path), vec![10, 11]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_foreign_line_is_an_error_naming_it() {
+        let path = std::env::temp_dir().join(format!("pg-trail-bad-{}.jsonl", std::process::id()));
+        std::fs::write(&path, format!("{}\n{{\"hello\":1}}\n", serde_json::to_string(&record(1)).unwrap()))
+            .unwrap();
+        let e = read_records(&path).unwrap_err();
+        assert!(e.contains(":2: not a portguard event"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+    }
+}

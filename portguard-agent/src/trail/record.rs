@@ -1,0 +1,155 @@
+//! One line of the audit trail: what the agent saw, in a form that
+//! `replay` and `suggest` read back. The schema is the README's.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{Catalog, Proto, eval::Action};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    /// A port went live: a TCP listen or a bound UDP socket.
+    PortOpened,
+    /// A port reported by `port_opened` closed.
+    PortClosed,
+    /// An operation an enforcing guard refused.
+    Denied,
+    /// An operation an auditing guard would have refused, let through.
+    Audited,
+}
+
+/// The operation as judged. `port_opened`/`port_closed` carry `bind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordOp {
+    Bind,
+    Connect,
+    Sendmsg,
+    Socket,
+    Listen,
+}
+
+impl RecordOp {
+    /// The rule kind that decides it, if a rule can.
+    pub fn action(self) -> Option<Action> {
+        match self {
+            RecordOp::Bind => Some(Action::Bind),
+            RecordOp::Connect | RecordOp::Sendmsg => Some(Action::Connect),
+            RecordOp::Socket | RecordOp::Listen => None,
+        }
+    }
+}
+
+/// Whether a live port is one the policy approves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortStatus {
+    /// A rule of its guard allows it.
+    Approved,
+    /// Its guard has no rule for it: bound before the policy, or in audit mode.
+    Unapproved,
+    /// No guard covers its cgroup.
+    Unguarded,
+}
+
+/// The rule that approves a port, with its catalog entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleInfo {
+    /// 1-based, as `portguard check` numbers rules.
+    pub number: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+}
+
+impl RuleInfo {
+    pub fn new(index: usize, c: &Catalog) -> RuleInfo {
+        RuleInfo {
+            number: index + 1,
+            owner: c.owner.clone(),
+            purpose: c.purpose.clone(),
+            approved_by: c.approved_by.clone(),
+            ticket: c.ticket.clone(),
+            expires: c.expires.map(|e| e.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// RFC 3339, UTC.
+    pub time: String,
+    pub event: RecordKind,
+    /// The guard covering the socket; absent when unguarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard_cgroup: Option<String>,
+    /// "enforce" or "audit", the guard's mode at the time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// The socket's cgroup, relative to the agent's cgroup root.
+    pub cgroup: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    pub pid: u32,
+    pub comm: String,
+    pub op: RecordOp,
+    /// "tcp", "udp" or "other".
+    pub proto: String,
+    pub addr: IpAddr,
+    pub port: u16,
+    /// How many identical operations this line stands for (denials are
+    /// coalesced per second).
+    #[serde(default = "one")]
+    pub count: u64,
+    /// For port events: approved, unapproved or unguarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<PortStatus>,
+    /// For approved ports: the rule, with its catalog entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<RuleInfo>,
+    /// For `port_closed`: seconds the port was live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_seconds: Option<u64>,
+}
+
+fn one() -> u64 {
+    1
+}
+
+impl Record {
+    pub fn proto(&self) -> Option<Proto> {
+        match self.proto.as_str() {
+            "tcp" => Some(Proto::Tcp),
+            "udp" => Some(Proto::Udp),
+            _ => None,
+        }
+    }
+}
+
+/// Reads a JSON-lines trail; a line that is not a record is an error that
+/// names the line, so a truncated or foreign file is never half-read.
+pub fn read_records(path: &std::path::Path) -> Result<Vec<Record>, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read events: {e}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| format!("{}:{}: not a portguard event: {e}", path.display(), i + 1))
+        })
+        .collect()
+}
