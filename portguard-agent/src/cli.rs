@@ -8,6 +8,7 @@ pub const DEFAULT_POLICY: &str = "/etc/portguard/policy.toml";
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/portguard";
 pub const DEFAULT_STATE_DIR: &str = "/run/portguard";
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
+pub const DEFAULT_AUDIT_TRAIL: &str = "/var/lib/portguard/audit.jsonl";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -109,6 +110,16 @@ pub struct RunArgs {
     pub unload_on_exit: bool,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// The audit trail: JSON lines of ports going live and closing and of
+    /// refused or audited operations (read by `replay` and `suggest`).
+    #[arg(long, default_value = DEFAULT_AUDIT_TRAIL)]
+    pub audit_trail: PathBuf,
+    /// Rotate the audit trail when it would grow past this many bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub audit_trail_max_bytes: u64,
+    /// Rotated audit-trail files kept (FILE.1 newest .. FILE.N).
+    #[arg(long, default_value_t = 5)]
+    pub audit_trail_keep: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

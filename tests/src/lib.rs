@@ -216,6 +216,20 @@ impl Sandbox {
         )
     }
 
+    /// Where the agent started by this sandbox writes its audit trail.
+    pub fn audit_trail(&self) -> PathBuf {
+        self.dir.join("audit.jsonl")
+    }
+
+    /// The audit trail's records so far, as JSON values.
+    pub fn audit_records(&self) -> Vec<Value> {
+        fs::read_to_string(self.audit_trail())
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("audit trail lines are JSON"))
+            .collect()
+    }
+
     pub fn policy_path(&self) -> PathBuf {
         self.policy.clone().unwrap_or_else(|| self.dir.join("policy.toml"))
     }
@@ -288,9 +302,12 @@ impl Sandbox {
     pub fn agent_run_args(&self) -> Vec<std::ffi::OsString> {
         let mut args: Vec<std::ffi::OsString> =
             vec!["run".into(), "--policy".into(), self.policy_path().into()];
-        for (flag, value) in
-            [("--cgroup-root", &self.root), ("--bpffs", &self.bpffs), ("--state-dir", &self.state_dir())]
-        {
+        for (flag, value) in [
+            ("--cgroup-root", &self.root),
+            ("--bpffs", &self.bpffs),
+            ("--state-dir", &self.state_dir()),
+            ("--audit-trail", &self.audit_trail()),
+        ] {
             args.push(flag.into());
             args.push(value.into());
         }

@@ -16,12 +16,14 @@ use crate::{
     bpf::{GuardIds, KernelPolicy, PolicyMaps},
     cli::RunArgs,
     metrics::{Metrics, PolicySummary},
-    policy::{self, CompiledPolicy},
+    policy::{self, CompiledPolicy, Policy},
 };
 
 /// The policy currently applied.
 struct Applied {
     sha256: String,
+    /// As written, for the inventory's approvals and the trail's catalog.
+    policy: Policy,
     compiled: CompiledPolicy,
     ids: HashMap<String, u32>,
     cgroups: HashMap<String, u64>,
@@ -41,10 +43,10 @@ pub struct Daemon {
     metrics: Arc<Metrics>,
 }
 
-pub fn read_policy(path: &Path) -> Result<(String, CompiledPolicy), AgentError> {
+pub fn read_policy(path: &Path) -> Result<(String, Policy, CompiledPolicy), AgentError> {
     let text = policy::read(path)?;
-    let (_policy, compiled) = policy::parse_and_compile(&path.display().to_string(), &text)?;
-    Ok((text, compiled))
+    let (policy, compiled) = policy::parse_and_compile(&path.display().to_string(), &text)?;
+    Ok((text, policy, compiled))
 }
 
 impl Daemon {
@@ -95,7 +97,17 @@ impl Daemon {
     }
 
     /// Writes a validated policy into the kernel in one switch.
-    pub fn apply_policy(&mut self, text: &str, compiled: CompiledPolicy) -> Result<(), AgentError> {
+    /// The policy the kernel enforces, once one was applied.
+    pub fn policy(&self) -> Option<&Policy> {
+        self.applied.as_ref().map(|a| &a.policy)
+    }
+
+    pub fn apply_policy(
+        &mut self,
+        text: &str,
+        policy: Policy,
+        compiled: CompiledPolicy,
+    ) -> Result<(), AgentError> {
         self.resolver.check_depths(&compiled).map_err(AgentError::Guard)?;
         let ids = self.guard_ids.assign(&compiled)?;
         let cgroups = self.resolver.resolve(&compiled);
@@ -113,6 +125,7 @@ impl Daemon {
         let modes = compiled.guards.iter().map(|g| (ids[&g.name], g.mode.as_str())).collect();
         self.applied = Some(Applied {
             sha256: policy::sha256_hex(text.as_bytes()),
+            policy,
             compiled,
             ids,
             cgroups,
@@ -125,8 +138,8 @@ impl Daemon {
 
     /// Re-reads the policy file. Unless `force`, an unchanged file (same
     /// SHA-256) is left alone. A policy that fails any check is refused and
-    /// the live one stays.
-    pub fn reload(&mut self, why: &str, force: bool) {
+    /// the live one stays. Returns whether a new policy was applied.
+    pub fn reload(&mut self, why: &str, force: bool) -> bool {
         // Read once: the hash check and the parse see the same bytes.
         let text = match policy::read(&self.policy_path) {
             Ok(t) => t,
@@ -136,18 +149,18 @@ impl Daemon {
                     reason = why,
                     "policy reload refused, the previous policy stays enforced: {e}"
                 );
-                return;
+                return false;
             }
         };
         if !force && policy::sha256_hex(text.as_bytes()) == self.sha256() {
-            return;
+            return false;
         }
         let started = std::time::Instant::now();
         let file = self.policy_path.display().to_string();
         let result = policy::parse_and_compile(&file, &text).map_err(AgentError::from).and_then(
-            |(_policy, compiled)| {
+            |(policy, compiled)| {
                 let compile_us = started.elapsed().as_micros() as u64;
-                self.apply_policy(&text, compiled).map(|()| compile_us)
+                self.apply_policy(&text, policy, compiled).map(|()| compile_us)
             },
         );
         match result {
@@ -163,6 +176,7 @@ impl Daemon {
                     total_us = started.elapsed().as_micros() as u64,
                     "policy reloaded"
                 );
+                true
             }
             Err(e) => {
                 self.metrics.reloads_rejected.fetch_add(1, Ordering::Relaxed);
@@ -170,6 +184,7 @@ impl Daemon {
                     reason = why,
                     "policy reload refused, the previous policy stays enforced: {e}"
                 );
+                false
             }
         }
     }

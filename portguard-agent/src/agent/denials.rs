@@ -15,7 +15,11 @@ use std::{
 use portguard_common::{ORPHAN_GUARD_ID, Op, Verdict};
 
 use super::workload;
-use crate::{bpf::DecodedEvent, cgroup::CgroupNames};
+use crate::{
+    bpf::DecodedEvent,
+    cgroup::CgroupNames,
+    trail::{Record, RecordKind, RecordOp},
+};
 
 pub const WINDOW: Duration = Duration::from_secs(1);
 /// Distinct kinds tracked at once; reaching it summarises every tracked
@@ -43,11 +47,13 @@ struct Seen {
 pub struct DenialLog {
     names: CgroupNames,
     seen: HashMap<Kind, Seen>,
+    /// Audit-trail records of what was logged, for the caller to write.
+    pub records: Vec<Record>,
 }
 
 impl DenialLog {
     pub fn new(root: PathBuf) -> Self {
-        DenialLog { names: CgroupNames::new(root), seen: HashMap::new() }
+        DenialLog { names: CgroupNames::new(root), seen: HashMap::new(), records: Vec::new() }
     }
 
     pub fn log(&mut self, e: &DecodedEvent, ids: &HashMap<String, u32>, modes: &HashMap<u32, &'static str>) {
@@ -131,6 +137,40 @@ impl DenialLog {
             _ => format!("denied {op} {peer}/{}", e.proto),
         };
         let message = if repeats == 0 { what } else { format!("{what} (repeated {repeats} more times)") };
+        let record_op = match e.op {
+            Some(Op::Bind) => Some(RecordOp::Bind),
+            Some(Op::Connect) => Some(RecordOp::Connect),
+            Some(Op::Sendmsg) => Some(RecordOp::Sendmsg),
+            Some(Op::Socket) => Some(RecordOp::Socket),
+            Some(Op::Listen) => Some(RecordOp::Listen),
+            _ => None,
+        };
+        if let Some(op) = record_op {
+            self.records.push(Record {
+                time: crate::trail::now_rfc3339(),
+                event: if e.verdict == Some(Verdict::Audited) {
+                    RecordKind::Audited
+                } else {
+                    RecordKind::Denied
+                },
+                guard: Some(guard.clone()),
+                guard_cgroup: Some(guard_cgroup.clone()),
+                mode: Some(mode.to_owned()),
+                cgroup: cgroup.clone(),
+                unit: w.unit.clone(),
+                pod_uid: w.pod_uid.clone(),
+                pid: e.pid,
+                comm: e.comm.clone(),
+                op,
+                proto: e.proto.to_owned(),
+                addr: e.addr,
+                port: e.port,
+                count: repeats.max(1),
+                status: None,
+                rule: None,
+                open_seconds: None,
+            });
+        }
         tracing::warn!(
             event = "denial",
             guard = %guard,

@@ -10,12 +10,14 @@ mod cgroup_watch;
 mod daemon;
 mod denials;
 mod guards;
+mod listeners;
 mod policy_watch;
 mod sd_notify;
 pub mod state;
 pub mod workload;
 
 use std::{
+    collections::HashMap,
     path::PathBuf,
     sync::{Arc, atomic::Ordering},
     time::Duration,
@@ -31,7 +33,13 @@ use crate::{
     cli::RunArgs,
     metrics::{self, Metrics},
     policy,
+    trail::{AuditTrail, Record},
 };
+use portguard_common::Op;
+
+/// How often ports that were live before the agent started are checked for
+/// having closed (their close raises no kernel event).
+const SEEDED_PORTS_RECHECK: Duration = Duration::from_secs(30);
 
 /// How often guard cgroups are re-resolved even without an inotify event,
 /// so a guard whose cgroup appears, or is removed and recreated (a systemd
@@ -72,6 +80,12 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    #[error("audit trail {path}: {source}")]
+    Trail {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("signals: {0}")]
     Signal(#[source] std::io::Error),
     #[error("must run as root (or with CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN): effective uid is {0}")]
@@ -86,7 +100,8 @@ impl AgentError {
             | AgentError::Guard(_)
             | AgentError::Load(_)
             | AgentError::NotRoot(_)
-            | AgentError::MetricsAddr { .. } => EXIT_BAD_INPUT,
+            | AgentError::MetricsAddr { .. }
+            | AgentError::Trail { .. } => EXIT_BAD_INPUT,
             AgentError::Maps(_)
             | AgentError::Events(_)
             | AgentError::Signal(_)
@@ -98,7 +113,7 @@ impl AgentError {
 }
 
 pub async fn run(args: RunArgs) -> Result<(), AgentError> {
-    let (text, compiled) = daemon::read_policy(&args.policy)?;
+    let (text, policy, compiled) = daemon::read_policy(&args.policy)?;
     let mount = cgroup::cgroup2_mount()?;
     let root = match &args.cgroup_root {
         Some(r) => r.clone(),
@@ -113,6 +128,11 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         return Err(AgentError::NotRoot(euid));
     }
 
+    let mut trail = AuditTrail::open(&args.audit_trail, args.audit_trail_max_bytes, args.audit_trail_keep)
+        .map_err(|source| AgentError::Trail { path: args.audit_trail.clone(), source })?;
+    let root_in_mount =
+        root.strip_prefix(&mount).map_or_else(|_| "/".to_owned(), |r| format!("/{}", r.display()));
+
     let mut enforcer = Enforcer::load(&args.bpffs)?;
     let started = async {
         let maps = PolicyMaps::open(&mut enforcer.ebpf)?;
@@ -123,7 +143,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             .map_err(|source| AgentError::MetricsAddr { addr: args.metrics_addr, source })?;
         tracing::info!(addr = %addr, "serving /metrics, /healthz and /readyz");
         let mut daemon = Daemon::new(maps, resolver, &args, Arc::clone(&metrics));
-        daemon.apply_policy(&text, compiled)?;
+        daemon.apply_policy(&text, policy, compiled)?;
         Ok::<_, AgentError>((daemon, events, metrics))
     }
     .await;
@@ -153,7 +173,15 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     );
     sd_notify::notify("READY=1");
 
-    let result = event_loop(&mut daemon, &mut events, &metrics, &args, root).await;
+    let mut listeners = listeners::Listeners::new(root.clone(), root_in_mount);
+    let mut records = Vec::new();
+    if let Some(p) = daemon.policy() {
+        listeners.seed(p, &mut records);
+    }
+    write_records(&mut trail, &mut records);
+    let mut sinks = Sinks { trail, listeners, records };
+    sinks.publish(&metrics);
+    let result = event_loop(&mut daemon, &mut events, &metrics, &args, root, &mut sinks).await;
     sd_notify::notify("STOPPING=1");
     state::remove_pid(&args.state_dir);
     if args.unload_on_exit {
@@ -179,6 +207,7 @@ async fn event_loop(
     metrics: &Metrics,
     args: &RunArgs,
     root: PathBuf,
+    sinks: &mut Sinks,
 ) -> Result<(), AgentError> {
     let mut denial_log = DenialLog::new(root);
     let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
@@ -186,6 +215,7 @@ async fn event_loop(
     let mut sighup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
     let mut rescan = tokio::time::interval(CGROUP_RESCAN);
     let mut coalesce = tokio::time::interval(denials::WINDOW / 4);
+    let mut recheck_seeded = tokio::time::interval(SEEDED_PORTS_RECHECK);
     // Without a watchdog the timer still ticks, rarely, and pings no one.
     let mut watchdog =
         tokio::time::interval(sd_notify::watchdog_interval().unwrap_or(Duration::from_secs(3600)));
@@ -202,19 +232,39 @@ async fn event_loop(
             biased;
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
-            _ = sighup.recv() => daemon.reload("SIGHUP", true),
-            Some(()) = policy_file.recv() => daemon.reload("policy file changed", false),
+            _ = sighup.recv() => if daemon.reload("SIGHUP", true) { sinks.reclassify(daemon, metrics) },
+            Some(()) = policy_file.recv() => if daemon.reload("policy file changed", false) { sinks.reclassify(daemon, metrics) },
+            _ = recheck_seeded.tick() => {
+                sinks.listeners.prune_seeded(&mut sinks.records);
+                sinks.flush(metrics);
+            }
             _ = rescan.tick() => daemon.rescan_guards(&mut cgroups),
             _ = watchdog.tick() => sd_notify::notify("WATCHDOG=1"),
-            _ = coalesce.tick() => denial_log.flush(daemon.guard_ids(), daemon.guard_modes(), Some(std::time::Instant::now())),
+            _ = coalesce.tick() => {
+                denial_log.flush(daemon.guard_ids(), daemon.guard_modes(), Some(std::time::Instant::now()));
+                sinks.records.append(&mut denial_log.records);
+                sinks.flush(metrics);
+            }
             _ = cgroups.changed() => daemon.rescan_guards(&mut cgroups),
             r = events.next_batch(&mut batch) => {
                 r.map_err(|e| AgentError::Events(e.into()))?;
                 let full = batch.len() >= crate::bpf::MAX_EVENT_BATCH;
                 metrics.events_received.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                let mut names: Option<HashMap<u32, String>> = None;
                 for e in batch.drain(..) {
-                    denial_log.log(&e, daemon.guard_ids(), daemon.guard_modes());
+                    match e.op {
+                        Some(Op::PortOpened) => {
+                            let names = names.get_or_insert_with(|| {
+                                daemon.guard_ids().iter().map(|(n, id)| (*id, n.clone())).collect()
+                            });
+                            sinks.listeners.port_opened(&e, daemon.policy(), names, &mut sinks.records);
+                        }
+                        Some(Op::PortClosed) => sinks.listeners.port_closed(&e, &mut sinks.records),
+                        _ => denial_log.log(&e, daemon.guard_ids(), daemon.guard_modes()),
+                    }
                 }
+                sinks.records.append(&mut denial_log.records);
+                sinks.flush(metrics);
                 if full {
                     // Let the watcher tasks run between batches of a flood.
                     tokio::task::yield_now().await;
@@ -223,7 +273,51 @@ async fn event_loop(
         }
     }
     denial_log.flush(daemon.guard_ids(), daemon.guard_modes(), None);
+    sinks.records.append(&mut denial_log.records);
+    sinks.flush(metrics);
     Ok(())
+}
+
+/// Where port events and denials end up besides the log: the inventory,
+/// its metric, and the audit trail.
+struct Sinks {
+    trail: AuditTrail,
+    listeners: listeners::Listeners,
+    /// Trail records not yet written.
+    records: Vec<Record>,
+}
+
+impl Sinks {
+    fn flush(&mut self, metrics: &Metrics) {
+        if self.records.is_empty() {
+            return;
+        }
+        write_records(&mut self.trail, &mut self.records);
+        self.publish(metrics);
+    }
+
+    fn publish(&self, metrics: &Metrics) {
+        *metrics.listeners.lock().expect("metrics lock") = self.listeners.counts();
+    }
+
+    fn reclassify(&mut self, daemon: &Daemon, metrics: &Metrics) {
+        if let Some(p) = daemon.policy() {
+            self.listeners.reclassify(p);
+            self.publish(metrics);
+        }
+    }
+}
+
+fn write_records(trail: &mut AuditTrail, records: &mut Vec<Record>) {
+    for r in records.drain(..) {
+        if let Err(e) = trail.append(&r) {
+            // The log still carries every denial; losing the trail must not
+            // stop enforcement.
+            tracing::error!(path = %trail.path().display(), "cannot write the audit trail: {e}");
+            break;
+        }
+    }
+    records.clear();
 }
 
 fn has_bpf_caps() -> bool {

@@ -27,6 +27,8 @@ pub struct DecodedEvent {
     pub proto: &'static str,
     pub addr: IpAddr,
     pub port: u16,
+    /// Pairs a port-lifecycle event with its close.
+    pub cookie: u64,
 }
 
 impl DecodedEvent {
@@ -54,6 +56,7 @@ impl DecodedEvent {
             },
             addr,
             port: e.port,
+            cookie: e.cookie,
         }
     }
 }

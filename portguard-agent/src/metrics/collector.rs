@@ -118,6 +118,23 @@ impl Collector for Metrics {
                 (vec![("result", "rejected".to_owned())], self.reloads_rejected.load(Ordering::Relaxed)),
             ],
         )?;
+        let listeners = self.listeners.lock().expect("metrics lock").clone();
+        gauges(
+            &mut enc,
+            "portguard_listeners",
+            "Live ports (TCP listening, UDP bound) by guard, protocol, port and whether a rule approves them.",
+            listeners.into_iter().map(|(k, n)| {
+                (
+                    vec![
+                        ("guard", k.guard),
+                        ("proto", k.proto),
+                        ("port", k.port.to_string()),
+                        ("approved", k.approved.to_owned()),
+                    ],
+                    n,
+                )
+            }),
+        )?;
         gauge(
             &mut enc,
             "portguard_policy_generation",

@@ -34,6 +34,17 @@ pub struct PolicySummary {
     pub map_entries: Vec<(&'static str, usize)>,
 }
 
+/// One `portguard_listeners` series.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ListenerKey {
+    /// Empty for ports no guard covers.
+    pub guard: String,
+    pub proto: String,
+    pub port: u16,
+    /// "true", "false", or "unguarded".
+    pub approved: &'static str,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     pub ready: AtomicBool,
@@ -42,6 +53,8 @@ pub struct Metrics {
     /// Events read from the ring buffer by the agent.
     pub events_received: AtomicU64,
     pub policy: Mutex<PolicySummary>,
+    /// The live port inventory, counted.
+    pub listeners: Mutex<std::collections::BTreeMap<ListenerKey, i64>>,
     kernel: Mutex<KernelCounters>,
 }
 
@@ -53,6 +66,7 @@ impl Metrics {
             reloads_rejected: AtomicU64::new(0),
             events_received: AtomicU64::new(0),
             policy: Mutex::new(PolicySummary::default()),
+            listeners: Mutex::new(Default::default()),
             kernel: Mutex::new(kernel),
         }
     }

@@ -71,7 +71,7 @@ impl Mode {
 
 /// Transport protocols a rule covers. The default is TCP: a rule that
 /// should also open UDP says so.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
     #[default]

@@ -1,0 +1,214 @@
+//! The live port inventory: every port that went live since the agent
+//! started (from the kernel's port events), plus the ones already live at
+//! start (from /proc), each classified against the applied policy. It feeds
+//! `portguard_listeners` and the port lifecycle records of the audit trail.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::IpAddr,
+    time::Instant,
+};
+
+use portguard_common::UNGUARDED_ID;
+
+use super::workload;
+use crate::{
+    bpf::DecodedEvent,
+    cgroup::CgroupNames,
+    inventory::{self, Standing},
+    metrics::ListenerKey,
+    policy::{Policy, Proto, eval::Action},
+    trail::{PortStatus, Record, RecordKind, RecordOp},
+};
+
+/// Ports seen by /proc rather than by an event have no socket cookie; their
+/// inode, tagged with this bit, keys them apart from cookies.
+const SCANNED: u64 = 1 << 63;
+
+struct Live {
+    record: Record,
+    proto: Proto,
+    opened: Instant,
+}
+
+pub struct Listeners {
+    names: CgroupNames,
+    root_in_mount: String,
+    live: HashMap<u64, Live>,
+}
+
+impl Listeners {
+    pub fn new(root: std::path::PathBuf, root_in_mount: String) -> Listeners {
+        Listeners { names: CgroupNames::new(root), root_in_mount, live: HashMap::new() }
+    }
+
+    /// Takes in the ports already live before the agent's programs were
+    /// attached; they are reported as opened (`comm` and `pid` from /proc).
+    pub fn seed(&mut self, policy: &Policy, out: &mut Vec<Record>) {
+        let ports = match inventory::procfs::open_ports() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("cannot list live ports from /proc: {e}");
+                return;
+            }
+        };
+        let known: HashSet<(Proto, IpAddr, u16, u32)> =
+            self.live.values().map(|l| (l.proto, l.record.addr, l.record.port, l.record.pid)).collect();
+        for p in ports {
+            if known.contains(&(p.proto, p.addr, p.port, p.pid.unwrap_or(0))) {
+                continue;
+            }
+            let cgroup =
+                p.cgroup.as_deref().and_then(|c| inventory::relative_to_root(c, &self.root_in_mount));
+            let standing = inventory::standing(policy, cgroup.as_deref(), p.proto, p.addr, p.port);
+            let record = record(
+                RecordKind::PortOpened,
+                cgroup.unwrap_or_else(|| p.cgroup.clone().unwrap_or_default()),
+                p.pid.unwrap_or(0),
+                p.comm.clone(),
+                p.proto,
+                p.addr,
+                p.port,
+                &standing,
+            );
+            out.push(record.clone());
+            self.live.insert(SCANNED | p.inode, Live { record, proto: p.proto, opened: Instant::now() });
+        }
+    }
+
+    /// Drops /proc-seeded ports that are gone (their close raises no event).
+    pub fn prune_seeded(&mut self, out: &mut Vec<Record>) {
+        if !self.live.keys().any(|k| k & SCANNED != 0) {
+            return;
+        }
+        let Ok(ports) = inventory::procfs::open_ports() else { return };
+        let present: HashSet<u64> = ports.iter().map(|p| SCANNED | p.inode).collect();
+        let gone: Vec<u64> =
+            self.live.keys().filter(|k| **k & SCANNED != 0 && !present.contains(k)).copied().collect();
+        for key in gone {
+            if let Some(l) = self.live.remove(&key) {
+                out.push(closed(l));
+            }
+        }
+    }
+
+    pub fn port_opened(
+        &mut self,
+        e: &DecodedEvent,
+        policy: Option<&Policy>,
+        guard_names: &HashMap<u32, String>,
+        out: &mut Vec<Record>,
+    ) {
+        let proto = if e.proto == "udp" { Proto::Udp } else { Proto::Tcp };
+        let cgroup = self.names.name(e.sock_cgroup);
+        // The kernel names the guard that covers the socket; the policy
+        // says which rule (if any) approves the port.
+        let standing = match (policy, guard_names.get(&e.guard_id)) {
+            (Some(p), Some(name)) if e.guard_id != UNGUARDED_ID => {
+                match p.guards.iter().find(|g| &g.name == name) {
+                    Some(g) => inventory::standing_of(g.judge(Action::Bind, proto, e.addr, e.port)),
+                    None => inventory::standing(p, Some(&cgroup), proto, e.addr, e.port),
+                }
+            }
+            (Some(p), _) => inventory::standing(p, Some(&cgroup), proto, e.addr, e.port),
+            (None, _) => inventory::standing_of(crate::policy::eval::Judgement::Unguarded),
+        };
+        let record =
+            record(RecordKind::PortOpened, cgroup, e.pid, e.comm.clone(), proto, e.addr, e.port, &standing);
+        out.push(record.clone());
+        self.live.insert(e.cookie, Live { record, proto, opened: Instant::now() });
+    }
+
+    pub fn port_closed(&mut self, e: &DecodedEvent, out: &mut Vec<Record>) {
+        if let Some(mut l) = self.live.remove(&e.cookie) {
+            // The process that closes may differ from the one that opened.
+            l.record.pid = e.pid;
+            l.record.comm = e.comm.clone();
+            out.push(closed(l));
+        }
+    }
+
+    /// Re-judges every live port under a newly applied policy.
+    pub fn reclassify(&mut self, policy: &Policy) {
+        for l in self.live.values_mut() {
+            let r = &mut l.record;
+            let s = inventory::standing(policy, Some(&r.cgroup), l.proto, r.addr, r.port);
+            apply_standing(r, &s);
+        }
+    }
+
+    /// Live ports by (guard, proto, port, approved), for the metric.
+    pub fn counts(&self) -> BTreeMap<ListenerKey, i64> {
+        let mut out = BTreeMap::new();
+        for l in self.live.values() {
+            let key = ListenerKey {
+                guard: l.record.guard.clone().unwrap_or_default(),
+                proto: l.record.proto.clone(),
+                port: l.record.port,
+                approved: l.record.status.map_or("unguarded", status_label),
+            };
+            *out.entry(key).or_default() += 1;
+        }
+        out
+    }
+}
+
+fn status_label(s: PortStatus) -> &'static str {
+    match s {
+        PortStatus::Approved => "true",
+        PortStatus::Unapproved => "false",
+        PortStatus::Unguarded => "unguarded",
+    }
+}
+
+fn closed(l: Live) -> Record {
+    let mut r = l.record;
+    r.event = RecordKind::PortClosed;
+    r.time = crate::trail::now_rfc3339();
+    r.open_seconds = Some(l.opened.elapsed().as_secs());
+    r
+}
+
+fn apply_standing(r: &mut Record, s: &Standing) {
+    r.guard = s.guard.clone();
+    r.guard_cgroup = s.guard_cgroup.clone();
+    r.mode = s.mode.map(str::to_owned);
+    r.status = Some(s.status);
+    r.rule = s.rule.clone();
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record(
+    event: RecordKind,
+    cgroup: String,
+    pid: u32,
+    comm: String,
+    proto: Proto,
+    addr: IpAddr,
+    port: u16,
+    s: &Standing,
+) -> Record {
+    let w = workload::parse(&cgroup);
+    let mut r = Record {
+        time: crate::trail::now_rfc3339(),
+        event,
+        guard: None,
+        guard_cgroup: None,
+        mode: None,
+        cgroup,
+        unit: w.unit,
+        pod_uid: w.pod_uid,
+        pid,
+        comm,
+        op: RecordOp::Bind,
+        proto: if proto == Proto::Udp { "udp" } else { "tcp" }.to_owned(),
+        addr: crate::policy::eval::canonical(addr),
+        port,
+        count: 1,
+        status: None,
+        rule: None,
+        open_seconds: None,
+    };
+    apply_standing(&mut r, s);
+    r
+}
