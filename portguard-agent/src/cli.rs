@@ -29,6 +29,13 @@ pub enum Command {
         /// The policy file.
         policy: PathBuf,
     },
+    /// Show what a policy change opens and closes, guard by guard.
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
     /// Ask the running agent to re-read its policy (SIGHUP to the pid in
     /// the state directory's pid file).
     Reload {

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod logging;
 pub mod metrics;
 pub mod policy;
+pub mod review;
 mod statfs;
 pub mod status;
 

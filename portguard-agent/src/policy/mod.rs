@@ -11,8 +11,8 @@ mod validate;
 use std::{fmt, ops::Range, path::Path};
 
 pub use compile::CompiledPolicy;
-pub use model::Mode;
-pub use validate::Policy;
+pub use model::{Mode, PortSpec, Proto};
+pub use validate::{BindRuleSpec, ConnectRuleSpec, GuardSpec, Policy};
 
 /// A policy that cannot be used, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]

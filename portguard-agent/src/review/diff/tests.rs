@@ -1,0 +1,1 @@
+//! Diff tests: fixture policies in, opens, closes and notes out.
