@@ -31,7 +31,9 @@ pub enum Command {
     },
     /// Show what a policy change opens and closes, guard by guard.
     Diff {
+        /// The policy before the change.
         old: PathBuf,
+        /// The policy after the change.
         new: PathBuf,
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,

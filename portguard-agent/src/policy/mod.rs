@@ -12,7 +12,7 @@ use std::{fmt, ops::Range, path::Path};
 
 pub use compile::CompiledPolicy;
 pub use model::{Mode, PortSpec, Proto};
-pub use validate::{BindRuleSpec, ConnectRuleSpec, GuardSpec, Policy};
+pub use validate::{GuardSpec, Policy};
 
 /// A policy that cannot be used, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
