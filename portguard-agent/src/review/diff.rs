@@ -341,7 +341,7 @@ impl Transport {
 
 /// What one guard's rules allow, with ports merged per (protocol, address)
 /// and per (protocol, peer network), so that two ways of writing the same
-/// rules compare equal.
+/// rules build the same tables.
 #[derive(Debug, Default)]
 struct Allowed {
     bind: [BindTable; 2],
