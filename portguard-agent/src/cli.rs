@@ -52,6 +52,15 @@ pub enum Command {
         #[arg(long)]
         fail_on_unapproved: bool,
     },
+    /// Show what a policy change opens and closes, guard by guard.
+    Diff {
+        /// The policy before the change.
+        old: PathBuf,
+        /// The policy after the change.
+        new: PathBuf,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
     /// Ask the running agent to re-read its policy (SIGHUP to the pid in
     /// the state directory's pid file).
     Reload {

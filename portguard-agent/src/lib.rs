@@ -10,6 +10,7 @@ pub mod inventory;
 pub mod logging;
 pub mod metrics;
 pub mod policy;
+pub mod review;
 pub mod scan;
 mod statfs;
 pub mod status;

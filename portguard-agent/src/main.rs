@@ -6,7 +6,7 @@ use clap::Parser as _;
 use portguard_agent::{
     EXIT_BAD_INPUT, agent, bpf, check,
     cli::{Cli, Command, LogFormat},
-    logging, scan, status,
+    logging, review, scan, status,
 };
 
 fn main() -> ExitCode {
@@ -36,6 +36,7 @@ fn main() -> ExitCode {
             format,
             fail_on_unapproved,
         }),
+        Command::Diff { old, new, format } => review::diff::run(&old, &new, format),
         Command::Reload { state_dir } => status::reload(&state_dir),
         Command::Status { bpffs, state_dir, format } => status::status(&bpffs, &state_dir, format),
         Command::BenchNoop { cgroup_root, bpffs } => {

@@ -1,0 +1,125 @@
+//! Policy review tools run as CI would: the real `portguard` binary on
+//! policy files, no root and no kernel needed.
+
+use std::{fs, path::PathBuf, process::Command};
+
+use portguard_tests::agent_bin;
+
+const OLD: &str = r#"
+[[guard]]
+name = "api"
+cgroup = "/api"
+  [[guard.bind]]
+  ports = [8080]
+  [[guard.connect]]
+  peer = "10.0.1.0/24"
+  ports = [5432]
+  [[guard.connect]]
+  peer = "any"
+  proto = "udp"
+  ports = [53]
+
+[[guard]]
+name = "web"
+cgroup = "/web"
+mode = "audit"
+  [[guard.bind]]
+  ports = [80, 443]
+"#;
+
+const NEW: &str = r#"
+[[guard]]
+name = "web"
+cgroup = "/web"
+  [[guard.bind]]
+  ports = [443, 80]
+  owner = "web-team"
+
+[[guard]]
+name = "api"
+cgroup = "/api"
+  [[guard.bind]]
+  ports = [8080, 8443]
+  [[guard.connect]]
+  peer = "10.0.0.0/16"
+  ports = [5432]
+"#;
+
+/// A directory of its own under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(test: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("pg-{test}-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    fn write(&self, name: &str, text: &str) -> String {
+        let path = self.0.join(name);
+        fs::write(&path, text).expect("write policy");
+        path.display().to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// (exit status, stdout, stderr) of `portguard diff ARGS`.
+fn diff(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(agent_bin()).arg("diff").args(args).output().expect("run portguard diff");
+    let text = |b: Vec<u8>| String::from_utf8(b).expect("utf-8 output");
+    (out.status.code().expect("exit status"), text(out.stdout), text(out.stderr))
+}
+
+#[test]
+fn diff_reports_what_a_change_opens_and_closes() {
+    let dir = TempDir::new("diff");
+    let (old, new) = (dir.write("old.toml", OLD), dir.write("new.toml", NEW));
+
+    let (status, text, stderr) = diff(&[&old, &new]);
+    assert_eq!((status, stderr.as_str()), (0, ""));
+    assert_eq!(
+        text,
+        "guard \"api\" (cgroup /api, enforce):\n\
+         \x20 opens   bind tcp 8443 on any address\n\
+         \x20 opens   connect tcp 10.0.0.0/16 ports 5432 (10.0.1.0/24 already allowed)\n\
+         \x20 closes  connect udp any ports 53\n\
+         \x20 note    connect tcp 10.0.1.0/24 ports 5432 is no longer listed but still allowed by broader 10.0.0.0/16 ports 5432\n\
+         guard \"web\" (cgroup /web, audit -> enforce):\n\
+         \x20 closes  everything in /web except what the guard lists\n\
+         \x20 allows  bind tcp 80, 443 on any address\n\
+         summary: 2 opens, 2 closes across 2 guards\n"
+    );
+
+    let (status, json, _) = diff(&[&old, &new, "--format", "json"]);
+    assert_eq!(status, 0);
+    let json: serde_json::Value = serde_json::from_str(&json).expect("JSON output");
+    assert_eq!(json["summary"], serde_json::json!({"opens": 2, "closes": 2}));
+    let guards = json["guards"].as_array().expect("guards");
+    assert_eq!(guards.iter().map(|g| g["name"].as_str().unwrap()).collect::<Vec<_>>(), ["api", "web"]);
+    assert_eq!(guards[1]["mode"], serde_json::json!({"old": "audit", "new": "enforce"}));
+    assert_eq!(guards[0]["closes"][0]["peer"], "any");
+
+    // A policy compared with itself, rules reordered: nothing changes, and
+    // that is still a successful diff.
+    let (status, text, _) = diff(&[&new, &dir.write("same.toml", &NEW.replace("[443, 80]", "[80, 443]"))]);
+    assert_eq!((status, text.as_str()), (0, "no change in what is allowed\n"));
+}
+
+#[test]
+fn diff_refuses_an_invalid_policy_like_check() {
+    let dir = TempDir::new("diff-bad");
+    let old = dir.write("old.toml", OLD);
+    let bad = dir.write(
+        "bad.toml",
+        "[[guard]]\nname = \"x\"\ncgroup = \"/x\"\n[[guard.bind]]\nports = [\"9000-8000\"]\n",
+    );
+    let (status, stdout, stderr) = diff(&[&old, &bad]);
+    assert_eq!((status, stdout.as_str()), (2, ""));
+    assert!(stderr.starts_with(&format!("portguard: {bad}:5:")), "{stderr}");
+    assert!(stderr.contains("reversed") && stderr.lines().count() == 1, "{stderr}");
+}
