@@ -8,7 +8,7 @@
 //! live, and sock_release reports only marked sockets, so ordinary sockets
 //! pay one storage lookup on close.
 
-use core::ffi::c_void;
+use core::{ffi::c_void, ptr::read_volatile};
 
 use aya_ebpf::{
     EbpfContext,
@@ -33,11 +33,27 @@ pub fn pg_sock_ops(ctx: SockOpsContext) -> u32 {
         // SAFETY: `sk` of a TCP_LISTEN_CB context is the listening socket.
         let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
         if !sk.is_null() {
-            let family = ctx.family();
-            let addr = local_addr(family, ctx.local_ip4(), ctx.local_ip6());
+            // Each context field read on its own, unconditionally: the
+            // verifier refuses a load through a context pointer the compiler
+            // picked between two fields ("dereference of modified ctx ptr").
+            let ops = ctx.ops;
+            let (family, ip4, ip6) = unsafe {
+                (
+                    read_volatile(&(*ops).family),
+                    read_volatile(&(*ops).local_ip4),
+                    [
+                        read_volatile(&(*ops).local_ip6[0]),
+                        read_volatile(&(*ops).local_ip6[1]),
+                        read_volatile(&(*ops).local_ip6[2]),
+                        read_volatile(&(*ops).local_ip6[3]),
+                    ],
+                )
+            };
+            let port = unsafe { read_volatile(&(*ops).local_port) };
+            let addr = local_addr(family, ip4, ip6);
             // SAFETY: the context pointer is what the helper expects.
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-            port_opened(sk.cast(), IPPROTO_TCP, addr, ctx.local_port() as u16, cookie);
+            port_opened(sk.cast(), IPPROTO_TCP, addr, port as u16, cookie);
         }
     }
     1
@@ -62,8 +78,14 @@ pub fn pg_post_bind6(ctx: SockContext) -> i32 {
     // SAFETY: reading fields this hook may read, word by word.
     let (protocol, port) = unsafe { ((*ctx.sock).protocol, (*ctx.sock).src_port) };
     if protocol == u32::from(IPPROTO_UDP) {
+        let sock = ctx.sock;
         let ip6 = unsafe {
-            [(*ctx.sock).src_ip6[0], (*ctx.sock).src_ip6[1], (*ctx.sock).src_ip6[2], (*ctx.sock).src_ip6[3]]
+            [
+                read_volatile(&(*sock).src_ip6[0]),
+                read_volatile(&(*sock).src_ip6[1]),
+                read_volatile(&(*sock).src_ip6[2]),
+                read_volatile(&(*sock).src_ip6[3]),
+            ]
         };
         let addr = local_addr(u32::from(AF_INET6), 0, ip6);
         port_opened(ctx.as_ptr(), IPPROTO_UDP, addr, port as u16, socket_cookie(&ctx));
