@@ -61,6 +61,33 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
     },
+    /// Judge the operations in an audit trail under a new policy: which
+    /// would now be denied, which newly allowed.
+    Replay {
+        /// The policy to judge with.
+        #[arg(long)]
+        policy: PathBuf,
+        /// An audit trail written by `portguard run --audit-trail`.
+        #[arg(long)]
+        events: PathBuf,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// Write a draft policy from what workloads did in audit mode.
+    Suggest {
+        /// An audit trail written by `portguard run --audit-trail`.
+        #[arg(long)]
+        events: PathBuf,
+        /// Only this guard (default: every guard with records).
+        #[arg(long)]
+        guard: Option<String>,
+        /// The mode the draft's guards get.
+        #[arg(long, value_enum, default_value_t = DraftMode::Audit)]
+        mode: DraftMode,
+        /// Write the draft here instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// Ask the running agent to re-read its policy (SIGHUP to the pid in
     /// the state directory's pid file).
     Reload {
@@ -143,4 +170,10 @@ pub enum LogFormat {
 pub enum OutputFormat {
     Text,
     Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DraftMode {
+    Audit,
+    Enforce,
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use portguard_agent::{
     EXIT_BAD_INPUT, agent, bpf, check,
-    cli::{Cli, Command, LogFormat},
+    cli::{Cli, Command, DraftMode, LogFormat},
     logging, review, scan, status,
 };
 
@@ -37,6 +37,16 @@ fn main() -> ExitCode {
             fail_on_unapproved,
         }),
         Command::Diff { old, new, format } => review::diff::run(&old, &new, format),
+        Command::Replay { policy, events, format } => review::replay::run(&policy, &events, format),
+        Command::Suggest { events, guard, mode, output } => {
+            let mode = match mode {
+                DraftMode::Audit => portguard_agent::policy::Mode::Audit,
+                DraftMode::Enforce => portguard_agent::policy::Mode::Enforce,
+            };
+            let opts =
+                review::suggest::Options { guard, mode, ephemeral: review::suggest::local_port_range() };
+            review::suggest::run(&events, &opts, output.as_deref())
+        }
         Command::Reload { state_dir } => status::reload(&state_dir),
         Command::Status { bpffs, state_dir, format } => status::status(&bpffs, &state_dir, format),
         Command::BenchNoop { cgroup_root, bpffs } => {

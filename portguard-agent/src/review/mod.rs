@@ -4,3 +4,8 @@
 //! it runs anywhere a pull request is checked.
 
 pub mod diff;
+pub mod replay;
+pub mod suggest;
+
+#[cfg(test)]
+mod trail_tests;

@@ -1,0 +1,199 @@
+//! `portguard replay --policy NEW --events TRAIL`: what a policy change
+//! would have done to operations a running agent recorded. Each distinct
+//! operation in the trail (ports that went live, refused and audited
+//! operations) is judged under NEW and compared with what happened.
+
+use std::{collections::BTreeMap, net::IpAddr, ops::RangeInclusive, path::Path, process::ExitCode};
+
+use serde::Serialize;
+
+use crate::{
+    EXIT_BAD_INPUT,
+    cli::OutputFormat,
+    policy::{self, Policy},
+    trail::{self, Record, RecordKind, RecordOp},
+};
+
+/// What happened to an operation, or would under NEW.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// A rule allowed it, or no guard covered it.
+    Allowed,
+    /// No rule allowed it; an audit-mode guard let it through.
+    Audited,
+    /// Refused.
+    Denied,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Operation {
+    pub cgroup: String,
+    pub op: RecordOp,
+    pub proto: String,
+    pub addr: IpAddr,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Change {
+    #[serde(flatten)]
+    pub operation: Operation,
+    pub recorded: Outcome,
+    pub new: Outcome,
+    /// The guard judging it under NEW.
+    pub guard: Option<String>,
+    /// Times it was recorded.
+    pub count: u64,
+    pub comm: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Replay {
+    /// Went through when recorded (allowed or audited); NEW refuses it.
+    pub newly_denied: Vec<Change>,
+    /// Refused or audited when recorded; a rule of NEW allows it.
+    pub newly_allowed: Vec<Change>,
+    /// Allowed when recorded; under NEW it only passes because its guard audits.
+    pub newly_audited: Vec<Change>,
+    pub unchanged: usize,
+    /// Trail lines that name no judgeable operation (closes, socket kinds).
+    pub skipped: usize,
+}
+
+/// `ephemeral` is the kernel's local port range: a port that went live in
+/// it is taken as kernel-chosen (a bind to port 0) when no rule lists it,
+/// since the trail records the port the kernel picked.
+pub fn replay(policy: &Policy, records: &[Record], ephemeral: RangeInclusive<u16>) -> Replay {
+    // Operation -> (most permissive recorded outcome, count, comm, went live).
+    let mut ops: BTreeMap<Operation, (Outcome, u64, String, bool)> = BTreeMap::new();
+    let mut out = Replay::default();
+    for r in records {
+        let recorded = match r.event {
+            RecordKind::PortOpened => Outcome::Allowed,
+            RecordKind::Audited => Outcome::Audited,
+            RecordKind::Denied => Outcome::Denied,
+            RecordKind::PortClosed => {
+                out.skipped += 1;
+                continue;
+            }
+        };
+        if r.op.action().is_none() || r.proto().is_none() {
+            out.skipped += 1;
+            continue;
+        }
+        let addr = crate::policy::eval::canonical(r.addr);
+        let key =
+            Operation { cgroup: r.cgroup.clone(), op: r.op, proto: r.proto.clone(), addr, port: r.port };
+        let e = ops.entry(key).or_insert((recorded, 0, r.comm.clone(), false));
+        e.3 |= r.event == RecordKind::PortOpened;
+        // The most permissive recorded outcome stands for the operation.
+        e.0 = e.0.min(recorded);
+        e.1 += r.count;
+    }
+    for (operation, (recorded, count, comm, went_live)) in ops {
+        let action = operation.op.action().expect("filtered above");
+        let proto = match operation.proto.as_str() {
+            "udp" => policy::Proto::Udp,
+            _ => policy::Proto::Tcp,
+        };
+        let mut j = policy.judge(&operation.cgroup, action, proto, operation.addr, operation.port);
+        if !j.allowed() && went_live && ephemeral.contains(&operation.port) {
+            j = policy.judge(&operation.cgroup, action, proto, operation.addr, 0);
+        }
+        let new = if j.allowed() {
+            Outcome::Allowed
+        } else if j.passes() {
+            Outcome::Audited
+        } else {
+            Outcome::Denied
+        };
+        let guard = j.guard().map(|g| g.name.clone());
+        let change = Change { operation, recorded, new, guard, count, comm };
+        match (recorded, new) {
+            (a, b) if a == b => out.unchanged += 1,
+            (Outcome::Allowed | Outcome::Audited, Outcome::Denied) => out.newly_denied.push(change),
+            (Outcome::Denied | Outcome::Audited, Outcome::Allowed) => out.newly_allowed.push(change),
+            (Outcome::Allowed, Outcome::Audited) => out.newly_audited.push(change),
+            // Denied before, audited now: it goes through again, reported.
+            _ => out.newly_allowed.push(change),
+        }
+    }
+    out
+}
+
+pub fn run(policy_path: &Path, events: &Path, format: OutputFormat) -> ExitCode {
+    let loaded = policy::load(policy_path).map_err(|e| e.to_string()).and_then(|(p, _)| {
+        let records = trail::read_records(events)?;
+        Ok((p, records))
+    });
+    let (policy, records) = match loaded {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("portguard: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let r = replay(&policy, &records, super::suggest::local_port_range());
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string(&r).expect("serialisable")),
+        OutputFormat::Text => print!("{}", text(&r)),
+    }
+    ExitCode::SUCCESS
+}
+
+fn text(r: &Replay) -> String {
+    let mut out = String::new();
+    let mut section = |title: &str, changes: &[Change]| {
+        if changes.is_empty() {
+            return;
+        }
+        out.push_str(&format!("{title}:\n"));
+        for c in changes {
+            let o = &c.operation;
+            let peer = match o.addr {
+                IpAddr::V6(a) => format!("[{a}]:{}", o.port),
+                a => format!("{a}:{}", o.port),
+            };
+            out.push_str(&format!(
+                "  {} {peer}/{} from {} ({}): guard {}, seen {} times, recorded {}\n",
+                op_str(o.op),
+                o.proto,
+                o.cgroup,
+                c.comm,
+                c.guard.as_deref().unwrap_or("(none)"),
+                c.count,
+                outcome_str(c.recorded)
+            ));
+        }
+    };
+    section("newly denied", &r.newly_denied);
+    section("newly allowed", &r.newly_allowed);
+    section("newly audited (allowed, now only reported)", &r.newly_audited);
+    out.push_str(&format!(
+        "summary: {} newly denied, {} newly allowed, {} newly audited, {} unchanged\n",
+        r.newly_denied.len(),
+        r.newly_allowed.len(),
+        r.newly_audited.len(),
+        r.unchanged
+    ));
+    out
+}
+
+fn op_str(op: RecordOp) -> &'static str {
+    match op {
+        RecordOp::Bind => "bind",
+        RecordOp::Connect => "connect",
+        RecordOp::Sendmsg => "sendmsg",
+        RecordOp::Socket => "socket",
+        RecordOp::Listen => "listen",
+    }
+}
+
+fn outcome_str(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Allowed => "allowed",
+        Outcome::Audited => "audited",
+        Outcome::Denied => "denied",
+    }
+}

@@ -1,0 +1,232 @@
+//! `portguard suggest --events TRAIL`: a draft policy from what workloads
+//! did while their guard ran in audit mode. Ports become port lists,
+//! peers become hosts or networks, kernel-chosen ports become
+//! `allow_ephemeral_bind`, and every rule's owner and purpose are TODO
+//! markers that `portguard check --strict` refuses until a person fills
+//! them in.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    net::IpAddr,
+    ops::RangeInclusive,
+    path::Path,
+    process::ExitCode,
+};
+
+use ipnet::IpNet;
+
+use crate::{
+    EXIT_BAD_INPUT,
+    trail::{self, Record, RecordKind, RecordOp},
+};
+
+/// More distinct hosts than this in one /24 (v4) or /64 (v6) on the same
+/// port become that network instead of a list of hosts.
+const HOSTS_BEFORE_NETWORK: usize = 4;
+
+#[derive(Debug, Default)]
+struct Observed {
+    cgroup: String,
+    ephemeral_bind: bool,
+    /// (proto, bind address or None for any) -> ports.
+    binds: BTreeMap<(String, Option<IpAddr>), BTreeSet<u16>>,
+    /// (proto, port) -> peers.
+    connects: BTreeMap<(String, u16), BTreeSet<IpAddr>>,
+    records: u64,
+}
+
+pub struct Options {
+    /// Only this guard; all guards with records otherwise.
+    pub guard: Option<String>,
+    pub mode: crate::policy::Mode,
+    /// The kernel's local port range: binds in it are kernel-chosen.
+    pub ephemeral: RangeInclusive<u16>,
+}
+
+pub fn suggest(records: &[Record], opts: &Options) -> String {
+    let mut guards: BTreeMap<String, Observed> = BTreeMap::new();
+    for r in records {
+        let (Some(guard), Some(cgroup)) = (&r.guard, &r.guard_cgroup) else { continue };
+        if opts.guard.as_ref().is_some_and(|g| g != guard) || r.proto().is_none() {
+            continue;
+        }
+        let o = guards
+            .entry(guard.clone())
+            .or_insert_with(|| Observed { cgroup: cgroup.clone(), ..Default::default() });
+        o.records += r.count;
+        match (r.event, r.op) {
+            (RecordKind::PortClosed, _) => {}
+            (_, RecordOp::Bind) => {
+                if r.port == 0 || (r.event == RecordKind::PortOpened && opts.ephemeral.contains(&r.port)) {
+                    o.ephemeral_bind = true;
+                } else {
+                    let addr = crate::policy::eval::canonical(r.addr);
+                    let addr = (!addr.is_unspecified()).then_some(addr);
+                    o.binds.entry((r.proto.clone(), addr)).or_default().insert(r.port);
+                }
+            }
+            (RecordKind::Denied | RecordKind::Audited, RecordOp::Connect | RecordOp::Sendmsg) => {
+                o.connects
+                    .entry((r.proto.clone(), r.port))
+                    .or_default()
+                    .insert(crate::policy::eval::canonical(r.addr));
+            }
+            _ => {}
+        }
+    }
+    let mut out = String::from(
+        "# Draft policy written by `portguard suggest` from an audit trail.\n\
+         # Review every rule, fill in each TODO (check --strict refuses them),\n\
+         # then switch mode to \"enforce\".\nversion = 1\n",
+    );
+    for (name, o) in &guards {
+        write_guard(&mut out, name, o, opts);
+    }
+    out
+}
+
+fn write_guard(out: &mut String, name: &str, o: &Observed, opts: &Options) {
+    let _ = write!(
+        out,
+        "\n# {} recorded operations.\n[[guard]]\nname = {}\ncgroup = {}\nmode = \"{}\"\n",
+        o.records,
+        quote(name),
+        quote(&o.cgroup),
+        opts.mode.as_str()
+    );
+    if o.ephemeral_bind {
+        out.push_str(
+            "# It bound kernel-chosen ports (port 0 or the local port range).\nallow_ephemeral_bind = true\n",
+        );
+    }
+    // Same ports on tcp and udp read better as one rule.
+    let mut binds: BTreeMap<(Option<IpAddr>, Vec<u16>), BTreeSet<String>> = BTreeMap::new();
+    for ((proto, addr), ports) in &o.binds {
+        binds.entry((*addr, ports.iter().copied().collect())).or_default().insert(proto.clone());
+    }
+    for ((addr, ports), protos) in &binds {
+        let _ = write!(out, "\n  [[guard.bind]]\n  ports = {}\n", ports_toml(ports));
+        write_proto(out, protos);
+        if let Some(a) = addr {
+            let _ = writeln!(out, "  address = \"{a}\"");
+        }
+        out.push_str(TODO);
+    }
+    // peers -> (proto -> ports)
+    let mut connects: BTreeMap<Vec<String>, BTreeMap<String, BTreeSet<u16>>> = BTreeMap::new();
+    for ((proto, port), peers) in &o.connects {
+        connects.entry(aggregate(peers)).or_default().entry(proto.clone()).or_default().insert(*port);
+    }
+    for (peers, by_proto) in &connects {
+        let mut rules: BTreeMap<Vec<u16>, BTreeSet<String>> = BTreeMap::new();
+        for (proto, ports) in by_proto {
+            rules.entry(ports.iter().copied().collect()).or_default().insert(proto.clone());
+        }
+        for (ports, protos) in rules {
+            let peer_list: Vec<String> = peers.iter().map(|p| quote(p)).collect();
+            let _ = write!(
+                out,
+                "\n  [[guard.connect]]\n  peer = [{}]\n  ports = {}\n",
+                peer_list.join(", "),
+                ports_toml(&ports)
+            );
+            write_proto(out, &protos);
+            out.push_str(TODO);
+        }
+    }
+}
+
+const TODO: &str = "  owner = \"TODO: who owns this\"\n  purpose = \"TODO: why it exists\"\n";
+
+fn write_proto(out: &mut String, protos: &BTreeSet<String>) {
+    match (protos.contains("tcp"), protos.contains("udp")) {
+        (true, true) => out.push_str("  proto = \"both\"\n"),
+        (false, true) => out.push_str("  proto = \"udp\"\n"),
+        _ => {}
+    }
+}
+
+/// Hosts, or their /24 (v4) or /64 (v6) when there are many in one; all of
+/// IPv4 loopback as 127.0.0.0/8.
+fn aggregate(peers: &BTreeSet<IpAddr>) -> Vec<String> {
+    let mut nets: BTreeMap<IpNet, BTreeSet<IpAddr>> = BTreeMap::new();
+    let mut out = BTreeSet::new();
+    for &p in peers {
+        match p {
+            IpAddr::V4(a) if a.is_loopback() => {
+                out.insert("127.0.0.0/8".to_owned());
+            }
+            IpAddr::V4(_) => {
+                nets.entry(IpNet::new(p, 24).expect("valid").trunc()).or_default().insert(p);
+            }
+            IpAddr::V6(_) => {
+                nets.entry(IpNet::new(p, 64).expect("valid").trunc()).or_default().insert(p);
+            }
+        }
+    }
+    for (net, hosts) in nets {
+        if hosts.len() > HOSTS_BEFORE_NETWORK {
+            out.insert(net.to_string());
+        } else {
+            out.extend(hosts.iter().map(ToString::to_string));
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// Ports as a TOML list, consecutive runs as "a-b" ranges.
+fn ports_toml(ports: &[u16]) -> String {
+    let mut items: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < ports.len() {
+        let mut j = i;
+        while j + 1 < ports.len() && ports[j + 1] == ports[j] + 1 {
+            j += 1;
+        }
+        items.push(if j > i { format!("\"{}-{}\"", ports[i], ports[j]) } else { ports[i].to_string() });
+        i = j + 1;
+    }
+    format!("[{}]", items.join(", "))
+}
+
+fn quote(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+/// The kernel's local port range (where kernel-chosen ports come from).
+pub fn local_port_range() -> RangeInclusive<u16> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|v| v.parse::<u16>().ok());
+            Some(it.next()??..=it.next()??)
+        })
+        .unwrap_or(32768..=60999)
+}
+
+pub fn run(events: &Path, opts: &Options, output: Option<&Path>) -> ExitCode {
+    let records = match trail::read_records(events) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("portguard: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let text = suggest(&records, opts);
+    // The draft must itself be a valid policy; anything else is our bug.
+    if let Err(e) = crate::policy::parse_and_compile("suggested policy", &text) {
+        eprintln!("portguard: internal error, the suggested policy does not load: {e}");
+        return ExitCode::FAILURE;
+    }
+    match output {
+        Some(path) => {
+            if let Err(e) = std::fs::write(path, &text) {
+                eprintln!("portguard: {}: {e}", path.display());
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+        }
+        None => print!("{text}"),
+    }
+    ExitCode::SUCCESS
+}

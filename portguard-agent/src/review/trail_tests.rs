@@ -1,0 +1,119 @@
+//! replay and suggest on a recorded trail (fixture below): an API service
+//! audited for a while, listening on 8080 and 9090 (loopback), calling a
+//! database, many cache nodes and DNS, and binding a kernel-chosen port.
+
+use super::{replay, suggest};
+use crate::{
+    policy::{self, Mode, Policy, Proto, eval::Action},
+    trail::Record,
+};
+
+const TRAIL: &str = r#"
+{"time":"t","event":"port_opened","guard":"api","guard_cgroup":"/api","mode":"audit","cgroup":"/api/worker","pid":1,"comm":"api","op":"bind","proto":"tcp","addr":"0.0.0.0","port":8080,"status":"unapproved"}
+{"time":"t","event":"port_opened","guard":"api","guard_cgroup":"/api","mode":"audit","cgroup":"/api","pid":1,"comm":"api","op":"bind","proto":"tcp","addr":"127.0.0.1","port":9090,"status":"unapproved"}
+{"time":"t","event":"port_opened","guard":"api","guard_cgroup":"/api","mode":"audit","cgroup":"/api","pid":1,"comm":"api","op":"bind","proto":"udp","addr":"::","port":41000,"status":"unapproved"}
+{"time":"t","event":"port_closed","guard":"api","guard_cgroup":"/api","mode":"audit","cgroup":"/api","pid":1,"comm":"api","op":"bind","proto":"udp","addr":"::","port":41000,"status":"unapproved","open_seconds":3}
+{"time":"t","event":"audited","guard":"api","guard_cgroup":"/api","mode":"audit","cgroup":"/api","pid":1,"comm":"api","op":"connect","proto":"tcp","addr":"10.1.2.3","port":5432,"count":40}
+{"time":"t","event":"audited","guard":"api","guard_cgroup":"/api","mode":"audit","cgroup":"/api","pid":1,"comm":"api","op":"connect","proto":"tcp","addr":"10.9.0.1","port":6379}
+{"time":"t","event":"audited","guard":"api","guard_cgroup":"/api","mode":"audit","cgroup":"/api","pid":1,"comm":"api","op":"connect","proto":"tcp","addr":"10.9.0.2","port":6379}
+{"time":"t","event":"audited","guard":"api","guard_cgroup":"/api","mode":"audit","cgroup":"/api","pid":1,"comm":"api","op":"connect","proto":"tcp","addr":"10.9.0.3","port":6379}
+{"time":"t","event":"audited","guard":"api","guard_cgroup":"/api","mode":"audit","cgroup":"/api","pid":1,"comm":"api","op":"connect","proto":"tcp","addr":"10.9.0.4","port":6379}
+{"time":"t","event":"audited","guard":"api","guard_cgroup":"/api","mode":"audit","cgroup":"/api","pid":1,"comm":"api","op":"connect","proto":"tcp","addr":"10.9.0.5","port":6379}
+{"time":"t","event":"audited","guard":"api","guard_cgroup":"/api","mode":"audit","cgroup":"/api","pid":1,"comm":"api","op":"sendmsg","proto":"udp","addr":"::ffff:10.0.0.53","port":53}
+{"time":"t","event":"audited","guard":"api","guard_cgroup":"/api","mode":"audit","cgroup":"/api","pid":1,"comm":"api","op":"connect","proto":"tcp","addr":"10.0.0.53","port":53}
+{"time":"t","event":"denied","guard":"batch","guard_cgroup":"/batch","mode":"enforce","cgroup":"/batch","pid":2,"comm":"job","op":"connect","proto":"tcp","addr":"192.0.2.7","port":443}
+"#;
+
+fn records() -> Vec<Record> {
+    TRAIL.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn load(text: &str) -> Policy {
+    policy::parse_and_compile("p.toml", text).unwrap_or_else(|e| panic!("{e}\n{text}")).0
+}
+
+fn options(mode: Mode) -> suggest::Options {
+    suggest::Options { guard: Some("api".into()), mode, ephemeral: 32768..=60999 }
+}
+
+#[test]
+fn suggest_aggregates_ports_and_peers_and_leaves_todo_markers() {
+    let text = suggest::suggest(&records(), &options(Mode::Audit));
+    let p = load(&text);
+    assert_eq!(p.guards.len(), 1, "only the api guard:\n{text}");
+    let g = &p.guards[0];
+    assert_eq!((g.name.as_str(), g.cgroup.as_str(), g.mode), ("api", "/api", Mode::Audit));
+    assert!(g.allow_ephemeral_bind, "41000 is in the local port range:\n{text}");
+    assert_eq!(g.bind.len(), 2, "8080 on any address, 9090 on loopback:\n{text}");
+    // Five cache nodes in one /24 became the network; DNS is one rule for both protocols.
+    assert!(text.contains("peer = [\"10.9.0.0/24\"]"), "{text}");
+    assert!(text.contains("proto = \"both\""), "{text}");
+    assert!(!text.contains("41000"), "no rule per ephemeral port:\n{text}");
+    let findings =
+        policy::catalog::findings(&policy::Source { file: "p", text: &text }, &p, policy::catalog::today());
+    assert_eq!(findings.len(), 2 * (g.bind.len() + g.connect.len()), "owner and purpose are TODO everywhere");
+}
+
+#[test]
+fn the_suggested_policy_in_enforce_mode_allows_exactly_what_was_recorded() {
+    let recs = records();
+    let p = load(&suggest::suggest(&recs, &options(Mode::Enforce)));
+    let api: Vec<Record> = recs.into_iter().filter(|r| r.guard.as_deref() == Some("api")).collect();
+    let r = replay::replay(&p, &api, 32768..=60999);
+    assert!(r.newly_denied.is_empty(), "{:?}", r.newly_denied);
+    assert_eq!(r.newly_allowed.len(), 8, "every audited connect is now allowed by a rule");
+    assert_eq!(r.unchanged, 3, "the two listeners and the kernel-chosen port stay allowed");
+    // And nothing more: a neighbour of the database, another port, another proto.
+    let j = |addr: &str, port, proto| {
+        p.judge("/api", Action::Connect, proto, addr.parse().unwrap(), port).allowed()
+    };
+    assert!(j("10.1.2.3", 5432, Proto::Tcp));
+    assert!(!j("10.1.2.4", 5432, Proto::Tcp));
+    assert!(!j("10.1.2.3", 5433, Proto::Tcp));
+    assert!(!j("10.9.0.1", 6379, Proto::Udp));
+}
+
+#[test]
+fn replay_reports_what_a_change_would_deny_and_allow() {
+    let p = load(
+        r#"
+[[guard]]
+name = "api"
+cgroup = "/api"
+  [[guard.bind]]
+  ports = [8080]
+  [[guard.connect]]
+  peer = "10.0.0.0/8"
+  ports = [5432, 6379]
+[[guard]]
+name = "batch"
+cgroup = "/batch"
+mode = "audit"
+"#,
+    );
+    let r = replay::replay(&p, &records(), 32768..=60999);
+    let ops = |v: &[replay::Change]| {
+        v.iter().map(|c| (c.operation.port, c.operation.addr.to_string())).collect::<Vec<_>>()
+    };
+    // 9090 and the ephemeral UDP port went live before; enforce now refuses them, and DNS.
+    assert_eq!(
+        ops(&r.newly_denied),
+        vec![
+            (9090, "127.0.0.1".into()),
+            (41000, "::".into()),
+            (53, "10.0.0.53".into()),
+            (53, "10.0.0.53".into())
+        ]
+    );
+    assert_eq!(
+        r.newly_allowed.len(),
+        7,
+        "the database and five cache nodes, and the batch job (audited now)"
+    );
+    assert_eq!(
+        r.newly_denied.iter().find(|c| c.operation.port == 9090).unwrap().guard.as_deref(),
+        Some("api")
+    );
+    assert_eq!(r.unchanged, 1, "8080 stays allowed");
+    assert_eq!(r.skipped, 1, "the close");
+}
