@@ -29,6 +29,8 @@ pub fn all() -> anyhow::Result<()> {
         "bpftool",
         // `systemd-analyze verify` checks the shipped unit.
         "systemd",
+        // A real server for the port-inventory tests (scan, audit trail).
+        "redis-server",
     ])?;
     bpf_linker()?;
     kubernetes_validate()?;

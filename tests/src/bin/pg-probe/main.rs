@@ -352,6 +352,23 @@ fn serve(ip: IpAddr, port: u16) -> io::Result<String> {
     Ok(format!("ok port={}", local_port(s.0)))
 }
 
+/// Binds (and for TCP listens), reports, and keeps the port live until
+/// killed: a long-lived server for the port-inventory tests.
+fn hold(proto: &str, ip: IpAddr, port: u16) -> io::Result<String> {
+    let (sa, len, family) = sockaddr(ip, port);
+    let s = socket(family, proto)?;
+    // SAFETY: sa is valid for len bytes.
+    check(unsafe { libc::bind(s.0, &sa as *const _ as *const libc::sockaddr, len) })?;
+    if proto == "tcp" {
+        check(unsafe { libc::listen(s.0, 1) })?;
+    }
+    println!("ok port={}", local_port(s.0));
+    io::Write::flush(&mut io::stdout())?;
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
 /// connect() submitted through io_uring instead of the syscall.
 fn uring_connect(proto: &str, ip: IpAddr, port: u16) -> io::Result<String> {
     let (sa, len, family) = sockaddr(ip, port);
@@ -450,6 +467,7 @@ fn main() -> ExitCode {
         ["socket", kind] => create_socket(kind),
         ["listen-unbound"] => listen_unbound(),
         ["serve", ip, p] => serve(parse_ip(ip), port(p)),
+        ["hold", proto, ip, p] => hold(proto, parse_ip(ip), port(p)),
         ["uring-connect", proto, ip, p] => uring_connect(proto, parse_ip(ip), port(p)),
         ["bind-no-port-connect", ip, p] => bind_no_port_connect(parse_ip(ip), port(p)),
         ["bench", workload, p, n] => bench::run(workload, port(p), n.parse().expect("iterations")),

@@ -1,0 +1,196 @@
+//! The port catalog against real listeners: `portguard scan`, the agent's
+//! live inventory (audit trail, `portguard_listeners`), and `suggest` from
+//! a real audit-mode run applied back in enforce mode.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::Child,
+    time::{Duration, Instant},
+};
+
+use portguard_tests::{Sandbox, http_get, metric_sum, require_root};
+use serde_json::Value;
+
+/// Starts `pg-probe hold ...` in `cgroup` and waits for its port to be live.
+fn hold(sb: &Sandbox, cgroup: &str, proto: &str, port: u16) -> Child {
+    let mut child = sb.spawn_probe(cgroup, &["hold", proto, "127.0.0.1", &port.to_string()]);
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("read");
+    assert_eq!(line.trim(), format!("ok port={port}"), "hold {proto} {port} in {cgroup}");
+    child
+}
+
+fn wait_for_record(sb: &Sandbox, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(r) = sb.audit_records().into_iter().find(|r| pred(r)) {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "no audit-trail record for {what}; trail: {:#?}", sb.audit_records());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn scan(sb: &Sandbox, extra: &[&str]) -> (i32, String, String) {
+    let policy = sb.policy_path();
+    let root = sb.root.display().to_string();
+    let mut args = vec!["scan", "--policy", policy.to_str().unwrap(), "--cgroup-root", &root];
+    args.extend_from_slice(extra);
+    sb.portguard(&args)
+}
+
+fn scanned(report: &Value, proto: &str, port: u16) -> Value {
+    report["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .find(|p| p["proto"] == proto && p["port"] == port)
+        .unwrap_or_else(|| panic!("{proto}/{port} not in the scan: {report:#}"))
+        .clone()
+}
+
+const POLICY: &str = r#"
+[[guard]]
+name = "web"
+cgroup = "/web"
+  [[guard.bind]]
+  ports = [18080]
+  owner = "web-team"
+  purpose = "frontend"
+  approved_by = "sec-review"
+  ticket = "SEC-7"
+
+[[guard]]
+name = "cache"
+cgroup = "/cache"
+mode = "audit"
+"#;
+
+#[test]
+fn scan_and_the_live_inventory_classify_real_listeners() {
+    if !require_root("port inventory") {
+        return;
+    }
+    let redis = Path::new("/usr/bin/redis-server");
+    assert!(redis.exists(), "redis-server is installed by `cargo xtask setup`");
+    let mut sb = Sandbox::enforcing("inventory", &["/web", "/cache", "/free"], POLICY);
+    let mut web = hold(&sb, "/web", "tcp", 18080);
+    let mut free = hold(&sb, "/free", "udp", 17070);
+    // A real server, in a guarded cgroup in audit mode, on a port no rule lists.
+    let mut cache = sb.spawn_in(
+        "/cache",
+        redis,
+        &["--port", "16390", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"],
+    );
+
+    // The agent saw each port go live, with its standing and catalog entry.
+    let r = wait_for_record(&sb, "web listener", |r| r["event"] == "port_opened" && r["port"] == 18080);
+    assert_eq!((r["status"].as_str(), r["guard"].as_str(), r["proto"].as_str()), (Some("approved"), Some("web"), Some("tcp")));
+    assert_eq!(r["rule"]["approved_by"], "sec-review");
+    assert_eq!(r["rule"]["ticket"], "SEC-7");
+    assert_eq!(r["cgroup"], "/web");
+    assert_eq!(r["comm"], "pg-probe");
+    let r = wait_for_record(&sb, "redis listener", |r| r["event"] == "port_opened" && r["port"] == 16390);
+    assert_eq!((r["status"].as_str(), r["guard"].as_str()), (Some("unapproved"), Some("cache")));
+    assert_eq!(r["comm"], "redis-server");
+    let r = wait_for_record(&sb, "udp socket", |r| r["event"] == "port_opened" && r["port"] == 17070);
+    assert_eq!((r["status"].as_str(), r["proto"].as_str()), (Some("unguarded"), Some("udp")));
+    assert!(r.get("guard").is_none());
+
+    let metrics = http_get(&format!("http://{}/metrics", sb.agent().metrics_addr()));
+    let listeners = |port: &str, approved: &str| {
+        metric_sum(&metrics, "portguard_listeners", &[("port", port), ("approved", approved)])
+    };
+    assert_eq!(listeners("18080", "true"), 1, "{metrics}");
+    assert_eq!(listeners("16390", "false"), 1, "{metrics}");
+    assert_eq!(listeners("17070", "unguarded"), 1, "{metrics}");
+
+    // `portguard scan` finds the same from /proc, in the sandbox's namespace.
+    let (code, out, err) = scan(&sb, &["--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let report: Value = serde_json::from_str(&out).expect("scan JSON");
+    let p = scanned(&report, "tcp", 18080);
+    assert_eq!((p["status"].as_str(), p["guard"].as_str()), (Some("approved"), Some("web")));
+    assert_eq!(p["rule"]["owner"], "web-team");
+    assert_eq!(p["pid"], web.id());
+    let p = scanned(&report, "tcp", 16390);
+    assert_eq!((p["status"].as_str(), p["comm"].as_str()), (Some("unapproved"), Some("redis-server")));
+    assert_eq!(scanned(&report, "udp", 17070)["status"], "unguarded");
+    let (code, out, _) = scan(&sb, &["--fail-on-unapproved"]);
+    assert_eq!(code, 1, "an unapproved port fails the gate:\n{out}");
+    assert!(out.contains("unapproved tcp   127.0.0.1:16390"), "{out}");
+
+    // Closing is seen too, with how long the port was live.
+    web.kill().unwrap();
+    web.wait().unwrap();
+    let r = wait_for_record(&sb, "web close", |r| r["event"] == "port_closed" && r["port"] == 18080);
+    assert!(r["open_seconds"].is_u64(), "{r}");
+    assert_eq!(r["rule"]["owner"], "web-team");
+    cache.kill().unwrap();
+    cache.wait().unwrap();
+    wait_for_record(&sb, "redis close", |r| r["event"] == "port_closed" && r["port"] == 16390);
+    let metrics = http_get(&format!("http://{}/metrics", sb.agent().metrics_addr()));
+    assert_eq!(metric_sum(&metrics, "portguard_listeners", &[("port", "18080")]), 0, "{metrics}");
+    // With the unapproved server gone, the gate passes.
+    let (code, out, _) = scan(&sb, &["--fail-on-unapproved"]);
+    assert_eq!(code, 0, "{out}");
+    free.kill().unwrap();
+    free.wait().unwrap();
+}
+
+#[test]
+fn a_suggested_policy_allows_exactly_what_the_workload_did_in_audit_mode() {
+    if !require_root("suggest round trip") {
+        return;
+    }
+    let audit = "[[guard]]\nname = \"app\"\ncgroup = \"/app\"\nmode = \"audit\"\n";
+    let mut sb = Sandbox::enforcing("suggest", &["/app"], audit);
+    let (_upstream, upstream) = sb.tcp_listener("127.0.0.1");
+    let upstream = upstream.to_string();
+
+    // What the workload does: serve on 18181, call an upstream, send DNS.
+    let mut server = hold(&sb, "/app", "tcp", 18181);
+    assert_eq!(sb.probe("/app", &["connect", "tcp", "127.0.0.1", &upstream]), "ok");
+    assert_eq!(sb.probe("/app", &["sendto", "127.0.0.1", "5353"]), "ok");
+    wait_for_record(&sb, "upstream connect", |r| r["event"] == "audited" && r["op"] == "connect");
+    wait_for_record(&sb, "dns", |r| r["event"] == "audited" && r["port"] == 5353);
+    wait_for_record(&sb, "server", |r| r["event"] == "port_opened" && r["port"] == 18181);
+    server.kill().unwrap();
+    server.wait().unwrap();
+    wait_for_record(&sb, "server close", |r| r["event"] == "port_closed" && r["port"] == 18181);
+
+    let draft = sb.dir.join("suggested.toml");
+    let trail = sb.audit_trail();
+    let (code, _, err) = sb.portguard(&[
+        "suggest",
+        "--events",
+        trail.to_str().unwrap(),
+        "--guard",
+        "app",
+        "--mode",
+        "enforce",
+        "--output",
+        draft.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let text = std::fs::read_to_string(&draft).unwrap();
+    // The TODO markers keep it out of a strict CI until someone signs it.
+    let (code, _, err) = sb.portguard(&["check", "--strict", draft.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("has no owner"), "{err}");
+
+    // Applied in enforce mode it allows what was recorded, and nothing else.
+    let mark = sb.agent().mark();
+    sb.rename_policy_over(&text);
+    sb.agent().wait_for_after(mark, "reload", |l| l["message"] == "policy reloaded");
+    let mut server = hold(&sb, "/app", "tcp", 18181);
+    assert_eq!(sb.probe("/app", &["connect", "tcp", "127.0.0.1", &upstream]), "ok", "{text}");
+    assert_eq!(sb.probe("/app", &["sendto", "127.0.0.1", "5353"]), "ok", "{text}");
+    assert_eq!(sb.probe("/app", &["bind", "tcp", "127.0.0.1", "18182"]), "err EPERM", "{text}");
+    assert_eq!(sb.probe("/app", &["connect", "tcp", "127.0.0.1", "18183"]), "err EPERM", "{text}");
+    assert_eq!(sb.probe("/app", &["sendto", "127.0.0.1", "5354"]), "err EPERM", "{text}");
+    assert_eq!(sb.probe("/app", &["sendto", "10.0.0.1", "5353"]), "err EPERM", "{text}");
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
