@@ -27,7 +27,11 @@ fn wait_for_record(sb: &Sandbox, what: &str, pred: impl Fn(&Value) -> bool) -> V
         if let Some(r) = sb.audit_records().into_iter().find(|r| pred(r)) {
             return r;
         }
-        assert!(Instant::now() < deadline, "no audit-trail record for {what}; trail: {:#?}", sb.audit_records());
+        assert!(
+            Instant::now() < deadline,
+            "no audit-trail record for {what}; trail: {:#?}",
+            sb.audit_records()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -86,7 +90,10 @@ fn scan_and_the_live_inventory_classify_real_listeners() {
 
     // The agent saw each port go live, with its standing and catalog entry.
     let r = wait_for_record(&sb, "web listener", |r| r["event"] == "port_opened" && r["port"] == 18080);
-    assert_eq!((r["status"].as_str(), r["guard"].as_str(), r["proto"].as_str()), (Some("approved"), Some("web"), Some("tcp")));
+    assert_eq!(
+        (r["status"].as_str(), r["guard"].as_str(), r["proto"].as_str()),
+        (Some("approved"), Some("web"), Some("tcp"))
+    );
     assert_eq!(r["rule"]["approved_by"], "sec-review");
     assert_eq!(r["rule"]["ticket"], "SEC-7");
     assert_eq!(r["cgroup"], "/web");
