@@ -123,3 +123,65 @@ fn diff_refuses_an_invalid_policy_like_check() {
     assert!(stderr.starts_with(&format!("portguard: {bad}:5:")), "{stderr}");
     assert!(stderr.contains("reversed") && stderr.lines().count() == 1, "{stderr}");
 }
+
+/// (exit status, stdout, stderr) of `portguard check ARGS`.
+fn check(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(agent_bin()).arg("check").args(args).output().expect("run portguard check");
+    let text = |b: Vec<u8>| String::from_utf8(b).expect("utf-8 output");
+    (out.status.code().expect("exit status"), text(out.stdout), text(out.stderr))
+}
+
+const CATALOGUED: &str = r#"
+[[guard]]
+name = "db"
+cgroup = "/db"
+  [[guard.bind]]
+  ports = [5432]
+  owner = "data-team"
+  purpose = "PostgreSQL"
+  approved_by = "sec-review"
+  ticket = "SEC-1"
+  expires = 2999-12-31
+"#;
+
+#[test]
+fn check_strict_holds_every_rule_to_its_catalog_entry() {
+    let dir = TempDir::new("check-strict");
+    let good = dir.write("good.toml", CATALOGUED);
+    assert_eq!(check(&["--strict", &good]).0, 0);
+
+    // No purpose, and an approval that ran out: warnings, or exit 1 with --strict.
+    let lacking = dir.write(
+        "lacking.toml",
+        &CATALOGUED.replace("  purpose = \"PostgreSQL\"\n", "").replace("2999-12-31", "2020-01-31"),
+    );
+    let (status, _, stderr) = check(&[&lacking]);
+    assert_eq!(status, 0, "{stderr}");
+    assert!(
+        stderr.contains(&format!("{lacking}:6:11: warning: guard \"db\": bind rule #1 has no purpose")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("approval expired on 2020-01-31"), "{stderr}");
+    let (status, stdout, stderr) = check(&["--strict", &lacking]);
+    assert_eq!(status, 1, "{stdout}{stderr}");
+    assert!(stderr.contains(": error: "), "{stderr}");
+
+    let (status, json, _) = check(&["--strict", "--format", "json", &lacking]);
+    assert_eq!(status, 1);
+    let json: serde_json::Value = serde_json::from_str(&json).expect("JSON output");
+    assert_eq!(json["ok"], false);
+    let kinds: Vec<&str> =
+        json["findings"].as_array().unwrap().iter().map(|f| f["finding"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["missing", "expired"]);
+    assert_eq!(json["findings"][0]["field"], "purpose");
+    assert_eq!(json["findings"][0]["line"], 6);
+
+    // Invalid input is exit 2, in JSON too, and never reads as "ok".
+    let bad = dir.write("bad.toml", &CATALOGUED.replace("2999-12-31", "\"soon\""));
+    let (status, json, _) = check(&["--strict", "--format", "json", &bad]);
+    assert_eq!(status, 2);
+    let json: serde_json::Value = serde_json::from_str(&json).expect("JSON output");
+    assert_eq!(json["ok"], false);
+    assert_eq!(json["error"]["line"], 11);
+    assert!(json["error"]["message"].as_str().unwrap().contains("not a date"), "{json}");
+}
