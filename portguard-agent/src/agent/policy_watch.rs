@@ -17,8 +17,20 @@ use tokio::sync::mpsc;
 /// own task: the agent's busy event loop cannot interrupt it.
 pub fn spawn(policy: &Path) -> notify::Result<mpsc::Receiver<()>> {
     let (raw_tx, mut raw) = mpsc::unbounded_channel();
+    let name = policy.file_name().map(|n| n.to_owned());
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
+        let relevant = match &res {
+            Ok(ev) => {
+                ev.paths.is_empty()
+                    || ev.paths.iter().any(|p| {
+                        let file = p.file_name();
+                        file == name.as_deref() || file.is_some_and(|f| f.as_encoded_bytes().starts_with(b".."))
+                    })
+            }
+            // A lost or failed event may have hidden a change: look.
+            Err(_) => true,
+        };
+        if relevant {
             let _ = raw_tx.send(());
         }
     })?;
