@@ -8,6 +8,7 @@ pub mod check;
 pub mod cli;
 pub mod logging;
 pub mod metrics;
+pub mod pods;
 pub mod policy;
 mod statfs;
 pub mod status;

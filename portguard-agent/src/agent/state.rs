@@ -33,9 +33,21 @@ pub struct GuardState {
     pub name: String,
     pub id: u32,
     pub cgroup: String,
-    /// None while the cgroup does not exist.
+    /// None while the cgroup does not exist, and for pod guards.
     pub cgroup_id: Option<u64>,
     pub mode: String,
+    /// For pod guards: the pods covered now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<PodCgroupState>,
+}
+
+/// One pod a pod guard covers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PodCgroupState {
+    /// "namespace/name".
+    pub pod: String,
+    pub cgroup: String,
+    pub cgroup_id: u64,
 }
 
 pub fn now_unix() -> u64 {

@@ -11,8 +11,8 @@ mod validate;
 use std::{fmt, ops::Range, path::Path};
 
 pub use compile::CompiledPolicy;
-pub use model::Mode;
-pub use validate::Policy;
+pub use model::{Mode, PodSelector};
+pub use validate::{Policy, Target};
 
 /// A policy that cannot be used, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
