@@ -203,6 +203,39 @@ fn with_the_api_down_the_agent_keeps_enforcing_and_catches_up() {
 }
 
 #[test]
+fn a_restart_with_the_api_down_keeps_guarding_the_pods_last_known() {
+    if !require_root("pods_restart_api_down") {
+        return;
+    }
+    let mut api = FakeApi::start();
+    let mut sb = Sandbox::new("pods-restart");
+    let pod = pod_fixture("payments-api");
+    let container = sb.kubelet_pod(CgroupDriver::Systemd, &pod);
+    api.add(pod.clone());
+    start(&mut sb, &api, POLICY);
+    assert_eq!(bind(&sb, &container, "8081"), "err EPERM");
+
+    // Agent and API server both go down; the agent comes back first.
+    sb.stop_agent();
+    api.stop();
+    sb.start_agent_with(&["--kube-api", &api.url(), "--node-name", NODE, "--kube-sync-timeout", "1s"]);
+    sb.agent().wait_for("start-up without a list", |l| {
+        l["message"].as_str().is_some_and(|m| m.starts_with("no pod list from the Kubernetes API yet"))
+            && l["last_known_pods"] == 1
+    });
+    assert_eq!(bind(&sb, &container, "8081"), "err EPERM", "the last run's pods stay guarded");
+
+    // The server returns without the pod: the list releases it.
+    api.delete(&pod_uid(&pod));
+    let mark = sb.agent().mark();
+    api.restart();
+    sb.agent().wait_for_after(mark, "list releases the deleted pod", |l| {
+        is_released_pod(l, "payments/payments-api-7d9f8b6c5-x2x4q")
+    });
+    assert_eq!(bind(&sb, &container, "8081"), "ok port=8081");
+}
+
+#[test]
 fn pod_guards_without_a_kubernetes_api_exit_2() {
     if !require_root("pods_without_api") {
         return;

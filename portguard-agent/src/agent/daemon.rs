@@ -166,15 +166,29 @@ impl Daemon {
                     self.pods.apply(update);
                 }
                 Err(_) => {
+                    // Keep guarding what the last run knew rather than drop
+                    // those pods' entries from the pinned maps.
+                    let known = state::read_pods(&self.state_dir).unwrap_or_default();
                     tracing::warn!(
                         timeout = %humantime::format_duration(timeout),
-                        "no pod list from the Kubernetes API yet; starting without it, pod guards apply as pods become known"
+                        last_known_pods = known.len(),
+                        "no pod list from the Kubernetes API yet; starting with the pods the last run knew, the list replaces them when it arrives"
                     );
+                    self.pods.seed(known);
                     return;
                 }
             }
         }
         tracing::info!(pods = self.pods.len(), "listed the pods of this node");
+        self.save_pods();
+    }
+
+    /// Remembers the pods for the next start-up (see `wait_for_pod_list`).
+    fn save_pods(&self) {
+        let pods: Vec<_> = self.pods.iter().cloned().collect();
+        if let Err(e) = state::write_pods(&self.state_dir, &pods) {
+            tracing::warn!(dir = %self.state_dir.display(), "cannot remember the pods of this node: {e}");
+        }
     }
 
     /// Takes in `first` and whatever else has queued up, then re-resolves
@@ -188,6 +202,7 @@ impl Daemon {
             next = self.pod_watch.as_mut().and_then(|w| w.updates.try_recv().ok());
         }
         if changed {
+            self.save_pods();
             self.rescan_guards(watch);
             self.publish();
         }

@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 
 pub const STATE_FILE: &str = "state.json";
 pub const PID_FILE: &str = "portguard.pid";
+/// The pods of this node last heard from the API, for a start-up while the
+/// API is unreachable.
+pub const PODS_FILE: &str = "pods.json";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AgentState {
@@ -69,6 +72,17 @@ pub fn write_state(dir: &Path, state: &AgentState) -> io::Result<()> {
 
 pub fn read_state(dir: &Path) -> io::Result<AgentState> {
     let text = fs::read(dir.join(STATE_FILE))?;
+    serde_json::from_slice(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+pub fn write_pods(dir: &Path, pods: &[crate::pods::PodInfo]) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let json = serde_json::to_vec(pods).map_err(io::Error::other)?;
+    write_atomic(&dir.join(PODS_FILE), &json)
+}
+
+pub fn read_pods(dir: &Path) -> io::Result<Vec<crate::pods::PodInfo>> {
+    let text = fs::read(dir.join(PODS_FILE))?;
     serde_json::from_slice(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 

@@ -16,7 +16,7 @@ pub use cgroups::{Qos, candidates};
 pub use watch::{ApiSettings, PodUpdate, PodWatch, WatchError, connect, spawn_watch};
 
 /// What portguard needs to know about one pod.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PodInfo {
     pub uid: String,
     pub namespace: String,
@@ -74,6 +74,13 @@ impl PodIndex {
             PodUpdate::Deleted(uid) => self.pods.remove(&uid).is_some(),
             PodUpdate::Unreachable(_) => false,
         }
+    }
+
+    /// Takes `pods` as known without a list from the API (the last run's
+    /// pods, at a start-up with the API unreachable); the next list
+    /// replaces them.
+    pub fn seed(&mut self, pods: Vec<PodInfo>) {
+        self.pods = pods.into_iter().map(|p| (p.uid.clone(), p)).collect();
     }
 
     pub fn listed(&self) -> bool {
