@@ -162,7 +162,10 @@ fn render_text(r: &serde_json::Value, bpffs: &Path) -> String {
         }
     }
     for name in r["guards_waiting_for_cgroup"].as_array().into_iter().flatten() {
-        out.push_str(&format!("  {} waiting for its cgroup (or matching pods)\n", name.as_str().unwrap_or("?")));
+        out.push_str(&format!(
+            "  {} waiting for its cgroup (or matching pods)\n",
+            name.as_str().unwrap_or("?")
+        ));
     }
     out.push_str(&format!("events lost: {}\n", r["events_lost"]));
     out

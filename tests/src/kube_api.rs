@@ -266,12 +266,8 @@ fn handle(conn: TcpStream, shared: &Shared, stop: &AtomicBool) -> std::io::Resul
                 // Hang up mid-stream, as a dying server does.
                 return Ok(());
             }
-            let pending: Vec<(u64, Value)> = state
-                .history
-                .iter()
-                .filter(|(rv, e)| *rv > sent && on_node(&e["object"]))
-                .cloned()
-                .collect();
+            let pending: Vec<(u64, Value)> =
+                state.history.iter().filter(|(rv, e)| *rv > sent && on_node(&e["object"])).cloned().collect();
             sent = sent.max(state.resource_version);
             if pending.is_empty() {
                 state = shared.changed.wait_timeout(state, Duration::from_millis(100)).expect("lock").0;

@@ -111,7 +111,8 @@ fn pods_that_arrive_change_labels_and_leave_are_followed() {
     let mut sb = Sandbox::new("pods-follow");
     start(&mut sb, &api, POLICY);
     sb.agent().wait_for("pod guard waiting", |l| {
-        l["guard"] == "payments-api" && l["message"].as_str().is_some_and(|m| m.contains("waiting for matching pods"))
+        l["guard"] == "payments-api"
+            && l["message"].as_str().is_some_and(|m| m.contains("waiting for matching pods"))
     });
 
     // Scheduled after the agent started: the API event comes first, the
@@ -162,7 +163,8 @@ fn with_the_api_down_the_agent_keeps_enforcing_and_catches_up() {
     let mark = sb.agent().mark();
     api.stop();
     sb.agent().wait_for_after(mark, "API unreachable warning", |l| {
-        l["level"] == "WARN" && l["message"].as_str().is_some_and(|m| m.starts_with("Kubernetes API unreachable"))
+        l["level"] == "WARN"
+            && l["message"].as_str().is_some_and(|m| m.starts_with("Kubernetes API unreachable"))
     });
     assert_eq!(bind(&sb, &first_container, "8081"), "err EPERM", "still enforced with the API down");
 
@@ -198,7 +200,10 @@ fn with_the_api_down_the_agent_keeps_enforcing_and_catches_up() {
 
     let metrics = portguard_tests::http_get(&format!("http://{}/metrics", sb.agent().metrics_addr()));
     assert_eq!(portguard_tests::metric_sum(&metrics, "portguard_kube_pods", &[]), 1, "{metrics}");
-    assert!(portguard_tests::metric_sum(&metrics, "portguard_kube_watch_errors_total", &[]) >= 1, "{metrics}");
+    assert!(
+        portguard_tests::metric_sum(&metrics, "portguard_kube_watch_errors_total", &[]) >= 1,
+        "{metrics}"
+    );
     assert_eq!(portguard_tests::metric_sum(&metrics, "portguard_guarded_cgroups", &[]), 1, "{metrics}");
 }
 
@@ -243,7 +248,11 @@ fn pod_guards_without_a_kubernetes_api_exit_2() {
     let sb = Sandbox::new("pods-noapi");
     let (code, out) = sb.run_agent_expecting_failure(POLICY);
     assert_eq!(code, 2, "{out}");
-    let line = out.lines().find(|l| l.contains("selects pods")).unwrap_or_else(|| panic!("no error line: {out}"));
-    assert!(line.contains("policy.toml") && line.contains("payments-api") && line.contains("--kube-api"), "{line}");
+    let line =
+        out.lines().find(|l| l.contains("selects pods")).unwrap_or_else(|| panic!("no error line: {out}"));
+    assert!(
+        line.contains("policy.toml") && line.contains("payments-api") && line.contains("--kube-api"),
+        "{line}"
+    );
     assert!(!sb.bpffs.exists(), "nothing may be pinned after a refused start");
 }

@@ -421,14 +421,18 @@ impl Daemon {
 fn log_cgroup_changes(before: &Coverage, after: &Coverage) {
     let by_path = |c: &Coverage| -> HashMap<(String, String), (u64, Option<String>)> {
         c.iter()
-            .flat_map(|(name, cs)| cs.iter().map(move |c| ((name.clone(), c.path.clone()), (c.id, c.pod.clone()))))
+            .flat_map(|(name, cs)| {
+                cs.iter().map(move |c| ((name.clone(), c.path.clone()), (c.id, c.pod.clone())))
+            })
             .collect()
     };
     let (before, after) = (by_path(before), by_path(after));
     for ((guard, path), (id, pod)) in &after {
         let pod = pod.as_deref().unwrap_or("");
         match before.get(&(guard.clone(), path.clone())) {
-            None => tracing::info!(guard = %guard, cgroup = %path, cgroup_id = id, pod, "guarded cgroup appeared"),
+            None => {
+                tracing::info!(guard = %guard, cgroup = %path, cgroup_id = id, pod, "guarded cgroup appeared")
+            }
             Some((old, _)) if old != id => {
                 tracing::info!(guard = %guard, cgroup = %path, cgroup_id = id, pod, "guarded cgroup was recreated")
             }

@@ -244,8 +244,8 @@ async fn event_loop(
 /// guards requires one: without it the agent exits 2 before it loads
 /// anything, rather than leave those pods open.
 async fn pod_api(args: &RunArgs, compiled: &CompiledPolicy) -> Result<Option<PodApi>, AgentError> {
-    let home_config = std::env::var_os("HOME")
-        .is_some_and(|h| std::path::Path::new(&h).join(".kube/config").is_file());
+    let home_config =
+        std::env::var_os("HOME").is_some_and(|h| std::path::Path::new(&h).join(".kube/config").is_file());
     let configured = args.kube_api.is_some()
         || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
         || std::env::var_os("KUBECONFIG").is_some()
@@ -258,7 +258,9 @@ async fn pod_api(args: &RunArgs, compiled: &CompiledPolicy) -> Result<Option<Pod
                 Ok(client) => Ok(Some(PodApi { client, node_name: node.clone() })),
                 Err(e) if needed.is_some() => Err(e.into()),
                 Err(e) => {
-                    tracing::warn!("Kubernetes API not usable; a policy with pod guards would be refused: {e}");
+                    tracing::warn!(
+                        "Kubernetes API not usable; a policy with pod guards would be refused: {e}"
+                    );
                     Ok(None)
                 }
             }

@@ -145,7 +145,11 @@ pub(super) fn validate(src: &Source, raw: model::PolicyFile) -> Result<Policy, P
             }
             _ => {
                 // Point at the second of the keys given.
-                let spans = [g.cgroup.as_ref().map(|c| c.span()), g.unit.as_ref().map(|u| u.span()), g.pods.as_ref().map(|p| p.span())];
+                let spans = [
+                    g.cgroup.as_ref().map(|c| c.span()),
+                    g.unit.as_ref().map(|u| u.span()),
+                    g.pods.as_ref().map(|p| p.span()),
+                ];
                 let second = spans.into_iter().flatten().nth(1);
                 return Err(src.error_at(
                     second,
@@ -155,7 +159,8 @@ pub(super) fn validate(src: &Source, raw: model::PolicyFile) -> Result<Policy, P
         };
         match &target {
             Target::Cgroup(cgroup) => {
-                if let Some((other, first)) = cgroups.insert(cgroup.clone(), (name.clone(), name_span.start)) {
+                if let Some((other, first)) = cgroups.insert(cgroup.clone(), (name.clone(), name_span.start))
+                {
                     let (line, _) = super::line_col(src.text, first);
                     return Err(src.error_at(
                         Some(name_span),
