@@ -84,7 +84,7 @@ pub fn describe(policy: &Policy) -> String {
     let mut out = String::new();
     for g in &policy.guards {
         let unit = g.unit.as_deref().map(|u| format!(" (unit {u})")).unwrap_or_default();
-        out.push_str(&format!("guard {:?}: cgroup {}{unit}, mode {}\n", g.name, g.cgroup, g.mode.as_str()));
+        out.push_str(&format!("guard {:?}: {}{unit}, mode {}\n", g.name, g.target, g.mode.as_str()));
         if g.bind.is_empty() && !g.allow_ephemeral_bind {
             out.push_str("  bind: nothing\n");
         }

@@ -156,6 +156,20 @@ pub struct RunArgs {
     /// Rotated audit-trail files kept (FILE.1 newest .. FILE.N).
     #[arg(long, default_value_t = 5)]
     pub audit_trail_keep: usize,
+    /// Kubernetes API server URL for pod guards, without credentials (a
+    /// local test server, or `kubectl proxy`). Default: the in-cluster
+    /// service account when KUBERNETES_SERVICE_HOST is set, else KUBECONFIG
+    /// or ~/.kube/config.
+    #[arg(long, value_name = "URL")]
+    pub kube_api: Option<String>,
+    /// This node's name in Kubernetes: pod guards follow the pods scheduled
+    /// here. The DaemonSet passes it from the downward API.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// How long start-up waits for the first pod list before it applies the
+    /// policy anyway (pod guards then apply as pods become known).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub kube_sync_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

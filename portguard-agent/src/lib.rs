@@ -9,6 +9,7 @@ pub mod cli;
 pub mod inventory;
 pub mod logging;
 pub mod metrics;
+pub mod pods;
 pub mod policy;
 pub mod review;
 pub mod scan;

@@ -62,7 +62,7 @@ fn scan(args: &ScanArgs) -> Result<Vec<(OpenPort, Standing)>, String> {
         .into_iter()
         .map(|p| {
             let cg = p.cgroup.as_deref().and_then(|c| inventory::relative_to_root(c, &root_in_mount));
-            let s = inventory::standing(&policy, cg.as_deref(), p.proto, p.addr, p.port);
+            let s = inventory::standing(&policy, cg.as_deref(), None, p.proto, p.addr, p.port);
             (p, s)
         })
         .collect())

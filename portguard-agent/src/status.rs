@@ -57,8 +57,17 @@ pub fn status(bpffs: &Path, state_dir: &Path, format: OutputFormat) -> ExitCode 
     let counters = DecisionCounters::open(bpffs).ok();
     let described = state::read_state(state_dir).ok();
     let pid = state::running_pid(state_dir);
-    let by_cgroup =
-        |id: u64| described.as_ref().and_then(|s| s.guards.iter().find(|g| g.cgroup_id == Some(id)));
+    let by_cgroup = |id: u64| {
+        described.as_ref().and_then(|s| {
+            s.guards.iter().find_map(|g| {
+                if g.cgroup_id == Some(id) {
+                    return Some((g, g.cgroup.clone(), None));
+                }
+                let pod = g.pods.iter().find(|p| p.cgroup_id == id)?;
+                Some((g, pod.cgroup.clone(), Some(pod.pod.clone())))
+            })
+        })
+    };
 
     let guards: Vec<serde_json::Value> = live
         .guards
@@ -66,8 +75,9 @@ pub fn status(bpffs: &Path, state_dir: &Path, format: OutputFormat) -> ExitCode 
         .map(|(cgroup_id, info)| {
             let named = by_cgroup(*cgroup_id);
             json!({
-                "name": named.map(|g| g.name.clone()),
-                "cgroup": named.map(|g| g.cgroup.clone()),
+                "name": named.as_ref().map(|(g, _, _)| g.name.clone()),
+                "cgroup": named.as_ref().map(|(_, path, _)| path.clone()),
+                "pod": named.as_ref().and_then(|(_, _, pod)| pod.clone()),
                 "cgroup_id": cgroup_id,
                 "guard_id": info.guard_id,
                 "mode": if info.mode == MODE_AUDIT { "audit" } else { "enforce" },
@@ -77,7 +87,9 @@ pub fn status(bpffs: &Path, state_dir: &Path, format: OutputFormat) -> ExitCode 
         .collect();
     let pending: Vec<String> = described
         .iter()
-        .flat_map(|s| s.guards.iter().filter(|g| g.cgroup_id.is_none()).map(|g| g.name.clone()))
+        .flat_map(|s| {
+            s.guards.iter().filter(|g| g.cgroup_id.is_none() && g.pods.is_empty()).map(|g| g.name.clone())
+        })
         .collect();
     let policy = described.as_ref().map(|s| {
         json!({
@@ -132,8 +144,9 @@ fn render_text(r: &serde_json::Value, bpffs: &Path) -> String {
     let guards = r["guards"].as_array().cloned().unwrap_or_default();
     out.push_str(&format!("guards live in the kernel: {}\n", guards.len()));
     for g in guards {
+        let pod = g["pod"].as_str().map(|p| format!(" pod {p}")).unwrap_or_default();
         out.push_str(&format!(
-            "  {} [{}] cgroup {} (id {})\n",
+            "  {} [{}] cgroup {} (id {}){pod}\n",
             g["name"].as_str().unwrap_or("(unnamed)"),
             g["mode"].as_str().unwrap_or("?"),
             g["cgroup"].as_str().unwrap_or("?"),
@@ -149,7 +162,10 @@ fn render_text(r: &serde_json::Value, bpffs: &Path) -> String {
         }
     }
     for name in r["guards_waiting_for_cgroup"].as_array().into_iter().flatten() {
-        out.push_str(&format!("  {} waiting for its cgroup\n", name.as_str().unwrap_or("?")));
+        out.push_str(&format!(
+            "  {} waiting for its cgroup (or matching pods)\n",
+            name.as_str().unwrap_or("?")
+        ));
     }
     out.push_str(&format!("events lost: {}\n", r["events_lost"]));
     out

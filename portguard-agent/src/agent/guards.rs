@@ -1,10 +1,64 @@
-//! Guard cgroup paths -> cgroup ids, as they are right now.
+//! Guards -> the cgroups they cover right now: a path guard's one cgroup
+//! (when it exists), a pod guard's pod-level cgroup of every matching pod
+//! on this node (when the kubelet has made it).
 
-use std::{collections::HashMap, path::PathBuf};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    path::PathBuf,
+};
 
-use portguard_common::MAX_CGROUP_DEPTH;
+use portguard_common::{MAX_CGROUP_DEPTH, MAX_GUARDS};
 
-use crate::{cgroup, policy::CompiledPolicy};
+use crate::{
+    cgroup,
+    pods::{PodIndex, PodInfo},
+    policy::{CompiledPolicy, Target},
+};
+
+/// One cgroup a guard covers.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Covered {
+    /// Relative to the cgroup root, like guard paths in the policy.
+    pub path: String,
+    pub id: u64,
+    /// "namespace/name" when a pod guard covers this cgroup for a pod.
+    pub pod: Option<String>,
+}
+
+/// What each guard covers, by guard name. A guard covering nothing (its
+/// cgroup or pods do not exist yet) is absent.
+pub type Coverage = BTreeMap<String, Vec<Covered>>;
+
+/// A cgroup two guards claim (two pod selectors matching one pod, or a pod
+/// selector matching a pod whose cgroup a path guard names). The kernel
+/// holds one guard per cgroup: path guards win, then the first in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub cgroup: String,
+    pub pod: Option<String>,
+    pub kept: String,
+    pub skipped: String,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    pub coverage: Coverage,
+    pub conflicts: Vec<Conflict>,
+    /// Pods left unguarded because the kernel's guard table is full.
+    pub over_limit: Vec<String>,
+}
+
+impl Resolution {
+    /// Cgroup ids by guard name, as the kernel policy is built from.
+    pub fn cgroup_ids(&self) -> HashMap<String, Vec<u64>> {
+        self.coverage.iter().map(|(name, c)| (name.clone(), c.iter().map(|c| c.id).collect())).collect()
+    }
+
+    /// How many cgroups are guarded.
+    pub fn cgroups(&self) -> usize {
+        self.coverage.values().map(Vec::len).sum()
+    }
+}
 
 pub struct CgroupResolver {
     root: PathBuf,
@@ -25,14 +79,15 @@ impl CgroupResolver {
 
     /// The kernel records at most `MAX_CGROUP_DEPTH` levels per cgroup; a
     /// guard deeper than that could never be found, so refuse it up front.
+    /// (Pod cgroups sit three levels below the root, containers four.)
     pub fn check_depths(&self, policy: &CompiledPolicy) -> Result<(), String> {
         for g in &policy.guards {
-            let depth = self.root_level + g.cgroup.split('/').filter(|p| !p.is_empty()).count();
+            let Some(path) = g.target.cgroup() else { continue };
+            let depth = self.root_level + path.split('/').filter(|p| !p.is_empty()).count();
             if depth >= MAX_CGROUP_DEPTH {
                 return Err(format!(
-                    "guard {:?}: cgroup {} sits at level {depth} of the cgroup tree; portguard follows {} levels",
+                    "guard {:?}: cgroup {path} sits at level {depth} of the cgroup tree; portguard follows {} levels",
                     g.name,
-                    g.cgroup,
                     MAX_CGROUP_DEPTH - 1
                 ));
             }
@@ -40,24 +95,89 @@ impl CgroupResolver {
         Ok(())
     }
 
-    /// The cgroupfs directory of every guard.
-    pub fn guard_paths(&self, policy: &CompiledPolicy) -> Vec<PathBuf> {
-        policy.guards.iter().map(|g| cgroup::join(&self.root, &g.cgroup)).collect()
+    /// Every cgroupfs directory a guard may cover: what the cgroup watch
+    /// follows, so a guard is applied the moment its cgroup appears.
+    pub fn guard_paths(&self, policy: &CompiledPolicy, pods: &PodIndex) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for g in &policy.guards {
+            match &g.target {
+                Target::Cgroup(path) => out.push(cgroup::join(&self.root, path)),
+                Target::Pods(sel) => out.extend(
+                    pods.iter()
+                        .filter(|p| sel.matches(&p.namespace, &p.labels))
+                        .flat_map(PodInfo::cgroup_candidates)
+                        .map(|c| cgroup::join(&self.root, &c)),
+                ),
+            }
+        }
+        out
     }
 
-    /// Ids of the guard cgroups that exist, by guard name.
-    pub fn resolve(&self, policy: &CompiledPolicy) -> HashMap<String, u64> {
-        policy
-            .guards
-            .iter()
-            .filter_map(|g| match cgroup::cgroup_id(&cgroup::join(&self.root, &g.cgroup)) {
-                Ok(Some(id)) => Some((g.name.clone(), id)),
-                Ok(None) => None,
-                Err(e) => {
-                    tracing::warn!(guard = %g.name, "cannot resolve cgroup: {e}");
-                    None
+    /// What each guard covers now. Path guards claim their cgroups first,
+    /// then pod guards in policy order; a cgroup already claimed is skipped
+    /// and reported as a conflict.
+    pub fn resolve(&self, policy: &CompiledPolicy, pods: &PodIndex) -> Resolution {
+        let mut out = Resolution::default();
+        let mut claimed: HashMap<u64, String> = HashMap::new();
+        for g in policy.guards.iter().filter(|g| g.target.cgroup().is_some()) {
+            let Target::Cgroup(path) = &g.target else { continue };
+            if let Some(id) = self.cgroup_id(&g.name, path) {
+                claimed.insert(id, g.name.clone());
+                out.coverage.entry(g.name.clone()).or_default().push(Covered {
+                    path: path.clone(),
+                    id,
+                    pod: None,
+                });
+            }
+        }
+        for g in &policy.guards {
+            let Target::Pods(sel) = &g.target else { continue };
+            let mut seen = HashSet::new();
+            for pod in pods.iter().filter(|p| sel.matches(&p.namespace, &p.labels)) {
+                // The first candidate that exists is the pod's cgroup.
+                let found = pod
+                    .cgroup_candidates()
+                    .into_iter()
+                    .find_map(|path| self.cgroup_id(&g.name, &path).map(|id| (path, id)));
+                let Some((path, id)) = found else { continue };
+                if !seen.insert(id) {
+                    continue;
                 }
-            })
-            .collect()
+                if let Some(kept) = claimed.get(&id) {
+                    out.conflicts.push(Conflict {
+                        cgroup: path,
+                        pod: Some(pod.display_name()),
+                        kept: kept.clone(),
+                        skipped: g.name.clone(),
+                    });
+                    continue;
+                }
+                // One slot of the guard table holds MAX_GUARDS cgroups.
+                if claimed.len() >= MAX_GUARDS as usize {
+                    out.over_limit.push(pod.display_name());
+                    continue;
+                }
+                claimed.insert(id, g.name.clone());
+                out.coverage.entry(g.name.clone()).or_default().push(Covered {
+                    path,
+                    id,
+                    pod: Some(pod.display_name()),
+                });
+            }
+            if let Some(c) = out.coverage.get_mut(&g.name) {
+                c.sort();
+            }
+        }
+        out
+    }
+
+    fn cgroup_id(&self, guard: &str, path: &str) -> Option<u64> {
+        match cgroup::cgroup_id(&cgroup::join(&self.root, path)) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(guard = %guard, "cannot resolve cgroup: {e}");
+                None
+            }
+        }
     }
 }

@@ -60,7 +60,7 @@ impl Listeners {
             }
             let cgroup =
                 p.cgroup.as_deref().and_then(|c| inventory::relative_to_root(c, &self.root_in_mount));
-            let standing = inventory::standing(policy, cgroup.as_deref(), p.proto, p.addr, p.port);
+            let standing = inventory::standing(policy, cgroup.as_deref(), None, p.proto, p.addr, p.port);
             let record = record(
                 RecordKind::PortOpened,
                 cgroup.unwrap_or_else(|| p.cgroup.clone().unwrap_or_default()),
@@ -107,10 +107,10 @@ impl Listeners {
             (Some(p), Some(name)) if e.guard_id != UNGUARDED_ID => {
                 match p.guards.iter().find(|g| &g.name == name) {
                     Some(g) => inventory::standing_of(g.judge(Action::Bind, proto, e.addr, e.port)),
-                    None => inventory::standing(p, Some(&cgroup), proto, e.addr, e.port),
+                    None => inventory::standing(p, Some(&cgroup), None, proto, e.addr, e.port),
                 }
             }
-            (Some(p), _) => inventory::standing(p, Some(&cgroup), proto, e.addr, e.port),
+            (Some(p), _) => inventory::standing(p, Some(&cgroup), None, proto, e.addr, e.port),
             (None, _) => inventory::standing_of(crate::policy::eval::Judgement::Unguarded),
         };
         let record =
@@ -132,7 +132,7 @@ impl Listeners {
     pub fn reclassify(&mut self, policy: &Policy) {
         for l in self.live.values_mut() {
             let r = &mut l.record;
-            let s = inventory::standing(policy, Some(&r.cgroup), l.proto, r.addr, r.port);
+            let s = inventory::standing(policy, Some(&r.cgroup), r.guard.as_deref(), l.proto, r.addr, r.port);
             apply_standing(r, &s);
         }
     }

@@ -25,14 +25,20 @@ use std::{
 
 use tokio::signal::unix::{SignalKind, signal};
 
-use self::{cgroup_watch::CgroupWatch, daemon::Daemon, denials::DenialLog, guards::CgroupResolver};
+use self::{
+    cgroup_watch::CgroupWatch,
+    daemon::{Daemon, PodApi},
+    denials::DenialLog,
+    guards::CgroupResolver,
+};
 use crate::{
     EXIT_BAD_INPUT,
     bpf::{Enforcer, EventStream, KernelCounters, PolicyMaps},
     cgroup,
     cli::RunArgs,
     metrics::{self, Metrics},
-    policy,
+    pods, policy,
+    policy::{CompiledPolicy, Target},
     trail::{AuditTrail, Record},
 };
 use portguard_common::Op;
@@ -54,6 +60,8 @@ pub enum AgentError {
     Cgroup(#[from] cgroup::CgroupError),
     #[error("{0}")]
     Guard(String),
+    #[error("{0}")]
+    Kube(#[from] pods::WatchError),
     #[error(transparent)]
     Load(#[from] crate::bpf::LoadError),
     #[error("policy maps: {0}")]
@@ -98,6 +106,7 @@ impl AgentError {
             AgentError::Policy(_)
             | AgentError::Cgroup(_)
             | AgentError::Guard(_)
+            | AgentError::Kube(_)
             | AgentError::Load(_)
             | AgentError::NotRoot(_)
             | AgentError::MetricsAddr { .. }
@@ -127,6 +136,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     if euid != 0 && !has_bpf_caps() {
         return Err(AgentError::NotRoot(euid));
     }
+    let pod_api = pod_api(&args, &compiled).await?;
 
     let mut trail = AuditTrail::open(&args.audit_trail, args.audit_trail_max_bytes, args.audit_trail_keep)
         .map_err(|source| AgentError::Trail { path: args.audit_trail.clone(), source })?;
@@ -142,7 +152,10 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             .await
             .map_err(|source| AgentError::MetricsAddr { addr: args.metrics_addr, source })?;
         tracing::info!(addr = %addr, "serving /metrics, /healthz and /readyz");
-        let mut daemon = Daemon::new(maps, resolver, &args, Arc::clone(&metrics));
+        let mut daemon = Daemon::new(maps, resolver, &args, Arc::clone(&metrics), pod_api);
+        // Pod guards: know the pods running now before the first apply.
+        daemon.follow_pods_for(&compiled)?;
+        daemon.wait_for_pod_list(args.kube_sync_timeout).await;
         daemon.apply_policy(&text, policy, compiled)?;
         Ok::<_, AgentError>((daemon, events, metrics))
     }
@@ -238,6 +251,7 @@ async fn event_loop(
                 sinks.listeners.prune_seeded(&mut sinks.records);
                 sinks.flush(metrics);
             }
+            update = daemon.next_pod_update() => daemon.on_pod_update(update, &mut cgroups),
             _ = rescan.tick() => daemon.rescan_guards(&mut cgroups),
             _ = watchdog.tick() => sd_notify::notify("WATCHDOG=1"),
             _ = coalesce.tick() => {
@@ -318,6 +332,36 @@ fn write_records(trail: &mut AuditTrail, records: &mut Vec<Record>) {
         }
     }
     records.clear();
+}
+
+/// The Kubernetes API client, when one is configured. A policy with pod
+/// guards requires one: without it the agent exits 2 before it loads
+/// anything, rather than leave those pods open.
+async fn pod_api(args: &RunArgs, compiled: &CompiledPolicy) -> Result<Option<PodApi>, AgentError> {
+    let home_config =
+        std::env::var_os("HOME").is_some_and(|h| std::path::Path::new(&h).join(".kube/config").is_file());
+    let configured = args.kube_api.is_some()
+        || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+        || std::env::var_os("KUBECONFIG").is_some()
+        || home_config;
+    let needed = compiled.guards.iter().find(|g| matches!(g.target, Target::Pods(_)));
+    match (&args.node_name, configured, needed) {
+        (Some(node), true, _) if !node.is_empty() => {
+            let settings = pods::ApiSettings { url: args.kube_api.clone(), node_name: node.clone() };
+            match pods::connect(&settings).await {
+                Ok(client) => Ok(Some(PodApi { client, node_name: node.clone() })),
+                Err(e) if needed.is_some() => Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(
+                        "Kubernetes API not usable; a policy with pod guards would be refused: {e}"
+                    );
+                    Ok(None)
+                }
+            }
+        }
+        (_, _, Some(g)) => Err(AgentError::Guard(daemon::no_api_message(&args.policy, &g.name))),
+        _ => Ok(None),
+    }
 }
 
 fn has_bpf_caps() -> bool {

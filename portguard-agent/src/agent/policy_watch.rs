@@ -24,7 +24,8 @@ pub fn spawn(policy: &Path) -> notify::Result<mpsc::Receiver<()>> {
                 ev.paths.is_empty()
                     || ev.paths.iter().any(|p| {
                         let file = p.file_name();
-                        file == name.as_deref() || file.is_some_and(|f| f.as_encoded_bytes().starts_with(b".."))
+                        file == name.as_deref()
+                            || file.is_some_and(|f| f.as_encoded_bytes().starts_with(b".."))
                     })
             }
             // A lost or failed event may have hidden a change: look.

@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 
 pub const STATE_FILE: &str = "state.json";
 pub const PID_FILE: &str = "portguard.pid";
+/// The pods of this node last heard from the API, for a start-up while the
+/// API is unreachable.
+pub const PODS_FILE: &str = "pods.json";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AgentState {
@@ -33,9 +36,21 @@ pub struct GuardState {
     pub name: String,
     pub id: u32,
     pub cgroup: String,
-    /// None while the cgroup does not exist.
+    /// None while the cgroup does not exist, and for pod guards.
     pub cgroup_id: Option<u64>,
     pub mode: String,
+    /// For pod guards: the pods covered now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<PodCgroupState>,
+}
+
+/// One pod a pod guard covers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PodCgroupState {
+    /// "namespace/name".
+    pub pod: String,
+    pub cgroup: String,
+    pub cgroup_id: u64,
 }
 
 pub fn now_unix() -> u64 {
@@ -57,6 +72,17 @@ pub fn write_state(dir: &Path, state: &AgentState) -> io::Result<()> {
 
 pub fn read_state(dir: &Path) -> io::Result<AgentState> {
     let text = fs::read(dir.join(STATE_FILE))?;
+    serde_json::from_slice(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+pub fn write_pods(dir: &Path, pods: &[crate::pods::PodInfo]) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let json = serde_json::to_vec(pods).map_err(io::Error::other)?;
+    write_atomic(&dir.join(PODS_FILE), &json)
+}
+
+pub fn read_pods(dir: &Path) -> io::Result<Vec<crate::pods::PodInfo>> {
+    let text = fs::read(dir.join(PODS_FILE))?;
     serde_json::from_slice(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 

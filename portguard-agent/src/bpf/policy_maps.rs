@@ -76,14 +76,15 @@ pub struct KernelPolicy {
 }
 
 impl KernelPolicy {
-    /// Entries for `policy`, given each guard's id and, for guards whose
-    /// cgroup exists, its cgroup id. Rules of a guard whose cgroup does not
-    /// exist yet are written anyway, so that its appearance only adds one
-    /// guard entry.
+    /// Entries for `policy`, given each guard's id and the ids of the
+    /// cgroups it covers now (one for a path guard, one per pod for a pod
+    /// guard; several cgroups share the guard's id and rules). Rules of a
+    /// guard that covers no cgroup yet are written anyway, so that a cgroup
+    /// appearing only adds one guard entry.
     pub fn build(
         policy: &CompiledPolicy,
         ids: &HashMap<String, u32>,
-        cgroup_ids: &HashMap<String, u64>,
+        cgroup_ids: &HashMap<String, Vec<u64>>,
     ) -> KernelPolicy {
         let mut out = KernelPolicy {
             bind: FxHashMap::with_capacity_and_hasher(policy.bind_entries(), Default::default()),
@@ -92,7 +93,8 @@ impl KernelPolicy {
         };
         for g in &policy.guards {
             let guard_id = ids[&g.name];
-            if let Some(&cgroup) = cgroup_ids.get(&g.name) {
+            let cgroups = cgroup_ids.get(&g.name).map_or(&[][..], Vec::as_slice);
+            if !cgroups.is_empty() {
                 let mut info = GuardInfo {
                     guard_id,
                     mode: match g.mode {
@@ -107,7 +109,7 @@ impl KernelPolicy {
                 debug_assert!(g.v4_prefix_lens.len() <= MAX_PREFIX_LENS);
                 info.v4_prefix_lens[..g.v4_prefix_lens.len()].copy_from_slice(&g.v4_prefix_lens);
                 info.v6_prefix_lens[..g.v6_prefix_lens.len()].copy_from_slice(&g.v6_prefix_lens);
-                out.guards.insert(cgroup, info);
+                out.guards.extend(cgroups.iter().map(|&cgroup| (cgroup, info)));
             }
             out.bind.extend(g.bind.iter().map(|(k, v)| (BindKey { guard_id, ..*k }, *v)));
             out.connect.extend(g.connect.iter().map(|(k, v)| (ConnectKey { guard_id, ..*k }, *v)));

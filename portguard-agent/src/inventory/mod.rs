@@ -26,9 +26,17 @@ pub struct Standing {
 
 /// How `policy` sees a port live in `cgroup` (relative to the attach root;
 /// `None` for a cgroup outside it, which no guard covers).
-pub fn standing(policy: &Policy, cgroup: Option<&str>, proto: Proto, addr: IpAddr, port: u16) -> Standing {
+/// `reported` is the guard an event named, for pod guards.
+pub fn standing(
+    policy: &Policy,
+    cgroup: Option<&str>,
+    reported: Option<&str>,
+    proto: Proto,
+    addr: IpAddr,
+    port: u16,
+) -> Standing {
     let judgement = match cgroup {
-        Some(cg) => policy.judge(cg, Action::Bind, proto, addr, port),
+        Some(cg) => policy.judge_reported(cg, reported, Action::Bind, proto, addr, port),
         None => Judgement::Unguarded,
     };
     standing_of(judgement)
@@ -47,7 +55,7 @@ pub fn standing_of(judgement: Judgement<'_>) -> Standing {
     Standing {
         status,
         guard: guard.map(|g| g.name.clone()),
-        guard_cgroup: guard.map(|g| g.cgroup.clone()),
+        guard_cgroup: guard.and_then(|g| g.target.cgroup().map(str::to_owned)),
         mode: guard.map(|g| g.mode.as_str()),
         rule,
     }

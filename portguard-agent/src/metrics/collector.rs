@@ -151,9 +151,23 @@ impl Collector for Metrics {
         gauge(
             &mut enc,
             "portguard_guarded_cgroups",
-            "Guards whose cgroup exists and is guarded now.",
+            "Cgroups guarded now: one per path guard whose cgroup exists, one per pod a pod guard covers.",
             policy.guarded_cgroups as i64,
         )?;
+        if let Some(pods) = policy.kube_pods {
+            gauge(
+                &mut enc,
+                "portguard_kube_pods",
+                "Pods on this node the agent knows from the Kubernetes API (kept while the API is unreachable).",
+                pods as i64,
+            )?;
+            counter(
+                &mut enc,
+                "portguard_kube_watch_errors",
+                "Failed list or watch calls to the Kubernetes API; each is retried with backoff.",
+                self.kube_watch_errors.load(Ordering::Relaxed),
+            )?;
+        }
         gauges(
             &mut enc,
             "portguard_map_entries",

@@ -30,6 +30,8 @@ pub struct PolicySummary {
     pub guard_names: HashMap<u32, String>,
     pub guards: usize,
     pub guarded_cgroups: usize,
+    /// Pods of this node the agent knows, while it watches them.
+    pub kube_pods: Option<usize>,
     /// Entries in each policy map, both slots.
     pub map_entries: Vec<(&'static str, usize)>,
 }
@@ -52,6 +54,8 @@ pub struct Metrics {
     pub reloads_rejected: AtomicU64,
     /// Events read from the ring buffer by the agent.
     pub events_received: AtomicU64,
+    /// Failed list/watch calls to the Kubernetes API (each is retried).
+    pub kube_watch_errors: AtomicU64,
     pub policy: Mutex<PolicySummary>,
     /// The live port inventory, counted.
     pub listeners: Mutex<std::collections::BTreeMap<ListenerKey, i64>>,
@@ -65,6 +69,7 @@ impl Metrics {
             reloads_applied: AtomicU64::new(0),
             reloads_rejected: AtomicU64::new(0),
             events_received: AtomicU64::new(0),
+            kube_watch_errors: AtomicU64::new(0),
             policy: Mutex::new(PolicySummary::default()),
             listeners: Mutex::new(Default::default()),
             kernel: Mutex::new(kernel),

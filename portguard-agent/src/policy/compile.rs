@@ -18,12 +18,15 @@ use portguard_common::{
     PortRange, PortSet, RuleRef,
 };
 
-use super::{Mode, PolicyError, Source, validate::Policy};
+use super::{
+    Mode, PolicyError, Source,
+    validate::{Policy, Target},
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompiledGuard {
     pub name: String,
-    pub cgroup: String,
+    pub target: Target,
     pub mode: Mode,
     pub flags: u32,
     /// Keys with `guard_id` and `slot` left zero.
@@ -46,6 +49,11 @@ impl CompiledPolicy {
 
     pub fn connect_entries(&self) -> usize {
         self.guards.iter().map(|g| g.connect.len()).sum()
+    }
+
+    /// True when a guard selects pods, which needs the Kubernetes API.
+    pub fn has_pod_guards(&self) -> bool {
+        self.guards.iter().any(|g| matches!(g.target, Target::Pods(_)))
     }
 }
 
@@ -139,7 +147,7 @@ pub(super) fn compile(src: &Source, policy: &Policy) -> Result<CompiledPolicy, P
         }
         guards.push(CompiledGuard {
             name: g.name.clone(),
-            cgroup: g.cgroup.clone(),
+            target: g.target.clone(),
             mode: g.mode,
             flags: (if g.allow_ephemeral_bind { GUARD_ALLOW_EPHEMERAL_BIND } else { 0 })
                 | (if g.allow_raw_sockets { GUARD_ALLOW_OTHER_SOCKETS } else { 0 }),

@@ -57,7 +57,24 @@ impl Policy {
     /// The guard covering `cgroup` (a path relative to the attach root):
     /// its nearest guarded ancestor, or itself.
     pub fn guard_for(&self, cgroup: &str) -> Option<&GuardSpec> {
-        self.guards.iter().filter(|g| is_within(cgroup, &g.cgroup)).max_by_key(|g| g.cgroup.len())
+        // Pod guards are found through the pods the agent follows, not by
+        // path: see `guard_covering`.
+        self.guards
+            .iter()
+            .filter_map(|g| g.target.cgroup().map(|path| (g, path)))
+            .filter(|(_, path)| is_within(cgroup, path))
+            .max_by_key(|(_, path)| path.len())
+            .map(|(g, _)| g)
+    }
+
+    /// The guard covering `cgroup`, where a pod guard can only be known
+    /// from `reported` (the guard the agent or the kernel said covered it):
+    /// cgroup paths first, then a pod guard of that name.
+    pub fn guard_covering(&self, cgroup: &str, reported: Option<&str>) -> Option<&GuardSpec> {
+        self.guard_for(cgroup).or_else(|| {
+            let name = reported?;
+            self.guards.iter().find(|g| g.name == name && matches!(g.target, super::Target::Pods(_)))
+        })
     }
 
     pub fn judge(
@@ -68,7 +85,20 @@ impl Policy {
         addr: IpAddr,
         port: u16,
     ) -> Judgement<'_> {
-        match self.guard_for(cgroup) {
+        self.judge_reported(cgroup, None, action, proto, addr, port)
+    }
+
+    /// `judge`, with the guard a report named (see `guard_covering`).
+    pub fn judge_reported(
+        &self,
+        cgroup: &str,
+        reported: Option<&str>,
+        action: Action,
+        proto: Proto,
+        addr: IpAddr,
+        port: u16,
+    ) -> Judgement<'_> {
+        match self.guard_covering(cgroup, reported) {
             None => Judgement::Unguarded,
             Some(guard) => guard.judge(action, proto, addr, port),
         }

@@ -13,8 +13,8 @@ mod validate;
 use std::{fmt, ops::Range, path::Path};
 
 pub use compile::CompiledPolicy;
-pub use model::{Expiry, Mode, PortSpec, Proto};
-pub use validate::{BindRuleSpec, Catalog, ConnectRuleSpec, GuardSpec, Policy};
+pub use model::{Expiry, Mode, PodSelector, PortSpec, Proto};
+pub use validate::{BindRuleSpec, Catalog, ConnectRuleSpec, GuardSpec, Policy, Target};
 
 /// A policy that cannot be used, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]

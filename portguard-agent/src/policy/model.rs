@@ -4,7 +4,7 @@
 //! `Deserialize` impls, so the TOML parser reports them at the offending
 //! value's line and column. Checks across fields live in `validate`.
 
-use std::{fmt, net::IpAddr};
+use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use ipnet::IpNet;
 use serde::{
@@ -35,6 +35,9 @@ pub struct Guard {
     /// systemd unit shorthand: "nginx.service" = "/system.slice/nginx.service".
     #[serde(default)]
     pub unit: Option<Spanned<String>>,
+    /// Kubernetes pods on this node, by namespace and labels.
+    #[serde(default)]
+    pub pods: Option<Spanned<PodSelector>>,
     /// enforce (default): violations fail with EPERM; audit: reported only.
     #[serde(default)]
     pub mode: Mode,
@@ -51,6 +54,145 @@ pub struct Guard {
     #[serde(default)]
     pub connect: Vec<ConnectRule>,
 }
+
+/// `pods = { namespace = "payments", labels = { app = "api" } }`: the pods
+/// in that namespace (any namespace when left out) that carry every one of
+/// the labels, with exactly these values (Kubernetes' `matchLabels`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodSelector {
+    #[serde(default)]
+    pub namespace: Option<Namespace>,
+    #[serde(default)]
+    pub labels: BTreeMap<LabelKey, LabelValue>,
+}
+
+impl PodSelector {
+    pub fn matches(&self, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
+        self.namespace.as_ref().is_none_or(|n| n.0 == namespace)
+            && self.labels.iter().all(|(k, v)| labels.get(&k.0) == Some(&v.0))
+    }
+
+    /// Selects every pod: almost certainly a mistake in a policy.
+    pub fn is_empty(&self) -> bool {
+        self.namespace.is_none() && self.labels.is_empty()
+    }
+}
+
+impl fmt::Display for PodSelector {
+    /// `namespace=payments app=api`, as logs and `portguard check` show it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        match &self.namespace {
+            Some(n) => parts.push(format!("namespace={}", n.0)),
+            None => parts.push("namespace=*".to_owned()),
+        }
+        parts.extend(self.labels.iter().map(|(k, v)| format!("{}={}", k.0, v.0)));
+        f.write_str(&parts.join(" "))
+    }
+}
+
+/// A namespace name: a DNS label (RFC 1123), as Kubernetes requires.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Namespace(pub String);
+
+/// A label key: `name` or `prefix/name` (Kubernetes' label syntax).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LabelKey(pub String);
+
+/// A label value: empty, or up to 63 characters of A-Z a-z 0-9 - _ .
+/// starting and ending with a letter or digit.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LabelValue(pub String);
+
+/// Kubernetes' "qualified name" part: 1-63 characters of A-Z a-z 0-9 - _ .,
+/// beginning and ending with a letter or digit.
+fn is_label_name(s: &str) -> bool {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    (1..=63).contains(&s.len())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && edge(s.chars().next())
+        && edge(s.chars().last())
+}
+
+/// RFC 1123 DNS label: 1-63 characters of a-z 0-9 -, alphanumeric at both ends.
+fn is_dns_label(s: &str) -> bool {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    (1..=63).contains(&s.len())
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && edge(s.chars().next())
+        && edge(s.chars().last())
+}
+
+/// RFC 1123 DNS subdomain: dot-separated DNS labels, at most 253 characters.
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+impl std::str::FromStr for Namespace {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if is_dns_label(s) {
+            Ok(Namespace(s.to_owned()))
+        } else {
+            Err(format!("namespace {s:?} is not a Kubernetes namespace name (a-z 0-9 -, at most 63)"))
+        }
+    }
+}
+
+impl std::str::FromStr for LabelKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let ok = match s.split_once('/') {
+            Some((prefix, name)) => is_dns_subdomain(prefix) && is_label_name(name),
+            None => is_label_name(s),
+        };
+        if ok {
+            Ok(LabelKey(s.to_owned()))
+        } else {
+            Err(format!(
+                "label key {s:?} is not a Kubernetes label key (name or prefix/name; A-Z a-z 0-9 - _ ., at most 63)"
+            ))
+        }
+    }
+}
+
+impl std::str::FromStr for LabelValue {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.is_empty() || is_label_name(s) {
+            Ok(LabelValue(s.to_owned()))
+        } else {
+            Err(format!("label value {s:?} is not a Kubernetes label value (A-Z a-z 0-9 - _ ., at most 63)"))
+        }
+    }
+}
+
+/// Deserializes a string through `FromStr`, so the parser reports a bad
+/// value at its own line and column.
+macro_rules! deserialize_from_str {
+    ($t:ty, $expecting:literal) => {
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl Visitor<'_> for V {
+                    type Value = $t;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str($expecting)
+                    }
+                    fn visit_str<E: de::Error>(self, v: &str) -> Result<$t, E> {
+                        v.parse().map_err(E::custom)
+                    }
+                }
+                d.deserialize_str(V)
+            }
+        }
+    };
+}
+
+deserialize_from_str!(Namespace, "a namespace name");
+deserialize_from_str!(LabelKey, "a label key");
+deserialize_from_str!(LabelValue, "a label value (a string)");
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -324,6 +466,39 @@ mod tests {
         assert!("70000".parse::<PortSpec>().unwrap_err().contains("out of range"));
         assert!("90-80".parse::<PortSpec>().unwrap_err().contains("reversed"));
         assert!("http".parse::<PortSpec>().unwrap_err().contains("not a port number"));
+    }
+
+    #[test]
+    fn pod_selector_names() {
+        assert!("payments".parse::<Namespace>().is_ok());
+        assert!("Payments".parse::<Namespace>().is_err());
+        assert!("-x".parse::<Namespace>().is_err());
+        assert!("app".parse::<LabelKey>().is_ok());
+        assert!("app.kubernetes.io/name".parse::<LabelKey>().is_ok());
+        assert!("app.kubernetes.io/".parse::<LabelKey>().is_err());
+        assert!("a b".parse::<LabelKey>().is_err());
+        assert!("".parse::<LabelValue>().is_ok());
+        assert!("v1.2_x".parse::<LabelValue>().is_ok());
+        assert!("x-".parse::<LabelValue>().is_err());
+        assert!("x".repeat(64).parse::<LabelValue>().is_err());
+    }
+
+    #[test]
+    fn pod_selectors_match_namespace_and_every_label() {
+        let sel = PodSelector {
+            namespace: Some(Namespace("payments".into())),
+            labels: [(LabelKey("app".into()), LabelValue("api".into()))].into(),
+        };
+        let labels = |kv: &[(&str, &str)]| -> BTreeMap<String, String> {
+            kv.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        };
+        assert!(sel.matches("payments", &labels(&[("app", "api"), ("tier", "web")])));
+        assert!(!sel.matches("shop", &labels(&[("app", "api")])));
+        assert!(!sel.matches("payments", &labels(&[("app", "worker")])));
+        assert!(!sel.matches("payments", &labels(&[])));
+        let any_ns = PodSelector { namespace: None, ..sel.clone() };
+        assert!(any_ns.matches("shop", &labels(&[("app", "api")])));
+        assert_eq!(sel.to_string(), "namespace=payments app=api");
     }
 
     #[test]

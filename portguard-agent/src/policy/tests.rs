@@ -27,7 +27,7 @@ cgroup = "/system.slice/postgresql.service"
 #[test]
 fn minimal_guard_allows_nothing() {
     let (p, c) = ok(MINIMAL);
-    assert_eq!(p.guards[0].cgroup, "/system.slice/postgresql.service");
+    assert_eq!(p.guards[0].target.cgroup(), Some("/system.slice/postgresql.service"));
     assert_eq!(p.guards[0].mode, Mode::Enforce);
     assert!(c.guards[0].bind.is_empty() && c.guards[0].connect.is_empty());
 }
@@ -103,7 +103,7 @@ fn two_guards_on_one_cgroup_are_refused() {
 #[test]
 fn cgroup_selection_is_checked() {
     refused("[[guard]]\nname = \"a\"\n", 2, "missing cgroup");
-    refused("[[guard]]\nname = \"a\"\ncgroup = \"/a\"\nunit = \"a.service\"\n", 4, "not both");
+    refused("[[guard]]\nname = \"a\"\ncgroup = \"/a\"\nunit = \"a.service\"\n", 4, "exactly one of");
     refused("[[guard]]\nname = \"a\"\ncgroup = \"a/b\"\n", 3, "absolute");
     refused("[[guard]]\nname = \"a\"\ncgroup = \"/a/../b\"\n", 3, "\"..\"");
     refused("[[guard]]\nname = \"a\"\ncgroup = \"/a//b\"\n", 3, "empty");
@@ -111,6 +111,43 @@ fn cgroup_selection_is_checked() {
     refused("[[guard]]\nname = \"bad name\"\ncgroup = \"/a\"\n", 2, "guard name");
     let deep = format!("/{}", vec!["x"; 40].join("/"));
     refused(&format!("[[guard]]\nname = \"a\"\ncgroup = \"{deep}\"\n"), 3, "deeper");
+}
+
+#[test]
+fn pod_selectors_load() {
+    let (p, c) = ok(r#"
+[[guard]]
+name = "payments-api"
+pods = { namespace = "payments", labels = { app = "api", "app.kubernetes.io/part-of" = "shop" } }
+[[guard]]
+name = "any-namespace"
+pods = { labels = { tier = "db" } }
+[[guard]]
+name = "whole-namespace"
+pods = { namespace = "batch" }
+"#);
+    let Target::Pods(sel) = &p.guards[0].target else { panic!("a pod guard") };
+    assert_eq!(sel.to_string(), "namespace=payments app=api app.kubernetes.io/part-of=shop");
+    assert!(c.has_pod_guards());
+    assert_eq!(p.pod_guards().count(), 3);
+    assert!(!ok(MINIMAL).1.has_pod_guards());
+}
+
+#[test]
+fn pod_selectors_are_checked() {
+    let g = "[[guard]]\nname = \"a\"\n";
+    refused(&format!("{g}pods = {{}}\n"), 3, "selects every pod");
+    refused(&format!("{g}pods = {{ namespace = \"Payments\" }}\n"), 3, "not a Kubernetes namespace");
+    refused(&format!("{g}pods = {{ labels = {{ \"a b\" = \"x\" }} }}\n"), 3, "label key");
+    refused(&format!("{g}pods = {{ labels = {{ app = \"x y\" }} }}\n"), 3, "label value");
+    refused(&format!("{g}pods = {{ labels = {{ app = 1 }} }}\n"), 3, "label value");
+    refused(&format!("{g}pods = {{ namespace = \"x\", lables = {{}} }}\n"), 3, "unknown field `lables`");
+    refused(&format!("{g}cgroup = \"/a\"\npods = {{ namespace = \"x\" }}\n"), 4, "exactly one of");
+    refused(
+        "[[guard]]\nname = \"a\"\npods = { namespace = \"x\" }\n[[guard]]\nname = \"b\"\npods = { namespace = \"x\" }\n",
+        5,
+        "already selected by \"a\"",
+    );
 }
 
 #[test]
@@ -123,9 +160,9 @@ unit = "nginx.service"
 name = "tenants"
 unit = "app-tenants.slice"
 "#);
-    assert_eq!(p.guards[0].cgroup, "/system.slice/nginx.service");
+    assert_eq!(p.guards[0].target.cgroup(), Some("/system.slice/nginx.service"));
     assert_eq!(p.guards[0].unit.as_deref(), Some("nginx.service"));
-    assert_eq!(p.guards[1].cgroup, "/app.slice/app-tenants.slice");
+    assert_eq!(p.guards[1].target.cgroup(), Some("/app.slice/app-tenants.slice"));
 }
 
 #[test]

@@ -7,7 +7,7 @@ use portguard_common::{MAX_CGROUP_DEPTH, MAX_GUARDS};
 
 use super::{
     PolicyError, Source,
-    model::{self, Expiry, Mode, PortSpec, Proto},
+    model::{self, Expiry, Mode, PodSelector, PortSpec, Proto},
 };
 
 /// A policy that passed every check.
@@ -16,11 +16,46 @@ pub struct Policy {
     pub guards: Vec<GuardSpec>,
 }
 
+impl Policy {
+    /// Guards that select Kubernetes pods (and so need the API).
+    pub fn pod_guards(&self) -> impl Iterator<Item = &GuardSpec> {
+        self.guards.iter().filter(|g| matches!(g.target, Target::Pods(_)))
+    }
+}
+
+/// What a guard covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// One cgroup, by its normalised path relative to the attach root
+    /// ("/a/b", or "/").
+    Cgroup(String),
+    /// Every pod on this node the selector matches, each by its pod-level
+    /// cgroup (which holds all of the pod's containers).
+    Pods(PodSelector),
+}
+
+impl Target {
+    pub fn cgroup(&self) -> Option<&str> {
+        match self {
+            Target::Cgroup(c) => Some(c),
+            Target::Pods(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Cgroup(c) => write!(f, "cgroup {c}"),
+            Target::Pods(sel) => write!(f, "pods {sel}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct GuardSpec {
     pub name: String,
-    /// Normalised cgroup path relative to the attach root ("/a/b", or "/").
-    pub cgroup: String,
+    pub target: Target,
     /// The unit name when the guard was written with `unit = ...`.
     pub unit: Option<String>,
     pub mode: Mode,
@@ -76,6 +111,7 @@ pub(super) fn validate(src: &Source, raw: model::PolicyFile) -> Result<Policy, P
     }
     let mut names: HashMap<String, usize> = HashMap::new();
     let mut cgroups: HashMap<String, (String, usize)> = HashMap::new();
+    let mut selectors: HashMap<PodSelector, (String, usize)> = HashMap::new();
     let mut guards = Vec::with_capacity(raw.guards.len());
     for g in raw.guards {
         let name = g.name.get_ref().clone();
@@ -94,30 +130,66 @@ pub(super) fn validate(src: &Source, raw: model::PolicyFile) -> Result<Policy, P
                 format!("guard {name:?}: duplicate guard name (first defined at line {line})"),
             ));
         }
-        let (cgroup, unit) = match (&g.cgroup, &g.unit) {
-            (Some(c), None) => (normalise_cgroup(src, &name, c)?, None),
-            (None, Some(u)) => (unit_cgroup(src, &name, u)?, Some(u.get_ref().clone())),
-            (Some(_), Some(u)) => {
-                return Err(src.error_at(
-                    Some(u.span()),
-                    format!("guard {name:?}: give either cgroup or unit, not both"),
-                ));
+        let (target, unit) = match (&g.cgroup, &g.unit, &g.pods) {
+            (Some(c), None, None) => (Target::Cgroup(normalise_cgroup(src, &name, c)?), None),
+            (None, Some(u), None) => (Target::Cgroup(unit_cgroup(src, &name, u)?), Some(u.get_ref().clone())),
+            (None, None, Some(p)) => {
+                if p.get_ref().is_empty() {
+                    return Err(src.error_at(
+                        Some(p.span()),
+                        format!(
+                            "guard {name:?}: pods selects every pod; give a namespace, labels, or both (a cgroup guard on /kubepods.slice covers every pod)"
+                        ),
+                    ));
+                }
+                (Target::Pods(p.get_ref().clone()), None)
             }
-            (None, None) => {
+            (None, None, None) => {
                 return Err(src.error_at(
                     Some(name_span),
-                    format!("guard {name:?}: missing cgroup (a cgroup path) or unit (a systemd unit)"),
+                    format!(
+                        "guard {name:?}: missing cgroup (a cgroup path), unit (a systemd unit) or pods (a pod selector)"
+                    ),
+                ));
+            }
+            _ => {
+                // Point at the second of the keys given.
+                let spans = [
+                    g.cgroup.as_ref().map(|c| c.span()),
+                    g.unit.as_ref().map(|u| u.span()),
+                    g.pods.as_ref().map(|p| p.span()),
+                ];
+                let second = spans.into_iter().flatten().nth(1);
+                return Err(src.error_at(
+                    second,
+                    format!("guard {name:?}: give exactly one of cgroup, unit or pods, not both"),
                 ));
             }
         };
-        if let Some((other, first)) = cgroups.insert(cgroup.clone(), (name.clone(), name_span.start)) {
-            let (line, _) = super::line_col(src.text, first);
-            return Err(src.error_at(
-                Some(name_span),
-                format!(
-                    "guard {name:?}: cgroup {cgroup} is already guarded by {other:?} (line {line}); one guard per cgroup"
-                ),
-            ));
+        match &target {
+            Target::Cgroup(cgroup) => {
+                if let Some((other, first)) = cgroups.insert(cgroup.clone(), (name.clone(), name_span.start))
+                {
+                    let (line, _) = super::line_col(src.text, first);
+                    return Err(src.error_at(
+                        Some(name_span),
+                        format!(
+                            "guard {name:?}: cgroup {cgroup} is already guarded by {other:?} (line {line}); one guard per cgroup"
+                        ),
+                    ));
+                }
+            }
+            Target::Pods(sel) => {
+                if let Some((other, first)) = selectors.insert(sel.clone(), (name.clone(), name_span.start)) {
+                    let (line, _) = super::line_col(src.text, first);
+                    return Err(src.error_at(
+                        Some(name_span),
+                        format!(
+                            "guard {name:?}: pods {sel} are already selected by {other:?} (line {line}); one guard per pod"
+                        ),
+                    ));
+                }
+            }
         }
         let bind = g
             .bind
@@ -176,7 +248,7 @@ pub(super) fn validate(src: &Source, raw: model::PolicyFile) -> Result<Policy, P
             .collect::<Result<Vec<_>, _>>()?;
         guards.push(GuardSpec {
             name,
-            cgroup,
+            target,
             unit,
             mode: g.mode,
             allow_ephemeral_bind: g.allow_ephemeral_bind,

@@ -255,7 +255,7 @@ fn diff_guard(name: &str, old: Option<&GuardSpec>, new: Option<&GuardSpec>) -> G
             _ => Change::Unchanged, // refined below
         },
         mode: OldNew { old: old.map(|g| g.mode.as_str()), new: new.map(|g| g.mode.as_str()) },
-        cgroup: OldNew { old: old.map(|g| g.cgroup.clone()), new: new.map(|g| g.cgroup.clone()) },
+        cgroup: OldNew { old: old.map(covered), new: new.map(covered) },
         reports_only: false,
         opens: Vec::new(),
         closes: Vec::new(),
@@ -265,7 +265,7 @@ fn diff_guard(name: &str, old: Option<&GuardSpec>, new: Option<&GuardSpec>) -> G
     let (old_rules, new_rules) = (old.map(Allowed::of), new.map(Allowed::of));
     let none = Allowed::default();
     match (old, new) {
-        (Some(o), Some(n)) if o.cgroup == n.cgroup => {
+        (Some(o), Some(n)) if o.target == n.target => {
             let (old_rules, new_rules) =
                 (old_rules.as_ref().unwrap_or(&none), new_rules.as_ref().unwrap_or(&none));
             match (o.mode, n.mode) {
@@ -275,11 +275,11 @@ fn diff_guard(name: &str, old: Option<&GuardSpec>, new: Option<&GuardSpec>) -> G
                     d.reports_only = n.mode == Mode::Audit;
                 }
                 (Mode::Enforce, Mode::Audit) => {
-                    d.opens.push(Effect::Everything { cgroup: n.cgroup.clone(), reason: Reason::Audit });
+                    d.opens.push(Effect::Everything { cgroup: covered(n), reason: Reason::Audit });
                     d.notes = rule_changes(old_rules, new_rules).new_redundancies();
                 }
                 (Mode::Audit, Mode::Enforce) => {
-                    d.closes.push(Effect::Everything { cgroup: n.cgroup.clone(), reason: Reason::Enforce });
+                    d.closes.push(Effect::Everything { cgroup: covered(n), reason: Reason::Enforce });
                     d.allowed = rule_changes(&none, new_rules).opens;
                     d.notes = rule_changes(old_rules, new_rules).new_redundancies();
                 }
@@ -289,13 +289,13 @@ fn diff_guard(name: &str, old: Option<&GuardSpec>, new: Option<&GuardSpec>) -> G
         // longer guarded and the new one is guarded from scratch.
         _ => {
             if let Some(o) = old.filter(|o| o.mode == Mode::Enforce) {
-                d.opens.push(Effect::Everything { cgroup: o.cgroup.clone(), reason: Reason::Unguarded });
+                d.opens.push(Effect::Everything { cgroup: covered(o), reason: Reason::Unguarded });
             }
             if let Some(n) = new {
                 let new_rules = new_rules.as_ref().unwrap_or(&none);
                 let changes = rule_changes(&none, new_rules);
                 if n.mode == Mode::Enforce {
-                    d.closes.push(Effect::Everything { cgroup: n.cgroup.clone(), reason: Reason::Enforce });
+                    d.closes.push(Effect::Everything { cgroup: covered(n), reason: Reason::Enforce });
                     d.allowed = changes.opens.clone();
                 }
                 d.notes = changes.new_redundancies();
@@ -459,6 +459,15 @@ impl PeerTable {
 
 fn is_v6(net: &IpNet) -> bool {
     matches!(net, IpNet::V6(_))
+}
+
+/// What a guard covers, as the report names it: a cgroup path, or the pods
+/// a selector picks.
+fn covered(g: &GuardSpec) -> String {
+    match &g.target {
+        crate::policy::Target::Cgroup(c) => c.clone(),
+        pods => pods.to_string(),
+    }
 }
 
 /// The rule-level changes between two guards on one cgroup, in one mode.

@@ -65,8 +65,9 @@ pub struct Replay {
 /// it is taken as kernel-chosen (a bind to port 0) when no rule lists it,
 /// since the trail records the port the kernel picked.
 pub fn replay(policy: &Policy, records: &[Record], ephemeral: RangeInclusive<u16>) -> Replay {
-    // Operation -> (most permissive recorded outcome, count, comm, went live).
-    let mut ops: BTreeMap<Operation, (Outcome, u64, String, bool)> = BTreeMap::new();
+    // Operation -> (most permissive recorded outcome, count, comm, went live,
+    // the guard the agent reported: the only way to know a pod guard).
+    let mut ops: BTreeMap<Operation, (Outcome, u64, String, bool, Option<String>)> = BTreeMap::new();
     let mut out = Replay::default();
     for r in records {
         let recorded = match r.event {
@@ -85,21 +86,35 @@ pub fn replay(policy: &Policy, records: &[Record], ephemeral: RangeInclusive<u16
         let addr = crate::policy::eval::canonical(r.addr);
         let key =
             Operation { cgroup: r.cgroup.clone(), op: r.op, proto: r.proto.clone(), addr, port: r.port };
-        let e = ops.entry(key).or_insert((recorded, 0, r.comm.clone(), false));
+        let e = ops.entry(key).or_insert((recorded, 0, r.comm.clone(), false, r.guard.clone()));
         e.3 |= r.event == RecordKind::PortOpened;
         // The most permissive recorded outcome stands for the operation.
         e.0 = e.0.min(recorded);
         e.1 += r.count;
     }
-    for (operation, (recorded, count, comm, went_live)) in ops {
+    for (operation, (recorded, count, comm, went_live, reported)) in ops {
         let action = operation.op.action().expect("filtered above");
         let proto = match operation.proto.as_str() {
             "udp" => policy::Proto::Udp,
             _ => policy::Proto::Tcp,
         };
-        let mut j = policy.judge(&operation.cgroup, action, proto, operation.addr, operation.port);
+        let mut j = policy.judge_reported(
+            &operation.cgroup,
+            reported.as_deref(),
+            action,
+            proto,
+            operation.addr,
+            operation.port,
+        );
         if !j.allowed() && went_live && ephemeral.contains(&operation.port) {
-            j = policy.judge(&operation.cgroup, action, proto, operation.addr, 0);
+            j = policy.judge_reported(
+                &operation.cgroup,
+                reported.as_deref(),
+                action,
+                proto,
+                operation.addr,
+                0,
+            );
         }
         let new = if j.allowed() {
             Outcome::Allowed

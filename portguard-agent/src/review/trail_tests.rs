@@ -42,7 +42,7 @@ fn suggest_aggregates_ports_and_peers_and_leaves_todo_markers() {
     let p = load(&text);
     assert_eq!(p.guards.len(), 1, "only the api guard:\n{text}");
     let g = &p.guards[0];
-    assert_eq!((g.name.as_str(), g.cgroup.as_str(), g.mode), ("api", "/api", Mode::Audit));
+    assert_eq!((g.name.as_str(), g.target.cgroup().unwrap(), g.mode), ("api", "/api", Mode::Audit));
     assert!(g.allow_ephemeral_bind, "41000 is in the local port range:\n{text}");
     assert_eq!(g.bind.len(), 2, "8080 on any address, 9090 on loopback:\n{text}");
     // Five cache nodes in one /24 became the network; DNS is one rule for both protocols.
