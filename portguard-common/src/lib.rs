@@ -37,6 +37,7 @@ pub mod map_names {
     pub const COUNTERS: &str = "PG_COUNTERS";
     pub const STATS: &str = "PG_STATS";
     pub const EVENTS: &str = "PG_EVENTS";
+    pub const PORT_EVENTS: &str = "PG_PORT_EVENTS";
     pub const DENIAL_COUNTS: &str = "PG_DENIAL_COUNTS";
     pub const PREFIX_MASKS: &str = "PG_PREFIX_MASKS";
 }
@@ -67,6 +68,9 @@ pub const DEFAULT_ANCESTRY_ENTRIES: u32 = 16_384;
 pub const DENIAL_COUNT_ENTRIES: u32 = 16_384;
 /// Ring buffer size in bytes for denial events.
 pub const EVENTS_BYTES: u32 = 1 << 20;
+/// Port-lifecycle events have their own ring buffer, so a process that
+/// opens and closes ports in a loop can never crowd out denial events.
+pub const PORT_EVENTS_BYTES: u32 = 1 << 18;
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -207,7 +211,9 @@ pub mod stats {
     /// Sockets the kernel had no memory to stamp (their operation was
     /// refused, whatever their cgroup).
     pub const STAMP_FAILURES: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// Port-lifecycle events lost because their ring buffer was full.
+    pub const PORT_EVENTS_LOST: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// `PG_CONFIG[0]`: which policy is live.

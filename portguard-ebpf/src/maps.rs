@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use portguard_common::{
     Ancestry, BindKey, COUNTER_ENTRIES, Config, ConnectKey, DEFAULT_ANCESTRY_ENTRIES, DENIAL_COUNT_ENTRIES,
-    DenialKey, EVENTS_BYTES, GuardInfo, GuardKey, MAX_BIND_ENTRIES, MAX_CONNECT_ENTRIES, MAX_GUARDS, PortSet,
-    RuleRef, SLOTS, SockStamp, stats,
+    DenialKey, EVENTS_BYTES, GuardInfo, GuardKey, MAX_BIND_ENTRIES, MAX_CONNECT_ENTRIES, MAX_GUARDS,
+    PORT_EVENTS_BYTES, PortSet, RuleRef, SLOTS, SockStamp, stats,
 };
 
 /// Policy maps are written while programs read them; without preallocation
@@ -60,6 +60,9 @@ pub static PG_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COU
 
 #[map(name = "PG_EVENTS")]
 pub static PG_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+#[map(name = "PG_PORT_EVENTS")]
+pub static PG_PORT_EVENTS: RingBuf = RingBuf::with_byte_size(PORT_EVENTS_BYTES, 0);
 
 #[inline(always)]
 pub fn bump(map: &PerCpuArray<u64>, index: u32) {

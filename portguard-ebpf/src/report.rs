@@ -6,7 +6,7 @@ use portguard_common::{DenialKey, Event, GuardInfo, MODE_AUDIT, Op, Verdict, cou
 use crate::{
     addr::Addr,
     identity::Guarded,
-    maps::{PG_COUNTERS, PG_DENIAL_COUNTS, PG_EVENTS, PG_STATS, bump},
+    maps::{PG_COUNTERS, PG_DENIAL_COUNTS, PG_EVENTS, PG_PORT_EVENTS, PG_STATS, bump},
 };
 
 pub struct Decision<'a> {
@@ -121,13 +121,13 @@ pub struct LifecycleEvent {
     pub cookie: u64,
 }
 
-/// Queues a port-lifecycle event. Not counted per guard: the agent's
-/// inventory is the count. A full ring buffer loses the event (counted),
-/// and the agent's periodic scan repairs its inventory.
+/// Queues a port-lifecycle event on its own ring buffer. Not counted per
+/// guard: the agent's inventory is the count. A full ring buffer loses the
+/// event (counted in `PORT_EVENTS_LOST`).
 #[inline(always)]
 pub fn record_lifecycle(e: &LifecycleEvent) {
-    let Some(mut entry) = PG_EVENTS.reserve::<Event>(0) else {
-        bump(&PG_STATS, stats::EVENTS_LOST);
+    let Some(mut entry) = PG_PORT_EVENTS.reserve::<Event>(0) else {
+        bump(&PG_STATS, stats::PORT_EVENTS_LOST);
         return;
     };
     entry.write(Event {

@@ -128,6 +128,35 @@ fn scan_and_the_live_inventory_classify_real_listeners() {
     assert_eq!(code, 1, "an unapproved port fails the gate:\n{out}");
     assert!(out.contains("unapproved tcp   127.0.0.1:16390"), "{out}");
 
+    // A bind-and-close loop: thousands of ports live for microseconds. They
+    // are summed into `port_brief` lines, not two lines each.
+    let loop_ = sb.spawn_probe("/cache", &["hammer", "bind", "udp", "127.0.0.1", "18500", "18501", "500"]);
+    let hammered = portguard_tests::Hammer::wait(loop_);
+    assert!(hammered.allowed_ok > 1000, "{hammered:?}");
+    let metrics_addr = sb.agent().metrics_addr();
+    let lost = || {
+        let m = http_get(&format!("http://{metrics_addr}/metrics"));
+        metric_sum(&m, "portguard_port_events_lost_total", &[])
+    };
+    let brief = |port: u16| -> Vec<Value> {
+        sb.audit_records().into_iter().filter(|r| r["port"] == port && r["event"] == "port_brief").collect()
+    };
+    let total = |lines: &[Value]| lines.iter().map(|r| r["count"].as_u64().unwrap()).sum::<u64>();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while total(&brief(18500)) < hammered.allowed_ok && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let lines = brief(18500);
+    // Exact unless the kernel dropped port events (counted, and then the
+    // sum can only fall short).
+    if lost() == 0 {
+        assert_eq!(total(&lines), hammered.allowed_ok, "every brief port counted once");
+    } else {
+        assert!(total(&lines) > 0 && total(&lines) <= hammered.allowed_ok, "{lines:?}");
+    }
+    assert!(lines.len() <= 3, "one line per second of the loop, not one per port: {lines:?}");
+    assert_eq!(lines[0]["guard"], "cache");
+
     // Closing is seen too, with how long the port was live.
     web.kill().unwrap();
     web.wait().unwrap();

@@ -2,11 +2,16 @@
 //! started (from the kernel's port events), plus the ones already live at
 //! start (from /proc), each classified against the applied policy. It feeds
 //! `portguard_listeners` and the port lifecycle records of the audit trail.
+//!
+//! A port is written to the trail once it has been live for [`SETTLE`]:
+//! a process that binds and closes in a loop would otherwise write two lines
+//! per iteration. Ports that close sooner are summed into one `port_brief`
+//! line per kind and second.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use portguard_common::UNGUARDED_ID;
@@ -25,21 +30,57 @@ use crate::{
 /// inode, tagged with this bit, keys them apart from cookies.
 const SCANNED: u64 = 1 << 63;
 
+/// How long a port must stay live to get its own trail lines.
+pub const SETTLE: Duration = Duration::from_secs(1);
+
 struct Live {
     record: Record,
     proto: Proto,
     opened: Instant,
+    /// Its `port_opened` line was written.
+    announced: bool,
+}
+
+/// Ports that closed before they settled, by what they were.
+#[derive(PartialEq, Eq, Hash)]
+struct BriefKey {
+    cgroup: String,
+    guard: Option<String>,
+    proto: String,
+    addr: IpAddr,
+    port: u16,
 }
 
 pub struct Listeners {
     names: CgroupNames,
     root_in_mount: String,
     live: HashMap<u64, Live>,
+    brief: HashMap<BriefKey, Record>,
+    brief_since: Instant,
 }
 
 impl Listeners {
     pub fn new(root: std::path::PathBuf, root_in_mount: String) -> Listeners {
-        Listeners { names: CgroupNames::new(root), root_in_mount, live: HashMap::new() }
+        Listeners {
+            names: CgroupNames::new(root),
+            root_in_mount,
+            live: HashMap::new(),
+            brief: HashMap::new(),
+            brief_since: Instant::now(),
+        }
+    }
+
+    /// Writes the ports that have now settled, and the brief ones summed
+    /// once per [`SETTLE`]. Call it a few times per second.
+    pub fn tick(&mut self, out: &mut Vec<Record>) {
+        for l in self.live.values_mut().filter(|l| !l.announced && l.opened.elapsed() >= SETTLE) {
+            l.announced = true;
+            out.push(l.record.clone());
+        }
+        if self.brief_since.elapsed() >= SETTLE {
+            self.brief_since = Instant::now();
+            out.extend(self.brief.drain().map(|(_, r)| r));
+        }
     }
 
     /// Takes in the ports already live before the agent's programs were
@@ -72,7 +113,10 @@ impl Listeners {
                 &standing,
             );
             out.push(record.clone());
-            self.live.insert(SCANNED | p.inode, Live { record, proto: p.proto, opened: Instant::now() });
+            self.live.insert(
+                SCANNED | p.inode,
+                Live { record, proto: p.proto, opened: Instant::now(), announced: true },
+            );
         }
     }
 
@@ -97,7 +141,6 @@ impl Listeners {
         e: &DecodedEvent,
         policy: Option<&Policy>,
         guard_names: &HashMap<u32, String>,
-        out: &mut Vec<Record>,
     ) {
         let proto = if e.proto == "udp" { Proto::Udp } else { Proto::Tcp };
         let cgroup = self.names.name(e.sock_cgroup);
@@ -115,17 +158,34 @@ impl Listeners {
         };
         let record =
             record(RecordKind::PortOpened, cgroup, e.pid, e.comm.clone(), proto, e.addr, e.port, &standing);
-        out.push(record.clone());
-        self.live.insert(e.cookie, Live { record, proto, opened: Instant::now() });
+        // Written by `tick` once it settles.
+        self.live.insert(e.cookie, Live { record, proto, opened: Instant::now(), announced: false });
     }
 
     pub fn port_closed(&mut self, e: &DecodedEvent, out: &mut Vec<Record>) {
-        if let Some(mut l) = self.live.remove(&e.cookie) {
-            // The process that closes may differ from the one that opened.
-            l.record.pid = e.pid;
-            l.record.comm = e.comm.clone();
-            out.push(closed(l));
+        let Some(mut l) = self.live.remove(&e.cookie) else { return };
+        if !l.announced {
+            let r = l.record;
+            let key = BriefKey {
+                cgroup: r.cgroup.clone(),
+                guard: r.guard.clone(),
+                proto: r.proto.clone(),
+                addr: r.addr,
+                port: r.port,
+            };
+            match self.brief.get_mut(&key) {
+                Some(b) => b.count += 1,
+                None => {
+                    self.brief
+                        .insert(key, Record { event: RecordKind::PortBrief, open_seconds: Some(0), ..r });
+                }
+            }
+            return;
         }
+        // The process that closes may differ from the one that opened.
+        l.record.pid = e.pid;
+        l.record.comm = e.comm.clone();
+        out.push(closed(l));
     }
 
     /// Re-judges every live port under a newly applied policy.

@@ -41,7 +41,7 @@ use crate::{
     policy::{CompiledPolicy, Target},
     trail::{AuditTrail, Record},
 };
-use portguard_common::Op;
+use portguard_common::{Op, map_names};
 
 /// How often ports that were live before the agent started are checked for
 /// having closed (their close raises no kernel event).
@@ -146,7 +146,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let mut enforcer = Enforcer::load(&args.bpffs)?;
     let started = async {
         let maps = PolicyMaps::open(&mut enforcer.ebpf)?;
-        let events = EventStream::open(&mut enforcer.ebpf)?;
+        let events = EventStream::open(&mut enforcer.ebpf, map_names::EVENTS)?;
+        let port_events = EventStream::open(&mut enforcer.ebpf, map_names::PORT_EVENTS)?;
         let metrics = Arc::new(Metrics::new(KernelCounters::open(&args.bpffs)?));
         let addr = metrics::serve(args.metrics_addr, Arc::clone(&metrics))
             .await
@@ -157,10 +158,10 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         daemon.follow_pods_for(&compiled)?;
         daemon.wait_for_pod_list(args.kube_sync_timeout).await;
         daemon.apply_policy(&text, policy, compiled)?;
-        Ok::<_, AgentError>((daemon, events, metrics))
+        Ok::<_, AgentError>((daemon, events, port_events, metrics))
     }
     .await;
-    let (mut daemon, mut events, metrics) = match started {
+    let (mut daemon, mut events, mut port_events, metrics) = match started {
         Ok(v) => v,
         Err(e) => {
             enforcer.abandon();
@@ -194,7 +195,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     write_records(&mut trail, &mut records);
     let mut sinks = Sinks { trail, listeners, records };
     sinks.publish(&metrics);
-    let result = event_loop(&mut daemon, &mut events, &metrics, &args, root, &mut sinks).await;
+    let result =
+        event_loop(&mut daemon, &mut events, &mut port_events, &metrics, &args, root, &mut sinks).await;
     sd_notify::notify("STOPPING=1");
     state::remove_pid(&args.state_dir);
     if args.unload_on_exit {
@@ -217,6 +219,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
 async fn event_loop(
     daemon: &mut Daemon,
     events: &mut EventStream,
+    port_events: &mut EventStream,
     metrics: &Metrics,
     args: &RunArgs,
     root: PathBuf,
@@ -238,6 +241,7 @@ async fn event_loop(
         .map_err(|source| AgentError::Watch { what: args.policy.display().to_string(), source })?;
     daemon.watch_cgroups(&mut cgroups);
     let mut batch = Vec::new();
+    let mut port_batch = Vec::new();
     loop {
         // Biased: signals and policy changes first, so a flood of denial
         // events can never delay a reload or a shutdown.
@@ -257,6 +261,7 @@ async fn event_loop(
             _ = coalesce.tick() => {
                 denial_log.flush(daemon.guard_ids(), daemon.guard_modes(), Some(std::time::Instant::now()));
                 sinks.records.append(&mut denial_log.records);
+                sinks.listeners.tick(&mut sinks.records);
                 sinks.flush(metrics);
             }
             _ = cgroups.changed() => daemon.rescan_guards(&mut cgroups),
@@ -264,23 +269,30 @@ async fn event_loop(
                 r.map_err(|e| AgentError::Events(e.into()))?;
                 let full = batch.len() >= crate::bpf::MAX_EVENT_BATCH;
                 metrics.events_received.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                let mut names: Option<HashMap<u32, String>> = None;
                 for e in batch.drain(..) {
-                    match e.op {
-                        Some(Op::PortOpened) => {
-                            let names = names.get_or_insert_with(|| {
-                                daemon.guard_ids().iter().map(|(n, id)| (*id, n.clone())).collect()
-                            });
-                            sinks.listeners.port_opened(&e, daemon.policy(), names, &mut sinks.records);
-                        }
-                        Some(Op::PortClosed) => sinks.listeners.port_closed(&e, &mut sinks.records),
-                        _ => denial_log.log(&e, daemon.guard_ids(), daemon.guard_modes()),
-                    }
+                    denial_log.log(&e, daemon.guard_ids(), daemon.guard_modes());
                 }
                 sinks.records.append(&mut denial_log.records);
                 sinks.flush(metrics);
                 if full {
                     // Let the watcher tasks run between batches of a flood.
+                    tokio::task::yield_now().await;
+                }
+            }
+            r = port_events.next_batch(&mut port_batch) => {
+                r.map_err(|e| AgentError::Events(e.into()))?;
+                let full = port_batch.len() >= crate::bpf::MAX_EVENT_BATCH;
+                let names: HashMap<u32, String> =
+                    daemon.guard_ids().iter().map(|(n, id)| (*id, n.clone())).collect();
+                for e in port_batch.drain(..) {
+                    match e.op {
+                        Some(Op::PortOpened) => sinks.listeners.port_opened(&e, daemon.policy(), &names),
+                        Some(Op::PortClosed) => sinks.listeners.port_closed(&e, &mut sinks.records),
+                        _ => {}
+                    }
+                }
+                sinks.flush(metrics);
+                if full {
                     tokio::task::yield_now().await;
                 }
             }
@@ -303,9 +315,6 @@ struct Sinks {
 
 impl Sinks {
     fn flush(&mut self, metrics: &Metrics) {
-        if self.records.is_empty() {
-            return;
-        }
         write_records(&mut self.trail, &mut self.records);
         self.publish(metrics);
     }

@@ -9,7 +9,7 @@ use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
 };
-use portguard_common::{AF_INET, Event, IPPROTO_TCP, IPPROTO_UDP, Op, Verdict, map_names};
+use portguard_common::{AF_INET, Event, IPPROTO_TCP, IPPROTO_UDP, Op, Verdict};
 use tokio::io::unix::AsyncFd;
 
 /// An event as the kernel sent it, with its fields decoded.
@@ -79,8 +79,10 @@ pub enum EventsError {
 }
 
 impl EventStream {
-    pub fn open(ebpf: &mut Ebpf) -> Result<EventStream, EventsError> {
-        let map = ebpf.take_map(map_names::EVENTS).ok_or(EventsError::Missing { name: map_names::EVENTS })?;
+    /// Denials and audits (`map_names::EVENTS`) or port-lifecycle events
+    /// (`map_names::PORT_EVENTS`).
+    pub fn open(ebpf: &mut Ebpf, name: &'static str) -> Result<EventStream, EventsError> {
+        let map = ebpf.take_map(name).ok_or(EventsError::Missing { name })?;
         let ring = RingBuf::try_from(map)?;
         // SAFETY: the ring buffer owns its map fd, which stays open and the
         // same for as long as the RingBuf (now owned by the AsyncFd) lives.

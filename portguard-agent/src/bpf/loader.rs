@@ -36,7 +36,7 @@ pub const PROGRAMS: [&str; 11] = [
     "pg_sock_release",
 ];
 
-const PINNED_MAPS: [&str; 10] = [
+const PINNED_MAPS: [&str; 11] = [
     map_names::CONFIG,
     map_names::GUARDS,
     map_names::BIND_RULES,
@@ -46,6 +46,7 @@ const PINNED_MAPS: [&str; 10] = [
     map_names::COUNTERS,
     map_names::STATS,
     map_names::EVENTS,
+    map_names::PORT_EVENTS,
     map_names::DENIAL_COUNTS,
 ];
 

@@ -60,6 +60,10 @@ impl DecisionCounters {
         Self::sum(&self.stats, stats::EVENTS_LOST)
     }
 
+    pub fn port_events_lost(&self) -> u64 {
+        Self::sum(&self.stats, stats::PORT_EVENTS_LOST)
+    }
+
     pub fn stamp_misses(&self) -> u64 {
         Self::sum(&self.stats, stats::STAMP_MISSES)
     }

@@ -105,6 +105,12 @@ impl Collector for Metrics {
         )?;
         counter(
             &mut enc,
+            "portguard_port_events_lost",
+            "Port open/close events the kernel could not queue (their ring buffer was full); the inventory may miss ports.",
+            kernel.decisions.port_events_lost(),
+        )?;
+        counter(
+            &mut enc,
             "portguard_events_received",
             "Denial events read from the kernel by the agent.",
             self.events_received.load(Ordering::Relaxed),

@@ -71,7 +71,7 @@ pub fn replay(policy: &Policy, records: &[Record], ephemeral: RangeInclusive<u16
     let mut out = Replay::default();
     for r in records {
         let recorded = match r.event {
-            RecordKind::PortOpened => Outcome::Allowed,
+            RecordKind::PortOpened | RecordKind::PortBrief => Outcome::Allowed,
             RecordKind::Audited => Outcome::Audited,
             RecordKind::Denied => Outcome::Denied,
             RecordKind::PortClosed => {
@@ -87,7 +87,7 @@ pub fn replay(policy: &Policy, records: &[Record], ephemeral: RangeInclusive<u16
         let key =
             Operation { cgroup: r.cgroup.clone(), op: r.op, proto: r.proto.clone(), addr, port: r.port };
         let e = ops.entry(key).or_insert((recorded, 0, r.comm.clone(), false, r.guard.clone()));
-        e.3 |= r.event == RecordKind::PortOpened;
+        e.3 |= matches!(r.event, RecordKind::PortOpened | RecordKind::PortBrief);
         // The most permissive recorded outcome stands for the operation.
         e.0 = e.0.min(recorded);
         e.1 += r.count;

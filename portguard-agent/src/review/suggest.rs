@@ -58,7 +58,10 @@ pub fn suggest(records: &[Record], opts: &Options) -> String {
         match (r.event, r.op) {
             (RecordKind::PortClosed, _) => {}
             (_, RecordOp::Bind) => {
-                if r.port == 0 || (r.event == RecordKind::PortOpened && opts.ephemeral.contains(&r.port)) {
+                if r.port == 0
+                    || (matches!(r.event, RecordKind::PortOpened | RecordKind::PortBrief)
+                        && opts.ephemeral.contains(&r.port))
+                {
                     o.ephemeral_bind = true;
                 } else {
                     let addr = crate::policy::eval::canonical(r.addr);

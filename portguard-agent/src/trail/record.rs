@@ -14,6 +14,9 @@ pub enum RecordKind {
     PortOpened,
     /// A port reported by `port_opened` closed.
     PortClosed,
+    /// Ports live for less than a second, summed: `count` of them opened
+    /// and closed since the last such line (a bind-and-close loop).
+    PortBrief,
     /// An operation an enforcing guard refused.
     Denied,
     /// An operation an auditing guard would have refused, let through.
