@@ -32,6 +32,8 @@
 //!   pg-probe listen-unbound                (TCP listen() without bind(): autobind)
 //!   pg-probe serve IP PORT                 (TCP bind() then listen())
 //!   pg-probe uring-connect tcp|udp IP PORT (connect through io_uring)
+//!   pg-probe bpf-fault prog-load|link-create BPF_CGROUP_... -- PROGRAM ARGS...
+//!       runs PROGRAM as if the kernel lacked that cgroup hook (see bpf_fault.rs)
 //!   pg-probe bind-no-port-connect IP PORT
 //!       TCP: IP_BIND_ADDRESS_NO_PORT, bind(IP, 0), then connect(IP, PORT);
 //!       prints "bind: err ..." or the connect's verdict
@@ -39,6 +41,7 @@
 //! An IPv6 IP (including ::ffff:a.b.c.d) uses an AF_INET6 socket.
 
 mod bench;
+mod bpf_fault;
 
 use std::{io, mem::size_of, net::IpAddr, process::ExitCode};
 
@@ -469,6 +472,7 @@ fn main() -> ExitCode {
         ["serve", ip, p] => serve(parse_ip(ip), port(p)),
         ["hold", proto, ip, p] => hold(proto, parse_ip(ip), port(p)),
         ["uring-connect", proto, ip, p] => uring_connect(proto, parse_ip(ip), port(p)),
+        ["bpf-fault", step, hook, "--", program @ ..] => return bpf_fault::run(step, hook, program),
         ["bind-no-port-connect", ip, p] => bind_no_port_connect(parse_ip(ip), port(p)),
         ["bench", workload, p, n] => bench::run(workload, port(p), n.parse().expect("iterations")),
         ["flood", proto, ip, p, count] => flood(proto, parse_ip(ip), port(p), count.parse().expect("count")),
