@@ -91,6 +91,47 @@ fn io_uring_connect_is_judged_like_the_syscall() {
     assert_eq!(sb.probe("/app", &["uring-connect", "udp", "127.0.0.1", "5353"]), "ok");
 }
 
+/// IORING_OP_BIND (Linux 6.11) runs the same inet_bind path as bind(2), so
+/// the bind4/bind6 hooks judge it; IORING_OP_LISTEN without a bind
+/// autobinds like listen(2), and is the same known gap (or refusal) as
+/// `listen_without_bind_is_refused_in_guarded_cgroups`.
+#[test]
+fn io_uring_bind_and_listen_are_judged_like_the_syscalls() {
+    if !require_root("io_uring_bind") {
+        return;
+    }
+    let mut sb = Sandbox::new("uringbind");
+    sb.cgroup("/app");
+    sb.start_agent(&policy(""));
+    let denied = sb.probe("/app", &["uring-bind", "tcp", "127.0.0.1", "8081"]);
+    if denied.starts_with("unsupported") {
+        assert!(std::env::var("CI").is_err(), "IORING_OP_BIND unavailable under CI: {denied}");
+        eprintln!("skipping: IORING_OP_BIND unavailable here ({denied})");
+        return;
+    }
+    assert_eq!(denied, "err EPERM");
+    assert_eq!(sb.probe("/app", &["uring-bind", "tcp", "::", "8081"]), "err EPERM", "IPv6");
+    assert_eq!(
+        sb.probe("/app", &["uring-bind", "udp", "::ffff:127.0.0.1", "8081"]),
+        "err EPERM",
+        "v4-mapped"
+    );
+    assert_eq!(sb.probe("/app", &["uring-bind", "tcp", "127.0.0.1", "0"]), "err EPERM", "ephemeral");
+    assert_eq!(sb.probe("/app", &["uring-bind", "tcp", "127.0.0.1", "8080"]), "ok port=8080");
+    assert_eq!(sb.probe("/app", &["uring-bind", "tcp", "::", "8080"]), "ok port=8080");
+    assert_eq!(sb.probe("/", &["uring-bind", "tcp", "127.0.0.1", "8081"]), "ok port=8081", "unguarded");
+    let e = sb.agent().wait_for("io_uring bind denial", |l| l["op"] == "bind" && l["port"] == 8081);
+    assert_eq!(e["guard"], "app");
+
+    let listen = sb.probe("/app", &["uring-listen-unbound"]);
+    if lsm_attached(&mut sb) {
+        assert_eq!(listen, "err EPERM");
+    } else {
+        // Known gap on kernels that refuse BPF LSM programs (README "Limits").
+        assert!(listen.starts_with("ok port="), "{listen}");
+    }
+}
+
 #[test]
 fn a_socket_passed_over_scm_rights_stays_under_its_guard() {
     if !require_root("scm_rights") {

@@ -32,6 +32,9 @@
 //!   pg-probe listen-unbound                (TCP listen() without bind(): autobind)
 //!   pg-probe serve IP PORT                 (TCP bind() then listen())
 //!   pg-probe uring-connect tcp|udp IP PORT (connect through io_uring)
+//!   pg-probe uring-bind tcp|udp IP PORT    (bind through io_uring, IORING_OP_BIND)
+//!   pg-probe uring-listen-unbound          (TCP IORING_OP_LISTEN without a bind)
+//!       the io_uring modes print "unsupported ..." where the kernel lacks the op
 //!   pg-probe bpf-fault prog-load|link-create BPF_CGROUP_... -- PROGRAM ARGS...
 //!       runs PROGRAM as if the kernel lacked that cgroup hook (see bpf_fault.rs)
 //!   pg-probe bind-no-port-connect IP PORT
@@ -396,6 +399,52 @@ fn uring_connect(proto: &str, ip: IpAddr, port: u16) -> io::Result<String> {
     Ok("ok".into())
 }
 
+/// Submits one operation and returns its result, or "unsupported ..." when
+/// this kernel has no io_uring or not this opcode.
+fn uring_one(opcode: u8, name: &str, op: io_uring::squeue::Entry) -> io::Result<Result<i32, String>> {
+    let mut ring = match io_uring::IoUring::new(4) {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(format!("unsupported {e}"))),
+    };
+    let mut probe = io_uring::Probe::new();
+    ring.submitter().register_probe(&mut probe)?;
+    if !probe.is_supported(opcode) {
+        return Ok(Err(format!("unsupported {name}")));
+    }
+    // SAFETY: everything the entry points to outlives the wait below.
+    unsafe { ring.submission().push(&op).map_err(io::Error::other)? };
+    ring.submit_and_wait(1)?;
+    let cqe = ring.completion().next().ok_or_else(|| io::Error::other("no completion"))?;
+    if cqe.result() < 0 {
+        return Err(io::Error::from_raw_os_error(-cqe.result()));
+    }
+    Ok(Ok(cqe.result()))
+}
+
+/// bind() submitted through io_uring (Linux 6.11+).
+fn uring_bind(proto: &str, ip: IpAddr, port: u16) -> io::Result<String> {
+    let (sa, len, family) = sockaddr(ip, port);
+    let s = socket(family, proto)?;
+    let op =
+        io_uring::opcode::Bind::new(io_uring::types::Fd(s.0), (&sa as *const libc::sockaddr_in6).cast(), len)
+            .build();
+    Ok(match uring_one(io_uring::opcode::Bind::CODE, "IORING_OP_BIND", op)? {
+        Ok(_) => format!("ok port={}", local_port(s.0)),
+        Err(unsupported) => unsupported,
+    })
+}
+
+/// listen() without bind() submitted through io_uring (Linux 6.11+): the
+/// kernel autobinds, as for the syscall.
+fn uring_listen_unbound() -> io::Result<String> {
+    let s = socket(libc::AF_INET, "tcp")?;
+    let op = io_uring::opcode::Listen::new(io_uring::types::Fd(s.0), 1).build();
+    Ok(match uring_one(io_uring::opcode::Listen::CODE, "IORING_OP_LISTEN", op)? {
+        Ok(_) => format!("ok port={}", local_port(s.0)),
+        Err(unsupported) => unsupported,
+    })
+}
+
 fn bind_no_port_connect(ip: IpAddr, port: u16) -> io::Result<String> {
     let s = socket(family_of(ip), "tcp")?;
     let one: libc::c_int = 1;
@@ -472,6 +521,8 @@ fn main() -> ExitCode {
         ["serve", ip, p] => serve(parse_ip(ip), port(p)),
         ["hold", proto, ip, p] => hold(proto, parse_ip(ip), port(p)),
         ["uring-connect", proto, ip, p] => uring_connect(proto, parse_ip(ip), port(p)),
+        ["uring-bind", proto, ip, p] => uring_bind(proto, parse_ip(ip), port(p)),
+        ["uring-listen-unbound"] => uring_listen_unbound(),
         ["bpf-fault", step, hook, "--", program @ ..] => return bpf_fault::run(step, hook, program),
         ["bind-no-port-connect", ip, p] => bind_no_port_connect(parse_ip(ip), port(p)),
         ["bench", workload, p, n] => bench::run(workload, port(p), n.parse().expect("iterations")),
