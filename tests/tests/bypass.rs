@@ -132,6 +132,21 @@ fn io_uring_bind_and_listen_are_judged_like_the_syscalls() {
     }
 }
 
+/// Known gap (README "Limits"): a UDP socket that sends without binding is
+/// given an ephemeral source port by the kernel, where replies can reach
+/// it, and no bind hook runs. The same port 0 through bind() is refused.
+#[test]
+fn udp_autobind_on_sendto_is_not_judged_as_a_bind() {
+    if !require_root("udp_autobind") {
+        return;
+    }
+    let sb = Sandbox::enforcing("autobind", &["/app"], &policy(""));
+    assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "0"]), "err EPERM", "explicit port 0");
+    let v = sb.probe("/app", &["sendto-autobind", "127.0.0.1", "5353"]);
+    let port: u16 = v.strip_prefix("ok port=").and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("{v}"));
+    assert_ne!(port, 0, "the kernel picked a source port");
+}
+
 #[test]
 fn a_socket_passed_over_scm_rights_stays_under_its_guard() {
     if !require_root("scm_rights") {

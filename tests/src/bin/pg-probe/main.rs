@@ -9,6 +9,8 @@
 //!   pg-probe bind-unspec tcp|udp PORT      (AF_INET socket, sa_family AF_UNSPEC)
 //!   pg-probe connect tcp|udp IP PORT
 //!   pg-probe sendto IP PORT                (unconnected UDP)
+//!   pg-probe sendto-autobind IP PORT       (the same, then prints the source port
+//!                                           the kernel picked: "ok port=N")
 //!   pg-probe move-then-connect tcp|udp IP PORT CGROUP_PROCS
 //!                                          (socket(), then join CGROUP_PROCS, then connect())
 //!   pg-probe hammer bind|connect tcp|udp IP ALLOWED_PORT DENIED_PORT MILLIS
@@ -158,6 +160,15 @@ fn connect(proto: &str, ip: IpAddr, port: u16) -> io::Result<String> {
 }
 
 fn sendto(ip: IpAddr, port: u16) -> io::Result<String> {
+    sendto_on(ip, port).map(|_| "ok".into())
+}
+
+fn sendto_autobind(ip: IpAddr, port: u16) -> io::Result<String> {
+    let s = sendto_on(ip, port)?;
+    Ok(format!("ok port={}", local_port(s.0)))
+}
+
+fn sendto_on(ip: IpAddr, port: u16) -> io::Result<Sock> {
     let (sa, len, family) = sockaddr(ip, port);
     let s = socket(family, "udp")?;
     let msg = b"portguard-probe";
@@ -168,7 +179,7 @@ fn sendto(ip: IpAddr, port: u16) -> io::Result<String> {
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok("ok".into())
+    Ok(s)
 }
 
 fn join_cgroup(procs: &str) -> io::Result<()> {
@@ -510,6 +521,7 @@ fn main() -> ExitCode {
         ["bind-unspec", proto, p] => bind_unspec(proto, port(p)),
         ["connect", proto, ip, p] => connect(proto, parse_ip(ip), port(p)),
         ["sendto", ip, p] => sendto(parse_ip(ip), port(p)),
+        ["sendto-autobind", ip, p] => sendto_autobind(parse_ip(ip), port(p)),
         ["move-then-connect", proto, ip, p, procs] => move_then_connect(proto, parse_ip(ip), port(p), procs),
         ["sendmsg", ip, p] => sendmsg_to(parse_ip(ip), port(p), false),
         ["sendmmsg", ip, p] => sendmsg_to(parse_ip(ip), port(p), true),
