@@ -193,6 +193,44 @@ fn a_socket_created_before_the_agent_started_is_judged() {
     assert_eq!(rest.trim(), "err EPERM", "judged by the cgroup of the task that uses it");
 }
 
+/// Known gap (README "Limits"): a socket made before the agent started has
+/// no stamp, so it is judged by the task that uses it. Its process moving
+/// to an unguarded cgroup takes it out of the guard; a socket made after
+/// the start stays guarded (`a_socket_stays_judged_by_the_cgroup_it_was_created_in`).
+#[test]
+fn a_socket_older_than_the_agent_is_free_once_its_process_leaves_the_guard() {
+    if !require_root("pre_agent_socket_moved") {
+        return;
+    }
+    let mut sb = Sandbox::new("preagentmove");
+    sb.cgroup("/app");
+    let outside = sb.procs("/outside");
+    let (_l, port) = sb.tcp_listener("127.0.0.1");
+    let go = sb.dir.join("go");
+    let mut child = sb.spawn_probe(
+        "/app",
+        &[
+            "wait-then-connect",
+            "tcp",
+            "127.0.0.1",
+            &port.to_string(),
+            go.to_str().expect("utf8"),
+            outside.to_str().expect("utf8"),
+        ],
+    );
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut buf = [0u8; 6];
+    std::io::Read::read_exact(&mut stdout, &mut buf).expect("ready line");
+    assert_eq!(&buf, b"ready\n");
+    sb.start_agent(&policy(""));
+    assert_eq!(sb.probe("/app", &["connect", "tcp", "127.0.0.1", &port.to_string()]), "err EPERM", "guarded");
+    fs::write(&go, "").expect("go");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).expect("verdict");
+    child.wait().expect("wait");
+    assert_eq!(rest.trim(), "ok", "the gap: judged by the unguarded cgroup it moved to");
+}
+
 #[test]
 fn fork_and_exec_chains_stay_guarded() {
     if !require_root("fork_exec") {

@@ -28,8 +28,9 @@
 //!   pg-probe scm-pass tcp|udp IP PORT PROCS
 //!       creates the socket here, hands it over SCM_RIGHTS to a child that
 //!       first moves itself into PROCS; the child connects
-//!   pg-probe wait-then-connect tcp|udp IP PORT FILE
+//!   pg-probe wait-then-connect tcp|udp IP PORT FILE [PROCS]
 //!       creates the socket, prints "ready", waits for FILE, then connects
+//!       (after moving itself into PROCS, when given)
 //!   pg-probe socket raw|sctp|packet        (just create one)
 //!   pg-probe listen-unbound                (TCP listen() without bind(): autobind)
 //!   pg-probe serve IP PORT                 (TCP bind() then listen())
@@ -345,7 +346,13 @@ fn recv_fd(over: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn wait_then_connect(proto: &str, ip: IpAddr, port: u16, file: &str) -> io::Result<String> {
+fn wait_then_connect(
+    proto: &str,
+    ip: IpAddr,
+    port: u16,
+    file: &str,
+    procs: Option<&str>,
+) -> io::Result<String> {
     let s = socket(family_of(ip), proto)?;
     println!("ready");
     use std::io::Write as _;
@@ -356,6 +363,9 @@ fn wait_then_connect(proto: &str, ip: IpAddr, port: u16, file: &str) -> io::Resu
             return Err(io::Error::other("timed out waiting for the go file"));
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    if let Some(procs) = procs {
+        join_cgroup(procs).map_err(|e| io::Error::new(e.kind(), format!("join {procs}: {e}")))?;
     }
     connect_on(&s, ip, port)
 }
@@ -527,7 +537,12 @@ fn main() -> ExitCode {
         ["sendmmsg", ip, p] => sendmsg_to(parse_ip(ip), port(p), true),
         ["fastopen", ip, p] => fastopen(parse_ip(ip), port(p)),
         ["scm-pass", proto, ip, p, procs] => scm_pass(proto, parse_ip(ip), port(p), procs),
-        ["wait-then-connect", proto, ip, p, file] => wait_then_connect(proto, parse_ip(ip), port(p), file),
+        ["wait-then-connect", proto, ip, p, file] => {
+            wait_then_connect(proto, parse_ip(ip), port(p), file, None)
+        }
+        ["wait-then-connect", proto, ip, p, file, procs] => {
+            wait_then_connect(proto, parse_ip(ip), port(p), file, Some(procs))
+        }
         ["socket", kind] => create_socket(kind),
         ["listen-unbound"] => listen_unbound(),
         ["serve", ip, p] => serve(parse_ip(ip), port(p)),
