@@ -140,12 +140,9 @@ fn supervise(cmd: u64, offset: u64, wanted: u32, argv: &[&str]) -> io::Result<(u
             return Err(io::Error::last_os_error());
         }
         if n > 0 && pfd.revents & libc::POLLIN != 0 {
-            match answer_one(listener, cmd, offset, wanted)? {
-                Some(was_refused) => {
-                    calls += 1;
-                    refused += u64::from(was_refused);
-                }
-                None => {}
+            if let Some(was_refused) = answer_one(listener, cmd, offset, wanted)? {
+                calls += 1;
+                refused += u64::from(was_refused);
             }
             continue;
         }
