@@ -132,6 +132,7 @@ fn a_kernel_without_a_hook_fails_in_one_line_and_attaches_nothing() {
         ("BPF_CGROUP_INET6_CONNECT", "cgroup/connect6"),
         ("BPF_CGROUP_INET4_BIND", "cgroup/bind4"),
         ("BPF_CGROUP_INET_SOCK_CREATE", "cgroup/sock_create"),
+        ("BPF_CGROUP_SOCK_OPS", "sockops"),
     ] {
         let sb = Sandbox::new("nohook");
         sb.cgroup("/app");
@@ -166,7 +167,7 @@ fn a_restart_on_a_kernel_without_a_hook_keeps_the_pinned_guard() {
     let mut sb = Sandbox::enforcing("nohookrestart", &["/app"], &policy(7000));
     assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "8081"]), "err EPERM");
     let before = attached_programs(&sb);
-    assert_eq!(before.len(), 7, "the seven cgroup programs: {before:?}");
+    assert_eq!(before.len(), 11, "the eleven cgroup programs: {before:?}");
     sb.stop_agent();
     // The new agent brings a different policy: 7001 instead of 7000.
     sb.write_policy(&policy(7001));
@@ -186,7 +187,7 @@ fn a_restart_on_a_kernel_without_a_hook_keeps_the_pinned_guard() {
     );
 }
 
-/// A start that fails after it attached some programs: the fifth of seven
+/// A start that fails after it attached some programs: the fifth of eleven
 /// links (connect6) is refused, after sock_create, bind4, bind6 and connect4
 /// were attached. The links it made go with it; no hook is left on.
 #[test]

@@ -34,12 +34,16 @@ const AUDIT_ARCH: u32 = 0xC000_00B7; // AUDIT_ARCH_AARCH64
 fn attach_type(name: &str) -> Option<u32> {
     Some(match name {
         "BPF_CGROUP_INET_SOCK_CREATE" => 2,
+        "BPF_CGROUP_SOCK_OPS" => 3,
         "BPF_CGROUP_INET4_BIND" => 8,
         "BPF_CGROUP_INET6_BIND" => 9,
         "BPF_CGROUP_INET4_CONNECT" => 10,
         "BPF_CGROUP_INET6_CONNECT" => 11,
+        "BPF_CGROUP_INET4_POST_BIND" => 12,
+        "BPF_CGROUP_INET6_POST_BIND" => 13,
         "BPF_CGROUP_UDP4_SENDMSG" => 14,
         "BPF_CGROUP_UDP6_SENDMSG" => 15,
+        "BPF_CGROUP_INET_SOCK_RELEASE" => 34,
         _ => return None,
     })
 }
