@@ -373,7 +373,16 @@ fn the_pinned_state_is_root_only() {
         return;
     }
     let sb = Sandbox::enforcing("perms", &["/app"], &policy(""));
-    for dir in [sb.bpffs.clone(), sb.bpffs.join("links"), sb.bpffs.join("maps-v2")] {
+    // Whatever the map ABI version is: the one maps directory there is.
+    let maps: Vec<_> = fs::read_dir(&sb.bpffs)
+        .expect("read the pin directory")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("maps-v")))
+        .collect();
+    assert_eq!(maps.len(), 1, "one maps directory: {maps:?}");
+    let maps = maps[0].clone();
+    for dir in [sb.bpffs.clone(), sb.bpffs.join("links"), maps.clone()] {
         let meta = fs::metadata(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         assert_eq!(meta.permissions().mode() & 0o777, 0o700, "{}", dir.display());
         assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0);
@@ -381,7 +390,7 @@ fn the_pinned_state_is_root_only() {
     // An unprivileged user cannot even look inside.
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "ls"])
-        .arg(sb.bpffs.join("maps-v2"))
+        .arg(&maps)
         .output()
         .expect("setpriv");
     assert!(!out.status.success(), "nobody listed the pinned maps");
