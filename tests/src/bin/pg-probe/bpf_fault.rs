@@ -8,6 +8,10 @@
 //! which is what a kernel that predates that attach type answers. Every
 //! other call runs in the kernel unchanged (SECCOMP_USER_NOTIF_FLAG_CONTINUE).
 //!
+//! `link-update` refuses BPF_LINK_UPDATE on a link of that attach type: a
+//! restarted agent swapping its programs into the pinned links meets a
+//! failure midway (the kernel's attach type is read from the link itself).
+//!
 //! Prints "calls=N refused=M" once the program has exited, and exits with
 //! the program's status.
 
@@ -17,6 +21,8 @@ use crate::{check, recv_fd, send_fd};
 
 const BPF_PROG_LOAD: u64 = 5;
 const BPF_LINK_CREATE: u64 = 28;
+const BPF_LINK_UPDATE: u64 = 29;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 /// Offsets of the attach type in `union bpf_attr` (include/uapi/linux/bpf.h):
 /// BPF_PROG_LOAD's `expected_attach_type` follows prog_type, insn_cnt,
 /// insns, license, log_level, log_size, log_buf, kern_version, prog_flags,
@@ -24,6 +30,10 @@ const BPF_LINK_CREATE: u64 = 28;
 /// prog_fd and target_fd.
 const PROG_LOAD_ATTACH_TYPE_AT: u64 = 68;
 const LINK_CREATE_ATTACH_TYPE_AT: u64 = 8;
+/// BPF_LINK_UPDATE names the link by fd (the first field); its attach type
+/// is at offset 24 of `struct bpf_link_info` (type, id, prog_id, then the
+/// 8-aligned union whose cgroup member is cgroup_id, attach_type).
+const LINK_INFO_CGROUP_ATTACH_TYPE_AT: usize = 24;
 
 #[cfg(target_arch = "x86_64")]
 const AUDIT_ARCH: u32 = 0xC000_003E; // AUDIT_ARCH_X86_64
@@ -53,6 +63,7 @@ pub fn run(step: &str, hook: &str, argv: &[&str]) -> ExitCode {
     let (cmd, offset) = match step {
         "prog-load" => (BPF_PROG_LOAD, PROG_LOAD_ATTACH_TYPE_AT),
         "link-create" => (BPF_LINK_CREATE, LINK_CREATE_ATTACH_TYPE_AT),
+        "link-update" => (BPF_LINK_UPDATE, 0),
         other => return usage(&format!("unknown step {other}")),
     };
     let Some(wanted) = attach_type(hook) else { return usage(&format!("unknown attach type {hook}")) };
@@ -73,7 +84,7 @@ pub fn run(step: &str, hook: &str, argv: &[&str]) -> ExitCode {
 
 fn usage(why: &str) -> ExitCode {
     eprintln!(
-        "pg-probe bpf-fault: {why}; usage: bpf-fault prog-load|link-create BPF_CGROUP_... -- PROGRAM ARGS..."
+        "pg-probe bpf-fault: {why}; usage: bpf-fault prog-load|link-create|link-update BPF_CGROUP_... -- PROGRAM ARGS..."
     );
     ExitCode::from(125)
 }
@@ -195,7 +206,9 @@ fn answer_one(listener: libc::c_int, cmd: u64, offset: u64, wanted: u32) -> io::
     let [bpf_cmd, attr, size, ..] = req.data.args;
     let mut refuse = false;
     if bpf_cmd == cmd && size >= offset + 4 {
-        let attach_type = read_u32(req.pid, attr + offset);
+        let attach_type = read_u32(req.pid, attr + offset).and_then(|v| {
+            if cmd == BPF_LINK_UPDATE { link_attach_type(req.pid, v as libc::c_int) } else { Ok(v) }
+        });
         // The pid may have exited and been reused between RECV and the
         // read: only what was read while the request is still pending
         // belongs to the caller (seccomp_unotify(2)).
@@ -218,6 +231,40 @@ fn answer_one(listener: libc::c_int, cmd: u64, offset: u64, wanted: u32) -> io::
         return if e.raw_os_error() == Some(libc::ENOENT) { Ok(None) } else { Err(e) };
     }
     Ok(Some(refuse))
+}
+
+/// The attach type of the cgroup link that `pid` holds as `fd`: a copy of
+/// the fd (pidfd_getfd), then BPF_OBJ_GET_INFO_BY_FD on it.
+fn link_attach_type(pid: u32, fd: libc::c_int) -> io::Result<u32> {
+    // SAFETY: pidfd_open and pidfd_getfd return new fds or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if pidfd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let link = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd as libc::c_int, fd, 0) };
+    let err = io::Error::last_os_error();
+    // SAFETY: our own fd.
+    unsafe { libc::close(pidfd as libc::c_int) };
+    if link < 0 {
+        return Err(err);
+    }
+    let mut info = [0u8; 128];
+    // union bpf_attr's info member: bpf_fd, info_len, info (a pointer).
+    let mut attr = [0u64; 2];
+    attr[0] = u64::from(link as u32) | ((info.len() as u64) << 32);
+    attr[1] = info.as_mut_ptr() as u64;
+    // SAFETY: attr and info are valid for the sizes given.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, attr.as_mut_ptr(), size_of::<[u64; 2]>())
+    };
+    let err = io::Error::last_os_error();
+    // SAFETY: our own fd.
+    unsafe { libc::close(link as libc::c_int) };
+    if rc < 0 {
+        return Err(err);
+    }
+    let at = LINK_INFO_CGROUP_ATTACH_TYPE_AT;
+    Ok(u32::from_ne_bytes(info[at..at + 4].try_into().expect("4 bytes")))
 }
 
 fn read_u32(pid: u32, addr: u64) -> io::Result<u32> {
