@@ -144,6 +144,21 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
+    /// A restart swaps its programs into the pinned links one by one; the
+    /// links before the failed one already run the new programs. Every hook
+    /// keeps a program, and all of them read the same maps.
+    #[error(
+        "cannot swap the new {} program ({}) into the pinned link {}: {}; every hook still has a program \
+         (the links before it run this agent's programs, the rest the previous agent's), all enforcing the \
+         policy just applied",
+        hook_of(name).0, hook_of(name).1, path.display(), errno_text(source)
+    )]
+    Update {
+        name: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The loaded object: maps pinned, programs verified, hooks not yet changed.
@@ -246,8 +261,11 @@ impl Enforcer {
         for (name, link) in updates {
             let program = ebpf.program(name).ok_or(LoadError::MissingProgram { name })?;
             let fd = program.fd().map_err(|source| LoadError::Program { name, source })?;
-            link_update::replace_program(link.as_fd(), fd.as_fd())
-                .map_err(|source| LoadError::Unpin { path: pins.link(name), source })?;
+            link_update::replace_program(link.as_fd(), fd.as_fd()).map_err(|source| LoadError::Update {
+                name,
+                path: pins.link(name),
+                source,
+            })?;
         }
         if self.lsm {
             lsm::attach(ebpf, pins)?;
