@@ -215,6 +215,49 @@ fn a_start_that_fails_midway_through_attaching_leaves_no_hook_behind() {
     assert!(!sb.bpffs.exists(), "pins left in {}", sb.bpffs.display());
 }
 
+/// A restart that fails midway through swapping its programs into the
+/// pinned links (BPF_LINK_UPDATE refused for connect6, the fifth): the
+/// policy was written before the swap, so the restart is not undone. What
+/// must hold is that no hook is left empty: the earlier links run the new
+/// programs, the later ones the old, all on the new policy.
+#[test]
+fn a_restart_that_fails_midway_through_swapping_programs_leaves_every_hook_guarded() {
+    if !require_root("update_midway") {
+        return;
+    }
+    let mut sb = Sandbox::enforcing("updatemid", &["/app"], &policy(7000));
+    let before = attached_programs(&sb);
+    assert_eq!(before.len(), 11, "{before:?}");
+    sb.stop_agent();
+    sb.write_policy(&policy(7001));
+    let run = run_agent_under_bpf_fault(&sb, "link-update", "BPF_CGROUP_INET6_CONNECT");
+    assert_eq!(run.refused, 1, "one link update refused: {run:?}");
+    assert_eq!(run.status, Some(2), "{run:?}");
+    let errors = run.error_lines();
+    assert_eq!(errors.len(), 1, "{run:?}");
+    assert!(
+        errors[0].contains("cannot swap the new cgroup/connect6 program (BPF_CGROUP_INET6_CONNECT)"),
+        "{}",
+        errors[0]
+    );
+    let after = attached_programs(&sb);
+    let types = |v: &[(u64, String)]| {
+        let mut t: Vec<String> = v.iter().map(|(_, t)| t.clone()).collect();
+        t.sort();
+        t
+    };
+    assert_eq!(types(&after), types(&before), "every hook keeps exactly one program");
+    let kept = after.iter().filter(|p| before.contains(p)).count();
+    assert!(kept > 0 && kept < 11, "some programs swapped, some kept: {kept} of 11 kept");
+    assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "8081"]), "err EPERM", "still denied");
+    assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "7001"]), "ok port=7001", "the new policy");
+    assert_eq!(
+        sb.probe("/app", &["bind", "udp", "127.0.0.1", "7000"]),
+        "err EPERM",
+        "the old policy is gone"
+    );
+}
+
 #[derive(Debug)]
 struct FaultRun {
     status: Option<i32>,
