@@ -170,6 +170,28 @@ fn the_reload_command_signals_the_running_agent() {
     assert_eq!(line["reason"], "SIGHUP");
 }
 
+/// Once the agent says it enforces, a policy change and a SIGHUP must both
+/// be seen, however soon they come: the watch and the signal handler exist
+/// before that line (SIGHUP's default action would end the agent).
+#[test]
+fn a_change_right_after_start_is_not_lost() {
+    if !require_root("change_after_start") {
+        return;
+    }
+    for round in 0..5 {
+        let mut sb = Sandbox::enforcing("afterstart", &["/app"], &policy(7000));
+        sb.agent().signal(libc::SIGHUP);
+        sb.rename_policy_over(&policy(7001));
+        sb.agent()
+            .wait_for("the SIGHUP reload", |l| l["message"] == "policy reloaded" && l["reason"] == "SIGHUP");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sb.probe("/app", &["bind", "udp", "127.0.0.1", "7001"]) != "ok port=7001" {
+            assert!(Instant::now() < deadline, "round {round}: the change made right after start was lost");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 #[test]
 fn status_reads_the_pinned_state_with_or_without_the_agent() {
     if !require_root("status") {

@@ -179,6 +179,12 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     daemon.write_state();
     state::write_pid(&args.state_dir)
         .map_err(|source| AgentError::State { dir: args.state_dir.clone(), source })?;
+    // Signals and watches are in place before the agent says it enforces:
+    // a SIGHUP or a policy change made the moment after it says so is not
+    // lost (and SIGHUP's default action would end the agent).
+    let inputs = Inputs::new(&args)?;
+    // A change between reading the policy and starting the watch.
+    daemon.reload("policy file changed during start-up", false);
     tracing::info!(
         generation = daemon.generation(),
         policy = %args.policy.display(),
@@ -196,7 +202,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let mut sinks = Sinks { trail, listeners, records };
     sinks.publish(&metrics);
     let result =
-        event_loop(&mut daemon, &mut events, &mut port_events, &metrics, &args, root, &mut sinks).await;
+        event_loop(&mut daemon, &mut events, &mut port_events, &metrics, root, &mut sinks, inputs).await;
     sd_notify::notify("STOPPING=1");
     state::remove_pid(&args.state_dir);
     if args.unload_on_exit {
@@ -216,29 +222,46 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     result
 }
 
+/// What wakes the daemon besides its timers and the event stream.
+struct Inputs {
+    sigterm: tokio::signal::unix::Signal,
+    sigint: tokio::signal::unix::Signal,
+    sighup: tokio::signal::unix::Signal,
+    cgroups: CgroupWatch,
+    policy_file: tokio::sync::mpsc::Receiver<()>,
+}
+
+impl Inputs {
+    fn new(args: &RunArgs) -> Result<Inputs, AgentError> {
+        Ok(Inputs {
+            sigterm: signal(SignalKind::terminate()).map_err(AgentError::Signal)?,
+            sigint: signal(SignalKind::interrupt()).map_err(AgentError::Signal)?,
+            sighup: signal(SignalKind::hangup()).map_err(AgentError::Signal)?,
+            cgroups: CgroupWatch::new()
+                .map_err(|source| AgentError::Watch { what: "cgroups".into(), source })?,
+            policy_file: policy_watch::spawn(&args.policy)
+                .map_err(|source| AgentError::Watch { what: args.policy.display().to_string(), source })?,
+        })
+    }
+}
+
 async fn event_loop(
     daemon: &mut Daemon,
     events: &mut EventStream,
     port_events: &mut EventStream,
     metrics: &Metrics,
-    args: &RunArgs,
     root: PathBuf,
     sinks: &mut Sinks,
+    inputs: Inputs,
 ) -> Result<(), AgentError> {
+    let Inputs { mut sigterm, mut sigint, mut sighup, mut cgroups, mut policy_file } = inputs;
     let mut denial_log = DenialLog::new(root);
-    let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
     let mut rescan = tokio::time::interval(CGROUP_RESCAN);
     let mut coalesce = tokio::time::interval(denials::WINDOW / 4);
     let mut recheck_seeded = tokio::time::interval(SEEDED_PORTS_RECHECK);
     // Without a watchdog the timer still ticks, rarely, and pings no one.
     let mut watchdog =
         tokio::time::interval(sd_notify::watchdog_interval().unwrap_or(Duration::from_secs(3600)));
-    let mut cgroups =
-        CgroupWatch::new().map_err(|source| AgentError::Watch { what: "cgroups".into(), source })?;
-    let mut policy_file = policy_watch::spawn(&args.policy)
-        .map_err(|source| AgentError::Watch { what: args.policy.display().to_string(), source })?;
     daemon.watch_cgroups(&mut cgroups);
     let mut batch = Vec::new();
     let mut port_batch = Vec::new();

@@ -36,6 +36,29 @@ pub const PROGRAMS: [&str; 11] = [
     "pg_sock_release",
 ];
 
+/// The hook each program goes on, as its ELF section and as the kernel's
+/// attach type: an operator reading an error can look either up.
+fn hook_of(program: &str) -> (&'static str, &'static str) {
+    match program {
+        "pg_sock_create" => ("cgroup/sock_create", "BPF_CGROUP_INET_SOCK_CREATE"),
+        "pg_bind4" => ("cgroup/bind4", "BPF_CGROUP_INET4_BIND"),
+        "pg_bind6" => ("cgroup/bind6", "BPF_CGROUP_INET6_BIND"),
+        "pg_connect4" => ("cgroup/connect4", "BPF_CGROUP_INET4_CONNECT"),
+        "pg_connect6" => ("cgroup/connect6", "BPF_CGROUP_INET6_CONNECT"),
+        "pg_sendmsg4" => ("cgroup/sendmsg4", "BPF_CGROUP_UDP4_SENDMSG"),
+        "pg_sendmsg6" => ("cgroup/sendmsg6", "BPF_CGROUP_UDP6_SENDMSG"),
+        "pg_post_bind4" => ("cgroup/post_bind4", "BPF_CGROUP_INET4_POST_BIND"),
+        "pg_post_bind6" => ("cgroup/post_bind6", "BPF_CGROUP_INET6_POST_BIND"),
+        "pg_sock_ops" => ("sockops", "BPF_CGROUP_SOCK_OPS"),
+        "pg_sock_release" => ("cgroup/sock_release", "BPF_CGROUP_INET_SOCK_RELEASE"),
+        _ => ("an unknown hook", "unknown attach type"),
+    }
+}
+
+/// The oldest kernel that has everything the programs use (the ring
+/// buffer, 5.8, is the newest of them).
+const KERNEL_NEEDED: &str = "portguard needs Linux >= 5.8 built with CONFIG_CGROUP_BPF=y";
+
 const PINNED_MAPS: [&str; 11] = [
     map_names::CONFIG,
     map_names::GUARDS,
@@ -66,13 +89,38 @@ pub enum LoadError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    /// BPF_PROG_LOAD failed before the verifier said a word: what a kernel
+    /// that predates the attach type answers (EINVAL).
+    #[error(
+        "this kernel cannot load the {} program ({}): {}; {KERNEL_NEEDED}; nothing was attached",
+        hook_of(name).0, hook_of(name).1, errno_text(source)
+    )]
+    HookMissing {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The verifier rejected a program; its log is long, the last line says why.
+    #[error(
+        "the kernel's verifier refused the {} program ({}): {}: {verdict}; nothing was attached",
+        hook_of(name).0, hook_of(name).1, errno_text(source)
+    )]
+    Verifier {
+        name: &'static str,
+        verdict: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("program {name} was not attached through a bpf_link: {source}")]
     Link {
         name: &'static str,
         #[source]
         source: aya::programs::links::LinkError,
     },
-    #[error("cannot attach {name} to cgroup {cgroup}: {source}")]
+    #[error(
+        "cannot attach the {} program ({}) to cgroup {}: {}; the links this start made were removed",
+        hook_of(name).0, hook_of(name).1, cgroup.display(), program_error_text(source)
+    )]
     Attach {
         name: &'static str,
         cgroup: PathBuf,
@@ -93,6 +141,21 @@ pub enum LoadError {
     },
     #[error("cannot update pinned link {path}: {source}")]
     Unpin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A restart swaps its programs into the pinned links one by one; the
+    /// links before the failed one already run the new programs. Every hook
+    /// keeps a program, and all of them read the same maps.
+    #[error(
+        "cannot swap the new {} program ({}) into the pinned link {}: {}; every hook still has a program \
+         (the links before it run this agent's programs, the rest the previous agent's), all enforcing the \
+         policy just applied",
+        hook_of(name).0, hook_of(name).1, path.display(), errno_text(source)
+    )]
+    Update {
+        name: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -199,8 +262,11 @@ impl Enforcer {
         for (name, link) in updates {
             let program = ebpf.program(name).ok_or(LoadError::MissingProgram { name })?;
             let fd = program.fd().map_err(|source| LoadError::Program { name, source })?;
-            link_update::replace_program(link.as_fd(), fd.as_fd())
-                .map_err(|source| LoadError::Unpin { path: pins.link(name), source })?;
+            link_update::replace_program(link.as_fd(), fd.as_fd()).map_err(|source| LoadError::Update {
+                name,
+                path: pins.link(name),
+                source,
+            })?;
         }
         if self.lsm {
             lsm::attach(ebpf, pins)?;
@@ -246,14 +312,63 @@ fn load_object(pins: &PinLayout, object: &[u8]) -> Result<Ebpf, LoadError> {
         let program = ebpf.program_mut(name).ok_or(LoadError::MissingProgram { name })?;
         let prog_err = |source| LoadError::Program { name, source };
         if let Ok(p) = <&mut CgroupSockAddr>::try_from(&mut *program) {
-            p.load().map_err(prog_err)?;
+            p.load().map_err(|e| load_error(name, e))?;
         } else if let Ok(p) = <&mut SockOps>::try_from(&mut *program) {
-            p.load().map_err(prog_err)?;
+            p.load().map_err(|e| load_error(name, e))?;
         } else {
-            <&mut CgroupSock>::try_from(&mut *program).map_err(prog_err)?.load().map_err(prog_err)?;
+            <&mut CgroupSock>::try_from(&mut *program)
+                .map_err(prog_err)?
+                .load()
+                .map_err(|e| load_error(name, e))?;
         }
     }
     Ok(ebpf)
+}
+
+/// One line that says which hook failed and why; aya's own message ends in
+/// the whole multi-line verifier log.
+fn load_error(name: &'static str, e: aya::programs::ProgramError) -> LoadError {
+    match e {
+        aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
+            let log = verifier_log.to_string();
+            match log.lines().rev().find(|l| !l.trim().is_empty()) {
+                None => LoadError::HookMissing { name, source: io_error },
+                Some(last) => LoadError::Verifier { name, verdict: last.trim().to_owned(), source: io_error },
+            }
+        }
+        source => LoadError::Program { name, source },
+    }
+}
+
+/// "EINVAL (Invalid argument)": the name people search for, and the words.
+fn errno_text(e: &std::io::Error) -> String {
+    let name = match e.raw_os_error() {
+        Some(libc::EINVAL) => "EINVAL",
+        Some(libc::EPERM) => "EPERM",
+        Some(libc::EACCES) => "EACCES",
+        Some(libc::E2BIG) => "E2BIG",
+        Some(libc::ENOMEM) => "ENOMEM",
+        Some(libc::EOPNOTSUPP) => "EOPNOTSUPP",
+        Some(libc::EBADF) => "EBADF",
+        Some(libc::ENOENT) => "ENOENT",
+        Some(libc::ENOSPC) => "ENOSPC",
+        // The kernel-internal ENOTSUPP leaks out of BPF syscalls.
+        Some(524) => "ENOTSUPP",
+        _ => return e.to_string(),
+    };
+    let words = e.to_string();
+    let words = words.split(" (os error").next().unwrap_or(&words);
+    format!("{name} ({words})")
+}
+
+/// aya's syscall errors print only the call's name; add what it returned.
+fn program_error_text(e: &aya::programs::ProgramError) -> String {
+    match e {
+        aya::programs::ProgramError::SyscallError(s) => {
+            format!("{} returned {}", s.call, errno_text(&s.io_error))
+        }
+        other => other.to_string(),
+    }
 }
 
 /// Detaches every program and removes every pinned map under `pin_dir`.

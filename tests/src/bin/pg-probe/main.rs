@@ -9,6 +9,8 @@
 //!   pg-probe bind-unspec tcp|udp PORT      (AF_INET socket, sa_family AF_UNSPEC)
 //!   pg-probe connect tcp|udp IP PORT
 //!   pg-probe sendto IP PORT                (unconnected UDP)
+//!   pg-probe sendto-autobind IP PORT       (the same, then prints the source port
+//!                                           the kernel picked: "ok port=N")
 //!   pg-probe move-then-connect tcp|udp IP PORT CGROUP_PROCS
 //!                                          (socket(), then join CGROUP_PROCS, then connect())
 //!   pg-probe hammer bind|connect tcp|udp IP ALLOWED_PORT DENIED_PORT MILLIS
@@ -26,12 +28,18 @@
 //!   pg-probe scm-pass tcp|udp IP PORT PROCS
 //!       creates the socket here, hands it over SCM_RIGHTS to a child that
 //!       first moves itself into PROCS; the child connects
-//!   pg-probe wait-then-connect tcp|udp IP PORT FILE
+//!   pg-probe wait-then-connect tcp|udp IP PORT FILE [PROCS]
 //!       creates the socket, prints "ready", waits for FILE, then connects
+//!       (after moving itself into PROCS, when given)
 //!   pg-probe socket raw|sctp|packet        (just create one)
 //!   pg-probe listen-unbound                (TCP listen() without bind(): autobind)
 //!   pg-probe serve IP PORT                 (TCP bind() then listen())
 //!   pg-probe uring-connect tcp|udp IP PORT (connect through io_uring)
+//!   pg-probe uring-bind tcp|udp IP PORT    (bind through io_uring, IORING_OP_BIND)
+//!   pg-probe uring-listen-unbound          (TCP IORING_OP_LISTEN without a bind)
+//!       the io_uring modes print "unsupported ..." where the kernel lacks the op
+//!   pg-probe bpf-fault prog-load|link-create BPF_CGROUP_... -- PROGRAM ARGS...
+//!       runs PROGRAM as if the kernel lacked that cgroup hook (see bpf_fault.rs)
 //!   pg-probe bind-no-port-connect IP PORT
 //!       TCP: IP_BIND_ADDRESS_NO_PORT, bind(IP, 0), then connect(IP, PORT);
 //!       prints "bind: err ..." or the connect's verdict
@@ -39,6 +47,7 @@
 //! An IPv6 IP (including ::ffff:a.b.c.d) uses an AF_INET6 socket.
 
 mod bench;
+mod bpf_fault;
 
 use std::{io, mem::size_of, net::IpAddr, process::ExitCode};
 
@@ -152,6 +161,15 @@ fn connect(proto: &str, ip: IpAddr, port: u16) -> io::Result<String> {
 }
 
 fn sendto(ip: IpAddr, port: u16) -> io::Result<String> {
+    sendto_on(ip, port).map(|_| "ok".into())
+}
+
+fn sendto_autobind(ip: IpAddr, port: u16) -> io::Result<String> {
+    let s = sendto_on(ip, port)?;
+    Ok(format!("ok port={}", local_port(s.0)))
+}
+
+fn sendto_on(ip: IpAddr, port: u16) -> io::Result<Sock> {
     let (sa, len, family) = sockaddr(ip, port);
     let s = socket(family, "udp")?;
     let msg = b"portguard-probe";
@@ -162,7 +180,7 @@ fn sendto(ip: IpAddr, port: u16) -> io::Result<String> {
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok("ok".into())
+    Ok(s)
 }
 
 fn join_cgroup(procs: &str) -> io::Result<()> {
@@ -328,7 +346,13 @@ fn recv_fd(over: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn wait_then_connect(proto: &str, ip: IpAddr, port: u16, file: &str) -> io::Result<String> {
+fn wait_then_connect(
+    proto: &str,
+    ip: IpAddr,
+    port: u16,
+    file: &str,
+    procs: Option<&str>,
+) -> io::Result<String> {
     let s = socket(family_of(ip), proto)?;
     println!("ready");
     use std::io::Write as _;
@@ -339,6 +363,9 @@ fn wait_then_connect(proto: &str, ip: IpAddr, port: u16, file: &str) -> io::Resu
             return Err(io::Error::other("timed out waiting for the go file"));
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    if let Some(procs) = procs {
+        join_cgroup(procs).map_err(|e| io::Error::new(e.kind(), format!("join {procs}: {e}")))?;
     }
     connect_on(&s, ip, port)
 }
@@ -391,6 +418,52 @@ fn uring_connect(proto: &str, ip: IpAddr, port: u16) -> io::Result<String> {
         return Err(io::Error::from_raw_os_error(-cqe.result()));
     }
     Ok("ok".into())
+}
+
+/// Submits one operation and returns its result, or "unsupported ..." when
+/// this kernel has no io_uring or not this opcode.
+fn uring_one(opcode: u8, name: &str, op: io_uring::squeue::Entry) -> io::Result<Result<i32, String>> {
+    let mut ring = match io_uring::IoUring::new(4) {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(format!("unsupported {e}"))),
+    };
+    let mut probe = io_uring::Probe::new();
+    ring.submitter().register_probe(&mut probe)?;
+    if !probe.is_supported(opcode) {
+        return Ok(Err(format!("unsupported {name}")));
+    }
+    // SAFETY: everything the entry points to outlives the wait below.
+    unsafe { ring.submission().push(&op).map_err(io::Error::other)? };
+    ring.submit_and_wait(1)?;
+    let cqe = ring.completion().next().ok_or_else(|| io::Error::other("no completion"))?;
+    if cqe.result() < 0 {
+        return Err(io::Error::from_raw_os_error(-cqe.result()));
+    }
+    Ok(Ok(cqe.result()))
+}
+
+/// bind() submitted through io_uring (Linux 6.11+).
+fn uring_bind(proto: &str, ip: IpAddr, port: u16) -> io::Result<String> {
+    let (sa, len, family) = sockaddr(ip, port);
+    let s = socket(family, proto)?;
+    let op =
+        io_uring::opcode::Bind::new(io_uring::types::Fd(s.0), (&sa as *const libc::sockaddr_in6).cast(), len)
+            .build();
+    Ok(match uring_one(io_uring::opcode::Bind::CODE, "IORING_OP_BIND", op)? {
+        Ok(_) => format!("ok port={}", local_port(s.0)),
+        Err(unsupported) => unsupported,
+    })
+}
+
+/// listen() without bind() submitted through io_uring (Linux 6.11+): the
+/// kernel autobinds, as for the syscall.
+fn uring_listen_unbound() -> io::Result<String> {
+    let s = socket(libc::AF_INET, "tcp")?;
+    let op = io_uring::opcode::Listen::new(io_uring::types::Fd(s.0), 1).build();
+    Ok(match uring_one(io_uring::opcode::Listen::CODE, "IORING_OP_LISTEN", op)? {
+        Ok(_) => format!("ok port={}", local_port(s.0)),
+        Err(unsupported) => unsupported,
+    })
 }
 
 fn bind_no_port_connect(ip: IpAddr, port: u16) -> io::Result<String> {
@@ -458,17 +531,26 @@ fn main() -> ExitCode {
         ["bind-unspec", proto, p] => bind_unspec(proto, port(p)),
         ["connect", proto, ip, p] => connect(proto, parse_ip(ip), port(p)),
         ["sendto", ip, p] => sendto(parse_ip(ip), port(p)),
+        ["sendto-autobind", ip, p] => sendto_autobind(parse_ip(ip), port(p)),
         ["move-then-connect", proto, ip, p, procs] => move_then_connect(proto, parse_ip(ip), port(p), procs),
         ["sendmsg", ip, p] => sendmsg_to(parse_ip(ip), port(p), false),
         ["sendmmsg", ip, p] => sendmsg_to(parse_ip(ip), port(p), true),
         ["fastopen", ip, p] => fastopen(parse_ip(ip), port(p)),
         ["scm-pass", proto, ip, p, procs] => scm_pass(proto, parse_ip(ip), port(p), procs),
-        ["wait-then-connect", proto, ip, p, file] => wait_then_connect(proto, parse_ip(ip), port(p), file),
+        ["wait-then-connect", proto, ip, p, file] => {
+            wait_then_connect(proto, parse_ip(ip), port(p), file, None)
+        }
+        ["wait-then-connect", proto, ip, p, file, procs] => {
+            wait_then_connect(proto, parse_ip(ip), port(p), file, Some(procs))
+        }
         ["socket", kind] => create_socket(kind),
         ["listen-unbound"] => listen_unbound(),
         ["serve", ip, p] => serve(parse_ip(ip), port(p)),
         ["hold", proto, ip, p] => hold(proto, parse_ip(ip), port(p)),
         ["uring-connect", proto, ip, p] => uring_connect(proto, parse_ip(ip), port(p)),
+        ["uring-bind", proto, ip, p] => uring_bind(proto, parse_ip(ip), port(p)),
+        ["uring-listen-unbound"] => uring_listen_unbound(),
+        ["bpf-fault", step, hook, "--", program @ ..] => return bpf_fault::run(step, hook, program),
         ["bind-no-port-connect", ip, p] => bind_no_port_connect(parse_ip(ip), port(p)),
         ["bench", workload, p, n] => bench::run(workload, port(p), n.parse().expect("iterations")),
         ["flood", proto, ip, p, count] => flood(proto, parse_ip(ip), port(p), count.parse().expect("count")),
