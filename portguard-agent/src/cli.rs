@@ -46,6 +46,10 @@ pub enum Command {
         /// The cgroup guard paths are relative to (as for `run`).
         #[arg(long)]
         cgroup_root: Option<PathBuf>,
+        /// The running agent's state directory: pod guards are matched
+        /// through the pods it follows.
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
         /// Exit 1 when any port is unapproved (a CI/CD gate).

@@ -30,12 +30,15 @@ fn main() -> ExitCode {
             }
         }
         Command::Check { policy, strict, format } => check::run(&policy, strict, format),
-        Command::Scan { policy, cgroup_root, format, fail_on_unapproved } => scan::run(&scan::ScanArgs {
-            policy: &policy,
-            cgroup_root: cgroup_root.as_deref(),
-            format,
-            fail_on_unapproved,
-        }),
+        Command::Scan { policy, cgroup_root, state_dir, format, fail_on_unapproved } => {
+            scan::run(&scan::ScanArgs {
+                policy: &policy,
+                state_dir: &state_dir,
+                cgroup_root: cgroup_root.as_deref(),
+                format,
+                fail_on_unapproved,
+            })
+        }
         Command::Diff { old, new, format } => review::diff::run(&old, &new, format),
         Command::Replay { policy, events, format } => review::replay::run(&policy, &events, format),
         Command::Suggest { events, guard, mode, output } => {

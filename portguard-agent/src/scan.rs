@@ -10,16 +10,19 @@ use serde_json::json;
 
 use crate::{
     EXIT_BAD_INPUT,
-    agent::workload,
+    agent::{state, workload},
     cgroup,
     cli::OutputFormat,
     inventory::{self, Standing, procfs::OpenPort},
-    policy::{self, Proto},
+    policy::{self, Proto, eval::is_within},
     trail::PortStatus,
 };
 
 pub struct ScanArgs<'a> {
     pub policy: &'a Path,
+    /// The running agent's state directory, for the pods each pod guard
+    /// covers now (a pod guard cannot be found from a path).
+    pub state_dir: &'a Path,
     pub cgroup_root: Option<&'a Path>,
     pub format: OutputFormat,
     pub fail_on_unapproved: bool,
@@ -57,15 +60,30 @@ fn scan(args: &ScanArgs) -> Result<Vec<(OpenPort, Standing)>, String> {
     if !root.is_dir() {
         return Err(format!("cgroup root {}: no such cgroup", root.display()));
     }
+    let pod_cgroups = pod_guard_cgroups(args.state_dir);
     let ports = inventory::procfs::open_ports().map_err(|e| format!("cannot read /proc: {e}"))?;
     Ok(ports
         .into_iter()
         .map(|p| {
             let cg = p.cgroup.as_deref().and_then(|c| inventory::relative_to_root(c, &root_in_mount));
-            let s = inventory::standing(&policy, cg.as_deref(), None, p.proto, p.addr, p.port);
+            let pod_guard = cg.as_deref().and_then(|cg| {
+                pod_cgroups.iter().find(|(pod_cg, _)| is_within(cg, pod_cg)).map(|(_, g)| g.as_str())
+            });
+            let s = inventory::standing(&policy, cg.as_deref(), pod_guard, p.proto, p.addr, p.port);
             (p, s)
         })
         .collect())
+}
+
+/// (pod cgroup, guard) for every pod a pod guard of the running agent
+/// covers; empty when no agent state is there to read.
+fn pod_guard_cgroups(state_dir: &Path) -> Vec<(String, String)> {
+    let Ok(state) = state::read_state(state_dir) else { return Vec::new() };
+    state
+        .guards
+        .into_iter()
+        .flat_map(|g| g.pods.into_iter().map(move |p| (p.cgroup, g.name.clone())))
+        .collect()
 }
 
 fn proto_str(p: Proto) -> &'static str {

@@ -7,6 +7,8 @@ use portguard_tests::{
     kube_api::{FakeApi, pod_fixture, pod_uid},
     require_root,
 };
+use std::io::{BufRead, BufReader};
+
 use serde_json::{Value, json};
 
 const NODE: &str = "node-a";
@@ -84,6 +86,56 @@ fn guards_the_selected_pods(driver: CgroupDriver, test: &str) {
     assert_eq!(guards.len(), 1, "{status:#}");
     assert_eq!(guards[0]["name"], "payments-api");
     assert_eq!(guards[0]["pod"], "payments/payments-api-7d9f8b6c5-x2x4q");
+
+    // The port inventory knows the pod guard too: from the kernel for the
+    // live inventory, and from the agent's state for `portguard scan`.
+    let mut listener = sb.spawn_probe(api_pod, &["hold", "tcp", "127.0.0.1", "8080"]);
+    let mut line = String::new();
+    BufRead::read_line(&mut BufReader::new(listener.stdout.as_mut().expect("stdout")), &mut line)
+        .expect("read");
+    assert_eq!(line.trim(), "ok port=8080");
+    let (code, out, err) = sb.portguard(&[
+        "scan",
+        "--policy",
+        sb.policy_path().to_str().expect("utf-8"),
+        "--cgroup-root",
+        sb.root.to_str().expect("utf-8"),
+        "--state-dir",
+        sb.state_dir().to_str().expect("utf-8"),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let scan: Value = serde_json::from_str(&out).expect("scan json");
+    let port = scan["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .find(|p| p["port"] == 8080)
+        .expect("8080 in scan")
+        .clone();
+    assert_eq!(
+        (port["status"].as_str(), port["guard"].as_str()),
+        (Some("approved"), Some("payments-api")),
+        "{port:#}"
+    );
+    assert_eq!(port["pod_uid"], pod_uid(&pod_fixture("payments-api")));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let opened = loop {
+        let found = sb.audit_records().into_iter().find(|r| r["event"] == "port_opened" && r["port"] == 8080);
+        if let Some(r) = found {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "no port_opened for the pod's listener");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(
+        (opened["status"].as_str(), opened["guard"].as_str()),
+        (Some("approved"), Some("payments-api"))
+    );
+    assert_eq!(opened["pod_uid"], pod_uid(&pod_fixture("payments-api")));
+    listener.kill().expect("kill");
+    listener.wait().expect("wait");
 }
 
 #[test]

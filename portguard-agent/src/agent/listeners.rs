@@ -125,8 +125,10 @@ impl Listeners {
         if !self.live.keys().any(|k| k & SCANNED != 0) {
             return;
         }
-        let Ok(ports) = inventory::procfs::open_ports() else { return };
-        let present: HashSet<u64> = ports.iter().map(|p| SCANNED | p.inode).collect();
+        // The tables alone: walking other processes' fds now and then would
+        // delay the release of sockets they close (see `open_ports`).
+        let Ok(inodes) = inventory::procfs::live_socket_inodes() else { return };
+        let present: HashSet<u64> = inodes.into_iter().map(|inode| SCANNED | inode).collect();
         let gone: Vec<u64> =
             self.live.keys().filter(|k| **k & SCANNED != 0 && !present.contains(k)).copied().collect();
         for key in gone {

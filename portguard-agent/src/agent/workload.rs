@@ -28,9 +28,9 @@ pub fn parse(path: &str) -> Workload {
         {
             w.pod_uid = Some(stem[idx + 4..].replace('_', "-"));
         }
-        // cgroupfs driver: /kubepods/<qos>/pod<uid>/<container id>
+        // cgroupfs driver: [...]/kubepods/<qos>/pod<uid>/<container id>
         if let Some(uid) = part.strip_prefix("pod")
-            && parts.first() == Some(&"kubepods")
+            && parts[..i].contains(&"kubepods")
             && uid.len() >= 32
         {
             w.pod_uid = Some(uid.to_owned());

@@ -8,7 +8,7 @@
 //! namespace without it.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
@@ -36,19 +36,17 @@ const TCP_LISTEN: u8 = 0x0A;
 /// An unconnected UDP socket reads as TCP_CLOSE in /proc/net/udp.
 const UDP_UNCONNECTED: u8 = 0x07;
 
+/// Every live port with its holder. This walks `/proc/<pid>/fd`, and
+/// reading an fd link holds a reference on the file for a moment: a socket
+/// its process closes right then is released a few microseconds late, and
+/// an immediate re-bind of its port can fail with EADDRINUSE. So this runs
+/// once (start-up, `portguard scan`), never periodically; see
+/// [`live_socket_inodes`].
 pub fn open_ports() -> std::io::Result<Vec<OpenPort>> {
-    // socket inode -> lowest pid; netns inode -> one pid living in it.
+    let namespaces = namespaces()?;
+    // socket inode -> lowest pid holding it.
     let mut holders: HashMap<u64, u32> = HashMap::new();
-    let mut namespaces: BTreeMap<u64, u32> = BTreeMap::new();
-    let mut pids: Vec<u32> = fs::read_dir("/proc")?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
-        .collect();
-    pids.sort_unstable();
-    for pid in pids {
-        // Processes come and go while we look: skip the ones that went.
-        let Some(netns) = ns_inode(pid) else { continue };
-        namespaces.entry(netns).or_insert(pid);
+    for pid in pids()? {
         let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
         for fd in fds.flatten() {
             if let Ok(target) = fs::read_link(fd.path())
@@ -58,32 +56,71 @@ pub fn open_ports() -> std::io::Result<Vec<OpenPort>> {
             }
         }
     }
-    let mut out = Vec::new();
-    for (netns, pid) in namespaces {
-        for (file, proto, state, v6) in [
+    let mut out: Vec<OpenPort> = live_entries(&namespaces)
+        .map(|(netns, proto, entry)| {
+            let holder = holders.get(&entry.inode).copied();
+            OpenPort {
+                proto,
+                addr: entry.addr,
+                port: entry.port,
+                inode: entry.inode,
+                netns,
+                pid: holder,
+                comm: holder.map(comm).unwrap_or_default(),
+                cgroup: holder.and_then(cgroup_of),
+            }
+        })
+        .collect();
+    out.sort_by_key(|p| (p.port, p.proto as u8, p.addr, p.inode));
+    Ok(out)
+}
+
+/// The inodes of the live ports' sockets, from the tables alone: no file
+/// references taken, safe to run periodically.
+pub fn live_socket_inodes() -> std::io::Result<HashSet<u64>> {
+    Ok(live_entries(&namespaces()?).map(|(_, _, e)| e.inode).collect())
+}
+
+fn pids() -> std::io::Result<Vec<u32>> {
+    let mut pids: Vec<u32> = fs::read_dir("/proc")?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .collect();
+    pids.sort_unstable();
+    Ok(pids)
+}
+
+/// netns inode -> the lowest pid living in it.
+fn namespaces() -> std::io::Result<BTreeMap<u64, u32>> {
+    let mut namespaces = BTreeMap::new();
+    for pid in pids()? {
+        // Processes come and go while we look: skip the ones that went.
+        if let Some(netns) = ns_inode(pid) {
+            namespaces.entry(netns).or_insert(pid);
+        }
+    }
+    Ok(namespaces)
+}
+
+/// (netns, proto, row) of every listening TCP and bound, unconnected UDP
+/// socket in `namespaces`.
+fn live_entries(namespaces: &BTreeMap<u64, u32>) -> impl Iterator<Item = (u64, Proto, Entry)> + '_ {
+    namespaces.iter().flat_map(|(&netns, &pid)| {
+        [
             ("tcp", Proto::Tcp, TCP_LISTEN, false),
             ("tcp6", Proto::Tcp, TCP_LISTEN, true),
             ("udp", Proto::Udp, UDP_UNCONNECTED, false),
             ("udp6", Proto::Udp, UDP_UNCONNECTED, true),
-        ] {
-            let Ok(table) = fs::read_to_string(format!("/proc/{pid}/net/{file}")) else { continue };
-            for entry in parse_table(&table, v6).into_iter().filter(|e| e.state == state && e.port != 0) {
-                let holder = holders.get(&entry.inode).copied();
-                out.push(OpenPort {
-                    proto,
-                    addr: entry.addr,
-                    port: entry.port,
-                    inode: entry.inode,
-                    netns,
-                    pid: holder,
-                    comm: holder.map(comm).unwrap_or_default(),
-                    cgroup: holder.and_then(cgroup_of),
-                });
-            }
-        }
-    }
-    out.sort_by_key(|p| (p.port, p.proto as u8, p.addr, p.inode));
-    Ok(out)
+        ]
+        .into_iter()
+        .flat_map(move |(file, proto, state, v6)| {
+            let table = fs::read_to_string(format!("/proc/{pid}/net/{file}")).unwrap_or_default();
+            parse_table(&table, v6)
+                .into_iter()
+                .filter(move |e| e.state == state && e.port != 0)
+                .map(move |e| (netns, proto, e))
+        })
+    })
 }
 
 fn ns_inode(pid: u32) -> Option<u64> {

@@ -251,7 +251,7 @@ pub struct BindRule {
     /// Only this local address; default: any address.
     #[serde(default)]
     pub address: Option<Spanned<IpAddr>>,
-    /// Catalog metadata (see `CatalogFields`). Spelled out in each rule
+    /// Catalog metadata (`validate::Catalog`). Spelled out in each rule
     /// rather than flattened: serde's flatten drops deny_unknown_fields and
     /// the TOML spans that errors point with.
     #[serde(default)]
@@ -275,7 +275,7 @@ pub struct ConnectRule {
     pub ports: Spanned<Vec<PortSpec>>,
     #[serde(default)]
     pub proto: Proto,
-    /// Catalog metadata (see `CatalogFields`). Spelled out in each rule
+    /// Catalog metadata (`validate::Catalog`). Spelled out in each rule
     /// rather than flattened: serde's flatten drops deny_unknown_fields and
     /// the TOML spans that errors point with.
     #[serde(default)]

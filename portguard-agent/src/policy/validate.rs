@@ -206,13 +206,7 @@ pub(super) fn validate(src: &Source, raw: model::PolicyFile) -> Result<Policy, P
                     ports: r.ports.into_inner(),
                     proto: r.proto,
                     address: r.address.map(|a| a.into_inner()),
-                    catalog: Catalog {
-                        owner: r.owner,
-                        purpose: r.purpose,
-                        approved_by: r.approved_by,
-                        ticket: r.ticket,
-                        expires: r.expires.map(|e| e.into_inner()),
-                    },
+                    catalog: catalog(r.owner, r.purpose, r.approved_by, r.ticket, r.expires),
                     span,
                 })
             })
@@ -235,13 +229,7 @@ pub(super) fn validate(src: &Source, raw: model::PolicyFile) -> Result<Policy, P
                     peers: r.peer.into_inner().0.into_iter().map(|p| p.0).collect(),
                     ports: r.ports.into_inner(),
                     proto: r.proto,
-                    catalog: Catalog {
-                        owner: r.owner,
-                        purpose: r.purpose,
-                        approved_by: r.approved_by,
-                        ticket: r.ticket,
-                        expires: r.expires.map(|e| e.into_inner()),
-                    },
+                    catalog: catalog(r.owner, r.purpose, r.approved_by, r.ticket, r.expires),
                     span,
                 })
             })
@@ -258,6 +246,16 @@ pub(super) fn validate(src: &Source, raw: model::PolicyFile) -> Result<Policy, P
         });
     }
     Ok(Policy { guards })
+}
+
+fn catalog(
+    owner: Option<String>,
+    purpose: Option<String>,
+    approved_by: Option<String>,
+    ticket: Option<String>,
+    expires: Option<toml::Spanned<Expiry>>,
+) -> Catalog {
+    Catalog { owner, purpose, approved_by, ticket, expires: expires.map(toml::Spanned::into_inner) }
 }
 
 /// "/a/b" stays "/a/b"; "a/b", "/a/../b", "/a//b" and "/a/./b" are refused:
