@@ -1,7 +1,12 @@
 //! Counting every guarded decision and reporting violations.
 
-use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid};
-use portguard_common::{DenialKey, Event, GuardInfo, MODE_AUDIT, Op, Verdict, counter_index, stats};
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+};
+use portguard_common::{
+    DenialKey, Event, GuardInfo, MODE_AUDIT, Op, PORT_EVENTS_BYTES, Verdict, counter_index, stats,
+};
 
 use crate::{
     addr::Addr,
@@ -147,5 +152,13 @@ pub fn record_lifecycle(e: &LifecycleEvent) {
         addr: e.addr.bytes,
         cookie: e.cookie,
     });
-    entry.submit(0);
+    // Wake the agent only once the ring is a quarter full: it collects port
+    // events on a timer anyway, and a wake-up per event would cost a bind
+    // loop a context switch per bind.
+    let wake = if PG_PORT_EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= u64::from(PORT_EVENTS_BYTES / 4) {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(wake.into());
 }

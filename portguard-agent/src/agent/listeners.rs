@@ -3,15 +3,16 @@
 //! start (from /proc), each classified against the applied policy. It feeds
 //! `portguard_listeners` and the port lifecycle records of the audit trail.
 //!
-//! A port is written to the trail once it has been live for [`SETTLE`]:
-//! a process that binds and closes in a loop would otherwise write two lines
-//! per iteration. Ports that close sooner are summed into one `port_brief`
-//! line per kind and second.
+//! A port is classified and written to the trail once it has been live for
+//! [`SETTLE`]: a process that binds and closes in a loop would otherwise
+//! cost a classification and two trail lines per iteration. Until then it
+//! is kept as the raw event; ports that close sooner are summed into one
+//! `port_brief` line per kind and second.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use portguard_common::UNGUARDED_ID;
@@ -33,20 +34,26 @@ const SCANNED: u64 = 1 << 63;
 /// How long a port must stay live to get its own trail lines.
 pub const SETTLE: Duration = Duration::from_secs(1);
 
+/// A port live for at least [`SETTLE`] (or found live at start-up).
 struct Live {
     record: Record,
     proto: Proto,
     opened: Instant,
-    /// Its `port_opened` line was written.
-    announced: bool,
+}
+
+/// A port that went live less than [`SETTLE`] ago, as the kernel said.
+struct Pending {
+    event: DecodedEvent,
+    opened: Instant,
+    at: SystemTime,
 }
 
 /// Ports that closed before they settled, by what they were.
 #[derive(PartialEq, Eq, Hash)]
 struct BriefKey {
-    cgroup: String,
-    guard: Option<String>,
-    proto: String,
+    sock_cgroup: u64,
+    guard_id: u32,
+    proto: &'static str,
     addr: IpAddr,
     port: u16,
 }
@@ -55,7 +62,9 @@ pub struct Listeners {
     names: CgroupNames,
     root_in_mount: String,
     live: HashMap<u64, Live>,
-    brief: HashMap<BriefKey, Record>,
+    pending: HashMap<u64, Pending>,
+    /// A sample event and how many such ports opened and closed.
+    brief: HashMap<BriefKey, (DecodedEvent, u64)>,
     brief_since: Instant,
 }
 
@@ -65,22 +74,68 @@ impl Listeners {
             names: CgroupNames::new(root),
             root_in_mount,
             live: HashMap::new(),
+            pending: HashMap::new(),
             brief: HashMap::new(),
             brief_since: Instant::now(),
         }
     }
 
-    /// Writes the ports that have now settled, and the brief ones summed
-    /// once per [`SETTLE`]. Call it a few times per second.
-    pub fn tick(&mut self, out: &mut Vec<Record>) {
-        for l in self.live.values_mut().filter(|l| !l.announced && l.opened.elapsed() >= SETTLE) {
-            l.announced = true;
-            out.push(l.record.clone());
+    /// Classifies and writes the ports that have now settled, and the brief
+    /// ones summed once per [`SETTLE`]. Call it a few times per second.
+    pub fn tick(
+        &mut self,
+        policy: Option<&Policy>,
+        guard_names: &HashMap<u32, String>,
+        out: &mut Vec<Record>,
+    ) {
+        let settled: Vec<u64> =
+            self.pending.iter().filter(|(_, p)| p.opened.elapsed() >= SETTLE).map(|(k, _)| *k).collect();
+        for cookie in settled {
+            let Some(p) = self.pending.remove(&cookie) else { continue };
+            let record = self.classify(&p.event, p.at, RecordKind::PortOpened, policy, guard_names);
+            out.push(record.clone());
+            let proto = if p.event.proto == "udp" { Proto::Udp } else { Proto::Tcp };
+            self.live.insert(cookie, Live { record, proto, opened: p.opened });
         }
         if self.brief_since.elapsed() >= SETTLE {
             self.brief_since = Instant::now();
-            out.extend(self.brief.drain().map(|(_, r)| r));
+            let brief: Vec<(DecodedEvent, u64)> = self.brief.drain().map(|(_, v)| v).collect();
+            for (event, count) in brief {
+                let mut r =
+                    self.classify(&event, SystemTime::now(), RecordKind::PortBrief, policy, guard_names);
+                r.count = count;
+                r.open_seconds = Some(0);
+                out.push(r);
+            }
         }
+    }
+
+    /// The trail record for a port event: its cgroup, guard and standing.
+    fn classify(
+        &mut self,
+        e: &DecodedEvent,
+        at: SystemTime,
+        kind: RecordKind,
+        policy: Option<&Policy>,
+        guard_names: &HashMap<u32, String>,
+    ) -> Record {
+        let proto = if e.proto == "udp" { Proto::Udp } else { Proto::Tcp };
+        let cgroup = self.names.name(e.sock_cgroup);
+        // The kernel names the guard that covers the socket; the policy
+        // says which rule (if any) approves the port.
+        let standing = match (policy, guard_names.get(&e.guard_id)) {
+            (Some(p), Some(name)) if e.guard_id != UNGUARDED_ID => {
+                match p.guards.iter().find(|g| &g.name == name) {
+                    Some(g) => inventory::standing_of(g.judge(Action::Bind, proto, e.addr, e.port)),
+                    None => inventory::standing(p, Some(&cgroup), None, proto, e.addr, e.port),
+                }
+            }
+            (Some(p), _) => inventory::standing(p, Some(&cgroup), None, proto, e.addr, e.port),
+            (None, _) => inventory::standing_of(crate::policy::eval::Judgement::Unguarded),
+        };
+        let mut r = record(kind, cgroup, e.pid, e.comm.clone(), proto, e.addr, e.port, &standing);
+        r.time = humantime::format_rfc3339_millis(at).to_string();
+        r
     }
 
     /// Takes in the ports already live before the agent's programs were
@@ -113,10 +168,7 @@ impl Listeners {
                 &standing,
             );
             out.push(record.clone());
-            self.live.insert(
-                SCANNED | p.inode,
-                Live { record, proto: p.proto, opened: Instant::now(), announced: true },
-            );
+            self.live.insert(SCANNED | p.inode, Live { record, proto: p.proto, opened: Instant::now() });
         }
     }
 
@@ -138,52 +190,26 @@ impl Listeners {
         }
     }
 
-    pub fn port_opened(
-        &mut self,
-        e: &DecodedEvent,
-        policy: Option<&Policy>,
-        guard_names: &HashMap<u32, String>,
-    ) {
-        let proto = if e.proto == "udp" { Proto::Udp } else { Proto::Tcp };
-        let cgroup = self.names.name(e.sock_cgroup);
-        // The kernel names the guard that covers the socket; the policy
-        // says which rule (if any) approves the port.
-        let standing = match (policy, guard_names.get(&e.guard_id)) {
-            (Some(p), Some(name)) if e.guard_id != UNGUARDED_ID => {
-                match p.guards.iter().find(|g| &g.name == name) {
-                    Some(g) => inventory::standing_of(g.judge(Action::Bind, proto, e.addr, e.port)),
-                    None => inventory::standing(p, Some(&cgroup), None, proto, e.addr, e.port),
-                }
-            }
-            (Some(p), _) => inventory::standing(p, Some(&cgroup), None, proto, e.addr, e.port),
-            (None, _) => inventory::standing_of(crate::policy::eval::Judgement::Unguarded),
-        };
-        let record =
-            record(RecordKind::PortOpened, cgroup, e.pid, e.comm.clone(), proto, e.addr, e.port, &standing);
-        // Written by `tick` once it settles.
-        self.live.insert(e.cookie, Live { record, proto, opened: Instant::now(), announced: false });
+    /// Kept raw until it settles (see the module's doc): this runs for
+    /// every port that opens, so it must stay cheap.
+    pub fn port_opened(&mut self, e: DecodedEvent) {
+        self.pending.insert(e.cookie, Pending { event: e, opened: Instant::now(), at: SystemTime::now() });
     }
 
     pub fn port_closed(&mut self, e: &DecodedEvent, out: &mut Vec<Record>) {
-        let Some(mut l) = self.live.remove(&e.cookie) else { return };
-        if !l.announced {
-            let r = l.record;
+        if let Some(p) = self.pending.remove(&e.cookie) {
+            let o = p.event;
             let key = BriefKey {
-                cgroup: r.cgroup.clone(),
-                guard: r.guard.clone(),
-                proto: r.proto.clone(),
-                addr: r.addr,
-                port: r.port,
+                sock_cgroup: o.sock_cgroup,
+                guard_id: o.guard_id,
+                proto: o.proto,
+                addr: o.addr,
+                port: o.port,
             };
-            match self.brief.get_mut(&key) {
-                Some(b) => b.count += 1,
-                None => {
-                    self.brief
-                        .insert(key, Record { event: RecordKind::PortBrief, open_seconds: Some(0), ..r });
-                }
-            }
+            self.brief.entry(key).or_insert((o, 0)).1 += 1;
             return;
         }
+        let Some(mut l) = self.live.remove(&e.cookie) else { return };
         // The process that closes may differ from the one that opened.
         l.record.pid = e.pid;
         l.record.comm = e.comm.clone();
@@ -199,7 +225,7 @@ impl Listeners {
         }
     }
 
-    /// Live ports by (guard, proto, port, approved), for the metric.
+    /// Settled live ports by (guard, proto, port, approved), for the metric.
     pub fn counts(&self) -> BTreeMap<ListenerKey, i64> {
         let mut out = BTreeMap::new();
         for l in self.live.values() {

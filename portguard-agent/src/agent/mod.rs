@@ -284,7 +284,14 @@ async fn event_loop(
             _ = coalesce.tick() => {
                 denial_log.flush(daemon.guard_ids(), daemon.guard_modes(), Some(std::time::Instant::now()));
                 sinks.records.append(&mut denial_log.records);
-                sinks.listeners.tick(&mut sinks.records);
+                // Port events wake the agent only once their ring is a quarter
+                // full (see record_lifecycle): collect the rest here.
+                if let Err(e) = port_events.drain(&mut port_batch) {
+                    return Err(AgentError::Events(e.into()));
+                }
+                sinks.take_port_events(&mut port_batch);
+                let names = guard_names(daemon);
+                sinks.listeners.tick(daemon.policy(), &names, &mut sinks.records);
                 sinks.flush(metrics);
             }
             _ = cgroups.changed() => daemon.rescan_guards(&mut cgroups),
@@ -305,15 +312,7 @@ async fn event_loop(
             r = port_events.next_batch(&mut port_batch) => {
                 r.map_err(|e| AgentError::Events(e.into()))?;
                 let full = port_batch.len() >= crate::bpf::MAX_EVENT_BATCH;
-                let names: HashMap<u32, String> =
-                    daemon.guard_ids().iter().map(|(n, id)| (*id, n.clone())).collect();
-                for e in port_batch.drain(..) {
-                    match e.op {
-                        Some(Op::PortOpened) => sinks.listeners.port_opened(&e, daemon.policy(), &names),
-                        Some(Op::PortClosed) => sinks.listeners.port_closed(&e, &mut sinks.records),
-                        _ => {}
-                    }
-                }
+                sinks.take_port_events(&mut port_batch);
                 sinks.flush(metrics);
                 if full {
                     tokio::task::yield_now().await;
@@ -336,7 +335,21 @@ struct Sinks {
     records: Vec<Record>,
 }
 
+fn guard_names(daemon: &Daemon) -> HashMap<u32, String> {
+    daemon.guard_ids().iter().map(|(n, id)| (*id, n.clone())).collect()
+}
+
 impl Sinks {
+    fn take_port_events(&mut self, batch: &mut Vec<crate::bpf::DecodedEvent>) {
+        for e in batch.drain(..) {
+            match e.op {
+                Some(Op::PortOpened) => self.listeners.port_opened(e),
+                Some(Op::PortClosed) => self.listeners.port_closed(&e, &mut self.records),
+                _ => {}
+            }
+        }
+    }
+
     fn flush(&mut self, metrics: &Metrics) {
         write_records(&mut self.trail, &mut self.records);
         self.publish(metrics);

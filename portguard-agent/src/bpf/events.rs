@@ -97,21 +97,7 @@ impl EventStream {
     /// agent's loop (reloads, signals).
     pub async fn next_batch(&mut self, out: &mut Vec<DecodedEvent>) -> io::Result<()> {
         let mut guard = self.ring.readable_mut().await?;
-        let ring = guard.get_inner_mut();
-        let mut drained = true;
-        for _ in 0..MAX_BATCH {
-            let Some(item) = ring.next() else {
-                drained = true;
-                break;
-            };
-            drained = false;
-            if item.len() >= size_of::<Event>() {
-                // SAFETY: the kernel wrote an Event (repr(C), plain integers)
-                // at this position; the read tolerates any alignment.
-                let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
-                out.push(DecodedEvent::decode(&event));
-            }
-        }
+        let drained = read_batch(guard.get_inner_mut(), out);
         // Only an empty ring may wait for the next wake-up; otherwise the
         // rest is read on the next call without waiting.
         if drained {
@@ -121,4 +107,28 @@ impl EventStream {
         }
         Ok(())
     }
+
+    /// Reads what is queued now, without waiting, up to [`MAX_BATCH`]
+    /// events at a time, for a ring whose producer does not always wake the
+    /// reader.
+    pub fn drain(&mut self, out: &mut Vec<DecodedEvent>) -> io::Result<()> {
+        while !read_batch(self.ring.get_mut(), out) {}
+        Ok(())
+    }
+}
+
+/// Appends up to [`MAX_BATCH`] events to `out`; true when the ring is empty.
+fn read_batch(ring: &mut RingBuf<MapData>, out: &mut Vec<DecodedEvent>) -> bool {
+    for _ in 0..MAX_BATCH {
+        let Some(item) = ring.next() else {
+            return true;
+        };
+        if item.len() >= size_of::<Event>() {
+            // SAFETY: the kernel wrote an Event (repr(C), plain integers)
+            // at this position; the read tolerates any alignment.
+            let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
+            out.push(DecodedEvent::decode(&event));
+        }
+    }
+    false
 }
