@@ -151,9 +151,11 @@ pub fn reading(rows: &[Value]) -> String {
     );
     let _ = writeln!(
         md,
-        "- **New sockets** pay for their stamp: W4 (socket, bind, close in a loop) costs {:.0} ns over nothing \
-         attached when unguarded, and the first bind of each socket resolves its guard ({:.0} ns per bind4 run). \
-         Workloads that open a socket per request see this; long-lived sockets do not.",
+        "- **New sockets** pay for their stamp and, when a UDP bind or a listen puts a port live, for the port \
+         inventory (a post_bind event, a sock_release event, and the agent's bookkeeping): W4 (socket, UDP bind, \
+         close in a loop) costs {:.0} ns over nothing attached when unguarded, and the first bind of each socket \
+         resolves its guard ({:.0} ns per bind4 run). Workloads that open a socket per request see this; \
+         long-lived sockets do not.",
         f(cell("w4", true, "Unguarded", None), "overhead_ns"),
         f(cell("w4", true, "Unguarded", None), "prog_ns_per_run"),
     );
