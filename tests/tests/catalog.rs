@@ -68,9 +68,9 @@ impl Drop for TempDir {
     }
 }
 
-/// (exit status, stdout, stderr) of `portguard diff ARGS`.
-fn diff(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(agent_bin()).arg("diff").args(args).output().expect("run portguard diff");
+/// (exit status, stdout, stderr) of `portguard ARGS`.
+fn portguard(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(agent_bin()).args(args).output().expect("run portguard");
     let text = |b: Vec<u8>| String::from_utf8(b).expect("utf-8 output");
     (out.status.code().expect("exit status"), text(out.stdout), text(out.stderr))
 }
@@ -80,7 +80,7 @@ fn diff_reports_what_a_change_opens_and_closes() {
     let dir = TempDir::new("diff");
     let (old, new) = (dir.write("old.toml", OLD), dir.write("new.toml", NEW));
 
-    let (status, text, stderr) = diff(&[&old, &new]);
+    let (status, text, stderr) = portguard(&["diff", &old, &new]);
     assert_eq!((status, stderr.as_str()), (0, ""));
     assert_eq!(
         text,
@@ -95,7 +95,7 @@ fn diff_reports_what_a_change_opens_and_closes() {
          summary: 2 opens, 2 closes across 2 guards\n"
     );
 
-    let (status, json, _) = diff(&[&old, &new, "--format", "json"]);
+    let (status, json, _) = portguard(&["diff", &old, &new, "--format", "json"]);
     assert_eq!(status, 0);
     let json: serde_json::Value = serde_json::from_str(&json).expect("JSON output");
     assert_eq!(json["summary"], serde_json::json!({"opens": 2, "closes": 2}));
@@ -106,7 +106,8 @@ fn diff_reports_what_a_change_opens_and_closes() {
 
     // A policy compared with itself, rules reordered: nothing changes, and
     // that is still a successful diff.
-    let (status, text, _) = diff(&[&new, &dir.write("same.toml", &NEW.replace("[443, 80]", "[80, 443]"))]);
+    let (status, text, _) =
+        portguard(&["diff", &new, &dir.write("same.toml", &NEW.replace("[443, 80]", "[80, 443]"))]);
     assert_eq!((status, text.as_str()), (0, "no change in what is allowed\n"));
 }
 
@@ -118,17 +119,10 @@ fn diff_refuses_an_invalid_policy_like_check() {
         "bad.toml",
         "[[guard]]\nname = \"x\"\ncgroup = \"/x\"\n[[guard.bind]]\nports = [\"9000-8000\"]\n",
     );
-    let (status, stdout, stderr) = diff(&[&old, &bad]);
+    let (status, stdout, stderr) = portguard(&["diff", &old, &bad]);
     assert_eq!((status, stdout.as_str()), (2, ""));
     assert!(stderr.starts_with(&format!("portguard: {bad}:5:")), "{stderr}");
     assert!(stderr.contains("reversed") && stderr.lines().count() == 1, "{stderr}");
-}
-
-/// (exit status, stdout, stderr) of `portguard check ARGS`.
-fn check(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(agent_bin()).arg("check").args(args).output().expect("run portguard check");
-    let text = |b: Vec<u8>| String::from_utf8(b).expect("utf-8 output");
-    (out.status.code().expect("exit status"), text(out.stdout), text(out.stderr))
 }
 
 const CATALOGUED: &str = r#"
@@ -148,25 +142,25 @@ cgroup = "/db"
 fn check_strict_holds_every_rule_to_its_catalog_entry() {
     let dir = TempDir::new("check-strict");
     let good = dir.write("good.toml", CATALOGUED);
-    assert_eq!(check(&["--strict", &good]).0, 0);
+    assert_eq!(portguard(&["check", "--strict", &good]).0, 0);
 
     // No purpose, and an approval that ran out: warnings, or exit 1 with --strict.
     let lacking = dir.write(
         "lacking.toml",
         &CATALOGUED.replace("  purpose = \"PostgreSQL\"\n", "").replace("2999-12-31", "2020-01-31"),
     );
-    let (status, _, stderr) = check(&[&lacking]);
+    let (status, _, stderr) = portguard(&["check", &lacking]);
     assert_eq!(status, 0, "{stderr}");
     assert!(
         stderr.contains(&format!("{lacking}:6:11: warning: guard \"db\": bind rule #1 has no purpose")),
         "{stderr}"
     );
     assert!(stderr.contains("approval expired on 2020-01-31"), "{stderr}");
-    let (status, stdout, stderr) = check(&["--strict", &lacking]);
+    let (status, stdout, stderr) = portguard(&["check", "--strict", &lacking]);
     assert_eq!(status, 1, "{stdout}{stderr}");
     assert!(stderr.contains(": error: "), "{stderr}");
 
-    let (status, json, _) = check(&["--strict", "--format", "json", &lacking]);
+    let (status, json, _) = portguard(&["check", "--strict", "--format", "json", &lacking]);
     assert_eq!(status, 1);
     let json: serde_json::Value = serde_json::from_str(&json).expect("JSON output");
     assert_eq!(json["ok"], false);
@@ -178,7 +172,7 @@ fn check_strict_holds_every_rule_to_its_catalog_entry() {
 
     // Invalid input is exit 2, in JSON too, and never reads as "ok".
     let bad = dir.write("bad.toml", &CATALOGUED.replace("2999-12-31", "\"soon\""));
-    let (status, json, _) = check(&["--strict", "--format", "json", &bad]);
+    let (status, json, _) = portguard(&["check", "--strict", "--format", "json", &bad]);
     assert_eq!(status, 2);
     let json: serde_json::Value = serde_json::from_str(&json).expect("JSON output");
     assert_eq!(json["ok"], false);
