@@ -1,5 +1,5 @@
-//! The systemd unit: valid for systemd, and its capability set is enough to
-//! enforce (and one less is not).
+//! The systemd unit: valid for systemd, installed by `cargo xtask install`,
+//! and its capability set is enough to enforce (and one less is not).
 
 use std::{path::Path, process::Command};
 
@@ -34,6 +34,53 @@ fn systemd_analyze_verifies_the_unit() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "systemd-analyze verify: {text}");
     assert!(!text.contains("portguard.service:"), "warnings about the unit: {text}");
+}
+
+#[test]
+fn xtask_install_puts_the_agent_unit_and_policy_in_place_and_keeps_a_live_policy() {
+    // The xtask binary `cargo xtask test` itself runs from, next to the agent.
+    let xtask = agent_bin().with_file_name("xtask");
+    if !xtask.exists() {
+        assert!(std::env::var("CI").is_err(), "{} missing under CI", xtask.display());
+        eprintln!("skipping: {} not built (run `cargo xtask test`)", xtask.display());
+        return;
+    }
+    let root = std::env::temp_dir().join(format!("pg-install-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let install = || {
+        let out = Command::new(&xtask)
+            .args(["install", "--destdir"])
+            .arg(&root)
+            .arg("--binary")
+            .arg(agent_bin())
+            .output()
+            .expect("run xtask install");
+        assert!(out.status.success(), "xtask install: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    install();
+    let mode = |p: &str| {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}")).permissions().mode() & 0o777
+    };
+    assert_eq!(mode("usr/local/bin/portguard"), 0o755);
+    assert_eq!(mode("etc/systemd/system/portguard.service"), 0o644);
+    assert_eq!(mode("etc/portguard/policy.toml"), 0o644);
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/systemd/system/portguard.service")).unwrap(),
+        std::fs::read_to_string(UNIT).unwrap(),
+        "the unit installed is the one `systemd_analyze_verifies_the_unit` checks"
+    );
+    // The installed binary runs and accepts the installed policy.
+    let policy = root.join("etc/portguard/policy.toml");
+    let out = Command::new(root.join("usr/local/bin/portguard")).arg("check").arg(&policy).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Installing again (an upgrade) keeps the policy the host runs on.
+    let live = "[[guard]]\nname = \"mine\"\ncgroup = \"/mine\"\n";
+    std::fs::write(&policy, live).unwrap();
+    install();
+    assert_eq!(std::fs::read_to_string(&policy).unwrap(), live);
+    std::fs::remove_dir_all(&root).unwrap();
 }
 
 fn run_with_caps(sb: &Sandbox, caps: &[String]) -> String {

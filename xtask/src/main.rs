@@ -4,8 +4,10 @@
 //!   cargo xtask run     set up, build, and run the agent on ./policy.toml
 //!   cargo xtask test    set up, build, and run every test (root-only ones too)
 //!   cargo xtask bench   set up, build (release), and write BENCHMARKS.md
+//!   cargo xtask install build (release) and install the agent, unit and policy
 
 mod bench;
+mod install;
 mod setup;
 
 use std::{
@@ -42,6 +44,16 @@ enum Cmd {
         /// How long to run.
         #[arg(long, default_value_t = 300)]
         seconds: u64,
+    },
+    /// Build the agent (release) and install it with its systemd unit and
+    /// the example policy (an existing policy is kept).
+    Install {
+        /// Install under this directory instead of / (packaging).
+        #[arg(long, default_value = "/")]
+        destdir: PathBuf,
+        /// Install this binary instead of building one.
+        #[arg(long)]
+        binary: Option<PathBuf>,
     },
     /// Set up, build, and run all tests, including those that need root.
     Test {
@@ -126,6 +138,24 @@ fn main() -> anyhow::Result<()> {
             unsafe_set_env("PORTGUARD_BIN", workspace_root().join("target/release/portguard"));
             unsafe_set_env("PG_PROBE_BIN", workspace_root().join("target/release/pg-probe"));
             bench::run()
+        }
+        Cmd::Install { destdir, binary } => {
+            let binary = match binary {
+                Some(b) => b,
+                None => {
+                    setup::all()?;
+                    run(cargo().args([
+                        "build",
+                        "--release",
+                        "--package",
+                        "portguard-agent",
+                        "--bin",
+                        "portguard",
+                    ]))?;
+                    workspace_root().join("target/release/portguard")
+                }
+            };
+            install::install(&install::Install { destdir, binary })
         }
         Cmd::Fuzz { seconds } => {
             setup::all()?;
