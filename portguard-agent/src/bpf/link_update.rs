@@ -1,4 +1,6 @@
-//! In-place program replacement for links pinned by an earlier agent.
+//! Raw bpf() calls on links that aya 0.14 lacks: in-place program
+//! replacement for links pinned by an earlier agent, and link ids, to wait
+//! until an unpinned link is really gone.
 //!
 //! bpffs does not allow renaming a pinned link, and unpinning the old one
 //! before pinning a new one would leave the hook empty for a moment. The
@@ -14,7 +16,35 @@ use std::{
 };
 
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+
+#[repr(C)]
+#[derive(Default)]
+struct InfoByFdAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// The head of `struct bpf_link_info`; the kernel fills what fits.
+#[repr(C)]
+#[derive(Default)]
+struct LinkInfo {
+    link_type: u32,
+    id: u32,
+    prog_id: u32,
+    _rest: [u32; 13],
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct GetFdByIdAttr {
+    link_id: u32,
+    next_id: u32,
+    open_flags: u32,
+}
 
 #[repr(C)]
 #[derive(Default)]
@@ -62,4 +92,31 @@ pub fn replace_program(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Res
         ..Default::default()
     };
     bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
+}
+
+/// The kernel's id of the link behind `link`.
+pub fn link_id(link: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut info = LinkInfo::default();
+    let mut attr = InfoByFdAttr {
+        bpf_fd: link.as_raw_fd() as u32,
+        info_len: size_of::<LinkInfo>() as u32,
+        info: &mut info as *mut LinkInfo as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info.id)
+}
+
+/// Whether a link with this id still exists. Dropping a link's last
+/// reference (unpinning it) frees it, and detaches its program, from a
+/// kernel work queue a moment later, not in the unlink itself.
+pub fn link_exists(id: u32) -> bool {
+    let mut attr = GetFdByIdAttr { link_id: id, ..Default::default() };
+    match bpf(BPF_LINK_GET_FD_BY_ID, &mut attr) {
+        Ok(fd) => {
+            // SAFETY: the kernel just returned this new fd to us.
+            drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+            true
+        }
+        Err(e) => e.raw_os_error() != Some(libc::ENOENT),
+    }
 }

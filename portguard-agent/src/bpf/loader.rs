@@ -372,9 +372,18 @@ fn program_error_text(e: &aya::programs::ProgramError) -> String {
 }
 
 /// Detaches every program and removes every pinned map under `pin_dir`.
-/// Returns the number of objects removed.
+/// Returns the number of objects removed, once the kernel has really
+/// detached the programs: "no longer enforces" must be true when it is said.
 pub fn unload(pin_dir: &Path) -> std::io::Result<usize> {
     let pins = PinLayout::new(pin_dir.to_owned());
+    let link_ids: Vec<u32> = match fs::read_dir(pins.links_dir()) {
+        Ok(entries) => entries
+            .flatten()
+            .filter_map(|e| link_update::open_pinned(&e.path()).ok())
+            .filter_map(|fd| link_update::link_id(fd.as_fd()).ok())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
     let mut removed = 0;
     // Links first: once they are gone nothing reads the maps.
     for dir in std::iter::once(pins.links_dir()).chain(pins.all_map_dirs()) {
@@ -395,5 +404,19 @@ pub fn unload(pin_dir: &Path) -> std::io::Result<usize> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
+    // The kernel frees an unpinned link from a work queue; wait for it (a
+    // running agent's own fds would keep a link alive: stop it first).
+    let deadline = std::time::Instant::now() + UNLOAD_WAIT;
+    while link_ids.iter().any(|id| link_update::link_exists(*id)) {
+        if std::time::Instant::now() > deadline {
+            return Err(std::io::Error::other(format!(
+                "links unpinned, but the kernel still holds some after {} ms: is an agent still running?",
+                UNLOAD_WAIT.as_millis()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
     Ok(removed)
 }
+
+const UNLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
