@@ -85,6 +85,10 @@ pub enum Command {
         /// Only this guard (default: every guard with records).
         #[arg(long)]
         guard: Option<String>,
+        /// The policy the trail was recorded under: draft guards keep its
+        /// targets (`unit`, and the selector of pod guards).
+        #[arg(long)]
+        policy: Option<PathBuf>,
         /// The mode the draft's guards get.
         #[arg(long, value_enum, default_value_t = DraftMode::Audit)]
         mode: DraftMode,

@@ -41,13 +41,24 @@ fn main() -> ExitCode {
         }
         Command::Diff { old, new, format } => review::diff::run(&old, &new, format),
         Command::Replay { policy, events, format } => review::replay::run(&policy, &events, format),
-        Command::Suggest { events, guard, mode, output } => {
+        Command::Suggest { events, guard, policy, mode, output } => {
             let mode = match mode {
                 DraftMode::Audit => portguard_agent::policy::Mode::Audit,
                 DraftMode::Enforce => portguard_agent::policy::Mode::Enforce,
             };
-            let opts =
-                review::suggest::Options { guard, mode, ephemeral: review::suggest::local_port_range() };
+            let current = match policy.as_deref().map(portguard_agent::policy::load).transpose() {
+                Ok(p) => p.map(|(p, _)| p),
+                Err(e) => {
+                    eprintln!("portguard: {e}");
+                    return ExitCode::from(EXIT_BAD_INPUT);
+                }
+            };
+            let opts = review::suggest::Options {
+                guard,
+                current,
+                mode,
+                ephemeral: review::suggest::local_port_range(),
+            };
             review::suggest::run(&events, &opts, output.as_deref())
         }
         Command::Reload { state_dir } => status::reload(&state_dir),

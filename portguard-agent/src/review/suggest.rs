@@ -27,7 +27,8 @@ const HOSTS_BEFORE_NETWORK: usize = 4;
 
 #[derive(Debug, Default)]
 struct Observed {
-    cgroup: String,
+    /// The TOML line that says what the guard covers.
+    target: String,
     ephemeral_bind: bool,
     /// (proto, bind address or None for any) -> ports.
     binds: BTreeMap<(String, Option<IpAddr>), BTreeSet<u16>>,
@@ -39,6 +40,10 @@ struct Observed {
 pub struct Options {
     /// Only this guard; all guards with records otherwise.
     pub guard: Option<String>,
+    /// The policy the records were made under: each draft guard keeps its
+    /// target from there (its `unit`, or the selector of a pod guard, which
+    /// no record carries). Without it, the guard cgroup the agent recorded.
+    pub current: Option<crate::policy::Policy>,
     pub mode: crate::policy::Mode,
     /// The kernel's local port range: binds in it are kernel-chosen.
     pub ephemeral: RangeInclusive<u16>,
@@ -47,13 +52,19 @@ pub struct Options {
 pub fn suggest(records: &[Record], opts: &Options) -> String {
     let mut guards: BTreeMap<String, Observed> = BTreeMap::new();
     for r in records {
-        let (Some(guard), Some(cgroup)) = (&r.guard, &r.guard_cgroup) else { continue };
+        let Some(guard) = &r.guard else { continue };
         if opts.guard.as_ref().is_some_and(|g| g != guard) || r.proto().is_none() {
             continue;
         }
-        let o = guards
-            .entry(guard.clone())
-            .or_insert_with(|| Observed { cgroup: cgroup.clone(), ..Default::default() });
+        let target = match opts.current.as_ref().and_then(|p| p.guards.iter().find(|g| &g.name == guard)) {
+            Some(g) => target_line(g),
+            None => match &r.guard_cgroup {
+                Some(c) => format!("cgroup = {}", quote(c)),
+                // A pod guard, and no policy to take its selector from.
+                None => continue,
+            },
+        };
+        let o = guards.entry(guard.clone()).or_insert_with(|| Observed { target, ..Default::default() });
         o.records += r.count;
         match (r.event, r.op) {
             (RecordKind::PortClosed, _) => {}
@@ -92,10 +103,10 @@ pub fn suggest(records: &[Record], opts: &Options) -> String {
 fn write_guard(out: &mut String, name: &str, o: &Observed, opts: &Options) {
     let _ = write!(
         out,
-        "\n# {} recorded operations.\n[[guard]]\nname = {}\ncgroup = {}\nmode = \"{}\"\n",
+        "\n# {} recorded operations.\n[[guard]]\nname = {}\n{}\nmode = \"{}\"\n",
         o.records,
         quote(name),
-        quote(&o.cgroup),
+        o.target,
         opts.mode.as_str()
     );
     if o.ephemeral_bind {
@@ -191,6 +202,27 @@ fn ports_toml(ports: &[u16]) -> String {
         i = j + 1;
     }
     format!("[{}]", items.join(", "))
+}
+
+/// What `g` covers, as its policy line: `unit`, `cgroup` or `pods`.
+fn target_line(g: &crate::policy::GuardSpec) -> String {
+    use crate::policy::Target;
+    match (&g.unit, &g.target) {
+        (Some(unit), _) => format!("unit = {}", quote(unit)),
+        (None, Target::Cgroup(c)) => format!("cgroup = {}", quote(c)),
+        (None, Target::Pods(sel)) => {
+            let mut parts = Vec::new();
+            if let Some(ns) = &sel.namespace {
+                parts.push(format!("namespace = {}", quote(&ns.0)));
+            }
+            let labels: Vec<String> =
+                sel.labels.iter().map(|(k, v)| format!("{} = {}", quote(&k.0), quote(&v.0))).collect();
+            if !labels.is_empty() {
+                parts.push(format!("labels = {{ {} }}", labels.join(", ")));
+            }
+            format!("pods = {{ {} }}", parts.join(", "))
+        }
+    }
 }
 
 fn quote(s: &str) -> String {

@@ -33,7 +33,7 @@ fn load(text: &str) -> Policy {
 }
 
 fn options(mode: Mode) -> suggest::Options {
-    suggest::Options { guard: Some("api".into()), mode, ephemeral: 32768..=60999 }
+    suggest::Options { guard: Some("api".into()), current: None, mode, ephemeral: 32768..=60999 }
 }
 
 #[test]
@@ -116,4 +116,45 @@ mode = "audit"
     );
     assert_eq!(r.unchanged, 1, "8080 stays allowed");
     assert_eq!(r.skipped, 1, "the close");
+}
+
+#[test]
+fn suggest_keeps_the_target_of_the_guard_the_trail_was_recorded_under() {
+    // A pod guard's records carry no cgroup path; the current policy has
+    // its selector. A unit guard stays a unit.
+    let recs: Vec<Record> = records()
+        .into_iter()
+        .map(|mut r| {
+            r.guard_cgroup = None;
+            r
+        })
+        .collect();
+    let current = load(
+        r#"
+[[guard]]
+name = "api"
+pods = { namespace = "shop", labels = { app = "api", tier = "web" } }
+mode = "audit"
+[[guard]]
+name = "batch"
+unit = "batch.service"
+"#,
+    );
+    let opts = suggest::Options {
+        guard: None,
+        current: Some(current),
+        mode: Mode::Enforce,
+        ephemeral: 32768..=60999,
+    };
+    let text = suggest::suggest(&recs, &opts);
+    assert!(
+        text.contains(r#"pods = { namespace = "shop", labels = { "app" = "api", "tier" = "web" } }"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"unit = "batch.service""#), "{text}");
+    let p = load(&text);
+    assert_eq!(p.guards.len(), 2);
+    // Without the policy, there is no selector to write: the pod guard is left out.
+    let without = suggest::suggest(&recs, &suggest::Options { current: None, ..opts });
+    assert!(!without.contains("[[guard]]"), "{without}");
 }
