@@ -13,11 +13,11 @@ mod guards;
 mod listeners;
 mod policy_watch;
 mod sd_notify;
+mod sinks;
 pub mod state;
 pub mod workload;
 
 use std::{
-    collections::HashMap,
     path::PathBuf,
     sync::{Arc, atomic::Ordering},
     time::Duration,
@@ -30,6 +30,7 @@ use self::{
     daemon::{Daemon, PodApi},
     denials::DenialLog,
     guards::CgroupResolver,
+    sinks::{Sinks, guard_names, write_records},
 };
 use crate::{
     EXIT_BAD_INPUT,
@@ -39,9 +40,9 @@ use crate::{
     metrics::{self, Metrics},
     pods, policy,
     policy::{CompiledPolicy, Target},
-    trail::{AuditTrail, Record},
+    trail::AuditTrail,
 };
-use portguard_common::{Op, map_names};
+use portguard_common::map_names;
 
 /// How often ports that were live before the agent started are checked for
 /// having closed (their close raises no kernel event).
@@ -324,59 +325,6 @@ async fn event_loop(
     sinks.records.append(&mut denial_log.records);
     sinks.flush(metrics);
     Ok(())
-}
-
-/// Where port events and denials end up besides the log: the inventory,
-/// its metric, and the audit trail.
-struct Sinks {
-    trail: AuditTrail,
-    listeners: listeners::Listeners,
-    /// Trail records not yet written.
-    records: Vec<Record>,
-}
-
-fn guard_names(daemon: &Daemon) -> HashMap<u32, String> {
-    daemon.guard_ids().iter().map(|(n, id)| (*id, n.clone())).collect()
-}
-
-impl Sinks {
-    fn take_port_events(&mut self, batch: &mut Vec<crate::bpf::DecodedEvent>) {
-        for e in batch.drain(..) {
-            match e.op {
-                Some(Op::PortOpened) => self.listeners.port_opened(e),
-                Some(Op::PortClosed) => self.listeners.port_closed(&e, &mut self.records),
-                _ => {}
-            }
-        }
-    }
-
-    fn flush(&mut self, metrics: &Metrics) {
-        write_records(&mut self.trail, &mut self.records);
-        self.publish(metrics);
-    }
-
-    fn publish(&self, metrics: &Metrics) {
-        *metrics.listeners.lock().expect("metrics lock") = self.listeners.counts();
-    }
-
-    fn reclassify(&mut self, daemon: &Daemon, metrics: &Metrics) {
-        if let Some(p) = daemon.policy() {
-            self.listeners.reclassify(p);
-            self.publish(metrics);
-        }
-    }
-}
-
-fn write_records(trail: &mut AuditTrail, records: &mut Vec<Record>) {
-    for r in records.drain(..) {
-        if let Err(e) = trail.append(&r) {
-            // The log still carries every denial; losing the trail must not
-            // stop enforcement.
-            tracing::error!(path = %trail.path().display(), "cannot write the audit trail: {e}");
-            break;
-        }
-    }
-    records.clear();
 }
 
 /// The Kubernetes API client, when one is configured. A policy with pod
