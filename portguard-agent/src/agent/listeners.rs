@@ -92,9 +92,26 @@ impl Listeners {
             self.pending.iter().filter(|(_, p)| p.opened.elapsed() >= SETTLE).map(|(k, _)| *k).collect();
         for cookie in settled {
             let Some(p) = self.pending.remove(&cookie) else { continue };
-            let record = self.classify(&p.event, p.at, RecordKind::PortOpened, policy, guard_names);
+            let e = &p.event;
+            let proto = proto_of(e);
+            // A port that went live between the attach and the start-up read
+            // of /proc was listed from there already: the event adopts that
+            // entry (now closable by its cookie) instead of opening it twice.
+            let seeded = self.live.iter().find_map(|(k, l)| {
+                let r = &l.record;
+                (k & SCANNED != 0
+                    && l.proto == proto
+                    && r.addr == crate::policy::eval::canonical(e.addr)
+                    && r.port == e.port
+                    && r.pid == e.pid)
+                    .then_some(*k)
+            });
+            if let Some(l) = seeded.and_then(|k| self.live.remove(&k)) {
+                self.live.insert(cookie, l);
+                continue;
+            }
+            let record = self.classify(e, p.at, RecordKind::PortOpened, policy, guard_names);
             out.push(record.clone());
-            let proto = if p.event.proto == "udp" { Proto::Udp } else { Proto::Tcp };
             self.live.insert(cookie, Live { record, proto, opened: p.opened });
         }
         if self.brief_since.elapsed() >= SETTLE {
@@ -119,7 +136,7 @@ impl Listeners {
         policy: Option<&Policy>,
         guard_names: &HashMap<u32, String>,
     ) -> Record {
-        let proto = if e.proto == "udp" { Proto::Udp } else { Proto::Tcp };
+        let proto = proto_of(e);
         let cgroup = self.names.name(e.sock_cgroup);
         // The kernel names the guard that covers the socket; the policy
         // says which rule (if any) approves the port.
@@ -134,7 +151,7 @@ impl Listeners {
             (None, _) => inventory::standing_of(crate::policy::eval::Judgement::Unguarded),
         };
         let mut r = record(kind, cgroup, e.pid, e.comm.clone(), proto, e.addr, e.port, &standing);
-        r.time = humantime::format_rfc3339_millis(at).to_string();
+        r.time = crate::trail::rfc3339(at);
         r
     }
 
@@ -148,12 +165,10 @@ impl Listeners {
                 return;
             }
         };
-        let known: HashSet<(Proto, IpAddr, u16, u32)> =
-            self.live.values().map(|l| (l.proto, l.record.addr, l.record.port, l.record.pid)).collect();
+        // Nothing is live yet: this runs once, before the first port event
+        // is read. A port both listed here and reported by the kernel is
+        // paired up when its event settles (`tick`).
         for p in ports {
-            if known.contains(&(p.proto, p.addr, p.port, p.pid.unwrap_or(0))) {
-                continue;
-            }
             let cgroup =
                 p.cgroup.as_deref().and_then(|c| inventory::relative_to_root(c, &self.root_in_mount));
             let standing = inventory::standing(policy, cgroup.as_deref(), None, p.proto, p.addr, p.port);
@@ -239,6 +254,10 @@ impl Listeners {
         }
         out
     }
+}
+
+fn proto_of(e: &DecodedEvent) -> Proto {
+    if e.proto == "udp" { Proto::Udp } else { Proto::Tcp }
 }
 
 fn status_label(s: PortStatus) -> &'static str {
