@@ -43,10 +43,11 @@ const UDP_UNCONNECTED: u8 = 0x07;
 /// once (start-up, `portguard scan`), never periodically; see
 /// [`live_socket_inodes`].
 pub fn open_ports() -> std::io::Result<Vec<OpenPort>> {
-    let namespaces = namespaces()?;
+    let pids = pids()?;
+    let namespaces = namespaces(&pids);
     // socket inode -> lowest pid holding it.
     let mut holders: HashMap<u64, u32> = HashMap::new();
-    for pid in pids()? {
+    for &pid in &pids {
         let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
         for fd in fds.flatten() {
             if let Ok(target) = fs::read_link(fd.path())
@@ -78,7 +79,7 @@ pub fn open_ports() -> std::io::Result<Vec<OpenPort>> {
 /// The inodes of the live ports' sockets, from the tables alone: no file
 /// references taken, safe to run periodically.
 pub fn live_socket_inodes() -> std::io::Result<HashSet<u64>> {
-    Ok(live_entries(&namespaces()?).map(|(_, _, e)| e.inode).collect())
+    Ok(live_entries(&namespaces(&pids()?)).map(|(_, _, e)| e.inode).collect())
 }
 
 fn pids() -> std::io::Result<Vec<u32>> {
@@ -90,16 +91,16 @@ fn pids() -> std::io::Result<Vec<u32>> {
     Ok(pids)
 }
 
-/// netns inode -> the lowest pid living in it.
-fn namespaces() -> std::io::Result<BTreeMap<u64, u32>> {
+/// netns inode -> the lowest of `pids` (sorted) living in it.
+fn namespaces(pids: &[u32]) -> BTreeMap<u64, u32> {
     let mut namespaces = BTreeMap::new();
-    for pid in pids()? {
+    for &pid in pids {
         // Processes come and go while we look: skip the ones that went.
         if let Some(netns) = ns_inode(pid) {
             namespaces.entry(netns).or_insert(pid);
         }
     }
-    Ok(namespaces)
+    namespaces
 }
 
 /// (netns, proto, row) of every listening TCP and bound, unconnected UDP
