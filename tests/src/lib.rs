@@ -268,6 +268,22 @@ impl Sandbox {
             .collect()
     }
 
+    /// Waits (up to 10 s) for an audit-trail record matching `pred`.
+    pub fn wait_for_audit_record(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(r) = self.audit_records().into_iter().find(|r| pred(r)) {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no audit-trail record for {what}; trail: {:#?}",
+                self.audit_records()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn policy_path(&self) -> PathBuf {
         self.policy.clone().unwrap_or_else(|| self.dir.join("policy.toml"))
     }

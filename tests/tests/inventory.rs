@@ -21,21 +21,6 @@ fn hold(sb: &Sandbox, cgroup: &str, proto: &str, port: u16) -> Child {
     child
 }
 
-fn wait_for_record(sb: &Sandbox, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(r) = sb.audit_records().into_iter().find(|r| pred(r)) {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no audit-trail record for {what}; trail: {:#?}",
-            sb.audit_records()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn scan(sb: &Sandbox, extra: &[&str]) -> (i32, String, String) {
     let policy = sb.policy_path();
     let root = sb.root.display().to_string();
@@ -89,7 +74,7 @@ fn scan_and_the_live_inventory_classify_real_listeners() {
     );
 
     // The agent saw each port go live, with its standing and catalog entry.
-    let r = wait_for_record(&sb, "web listener", |r| r["event"] == "port_opened" && r["port"] == 18080);
+    let r = sb.wait_for_audit_record("web listener", |r| r["event"] == "port_opened" && r["port"] == 18080);
     assert_eq!(
         (r["status"].as_str(), r["guard"].as_str(), r["proto"].as_str()),
         (Some("approved"), Some("web"), Some("tcp"))
@@ -98,10 +83,10 @@ fn scan_and_the_live_inventory_classify_real_listeners() {
     assert_eq!(r["rule"]["ticket"], "SEC-7");
     assert_eq!(r["cgroup"], "/web");
     assert_eq!(r["comm"], "pg-probe");
-    let r = wait_for_record(&sb, "redis listener", |r| r["event"] == "port_opened" && r["port"] == 16390);
+    let r = sb.wait_for_audit_record("redis listener", |r| r["event"] == "port_opened" && r["port"] == 16390);
     assert_eq!((r["status"].as_str(), r["guard"].as_str()), (Some("unapproved"), Some("cache")));
     assert_eq!(r["comm"], "redis-server");
-    let r = wait_for_record(&sb, "udp socket", |r| r["event"] == "port_opened" && r["port"] == 17070);
+    let r = sb.wait_for_audit_record("udp socket", |r| r["event"] == "port_opened" && r["port"] == 17070);
     assert_eq!((r["status"].as_str(), r["proto"].as_str()), (Some("unguarded"), Some("udp")));
     assert!(r.get("guard").is_none());
 
@@ -160,12 +145,12 @@ fn scan_and_the_live_inventory_classify_real_listeners() {
     // Closing is seen too, with how long the port was live.
     web.kill().unwrap();
     web.wait().unwrap();
-    let r = wait_for_record(&sb, "web close", |r| r["event"] == "port_closed" && r["port"] == 18080);
+    let r = sb.wait_for_audit_record("web close", |r| r["event"] == "port_closed" && r["port"] == 18080);
     assert!(r["open_seconds"].is_u64(), "{r}");
     assert_eq!(r["rule"]["owner"], "web-team");
     cache.kill().unwrap();
     cache.wait().unwrap();
-    wait_for_record(&sb, "redis close", |r| r["event"] == "port_closed" && r["port"] == 16390);
+    sb.wait_for_audit_record("redis close", |r| r["event"] == "port_closed" && r["port"] == 16390);
     let metrics = http_get(&format!("http://{}/metrics", sb.agent().metrics_addr()));
     assert_eq!(metric_sum(&metrics, "portguard_listeners", &[("port", "18080")]), 0, "{metrics}");
     // With the unapproved server gone, the gate passes.
@@ -189,12 +174,12 @@ fn a_suggested_policy_allows_exactly_what_the_workload_did_in_audit_mode() {
     let mut server = hold(&sb, "/app", "tcp", 18181);
     assert_eq!(sb.probe("/app", &["connect", "tcp", "127.0.0.1", &upstream]), "ok");
     assert_eq!(sb.probe("/app", &["sendto", "127.0.0.1", "5353"]), "ok");
-    wait_for_record(&sb, "upstream connect", |r| r["event"] == "audited" && r["op"] == "connect");
-    wait_for_record(&sb, "dns", |r| r["event"] == "audited" && r["port"] == 5353);
-    wait_for_record(&sb, "server", |r| r["event"] == "port_opened" && r["port"] == 18181);
+    sb.wait_for_audit_record("upstream connect", |r| r["event"] == "audited" && r["op"] == "connect");
+    sb.wait_for_audit_record("dns", |r| r["event"] == "audited" && r["port"] == 5353);
+    sb.wait_for_audit_record("server", |r| r["event"] == "port_opened" && r["port"] == 18181);
     server.kill().unwrap();
     server.wait().unwrap();
-    wait_for_record(&sb, "server close", |r| r["event"] == "port_closed" && r["port"] == 18181);
+    sb.wait_for_audit_record("server close", |r| r["event"] == "port_closed" && r["port"] == 18181);
 
     let draft = sb.dir.join("suggested.toml");
     let trail = sb.audit_trail();

@@ -120,15 +120,8 @@ fn guards_the_selected_pods(driver: CgroupDriver, test: &str) {
         "{port:#}"
     );
     assert_eq!(port["pod_uid"], pod_uid(&pod_fixture("payments-api")));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let opened = loop {
-        let found = sb.audit_records().into_iter().find(|r| r["event"] == "port_opened" && r["port"] == 8080);
-        if let Some(r) = found {
-            break r;
-        }
-        assert!(std::time::Instant::now() < deadline, "no port_opened for the pod's listener");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let opened =
+        sb.wait_for_audit_record("the pod's listener", |r| r["event"] == "port_opened" && r["port"] == 8080);
     assert_eq!(
         (opened["status"].as_str(), opened["guard"].as_str()),
         (Some("approved"), Some("payments-api"))
