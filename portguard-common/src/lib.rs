@@ -26,6 +26,9 @@
 //!   prefix lengths (at most [`MAX_PREFIX_LENS`]), never on the rule count.
 #![cfg_attr(not(any(feature = "user", test)), no_std)]
 
+mod transport;
+pub use transport::{Transport, UnknownTransport};
+
 /// Map names, spelled once for both sides.
 pub mod map_names {
     pub const CONFIG: &str = "PG_CONFIG";
