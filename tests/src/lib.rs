@@ -14,19 +14,19 @@
 //! - `metrics`: the metrics endpoint and a real [`Prometheus`].
 //! - `kubelet`, [`kube_api`]: pod cgroups as the kubelet lays them out, and
 //!   a stand-in Kubernetes API server.
-//! - `prerequisites`: `require_root`.
+//! - `prerequisites`: [`require_root!`] and [`skip_test!`].
 
 mod agent;
 pub mod kube_api;
 mod kubelet;
 mod metrics;
-mod prerequisites;
+#[doc(hidden)]
+pub mod prerequisites;
 mod probe;
 mod sandbox;
 
 pub use agent::{Agent, agent_bin, portguard};
 pub use kubelet::CgroupDriver;
 pub use metrics::{Prometheus, http_get, metric_sum};
-pub use prerequisites::require_root;
 pub use probe::{Hammer, probe_bin};
 pub use sandbox::{Sandbox, cgroup2_mount, remove_cgroup_tree};

@@ -168,9 +168,7 @@ fn reference_allows(p: &Policy, op: &Op) -> bool {
 
 #[test]
 fn kernel_verdicts_equal_the_reference_evaluator() {
-    if !require_root("differential") {
-        return;
-    }
+    require_root!();
     // proptest wants an Fn closure; the sandbox is used by one case at a time.
     let sb = std::cell::RefCell::new(Sandbox::enforcing(
         "diff",

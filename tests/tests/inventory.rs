@@ -58,9 +58,7 @@ mode = "audit"
 
 #[test]
 fn scan_and_the_live_inventory_classify_real_listeners() {
-    if !require_root("port inventory") {
-        return;
-    }
+    require_root!();
     let redis = Path::new("/usr/bin/redis-server");
     assert!(redis.exists(), "redis-server is installed by `cargo xtask setup`");
     let mut sb = Sandbox::enforcing("inventory", &["/web", "/cache", "/free"], POLICY);
@@ -162,9 +160,7 @@ fn scan_and_the_live_inventory_classify_real_listeners() {
 
 #[test]
 fn a_suggested_policy_allows_exactly_what_the_workload_did_in_audit_mode() {
-    if !require_root("suggest round trip") {
-        return;
-    }
+    require_root!();
     let audit = "[[guard]]\nname = \"app\"\ncgroup = \"/app\"\nmode = \"audit\"\n";
     let mut sb = Sandbox::enforcing("suggest", &["/app"], audit);
     let (_upstream, upstream) = sb.tcp_listener("127.0.0.1");

@@ -34,9 +34,7 @@ fn reloads_seen(sb: &mut Sandbox) -> usize {
 
 #[test]
 fn reloading_never_flips_a_verdict_both_policies_agree_on() {
-    if !require_root("reload_stress") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::enforcing("stress", &["/app"], &policy(7000));
     let binds = sb.spawn_probe("/app", &["hammer", "bind", "udp", "127.0.0.1", "8080", "8081", "3000"]);
     let connects = sb.spawn_probe("/app", &["hammer", "connect", "udp", "127.0.0.1", "8080", "8081", "3000"]);
@@ -69,9 +67,7 @@ fn reloading_never_flips_a_verdict_both_policies_agree_on() {
 
 #[test]
 fn kill_9_and_restart_leave_no_window() {
-    if !require_root("kill9_restart") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::enforcing("restart", &["/app"], &policy(7000));
     let hammer = sb.spawn_probe("/app", &["hammer", "bind", "udp", "127.0.0.1", "8080", "8081", "5000"]);
     std::thread::sleep(Duration::from_millis(500));
@@ -91,9 +87,7 @@ fn kill_9_and_restart_leave_no_window() {
 
 #[test]
 fn a_broken_policy_is_refused_and_the_old_one_stays() {
-    if !require_root("broken_policy_reload") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::enforcing("broken", &["/app"], &policy(7000));
     let mark = sb.agent().mark();
     sb.rename_policy_over("[[guard]]\nname = \"app\"\ncgroup = \"/app\"\n[[guard.bind]]\nports = [0]\n");
@@ -113,9 +107,7 @@ fn a_broken_policy_is_refused_and_the_old_one_stays() {
 
 #[test]
 fn editing_in_place_and_renaming_over_both_reload() {
-    if !require_root("file_writes_reload") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::enforcing("writes", &["/app"], &policy(7000));
     let mark = sb.agent().mark();
     sb.rename_policy_over(&policy(7001));
@@ -130,9 +122,7 @@ fn editing_in_place_and_renaming_over_both_reload() {
 
 #[test]
 fn a_configmap_symlink_swap_reloads() {
-    if !require_root("configmap_swap") {
-        return;
-    }
+    require_root!();
     // The layout kubelet gives a ConfigMap volume: policy.toml -> ..data/policy.toml,
     // ..data -> ..<timestamp>; an update writes a new timestamped directory
     // and renames a new ..data symlink over the old one.
@@ -159,9 +149,7 @@ fn a_configmap_symlink_swap_reloads() {
 
 #[test]
 fn the_reload_command_signals_the_running_agent() {
-    if !require_root("reload_command") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::enforcing("reloadcmd", &["/app"], &policy(7000));
     let mark = sb.agent().mark();
     let (code, out, err) = sb.portguard(&["reload", "--state-dir", sb.state_dir().to_str().expect("utf8")]);
@@ -175,9 +163,7 @@ fn the_reload_command_signals_the_running_agent() {
 /// before that line (SIGHUP's default action would end the agent).
 #[test]
 fn a_change_right_after_start_is_not_lost() {
-    if !require_root("change_after_start") {
-        return;
-    }
+    require_root!();
     for round in 0..5 {
         let mut sb = Sandbox::enforcing("afterstart", &["/app"], &policy(7000));
         sb.agent().signal(libc::SIGHUP);
@@ -194,9 +180,7 @@ fn a_change_right_after_start_is_not_lost() {
 
 #[test]
 fn status_reads_the_pinned_state_with_or_without_the_agent() {
-    if !require_root("status") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::enforcing("status", &["/app"], &policy(7000));
     for _ in 0..3 {
         assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "8081"]), "err EPERM");
@@ -228,9 +212,7 @@ fn status_reads_the_pinned_state_with_or_without_the_agent() {
 
 #[test]
 fn unload_on_exit_removes_enforcement_when_the_agent_stops() {
-    if !require_root("unload_on_exit") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::new("unloadexit");
     sb.cgroup("/app");
     sb.write_policy(&policy(7000));

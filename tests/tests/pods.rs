@@ -133,25 +133,19 @@ fn guards_the_selected_pods(driver: CgroupDriver, test: &str) {
 
 #[test]
 fn pod_guards_cover_the_selected_pods_under_the_systemd_driver() {
-    if !require_root("pods_systemd_driver") {
-        return;
-    }
+    require_root!();
     guards_the_selected_pods(CgroupDriver::Systemd, "pods-systemd");
 }
 
 #[test]
 fn pod_guards_cover_the_selected_pods_under_the_cgroupfs_driver() {
-    if !require_root("pods_cgroupfs_driver") {
-        return;
-    }
+    require_root!();
     guards_the_selected_pods(CgroupDriver::Cgroupfs, "pods-cgroupfs");
 }
 
 #[test]
 fn pods_that_arrive_change_labels_and_leave_are_followed() {
-    if !require_root("pods_follow_changes") {
-        return;
-    }
+    require_root!();
     let api = FakeApi::start();
     let mut sb = Sandbox::new("pods-follow");
     start(&mut sb, &api, POLICY);
@@ -193,9 +187,7 @@ fn pods_that_arrive_change_labels_and_leave_are_followed() {
 
 #[test]
 fn with_the_api_down_the_agent_keeps_enforcing_and_catches_up() {
-    if !require_root("pods_api_down") {
-        return;
-    }
+    require_root!();
     let mut api = FakeApi::start();
     let mut sb = Sandbox::new("pods-apidown");
     let first = pod_fixture("payments-api");
@@ -254,9 +246,7 @@ fn with_the_api_down_the_agent_keeps_enforcing_and_catches_up() {
 
 #[test]
 fn a_restart_with_the_api_down_keeps_guarding_the_pods_last_known() {
-    if !require_root("pods_restart_api_down") {
-        return;
-    }
+    require_root!();
     let mut api = FakeApi::start();
     let mut sb = Sandbox::new("pods-restart");
     let pod = pod_fixture("payments-api");
@@ -287,9 +277,7 @@ fn a_restart_with_the_api_down_keeps_guarding_the_pods_last_known() {
 
 #[test]
 fn pod_guards_without_a_kubernetes_api_exit_2() {
-    if !require_root("pods_without_api") {
-        return;
-    }
+    require_root!();
     let sb = Sandbox::new("pods-noapi");
     let (code, out) = sb.run_agent_expecting_failure(POLICY);
     assert_eq!(code, 2, "{out}");
