@@ -59,6 +59,16 @@ impl Sandbox {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("status is not JSON ({e}): {out}"))
     }
 
+    /// `portguard scan` with this sandbox's policy and cgroup root, and
+    /// `extra` flags.
+    pub fn scan(&self, extra: &[&str]) -> (i32, String, String) {
+        let policy = self.policy_path();
+        let root = self.root.display().to_string();
+        let mut args = vec!["scan", "--policy", policy.to_str().unwrap(), "--cgroup-root", &root];
+        args.extend_from_slice(extra);
+        self.portguard(&args)
+    }
+
     /// Where the agent started by this sandbox writes its audit trail.
     pub fn audit_trail(&self) -> PathBuf {
         self.dir.join("audit.jsonl")
@@ -87,6 +97,14 @@ impl Sandbox {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Renames `text` over the policy file and waits until the running
+    /// agent has reloaded it; returns that log line.
+    pub fn reload_policy(&mut self, text: &str) -> Value {
+        let mark = self.agent().mark();
+        self.rename_policy_over(text);
+        self.agent().wait_for_after(mark, "reload", |l| l["message"] == "policy reloaded")
     }
 
     /// Starts the agent on `policy` and waits until it enforces.

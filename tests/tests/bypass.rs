@@ -2,7 +2,12 @@
 //! unlucky process) would try. Each ends denied, or is a known gap listed in
 //! README "Limits" and pinned down here so that closing it flips the test.
 
-use std::{fs, os::unix::fs::PermissionsExt as _, path::Path, process::Command};
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Child, ChildStdout, Command},
+};
 
 use portguard_tests::{Sandbox, probe_bin, require_root, skip_test};
 
@@ -155,22 +160,43 @@ fn a_socket_created_before_the_agent_started_is_judged() {
     let mut sb = Sandbox::new("preagent");
     sb.cgroup("/app");
     let (_l, port) = sb.tcp_listener("127.0.0.1");
-    let go = sb.dir.join("go");
-    let mut child = sb.spawn_probe(
-        "/app",
-        &["wait-then-connect", "tcp", "127.0.0.1", &port.to_string(), go.to_str().expect("utf8")],
-    );
-    // Wait for "ready": the socket exists before any program is attached.
-    let mut stdout = child.stdout.take().expect("stdout");
-    let mut buf = [0u8; 6];
-    std::io::Read::read_exact(&mut stdout, &mut buf).expect("ready line");
-    assert_eq!(&buf, b"ready\n");
+    // The socket exists before any program is attached.
+    let waiting = SocketWaitingToConnect::start(&sb, port, None);
     sb.start_agent(&policy(""));
-    fs::write(&go, "").expect("go");
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stdout, &mut rest).expect("verdict");
-    child.wait().expect("wait");
-    assert_eq!(rest.trim(), "err EPERM", "judged by the cgroup of the task that uses it");
+    assert_eq!(waiting.connect(), "err EPERM", "judged by the cgroup of the task that uses it");
+}
+
+/// `pg-probe wait-then-connect` in /app, past its socket() call: it connects
+/// to 127.0.0.1:`port` (after moving to `procs`, when given) once told to.
+struct SocketWaitingToConnect {
+    child: Child,
+    stdout: ChildStdout,
+    go: PathBuf,
+}
+
+impl SocketWaitingToConnect {
+    fn start(sb: &Sandbox, port: u16, procs: Option<&Path>) -> SocketWaitingToConnect {
+        let go = sb.dir.join("go");
+        let port = port.to_string();
+        let mut args = vec!["wait-then-connect", "tcp", "127.0.0.1", &port, go.to_str().expect("utf8")];
+        args.extend(procs.map(|p| p.to_str().expect("utf8")));
+        let mut child = sb.spawn_probe("/app", &args);
+        // "ready" comes once the socket exists.
+        let mut stdout = child.stdout.take().expect("stdout");
+        let mut buf = [0u8; 6];
+        std::io::Read::read_exact(&mut stdout, &mut buf).expect("ready line");
+        assert_eq!(&buf, b"ready\n");
+        SocketWaitingToConnect { child, stdout, go }
+    }
+
+    /// Lets it connect; returns its verdict.
+    fn connect(mut self) -> String {
+        fs::write(&self.go, "").expect("go");
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut self.stdout, &mut rest).expect("verdict");
+        self.child.wait().expect("wait");
+        rest.trim().to_owned()
+    }
 }
 
 /// Known gap (README "Limits"): a socket made before the agent started has
@@ -184,29 +210,10 @@ fn a_socket_older_than_the_agent_is_free_once_its_process_leaves_the_guard() {
     sb.cgroup("/app");
     let outside = sb.procs("/outside");
     let (_l, port) = sb.tcp_listener("127.0.0.1");
-    let go = sb.dir.join("go");
-    let mut child = sb.spawn_probe(
-        "/app",
-        &[
-            "wait-then-connect",
-            "tcp",
-            "127.0.0.1",
-            &port.to_string(),
-            go.to_str().expect("utf8"),
-            outside.to_str().expect("utf8"),
-        ],
-    );
-    let mut stdout = child.stdout.take().expect("stdout");
-    let mut buf = [0u8; 6];
-    std::io::Read::read_exact(&mut stdout, &mut buf).expect("ready line");
-    assert_eq!(&buf, b"ready\n");
+    let waiting = SocketWaitingToConnect::start(&sb, port, Some(&outside));
     sb.start_agent(&policy(""));
     assert_eq!(sb.probe("/app", &["connect", "tcp", "127.0.0.1", &port.to_string()]), "err EPERM", "guarded");
-    fs::write(&go, "").expect("go");
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stdout, &mut rest).expect("verdict");
-    child.wait().expect("wait");
-    assert_eq!(rest.trim(), "ok", "the gap: judged by the unguarded cgroup it moved to");
+    assert_eq!(waiting.connect(), "ok", "the gap: judged by the unguarded cgroup it moved to");
 }
 
 #[test]

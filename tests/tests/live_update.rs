@@ -98,9 +98,7 @@ fn a_broken_policy_is_refused_and_the_old_one_stays() {
     assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "7000"]), "ok port=7000");
     assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "8081"]), "err EPERM");
     // Fixed: the new policy applies.
-    let mark = sb.agent().mark();
-    sb.rename_policy_over(&policy(8081));
-    sb.agent().wait_for_after(mark, "reload", |l| l["message"] == "policy reloaded");
+    sb.reload_policy(&policy(8081));
     assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "8081"]), "ok port=8081");
     assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "7000"]), "err EPERM");
 }
@@ -186,14 +184,7 @@ fn status_reads_the_pinned_state_with_or_without_the_agent() {
         assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "8081"]), "err EPERM");
     }
     assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "8080"]), "ok port=8080");
-    let status = |sb: &Sandbox| -> serde_json::Value {
-        let (bpffs, state) = (sb.bpffs.display().to_string(), sb.state_dir().display().to_string());
-        let (code, out, err) =
-            sb.portguard(&["status", "--format", "json", "--bpffs", &bpffs, "--state-dir", &state]);
-        assert_eq!(code, 0, "{out}{err}");
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status is not JSON ({e}): {out}"))
-    };
-    let s = status(&sb);
+    let s = sb.status();
     assert_eq!(s["agent"]["running"], true);
     assert_eq!(s["policy"]["matches_kernel"], true);
     assert_eq!(s["policy"]["generation"], s["generation"]);
@@ -204,7 +195,7 @@ fn status_reads_the_pinned_state_with_or_without_the_agent() {
     assert_eq!(g["decisions"]["bind"]["allowed"], 1);
 
     sb.stop_agent();
-    let s = status(&sb);
+    let s = sb.status();
     assert_eq!(s["agent"]["running"], false);
     assert_eq!(s["guards"][0]["name"], "app", "still described after the agent stopped");
     assert_eq!(s["guards"][0]["decisions"]["bind"]["denied"], 3);

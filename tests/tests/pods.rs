@@ -7,7 +7,6 @@ use portguard_tests::{
     kube_api::{FakeApi, pod_fixture, pod_uid},
     require_root,
 };
-use std::io::{BufRead, BufReader};
 
 use serde_json::{Value, json};
 
@@ -71,17 +70,7 @@ fn guards_the_selected_pods(driver: CgroupDriver, test: &str) {
     );
     assert!(requests.iter().any(|r| r.contains("watch=true")), "the agent watches: {requests:?}");
 
-    let (code, out, err) = sb.portguard(&[
-        "status",
-        "--bpffs",
-        sb.bpffs.to_str().expect("utf-8"),
-        "--state-dir",
-        sb.state_dir().to_str().expect("utf-8"),
-        "--format",
-        "json",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let status: Value = serde_json::from_str(&out).expect("status json");
+    let status = sb.status();
     let guards = status["guards"].as_array().expect("guards");
     assert_eq!(guards.len(), 1, "{status:#}");
     assert_eq!(guards[0]["name"], "payments-api");
@@ -89,22 +78,9 @@ fn guards_the_selected_pods(driver: CgroupDriver, test: &str) {
 
     // The port inventory knows the pod guard too: from the kernel for the
     // live inventory, and from the agent's state for `portguard scan`.
-    let mut listener = sb.spawn_probe(api_pod, &["hold", "tcp", "127.0.0.1", "8080"]);
-    let mut line = String::new();
-    BufRead::read_line(&mut BufReader::new(listener.stdout.as_mut().expect("stdout")), &mut line)
-        .expect("read");
-    assert_eq!(line.trim(), "ok port=8080");
-    let (code, out, err) = sb.portguard(&[
-        "scan",
-        "--policy",
-        sb.policy_path().to_str().expect("utf-8"),
-        "--cgroup-root",
-        sb.root.to_str().expect("utf-8"),
-        "--state-dir",
-        sb.state_dir().to_str().expect("utf-8"),
-        "--format",
-        "json",
-    ]);
+    let mut listener = sb.hold(api_pod, "tcp", 8080);
+    let (code, out, err) =
+        sb.scan(&["--state-dir", sb.state_dir().to_str().expect("utf-8"), "--format", "json"]);
     assert_eq!(code, 0, "{err}");
     let scan: Value = serde_json::from_str(&out).expect("scan json");
     let port = scan["ports"]
@@ -235,7 +211,7 @@ fn with_the_api_down_the_agent_keeps_enforcing_and_catches_up() {
     assert_eq!(bind(&sb, &first_container, "8081"), "ok port=8081");
     assert_eq!(bind(&sb, &second_container, "8081"), "err EPERM");
 
-    let metrics = portguard_tests::http_get(&format!("http://{}/metrics", sb.agent().metrics_addr()));
+    let metrics = sb.agent().metrics();
     assert_eq!(portguard_tests::metric_sum(&metrics, "portguard_kube_pods", &[]), 1, "{metrics}");
     assert!(
         portguard_tests::metric_sum(&metrics, "portguard_kube_watch_errors_total", &[]) >= 1,
