@@ -17,7 +17,10 @@
 
 use std::{ffi::CString, io, mem::size_of, process::ExitCode};
 
-use crate::{check, recv_fd, send_fd};
+use crate::{
+    scm_rights::{recv_fd, send_fd},
+    sock::check,
+};
 
 const BPF_PROG_LOAD: u64 = 5;
 const BPF_LINK_CREATE: u64 = 28;
@@ -236,11 +239,12 @@ fn answer_one(listener: libc::c_int, cmd: u64, offset: u64, wanted: u32) -> io::
 /// The attach type of the cgroup link that `pid` holds as `fd`: a copy of
 /// the fd (pidfd_getfd), then BPF_OBJ_GET_INFO_BY_FD on it.
 fn link_attach_type(pid: u32, fd: libc::c_int) -> io::Result<u32> {
-    // SAFETY: pidfd_open and pidfd_getfd return new fds or -1.
+    // SAFETY: pidfd_open returns a new fd or -1.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     if pidfd < 0 {
         return Err(io::Error::last_os_error());
     }
+    // SAFETY: pidfd_getfd returns a new fd or -1.
     let link = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd as libc::c_int, fd, 0) };
     let err = io::Error::last_os_error();
     // SAFETY: our own fd.
