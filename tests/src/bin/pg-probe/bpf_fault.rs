@@ -29,7 +29,7 @@ const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 /// Offsets of the attach type in `union bpf_attr` (include/uapi/linux/bpf.h):
 /// BPF_PROG_LOAD's `expected_attach_type` follows prog_type, insn_cnt,
 /// insns, license, log_level, log_size, log_buf, kern_version, prog_flags,
-/// prog_name[16] and prog_ifindex; BPF_LINK_CREATE's `attach_type` follows
+/// `prog_name[16]` and prog_ifindex; BPF_LINK_CREATE's `attach_type` follows
 /// prog_fd and target_fd.
 const PROG_LOAD_ATTACH_TYPE_AT: u64 = 68;
 const LINK_CREATE_ATTACH_TYPE_AT: u64 = 8;

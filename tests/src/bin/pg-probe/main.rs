@@ -5,6 +5,7 @@
 //! move itself between socket() and connect(), and so on.
 //!
 //! Usage:
+//! ```text
 //!   pg-probe bind tcp|udp IP PORT          -> "ok port=N" | "err ERRNO"
 //!   pg-probe bind-unspec tcp|udp PORT      (AF_INET socket, sa_family AF_UNSPEC)
 //!   pg-probe connect tcp|udp IP PORT
@@ -45,6 +46,7 @@
 //!   pg-probe bind-no-port-connect IP PORT
 //!       TCP: IP_BIND_ADDRESS_NO_PORT, bind(IP, 0), then connect(IP, PORT);
 //!       prints "bind: err ..." or the connect's verdict
+//! ```
 //!
 //! An IPv6 IP (including ::ffff:a.b.c.d) uses an AF_INET6 socket.
 //!
