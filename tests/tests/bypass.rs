@@ -2,9 +2,14 @@
 //! unlucky process) would try. Each ends denied, or is a known gap listed in
 //! README "Limits" and pinned down here so that closing it flips the test.
 
-use std::{fs, os::unix::fs::PermissionsExt as _, path::Path, process::Command};
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Child, ChildStdout, Command},
+};
 
-use portguard_tests::{Sandbox, probe_bin, require_root};
+use portguard_tests::{Sandbox, probe_bin, require_root, skip_test};
 
 fn policy(extra: &str) -> String {
     format!(
@@ -25,9 +30,7 @@ proto = "both"
 
 #[test]
 fn every_way_to_send_a_datagram_is_judged() {
-    if !require_root("datagram_paths") {
-        return;
-    }
+    require_root!();
     let sb = Sandbox::enforcing("dgram", &["/app"], &policy(""));
     for op in ["sendto", "sendmsg", "sendmmsg"] {
         assert!(sb.probe("/app", &[op, "127.0.0.1", "5353"]).starts_with("ok"), "{op} allowed");
@@ -38,9 +41,7 @@ fn every_way_to_send_a_datagram_is_judged() {
 
 #[test]
 fn tcp_fast_open_is_judged_like_connect() {
-    if !require_root("fastopen") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::new("tfo");
     sb.cgroup("/app");
     let (_l, _port) = sb.tcp_listener("127.0.0.1");
@@ -53,9 +54,7 @@ fn tcp_fast_open_is_judged_like_connect() {
 
 #[test]
 fn ip_bind_address_no_port_then_connect_is_judged_twice() {
-    if !require_root("bind_address_no_port") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::new("noport");
     sb.cgroup("/app");
     sb.cgroup("/eph");
@@ -74,18 +73,14 @@ fn ip_bind_address_no_port_then_connect_is_judged_twice() {
 
 #[test]
 fn io_uring_connect_is_judged_like_the_syscall() {
-    if !require_root("io_uring") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::new("uring");
     sb.cgroup("/app");
     let (_l, port) = sb.tcp_listener("127.0.0.1");
     sb.start_agent(&policy(""));
     let denied = sb.probe("/app", &["uring-connect", "tcp", "127.0.0.1", &port.to_string()]);
     if denied.starts_with("unsupported") {
-        assert!(std::env::var("CI").is_err(), "io_uring unavailable under CI: {denied}");
-        eprintln!("skipping: io_uring unavailable here ({denied})");
-        return;
+        skip_test!("io_uring unavailable here ({denied})");
     }
     assert_eq!(denied, "err EPERM");
     assert_eq!(sb.probe("/app", &["uring-connect", "udp", "127.0.0.1", "5353"]), "ok");
@@ -97,17 +92,13 @@ fn io_uring_connect_is_judged_like_the_syscall() {
 /// `listen_without_bind_is_refused_in_guarded_cgroups`.
 #[test]
 fn io_uring_bind_and_listen_are_judged_like_the_syscalls() {
-    if !require_root("io_uring_bind") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::new("uringbind");
     sb.cgroup("/app");
     sb.start_agent(&policy(""));
     let denied = sb.probe("/app", &["uring-bind", "tcp", "127.0.0.1", "8081"]);
     if denied.starts_with("unsupported") {
-        assert!(std::env::var("CI").is_err(), "IORING_OP_BIND unavailable under CI: {denied}");
-        eprintln!("skipping: IORING_OP_BIND unavailable here ({denied})");
-        return;
+        skip_test!("IORING_OP_BIND unavailable here ({denied})");
     }
     assert_eq!(denied, "err EPERM");
     assert_eq!(sb.probe("/app", &["uring-bind", "tcp", "::", "8081"]), "err EPERM", "IPv6");
@@ -137,9 +128,7 @@ fn io_uring_bind_and_listen_are_judged_like_the_syscalls() {
 /// it, and no bind hook runs. The same port 0 through bind() is refused.
 #[test]
 fn udp_autobind_on_sendto_is_not_judged_as_a_bind() {
-    if !require_root("udp_autobind") {
-        return;
-    }
+    require_root!();
     let sb = Sandbox::enforcing("autobind", &["/app"], &policy(""));
     assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "0"]), "err EPERM", "explicit port 0");
     let v = sb.probe("/app", &["sendto-autobind", "127.0.0.1", "5353"]);
@@ -149,9 +138,7 @@ fn udp_autobind_on_sendto_is_not_judged_as_a_bind() {
 
 #[test]
 fn a_socket_passed_over_scm_rights_stays_under_its_guard() {
-    if !require_root("scm_rights") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::new("scm");
     sb.cgroup("/app");
     let (_l, port) = sb.tcp_listener("127.0.0.1");
@@ -169,28 +156,47 @@ fn a_socket_passed_over_scm_rights_stays_under_its_guard() {
 
 #[test]
 fn a_socket_created_before_the_agent_started_is_judged() {
-    if !require_root("pre_agent_socket") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::new("preagent");
     sb.cgroup("/app");
     let (_l, port) = sb.tcp_listener("127.0.0.1");
-    let go = sb.dir.join("go");
-    let mut child = sb.spawn_probe(
-        "/app",
-        &["wait-then-connect", "tcp", "127.0.0.1", &port.to_string(), go.to_str().expect("utf8")],
-    );
-    // Wait for "ready": the socket exists before any program is attached.
-    let mut stdout = child.stdout.take().expect("stdout");
-    let mut buf = [0u8; 6];
-    std::io::Read::read_exact(&mut stdout, &mut buf).expect("ready line");
-    assert_eq!(&buf, b"ready\n");
+    // The socket exists before any program is attached.
+    let waiting = SocketWaitingToConnect::start(&sb, port, None);
     sb.start_agent(&policy(""));
-    fs::write(&go, "").expect("go");
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stdout, &mut rest).expect("verdict");
-    child.wait().expect("wait");
-    assert_eq!(rest.trim(), "err EPERM", "judged by the cgroup of the task that uses it");
+    assert_eq!(waiting.connect(), "err EPERM", "judged by the cgroup of the task that uses it");
+}
+
+/// `pg-probe wait-then-connect` in /app, past its socket() call: it connects
+/// to 127.0.0.1:`port` (after moving to `procs`, when given) once told to.
+struct SocketWaitingToConnect {
+    child: Child,
+    stdout: ChildStdout,
+    go: PathBuf,
+}
+
+impl SocketWaitingToConnect {
+    fn start(sb: &Sandbox, port: u16, procs: Option<&Path>) -> SocketWaitingToConnect {
+        let go = sb.dir.join("go");
+        let port = port.to_string();
+        let mut args = vec!["wait-then-connect", "tcp", "127.0.0.1", &port, go.to_str().expect("utf8")];
+        args.extend(procs.map(|p| p.to_str().expect("utf8")));
+        let mut child = sb.spawn_probe("/app", &args);
+        // "ready" comes once the socket exists.
+        let mut stdout = child.stdout.take().expect("stdout");
+        let mut buf = [0u8; 6];
+        std::io::Read::read_exact(&mut stdout, &mut buf).expect("ready line");
+        assert_eq!(&buf, b"ready\n");
+        SocketWaitingToConnect { child, stdout, go }
+    }
+
+    /// Lets it connect; returns its verdict.
+    fn connect(mut self) -> String {
+        fs::write(&self.go, "").expect("go");
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut self.stdout, &mut rest).expect("verdict");
+        self.child.wait().expect("wait");
+        rest.trim().to_owned()
+    }
 }
 
 /// Known gap (README "Limits"): a socket made before the agent started has
@@ -199,43 +205,20 @@ fn a_socket_created_before_the_agent_started_is_judged() {
 /// the start stays guarded (`a_socket_stays_judged_by_the_cgroup_it_was_created_in`).
 #[test]
 fn a_socket_older_than_the_agent_is_free_once_its_process_leaves_the_guard() {
-    if !require_root("pre_agent_socket_moved") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::new("preagentmove");
     sb.cgroup("/app");
     let outside = sb.procs("/outside");
     let (_l, port) = sb.tcp_listener("127.0.0.1");
-    let go = sb.dir.join("go");
-    let mut child = sb.spawn_probe(
-        "/app",
-        &[
-            "wait-then-connect",
-            "tcp",
-            "127.0.0.1",
-            &port.to_string(),
-            go.to_str().expect("utf8"),
-            outside.to_str().expect("utf8"),
-        ],
-    );
-    let mut stdout = child.stdout.take().expect("stdout");
-    let mut buf = [0u8; 6];
-    std::io::Read::read_exact(&mut stdout, &mut buf).expect("ready line");
-    assert_eq!(&buf, b"ready\n");
+    let waiting = SocketWaitingToConnect::start(&sb, port, Some(&outside));
     sb.start_agent(&policy(""));
     assert_eq!(sb.probe("/app", &["connect", "tcp", "127.0.0.1", &port.to_string()]), "err EPERM", "guarded");
-    fs::write(&go, "").expect("go");
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stdout, &mut rest).expect("verdict");
-    child.wait().expect("wait");
-    assert_eq!(rest.trim(), "ok", "the gap: judged by the unguarded cgroup it moved to");
+    assert_eq!(waiting.connect(), "ok", "the gap: judged by the unguarded cgroup it moved to");
 }
 
 #[test]
 fn fork_and_exec_chains_stay_guarded() {
-    if !require_root("fork_exec") {
-        return;
-    }
+    require_root!();
     let sb = Sandbox::enforcing("forkexec", &["/app"], &policy(""));
     let probe = probe_bin();
     let script = format!("sh -c 'exec {} bind tcp 127.0.0.1 8081'", probe.display());
@@ -245,9 +228,7 @@ fn fork_and_exec_chains_stay_guarded() {
 
 #[test]
 fn raw_and_sctp_sockets_are_refused_in_guarded_cgroups_unless_allowed() {
-    if !require_root("raw_sockets") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::new("raw");
     sb.cgroup("/app");
     sb.cgroup("/loose");
@@ -272,9 +253,7 @@ fn raw_and_sctp_sockets_are_refused_in_guarded_cgroups_unless_allowed() {
 /// cgroups unless the guard allows raw sockets.
 #[test]
 fn packet_sockets_are_refused_in_guarded_cgroups_unless_allowed() {
-    if !require_root("packet_sockets") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::new("packet");
     sb.cgroup("/app");
     sb.cgroup("/loose");
@@ -297,9 +276,7 @@ fn packet_sockets_are_refused_in_guarded_cgroups_unless_allowed() {
 /// A socket bound through a judged bind listens as usual.
 #[test]
 fn listen_without_bind_is_refused_in_guarded_cgroups() {
-    if !require_root("listen_unbound") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::new("listen");
     sb.cgroup("/app");
     sb.cgroup("/audited");
@@ -346,9 +323,7 @@ fn lsm_attached(sb: &mut Sandbox) -> bool {
 /// README recommends, and with it there are zero escapes.
 #[test]
 fn a_recreated_cgroup_under_a_guarded_parent_never_escapes() {
-    if !require_root("recreate_loop") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::new("recreate");
     sb.cgroup("/svc.slice/app.service");
     sb.start_agent(
@@ -369,9 +344,7 @@ fn a_recreated_cgroup_under_a_guarded_parent_never_escapes() {
 
 #[test]
 fn the_pinned_state_is_root_only() {
-    if !require_root("bpffs_permissions") {
-        return;
-    }
+    require_root!();
     let sb = Sandbox::enforcing("perms", &["/app"], &policy(""));
     // Whatever the map ABI version is: the one maps directory there is.
     let maps: Vec<_> = fs::read_dir(&sb.bpffs)

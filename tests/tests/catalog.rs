@@ -1,9 +1,9 @@
 //! Policy review tools run as CI would: the real `portguard` binary on
 //! policy files, no root and no kernel needed.
 
-use std::{fs, path::PathBuf, process::Command};
+use std::{fs, path::PathBuf};
 
-use portguard_tests::agent_bin;
+use portguard_tests::portguard;
 
 const OLD: &str = r#"
 [[guard]]
@@ -66,13 +66,6 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
     }
-}
-
-/// (exit status, stdout, stderr) of `portguard ARGS`.
-fn portguard(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(agent_bin()).args(args).output().expect("run portguard");
-    let text = |b: Vec<u8>| String::from_utf8(b).expect("utf-8 output");
-    (out.status.code().expect("exit status"), text(out.stdout), text(out.stderr))
 }
 
 #[test]

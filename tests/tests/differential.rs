@@ -168,9 +168,7 @@ fn reference_allows(p: &Policy, op: &Op) -> bool {
 
 #[test]
 fn kernel_verdicts_equal_the_reference_evaluator() {
-    if !require_root("differential") {
-        return;
-    }
+    require_root!();
     // proptest wants an Fn closure; the sandbox is used by one case at a time.
     let sb = std::cell::RefCell::new(Sandbox::enforcing(
         "diff",
@@ -189,11 +187,9 @@ fn kernel_verdicts_equal_the_reference_evaluator() {
     runner
         .run(&strategy, |(policy, ops)| {
             let mut sb = sb.borrow_mut();
-            let mark = sb.agent().mark();
             // A unique first line: an identical policy would not reload.
             case.set(case.get() + 1);
-            sb.rename_policy_over(&format!("# case {}\n{}", case.get(), toml(&policy)));
-            sb.agent().wait_for_after(mark, "reload", |l| l["message"] == "policy reloaded");
+            sb.reload_policy(&format!("# case {}\n{}", case.get(), toml(&policy)));
             for op in &ops {
                 let args: Vec<String> = match op {
                     Op::Bind { proto, addr, port } => {

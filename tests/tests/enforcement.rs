@@ -29,9 +29,7 @@ ports = [{port}]
 
 #[test]
 fn bind_is_allowed_only_for_listed_ports() {
-    if !require_root("bind_is_allowed_only_for_listed_ports") {
-        return;
-    }
+    require_root!();
     let sb = Sandbox::enforcing("bind", &["/app"], &app_policy(1));
     assert_eq!(sb.probe("/app", &["bind", "tcp", "127.0.0.1", "8080"]), "ok port=8080");
     assert_eq!(sb.probe("/app", &["bind", "tcp", "0.0.0.0", "8080"]), "ok port=8080");
@@ -48,9 +46,7 @@ fn bind_is_allowed_only_for_listed_ports() {
 
 #[test]
 fn bind_address_restriction_holds_for_every_form_of_the_address() {
-    if !require_root("bind_address_restriction") {
-        return;
-    }
+    require_root!();
     let sb = Sandbox::enforcing("bindaddr", &["/app"], &app_policy(1));
     assert_eq!(sb.probe("/app", &["bind", "tcp", "127.0.0.1", "9090"]), "ok port=9090");
     assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "9090"]), "ok port=9090");
@@ -74,9 +70,7 @@ fn bind_address_restriction_holds_for_every_form_of_the_address() {
 
 #[test]
 fn af_unspec_bind_is_judged_as_ipv4() {
-    if !require_root("af_unspec_bind") {
-        return;
-    }
+    require_root!();
     let sb = Sandbox::enforcing("unspec", &["/app"], &app_policy(1));
     assert_eq!(sb.probe("/app", &["bind-unspec", "tcp", "8081"]), "err EPERM");
     assert_eq!(sb.probe("/app", &["bind-unspec", "tcp", "8080"]), "ok port=8080");
@@ -86,9 +80,7 @@ fn af_unspec_bind_is_judged_as_ipv4() {
 
 #[test]
 fn connect_reaches_only_listed_peers() {
-    if !require_root("connect_reaches_only_listed_peers") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::new("connect");
     sb.cgroup("/app");
     let (_allowed, allowed_port) = sb.tcp_listener("127.0.0.1");
@@ -110,9 +102,7 @@ fn connect_reaches_only_listed_peers() {
 
 #[test]
 fn unconnected_udp_cannot_slip_past_the_connect_policy() {
-    if !require_root("unconnected_udp") {
-        return;
-    }
+    require_root!();
     let sb = Sandbox::enforcing(
         "sendto",
         &["/app"],
@@ -137,9 +127,7 @@ proto = "udp"
 
 #[test]
 fn connecting_to_the_unspecified_address_is_judged_as_loopback() {
-    if !require_root("unspecified_is_loopback") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::new("zero");
     let (_l, port) = sb.tcp_listener("0.0.0.0");
     let p = port.to_string();
@@ -163,9 +151,7 @@ ports = [{port}]
 
 #[test]
 fn ipv6_peers_are_matched_by_prefix() {
-    if !require_root("ipv6_peers") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::new("v6");
     sb.cgroup("/app");
     let (_l, port) = sb.tcp_listener("::1");
@@ -191,9 +177,7 @@ ports = [{port}]
 
 #[test]
 fn unguarded_cgroups_are_untouched() {
-    if !require_root("unguarded_untouched") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::new("unguarded");
     let (_l, port) = sb.tcp_listener("127.0.0.1");
     let p = port.to_string();
@@ -209,9 +193,7 @@ fn unguarded_cgroups_are_untouched() {
 
 #[test]
 fn child_cgroups_are_covered_including_ones_created_after_start() {
-    if !require_root("child_cgroups") {
-        return;
-    }
+    require_root!();
     let sb = Sandbox::enforcing("child", &["/app"], &app_policy(1));
     // Created after the policy was applied: covered at once, in the kernel.
     sb.cgroup("/app/worker/deeper");
@@ -221,9 +203,7 @@ fn child_cgroups_are_covered_including_ones_created_after_start() {
 
 #[test]
 fn nearest_guarded_ancestor_decides() {
-    if !require_root("nearest_guard") {
-        return;
-    }
+    require_root!();
     let sb = Sandbox::enforcing(
         "nearest",
         &["/app/inner"],
@@ -253,9 +233,7 @@ ports = [7002]
 
 #[test]
 fn a_socket_stays_judged_by_the_cgroup_it_was_created_in() {
-    if !require_root("socket_identity") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::new("moved");
     let (_l, port) = sb.tcp_listener("127.0.0.1");
     let p = port.to_string();
@@ -277,9 +255,7 @@ fn a_socket_stays_judged_by_the_cgroup_it_was_created_in() {
 
 #[test]
 fn audit_mode_allows_and_reports() {
-    if !require_root("audit_mode") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::enforcing(
         "audit",
         &["/app"],
@@ -303,9 +279,7 @@ ports = [8080]
 
 #[test]
 fn a_denial_event_carries_the_facts() {
-    if !require_root("denial_event") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::enforcing("event", &["/app/worker"], &app_policy(1));
     let (_l, port) = sb.tcp_listener("127.0.0.1");
     assert_eq!(sb.probe("/app/worker", &["connect", "tcp", "127.0.0.1", &port.to_string()]), "err EPERM");

@@ -15,9 +15,7 @@ fn policy(variant: u16) -> String {
 
 #[test]
 fn kill_9_in_the_middle_of_reloads_opens_nothing() {
-    if !require_root("kill9_reload") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::enforcing("killreload", &["/app"], &policy(7000));
     // A restart takes well over a second when the machine is busy (other
     // test binaries, other builds): leave room for at least two of them.
@@ -45,9 +43,7 @@ fn kill_9_in_the_middle_of_reloads_opens_nothing() {
 
 #[test]
 fn a_missing_bpffs_is_mounted() {
-    if !require_root("bpffs_missing") {
-        return;
-    }
+    require_root!();
     let sb = Sandbox::new("nobpffs");
     sb.cgroup("/app");
     sb.write_policy(&policy(7000));
@@ -64,9 +60,7 @@ fn a_missing_bpffs_is_mounted() {
 
 #[test]
 fn missing_privileges_get_a_clear_error_and_change_nothing() {
-    if !require_root("no_privileges") {
-        return;
-    }
+    require_root!();
     let sb = Sandbox::new("noprivs");
     sb.cgroup("/app");
     sb.write_policy(&policy(7000));
@@ -88,9 +82,7 @@ fn missing_privileges_get_a_clear_error_and_change_nothing() {
 
 #[test]
 fn no_cgroup2_mount_gets_a_clear_error() {
-    if !require_root("no_cgroup2") {
-        return;
-    }
+    require_root!();
     let sb = Sandbox::new("nocgroup2");
     sb.write_policy(&policy(7000));
     // With every cgroup2 mount removed.
@@ -127,9 +119,7 @@ fn run_agent_in_private_mounts(sb: &Sandbox, prelude: &str, extra: &str) -> std:
 /// one line that names the hook, with status 2, and leaves nothing behind.
 #[test]
 fn a_kernel_without_a_hook_fails_in_one_line_and_attaches_nothing() {
-    if !require_root("missing_hook") {
-        return;
-    }
+    require_root!();
     for (hook, section) in [
         ("BPF_CGROUP_INET6_CONNECT", "cgroup/connect6"),
         ("BPF_CGROUP_INET4_BIND", "cgroup/bind4"),
@@ -163,9 +153,7 @@ fn a_kernel_without_a_hook_fails_in_one_line_and_attaches_nothing() {
 /// in force, unchanged.
 #[test]
 fn a_restart_on_a_kernel_without_a_hook_keeps_the_pinned_guard() {
-    if !require_root("missing_hook_restart") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::enforcing("nohookrestart", &["/app"], &policy(7000));
     assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "8081"]), "err EPERM");
     let before = attached_programs(&sb);
@@ -194,9 +182,7 @@ fn a_restart_on_a_kernel_without_a_hook_keeps_the_pinned_guard() {
 /// were attached. The links it made go with it; no hook is left on.
 #[test]
 fn a_start_that_fails_midway_through_attaching_leaves_no_hook_behind() {
-    if !require_root("attach_midway") {
-        return;
-    }
+    require_root!();
     let sb = Sandbox::new("attachmid");
     sb.cgroup("/app");
     sb.write_policy(&policy(7000));
@@ -222,9 +208,7 @@ fn a_start_that_fails_midway_through_attaching_leaves_no_hook_behind() {
 /// programs, the later ones the old, all on the new policy.
 #[test]
 fn a_restart_that_fails_midway_through_swapping_programs_leaves_every_hook_guarded() {
-    if !require_root("update_midway") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::enforcing("updatemid", &["/app"], &policy(7000));
     let before = attached_programs(&sb);
     assert_eq!(before.len(), 11, "{before:?}");

@@ -3,31 +3,12 @@
 //! a real audit-mode run applied back in enforce mode.
 
 use std::{
-    io::{BufRead as _, BufReader},
     path::Path,
-    process::Child,
     time::{Duration, Instant},
 };
 
 use portguard_tests::{Sandbox, http_get, metric_sum, require_root};
 use serde_json::Value;
-
-/// Starts `pg-probe hold ...` in `cgroup` and waits for its port to be live.
-fn hold(sb: &Sandbox, cgroup: &str, proto: &str, port: u16) -> Child {
-    let mut child = sb.spawn_probe(cgroup, &["hold", proto, "127.0.0.1", &port.to_string()]);
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("read");
-    assert_eq!(line.trim(), format!("ok port={port}"), "hold {proto} {port} in {cgroup}");
-    child
-}
-
-fn scan(sb: &Sandbox, extra: &[&str]) -> (i32, String, String) {
-    let policy = sb.policy_path();
-    let root = sb.root.display().to_string();
-    let mut args = vec!["scan", "--policy", policy.to_str().unwrap(), "--cgroup-root", &root];
-    args.extend_from_slice(extra);
-    sb.portguard(&args)
-}
 
 fn scanned(report: &Value, proto: &str, port: u16) -> Value {
     report["ports"]
@@ -58,14 +39,12 @@ mode = "audit"
 
 #[test]
 fn scan_and_the_live_inventory_classify_real_listeners() {
-    if !require_root("port inventory") {
-        return;
-    }
+    require_root!();
     let redis = Path::new("/usr/bin/redis-server");
     assert!(redis.exists(), "redis-server is installed by `cargo xtask setup`");
     let mut sb = Sandbox::enforcing("inventory", &["/web", "/cache", "/free"], POLICY);
-    let mut web = hold(&sb, "/web", "tcp", 18080);
-    let mut free = hold(&sb, "/free", "udp", 17070);
+    let mut web = sb.hold("/web", "tcp", 18080);
+    let mut free = sb.hold("/free", "udp", 17070);
     // A real server, in a guarded cgroup in audit mode, on a port no rule lists.
     let mut cache = sb.spawn_in(
         "/cache",
@@ -90,7 +69,7 @@ fn scan_and_the_live_inventory_classify_real_listeners() {
     assert_eq!((r["status"].as_str(), r["proto"].as_str()), (Some("unguarded"), Some("udp")));
     assert!(r.get("guard").is_none());
 
-    let metrics = http_get(&format!("http://{}/metrics", sb.agent().metrics_addr()));
+    let metrics = sb.agent().metrics();
     let listeners = |port: &str, approved: &str| {
         metric_sum(&metrics, "portguard_listeners", &[("port", port), ("approved", approved)])
     };
@@ -99,7 +78,7 @@ fn scan_and_the_live_inventory_classify_real_listeners() {
     assert_eq!(listeners("17070", "unguarded"), 1, "{metrics}");
 
     // `portguard scan` finds the same from /proc, in the sandbox's namespace.
-    let (code, out, err) = scan(&sb, &["--format", "json"]);
+    let (code, out, err) = sb.scan(&["--format", "json"]);
     assert_eq!(code, 0, "{err}");
     let report: Value = serde_json::from_str(&out).expect("scan JSON");
     let p = scanned(&report, "tcp", 18080);
@@ -109,7 +88,7 @@ fn scan_and_the_live_inventory_classify_real_listeners() {
     let p = scanned(&report, "tcp", 16390);
     assert_eq!((p["status"].as_str(), p["comm"].as_str()), (Some("unapproved"), Some("redis-server")));
     assert_eq!(scanned(&report, "udp", 17070)["status"], "unguarded");
-    let (code, out, _) = scan(&sb, &["--fail-on-unapproved"]);
+    let (code, out, _) = sb.scan(&["--fail-on-unapproved"]);
     assert_eq!(code, 1, "an unapproved port fails the gate:\n{out}");
     assert!(out.contains("unapproved tcp   127.0.0.1:16390"), "{out}");
 
@@ -151,10 +130,10 @@ fn scan_and_the_live_inventory_classify_real_listeners() {
     cache.kill().unwrap();
     cache.wait().unwrap();
     sb.wait_for_audit_record("redis close", |r| r["event"] == "port_closed" && r["port"] == 16390);
-    let metrics = http_get(&format!("http://{}/metrics", sb.agent().metrics_addr()));
+    let metrics = sb.agent().metrics();
     assert_eq!(metric_sum(&metrics, "portguard_listeners", &[("port", "18080")]), 0, "{metrics}");
     // With the unapproved server gone, the gate passes.
-    let (code, out, _) = scan(&sb, &["--fail-on-unapproved"]);
+    let (code, out, _) = sb.scan(&["--fail-on-unapproved"]);
     assert_eq!(code, 0, "{out}");
     free.kill().unwrap();
     free.wait().unwrap();
@@ -162,16 +141,14 @@ fn scan_and_the_live_inventory_classify_real_listeners() {
 
 #[test]
 fn a_suggested_policy_allows_exactly_what_the_workload_did_in_audit_mode() {
-    if !require_root("suggest round trip") {
-        return;
-    }
+    require_root!();
     let audit = "[[guard]]\nname = \"app\"\ncgroup = \"/app\"\nmode = \"audit\"\n";
     let mut sb = Sandbox::enforcing("suggest", &["/app"], audit);
     let (_upstream, upstream) = sb.tcp_listener("127.0.0.1");
     let upstream = upstream.to_string();
 
     // What the workload does: serve on 18181, call an upstream, send DNS.
-    let mut server = hold(&sb, "/app", "tcp", 18181);
+    let mut server = sb.hold("/app", "tcp", 18181);
     assert_eq!(sb.probe("/app", &["connect", "tcp", "127.0.0.1", &upstream]), "ok");
     assert_eq!(sb.probe("/app", &["sendto", "127.0.0.1", "5353"]), "ok");
     sb.wait_for_audit_record("upstream connect", |r| r["event"] == "audited" && r["op"] == "connect");
@@ -202,10 +179,8 @@ fn a_suggested_policy_allows_exactly_what_the_workload_did_in_audit_mode() {
     assert!(err.contains("has no owner"), "{err}");
 
     // Applied in enforce mode it allows what was recorded, and nothing else.
-    let mark = sb.agent().mark();
-    sb.rename_policy_over(&text);
-    sb.agent().wait_for_after(mark, "reload", |l| l["message"] == "policy reloaded");
-    let mut server = hold(&sb, "/app", "tcp", 18181);
+    sb.reload_policy(&text);
+    let mut server = sb.hold("/app", "tcp", 18181);
     assert_eq!(sb.probe("/app", &["connect", "tcp", "127.0.0.1", &upstream]), "ok", "{text}");
     assert_eq!(sb.probe("/app", &["sendto", "127.0.0.1", "5353"]), "ok", "{text}");
     assert_eq!(sb.probe("/app", &["bind", "tcp", "127.0.0.1", "18182"]), "err EPERM", "{text}");

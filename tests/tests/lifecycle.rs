@@ -15,9 +15,7 @@ ports = [8080]
 
 #[test]
 fn a_guard_waits_for_its_cgroup_and_follows_it_across_restarts() {
-    if !require_root("guard_follows_cgroup") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::new("appear");
     sb.cgroup("/system.slice");
     sb.start_agent(POLICY);
@@ -44,9 +42,7 @@ fn a_guard_waits_for_its_cgroup_and_follows_it_across_restarts() {
 
 #[test]
 fn a_bad_policy_exits_2_and_attaches_nothing() {
-    if !require_root("bad_policy") {
-        return;
-    }
+    require_root!();
     let sb = Sandbox::new("badpolicy");
     sb.cgroup("/app");
     let (code, out) = sb.run_agent_expecting_failure(
@@ -63,9 +59,7 @@ fn a_bad_policy_exits_2_and_attaches_nothing() {
 
 #[test]
 fn a_missing_cgroup_root_exits_2() {
-    if !require_root("missing_root") {
-        return;
-    }
+    require_root!();
     let sb = Sandbox::new("noroot");
     sb.write_policy(POLICY);
     let out = std::process::Command::new(portguard_tests::agent_bin())
@@ -83,9 +77,7 @@ fn a_missing_cgroup_root_exits_2() {
 
 #[test]
 fn enforcement_outlives_the_agent_until_unloaded() {
-    if !require_root("outlives_agent") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::new("persist");
     sb.cgroup("/app");
     sb.start_agent("[[guard]]\nname = \"app\"\ncgroup = \"/app\"\n[[guard.bind]]\nports = [8080]\n");

@@ -34,9 +34,7 @@ fn reloads_seen(sb: &mut Sandbox) -> usize {
 
 #[test]
 fn reloading_never_flips_a_verdict_both_policies_agree_on() {
-    if !require_root("reload_stress") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::enforcing("stress", &["/app"], &policy(7000));
     let binds = sb.spawn_probe("/app", &["hammer", "bind", "udp", "127.0.0.1", "8080", "8081", "3000"]);
     let connects = sb.spawn_probe("/app", &["hammer", "connect", "udp", "127.0.0.1", "8080", "8081", "3000"]);
@@ -69,9 +67,7 @@ fn reloading_never_flips_a_verdict_both_policies_agree_on() {
 
 #[test]
 fn kill_9_and_restart_leave_no_window() {
-    if !require_root("kill9_restart") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::enforcing("restart", &["/app"], &policy(7000));
     let hammer = sb.spawn_probe("/app", &["hammer", "bind", "udp", "127.0.0.1", "8080", "8081", "5000"]);
     std::thread::sleep(Duration::from_millis(500));
@@ -91,9 +87,7 @@ fn kill_9_and_restart_leave_no_window() {
 
 #[test]
 fn a_broken_policy_is_refused_and_the_old_one_stays() {
-    if !require_root("broken_policy_reload") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::enforcing("broken", &["/app"], &policy(7000));
     let mark = sb.agent().mark();
     sb.rename_policy_over("[[guard]]\nname = \"app\"\ncgroup = \"/app\"\n[[guard.bind]]\nports = [0]\n");
@@ -104,18 +98,14 @@ fn a_broken_policy_is_refused_and_the_old_one_stays() {
     assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "7000"]), "ok port=7000");
     assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "8081"]), "err EPERM");
     // Fixed: the new policy applies.
-    let mark = sb.agent().mark();
-    sb.rename_policy_over(&policy(8081));
-    sb.agent().wait_for_after(mark, "reload", |l| l["message"] == "policy reloaded");
+    sb.reload_policy(&policy(8081));
     assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "8081"]), "ok port=8081");
     assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "7000"]), "err EPERM");
 }
 
 #[test]
 fn editing_in_place_and_renaming_over_both_reload() {
-    if !require_root("file_writes_reload") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::enforcing("writes", &["/app"], &policy(7000));
     let mark = sb.agent().mark();
     sb.rename_policy_over(&policy(7001));
@@ -130,9 +120,7 @@ fn editing_in_place_and_renaming_over_both_reload() {
 
 #[test]
 fn a_configmap_symlink_swap_reloads() {
-    if !require_root("configmap_swap") {
-        return;
-    }
+    require_root!();
     // The layout kubelet gives a ConfigMap volume: policy.toml -> ..data/policy.toml,
     // ..data -> ..<timestamp>; an update writes a new timestamped directory
     // and renames a new ..data symlink over the old one.
@@ -159,9 +147,7 @@ fn a_configmap_symlink_swap_reloads() {
 
 #[test]
 fn the_reload_command_signals_the_running_agent() {
-    if !require_root("reload_command") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::enforcing("reloadcmd", &["/app"], &policy(7000));
     let mark = sb.agent().mark();
     let (code, out, err) = sb.portguard(&["reload", "--state-dir", sb.state_dir().to_str().expect("utf8")]);
@@ -175,9 +161,7 @@ fn the_reload_command_signals_the_running_agent() {
 /// before that line (SIGHUP's default action would end the agent).
 #[test]
 fn a_change_right_after_start_is_not_lost() {
-    if !require_root("change_after_start") {
-        return;
-    }
+    require_root!();
     for round in 0..5 {
         let mut sb = Sandbox::enforcing("afterstart", &["/app"], &policy(7000));
         sb.agent().signal(libc::SIGHUP);
@@ -194,22 +178,13 @@ fn a_change_right_after_start_is_not_lost() {
 
 #[test]
 fn status_reads_the_pinned_state_with_or_without_the_agent() {
-    if !require_root("status") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::enforcing("status", &["/app"], &policy(7000));
     for _ in 0..3 {
         assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "8081"]), "err EPERM");
     }
     assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "8080"]), "ok port=8080");
-    let status = |sb: &Sandbox| -> serde_json::Value {
-        let (bpffs, state) = (sb.bpffs.display().to_string(), sb.state_dir().display().to_string());
-        let (code, out, err) =
-            sb.portguard(&["status", "--format", "json", "--bpffs", &bpffs, "--state-dir", &state]);
-        assert_eq!(code, 0, "{out}{err}");
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status is not JSON ({e}): {out}"))
-    };
-    let s = status(&sb);
+    let s = sb.status();
     assert_eq!(s["agent"]["running"], true);
     assert_eq!(s["policy"]["matches_kernel"], true);
     assert_eq!(s["policy"]["generation"], s["generation"]);
@@ -220,7 +195,7 @@ fn status_reads_the_pinned_state_with_or_without_the_agent() {
     assert_eq!(g["decisions"]["bind"]["allowed"], 1);
 
     sb.stop_agent();
-    let s = status(&sb);
+    let s = sb.status();
     assert_eq!(s["agent"]["running"], false);
     assert_eq!(s["guards"][0]["name"], "app", "still described after the agent stopped");
     assert_eq!(s["guards"][0]["decisions"]["bind"]["denied"], 3);
@@ -228,9 +203,7 @@ fn status_reads_the_pinned_state_with_or_without_the_agent() {
 
 #[test]
 fn unload_on_exit_removes_enforcement_when_the_agent_stops() {
-    if !require_root("unload_on_exit") {
-        return;
-    }
+    require_root!();
     let mut sb = Sandbox::new("unloadexit");
     sb.cgroup("/app");
     sb.write_policy(&policy(7000));

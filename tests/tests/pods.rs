@@ -7,7 +7,6 @@ use portguard_tests::{
     kube_api::{FakeApi, pod_fixture, pod_uid},
     require_root,
 };
-use std::io::{BufRead, BufReader};
 
 use serde_json::{Value, json};
 
@@ -71,17 +70,7 @@ fn guards_the_selected_pods(driver: CgroupDriver, test: &str) {
     );
     assert!(requests.iter().any(|r| r.contains("watch=true")), "the agent watches: {requests:?}");
 
-    let (code, out, err) = sb.portguard(&[
-        "status",
-        "--bpffs",
-        sb.bpffs.to_str().expect("utf-8"),
-        "--state-dir",
-        sb.state_dir().to_str().expect("utf-8"),
-        "--format",
-        "json",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let status: Value = serde_json::from_str(&out).expect("status json");
+    let status = sb.status();
     let guards = status["guards"].as_array().expect("guards");
     assert_eq!(guards.len(), 1, "{status:#}");
     assert_eq!(guards[0]["name"], "payments-api");
@@ -89,22 +78,9 @@ fn guards_the_selected_pods(driver: CgroupDriver, test: &str) {
 
     // The port inventory knows the pod guard too: from the kernel for the
     // live inventory, and from the agent's state for `portguard scan`.
-    let mut listener = sb.spawn_probe(api_pod, &["hold", "tcp", "127.0.0.1", "8080"]);
-    let mut line = String::new();
-    BufRead::read_line(&mut BufReader::new(listener.stdout.as_mut().expect("stdout")), &mut line)
-        .expect("read");
-    assert_eq!(line.trim(), "ok port=8080");
-    let (code, out, err) = sb.portguard(&[
-        "scan",
-        "--policy",
-        sb.policy_path().to_str().expect("utf-8"),
-        "--cgroup-root",
-        sb.root.to_str().expect("utf-8"),
-        "--state-dir",
-        sb.state_dir().to_str().expect("utf-8"),
-        "--format",
-        "json",
-    ]);
+    let mut listener = sb.hold(api_pod, "tcp", 8080);
+    let (code, out, err) =
+        sb.scan(&["--state-dir", sb.state_dir().to_str().expect("utf-8"), "--format", "json"]);
     assert_eq!(code, 0, "{err}");
     let scan: Value = serde_json::from_str(&out).expect("scan json");
     let port = scan["ports"]
@@ -133,25 +109,19 @@ fn guards_the_selected_pods(driver: CgroupDriver, test: &str) {
 
 #[test]
 fn pod_guards_cover_the_selected_pods_under_the_systemd_driver() {
-    if !require_root("pods_systemd_driver") {
-        return;
-    }
+    require_root!();
     guards_the_selected_pods(CgroupDriver::Systemd, "pods-systemd");
 }
 
 #[test]
 fn pod_guards_cover_the_selected_pods_under_the_cgroupfs_driver() {
-    if !require_root("pods_cgroupfs_driver") {
-        return;
-    }
+    require_root!();
     guards_the_selected_pods(CgroupDriver::Cgroupfs, "pods-cgroupfs");
 }
 
 #[test]
 fn pods_that_arrive_change_labels_and_leave_are_followed() {
-    if !require_root("pods_follow_changes") {
-        return;
-    }
+    require_root!();
     let api = FakeApi::start();
     let mut sb = Sandbox::new("pods-follow");
     start(&mut sb, &api, POLICY);
@@ -193,9 +163,7 @@ fn pods_that_arrive_change_labels_and_leave_are_followed() {
 
 #[test]
 fn with_the_api_down_the_agent_keeps_enforcing_and_catches_up() {
-    if !require_root("pods_api_down") {
-        return;
-    }
+    require_root!();
     let mut api = FakeApi::start();
     let mut sb = Sandbox::new("pods-apidown");
     let first = pod_fixture("payments-api");
@@ -243,7 +211,7 @@ fn with_the_api_down_the_agent_keeps_enforcing_and_catches_up() {
     assert_eq!(bind(&sb, &first_container, "8081"), "ok port=8081");
     assert_eq!(bind(&sb, &second_container, "8081"), "err EPERM");
 
-    let metrics = portguard_tests::http_get(&format!("http://{}/metrics", sb.agent().metrics_addr()));
+    let metrics = sb.agent().metrics();
     assert_eq!(portguard_tests::metric_sum(&metrics, "portguard_kube_pods", &[]), 1, "{metrics}");
     assert!(
         portguard_tests::metric_sum(&metrics, "portguard_kube_watch_errors_total", &[]) >= 1,
@@ -254,9 +222,7 @@ fn with_the_api_down_the_agent_keeps_enforcing_and_catches_up() {
 
 #[test]
 fn a_restart_with_the_api_down_keeps_guarding_the_pods_last_known() {
-    if !require_root("pods_restart_api_down") {
-        return;
-    }
+    require_root!();
     let mut api = FakeApi::start();
     let mut sb = Sandbox::new("pods-restart");
     let pod = pod_fixture("payments-api");
@@ -287,9 +253,7 @@ fn a_restart_with_the_api_down_keeps_guarding_the_pods_last_known() {
 
 #[test]
 fn pod_guards_without_a_kubernetes_api_exit_2() {
-    if !require_root("pods_without_api") {
-        return;
-    }
+    require_root!();
     let sb = Sandbox::new("pods-noapi");
     let (code, out) = sb.run_agent_expecting_failure(POLICY);
     assert_eq!(code, 2, "{out}");

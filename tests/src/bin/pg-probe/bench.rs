@@ -15,7 +15,10 @@
 
 use std::{io, mem::size_of, net::IpAddr, time::Instant};
 
-use super::{check, connect_on, sockaddr, socket};
+use crate::{
+    connect::connect_on,
+    sock::{bind_on, check, sockaddr, socket},
+};
 
 pub const LISTENER_PORT: u16 = 41000;
 pub const RECEIVER_PORT: u16 = 41001;
@@ -29,9 +32,7 @@ fn refused(r: io::Result<()>) -> io::Result<bool> {
 }
 
 fn bind_to(fd: libc::c_int, port: u16) -> io::Result<()> {
-    let (sa, len, _) = sockaddr(IpAddr::from([127, 0, 0, 1]), port);
-    // SAFETY: sa is valid for len bytes.
-    check(unsafe { libc::bind(fd, &sa as *const _ as *const libc::sockaddr, len) }).map(drop)
+    bind_on(fd, IpAddr::from([127, 0, 0, 1]), port)
 }
 
 pub fn run(workload: &str, port: u16, iterations: u64) -> io::Result<String> {
@@ -85,11 +86,13 @@ pub fn run(workload: &str, port: u16, iterations: u64) -> io::Result<String> {
                 )
             };
             bind_to(listener.0, LISTENER_PORT)?;
+            // SAFETY: listen on our own socket.
             check(unsafe { libc::listen(listener.0, 128) })?;
             let linger = libc::linger { l_onoff: 1, l_linger: 0 };
             started = Instant::now();
             for _ in 0..iterations {
                 let c = socket(libc::AF_INET, "tcp")?;
+                // SAFETY: setsockopt with a valid linger.
                 unsafe {
                     libc::setsockopt(
                         c.0,
@@ -106,6 +109,7 @@ pub fn run(workload: &str, port: u16, iterations: u64) -> io::Result<String> {
                 // SAFETY: accept on our listener; the fd is closed at once.
                 let a =
                     check(unsafe { libc::accept(listener.0, std::ptr::null_mut(), std::ptr::null_mut()) })?;
+                // SAFETY: the fd accept just returned.
                 unsafe { libc::close(a) };
             }
         }

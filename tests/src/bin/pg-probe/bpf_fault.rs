@@ -17,7 +17,10 @@
 
 use std::{ffi::CString, io, mem::size_of, process::ExitCode};
 
-use crate::{check, recv_fd, send_fd};
+use crate::{
+    scm_rights::{recv_fd, send_fd},
+    sock::check,
+};
 
 const BPF_PROG_LOAD: u64 = 5;
 const BPF_LINK_CREATE: u64 = 28;
@@ -26,7 +29,7 @@ const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 /// Offsets of the attach type in `union bpf_attr` (include/uapi/linux/bpf.h):
 /// BPF_PROG_LOAD's `expected_attach_type` follows prog_type, insn_cnt,
 /// insns, license, log_level, log_size, log_buf, kern_version, prog_flags,
-/// prog_name[16] and prog_ifindex; BPF_LINK_CREATE's `attach_type` follows
+/// `prog_name[16]` and prog_ifindex; BPF_LINK_CREATE's `attach_type` follows
 /// prog_fd and target_fd.
 const PROG_LOAD_ATTACH_TYPE_AT: u64 = 68;
 const LINK_CREATE_ATTACH_TYPE_AT: u64 = 8;
@@ -236,11 +239,12 @@ fn answer_one(listener: libc::c_int, cmd: u64, offset: u64, wanted: u32) -> io::
 /// The attach type of the cgroup link that `pid` holds as `fd`: a copy of
 /// the fd (pidfd_getfd), then BPF_OBJ_GET_INFO_BY_FD on it.
 fn link_attach_type(pid: u32, fd: libc::c_int) -> io::Result<u32> {
-    // SAFETY: pidfd_open and pidfd_getfd return new fds or -1.
+    // SAFETY: pidfd_open returns a new fd or -1.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     if pidfd < 0 {
         return Err(io::Error::last_os_error());
     }
+    // SAFETY: pidfd_getfd returns a new fd or -1.
     let link = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd as libc::c_int, fd, 0) };
     let err = io::Error::last_os_error();
     // SAFETY: our own fd.
