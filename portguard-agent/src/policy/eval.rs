@@ -141,7 +141,9 @@ pub fn is_within(path: &str, dir: &str) -> bool {
     dir == "/" || path == dir || path.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'))
 }
 
-/// v4-mapped v6 is judged as the v4 address it carries.
+/// v4-mapped v6 is judged as the v4 address it carries: the kernel judges
+/// `::ffff:a.b.c.d` as `a.b.c.d`, and keys a bind rule's IPv4 address as its
+/// mapped form, so the two spellings are one address.
 pub fn canonical(addr: IpAddr) -> IpAddr {
     match addr {
         IpAddr::V6(a) => a.to_ipv4_mapped().map_or(addr, IpAddr::V4),
