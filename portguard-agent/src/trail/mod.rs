@@ -92,24 +92,23 @@ mod tests {
 
     fn record(port: u16) -> Record {
         Record {
-            time: now_rfc3339(),
-            event: RecordKind::PortOpened,
             guard: Some("g".into()),
             guard_cgroup: Some("/g".into()),
             mode: Some("enforce".into()),
-            cgroup: "/g".into(),
-            unit: None,
-            pod_uid: None,
-            pid: 1,
-            comm: "x".into(),
-            op: RecordOp::Bind,
-            proto: "tcp".into(),
-            addr: "127.0.0.1".parse().unwrap(),
-            port,
-            count: 1,
             status: Some(PortStatus::Approved),
             rule: Some(RuleInfo { number: 1, owner: Some("team".into()), ..RuleInfo::default() }),
-            open_seconds: None,
+            ..Record::new(
+                RecordKind::PortOpened,
+                "/g".into(),
+                None,
+                None,
+                1,
+                "x".into(),
+                RecordOp::Bind,
+                "tcp",
+                "127.0.0.1".parse().unwrap(),
+                port,
+            )
         }
     }
 

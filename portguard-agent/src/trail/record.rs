@@ -133,6 +133,45 @@ fn one() -> u64 {
 }
 
 impl Record {
+    /// A line about one operation, stamped now and standing for one
+    /// occurrence. The arguments are the fields every line has, in the
+    /// struct's order; guard, mode, status, rule and duration start empty,
+    /// for each caller to set what it knows.
+    #[expect(clippy::too_many_arguments, reason = "one per field every record has; the rest start empty")]
+    pub(crate) fn new(
+        event: RecordKind,
+        cgroup: String,
+        unit: Option<String>,
+        pod_uid: Option<String>,
+        pid: u32,
+        comm: String,
+        op: RecordOp,
+        proto: &str,
+        addr: IpAddr,
+        port: u16,
+    ) -> Record {
+        Record {
+            time: super::now_rfc3339(),
+            event,
+            guard: None,
+            guard_cgroup: None,
+            mode: None,
+            cgroup,
+            unit,
+            pod_uid,
+            pid,
+            comm,
+            op,
+            proto: proto.to_owned(),
+            addr,
+            port,
+            count: 1,
+            status: None,
+            rule: None,
+            open_seconds: None,
+        }
+    }
+
     pub fn proto(&self) -> Option<Proto> {
         match self.proto.as_str() {
             "tcp" => Some(Proto::Tcp),
