@@ -4,7 +4,9 @@
 
 use std::fmt;
 
-use crate::policy::PortSpec;
+use portguard_common::PortRange;
+
+use crate::policy::{PortSpec, merge_ranges};
 
 /// A set of ports 1-65535, held as sorted ranges that neither overlap nor
 /// touch (so two equal sets always have equal representations).
@@ -20,17 +22,9 @@ impl Ports {
         Ports::from_ranges(specs.iter().map(|s| (s.first, s.last)).collect())
     }
 
-    fn from_ranges(mut ranges: Vec<(u16, u16)>) -> Ports {
-        ranges.sort_unstable();
-        let mut out: Vec<(u16, u16)> = Vec::with_capacity(ranges.len());
-        for (first, last) in ranges {
-            match out.last_mut() {
-                // u32: `last + 1` must not wrap at 65535.
-                Some(prev) if u32::from(first) <= u32::from(prev.1) + 1 => prev.1 = prev.1.max(last),
-                _ => out.push((first, last)),
-            }
-        }
-        Ports(out)
+    fn from_ranges(ranges: Vec<(u16, u16)>) -> Ports {
+        let ranges = ranges.into_iter().map(|(first, last)| PortRange { first, last }).collect();
+        Ports(merge_ranges(ranges).into_iter().map(|r| (r.first, r.last)).collect())
     }
 
     pub(crate) fn is_empty(&self) -> bool {
