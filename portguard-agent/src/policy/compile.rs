@@ -52,7 +52,7 @@ impl CompiledPolicy {
     }
 
     /// True when a guard selects pods, which needs the Kubernetes API.
-    pub fn has_pod_guards(&self) -> bool {
+    pub(crate) fn has_pod_guards(&self) -> bool {
         self.guards.iter().any(|g| matches!(g.target, Target::Pods(_)))
     }
 }

@@ -9,7 +9,7 @@ use crate::policy::{Catalog, Proto, eval::Action};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum RecordKind {
+pub(crate) enum RecordKind {
     /// A port went live: a TCP listen or a bound UDP socket.
     PortOpened,
     /// A port reported by `port_opened` closed.
@@ -26,7 +26,7 @@ pub enum RecordKind {
 /// The operation as judged. `port_opened`/`port_closed` carry `bind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum RecordOp {
+pub(crate) enum RecordOp {
     Bind,
     Connect,
     Sendmsg,
@@ -36,7 +36,7 @@ pub enum RecordOp {
 
 impl RecordOp {
     /// The rule kind that decides it, if a rule can.
-    pub fn action(self) -> Option<Action> {
+    pub(crate) fn action(self) -> Option<Action> {
         match self {
             RecordOp::Bind => Some(Action::Bind),
             RecordOp::Connect | RecordOp::Sendmsg => Some(Action::Connect),
@@ -75,7 +75,7 @@ pub struct RuleInfo {
 }
 
 impl RuleInfo {
-    pub fn new(index: usize, c: &Catalog) -> RuleInfo {
+    pub(crate) fn new(index: usize, c: &Catalog) -> RuleInfo {
         RuleInfo {
             number: index + 1,
             owner: c.owner.clone(),
@@ -88,7 +88,7 @@ impl RuleInfo {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
+pub(crate) struct Record {
     /// RFC 3339, UTC.
     pub time: String,
     pub event: RecordKind,
@@ -172,7 +172,7 @@ impl Record {
         }
     }
 
-    pub fn proto(&self) -> Option<Proto> {
+    pub(crate) fn proto(&self) -> Option<Proto> {
         match self.proto.as_str() {
             "tcp" => Some(Proto::Tcp),
             "udp" => Some(Proto::Udp),
@@ -183,7 +183,7 @@ impl Record {
 
 /// Reads a JSON-lines trail; a line that is not a record is an error that
 /// names the line, so a truncated or foreign file is never half-read.
-pub fn read_records(path: &std::path::Path) -> Result<Vec<Record>, String> {
+pub(crate) fn read_records(path: &std::path::Path) -> Result<Vec<Record>, String> {
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read events: {e}", path.display()))?;
     text.lines()
