@@ -147,28 +147,26 @@ impl DenialLog {
         };
         if let Some(op) = record_op {
             self.records.push(Record {
-                time: crate::trail::now_rfc3339(),
-                event: if e.verdict == Some(Verdict::Audited) {
-                    RecordKind::Audited
-                } else {
-                    RecordKind::Denied
-                },
                 guard: Some(guard.clone()),
                 guard_cgroup: Some(guard_cgroup.clone()),
                 mode: Some(mode.to_owned()),
-                cgroup: cgroup.clone(),
-                unit: w.unit.clone(),
-                pod_uid: w.pod_uid.clone(),
-                pid: e.pid,
-                comm: e.comm.clone(),
-                op,
-                proto: e.proto.to_owned(),
-                addr: e.addr,
-                port: e.port,
                 count: repeats.max(1),
-                status: None,
-                rule: None,
-                open_seconds: None,
+                ..Record::new(
+                    if e.verdict == Some(Verdict::Audited) {
+                        RecordKind::Audited
+                    } else {
+                        RecordKind::Denied
+                    },
+                    cgroup.clone(),
+                    w.unit.clone(),
+                    w.pod_uid.clone(),
+                    e.pid,
+                    e.comm.clone(),
+                    op,
+                    e.proto,
+                    e.addr,
+                    e.port,
+                )
             });
         }
         tracing::warn!(

@@ -296,26 +296,18 @@ fn record(
     s: &Standing,
 ) -> Record {
     let w = workload::parse(&cgroup);
-    let mut r = Record {
-        time: crate::trail::now_rfc3339(),
+    let mut r = Record::new(
         event,
-        guard: None,
-        guard_cgroup: None,
-        mode: None,
         cgroup,
-        unit: w.unit,
-        pod_uid: w.pod_uid,
+        w.unit,
+        w.pod_uid,
         pid,
         comm,
-        op: RecordOp::Bind,
-        proto: if proto == Proto::Udp { "udp" } else { "tcp" }.to_owned(),
-        addr: crate::policy::eval::canonical(addr),
+        RecordOp::Bind,
+        if proto == Proto::Udp { "udp" } else { "tcp" },
+        crate::policy::eval::canonical(addr),
         port,
-        count: 1,
-        status: None,
-        rule: None,
-        open_seconds: None,
-    };
+    );
     apply_standing(&mut r, s);
     r
 }

@@ -10,10 +10,10 @@ use serde::Serialize;
 use super::{Policy, Source, validate::Catalog};
 
 /// An approval this close to its end is flagged (but does not fail --strict).
-pub const EXPIRY_WARNING_DAYS: i64 = 14;
+pub(crate) const EXPIRY_WARNING_DAYS: i64 = 14;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Finding {
+pub(crate) struct Finding {
     pub guard: String,
     /// "bind" or "connect".
     pub rule_kind: &'static str,
@@ -27,7 +27,7 @@ pub struct Finding {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "finding", rename_all = "snake_case")]
-pub enum FindingKind {
+pub(crate) enum FindingKind {
     /// The field is absent, empty, or still a TODO marker.
     Missing {
         field: &'static str,
@@ -43,11 +43,11 @@ pub enum FindingKind {
 
 impl Finding {
     /// Whether `check --strict` fails on it. A near expiry is a reminder.
-    pub fn fails_strict(&self) -> bool {
+    pub(crate) fn fails_strict(&self) -> bool {
         !matches!(self.kind, FindingKind::ExpiresSoon { .. })
     }
 
-    pub fn message(&self) -> String {
+    pub(crate) fn message(&self) -> String {
         let what = match &self.kind {
             FindingKind::Missing { field } => format!("has no {field}"),
             FindingKind::Expired { expires } => format!("approval expired on {expires}"),
@@ -61,11 +61,11 @@ impl Finding {
 
 /// A catalog value that is empty or still says TODO was never filled in;
 /// `portguard suggest` writes TODO markers exactly so this catches them.
-pub fn is_unfilled(value: &Option<String>) -> bool {
+pub(crate) fn is_unfilled(value: &Option<String>) -> bool {
     value.as_deref().map(str::trim).is_none_or(|v| v.is_empty() || v.to_ascii_uppercase().starts_with("TODO"))
 }
 
-pub fn findings(src: &Source, policy: &Policy, today: time::Date) -> Vec<Finding> {
+pub(crate) fn findings(src: &Source, policy: &Policy, today: time::Date) -> Vec<Finding> {
     let mut out = Vec::new();
     for g in &policy.guards {
         let rules = g
@@ -105,6 +105,6 @@ fn rule_findings(c: &Catalog, today: time::Date) -> Vec<FindingKind> {
 }
 
 /// Today in UTC, the calendar approvals are written in.
-pub fn today() -> time::Date {
+pub(crate) fn today() -> time::Date {
     time::OffsetDateTime::now_utc().date()
 }

@@ -52,7 +52,7 @@ impl CompiledPolicy {
     }
 
     /// True when a guard selects pods, which needs the Kubernetes API.
-    pub fn has_pod_guards(&self) -> bool {
+    pub(crate) fn has_pod_guards(&self) -> bool {
         self.guards.iter().any(|g| matches!(g.target, Target::Pods(_)))
     }
 }
@@ -174,11 +174,12 @@ pub(crate) fn connect_prefix(net: &IpNet) -> (u8, u8, [u8; 16]) {
 }
 
 /// Sorts and coalesces overlapping or adjacent ranges.
-fn merge_ranges(mut ranges: Vec<PortRange>) -> Vec<PortRange> {
+pub(crate) fn merge_ranges(mut ranges: Vec<PortRange>) -> Vec<PortRange> {
     ranges.sort();
     let mut out: Vec<PortRange> = Vec::with_capacity(ranges.len());
     for r in ranges {
         match out.last_mut() {
+            // u32: `last + 1` must not wrap at 65535.
             Some(last) if u32::from(r.first) <= u32::from(last.last) + 1 => {
                 last.last = last.last.max(r.last);
             }

@@ -22,7 +22,7 @@ pub enum Judgement<'p> {
 }
 
 impl<'p> Judgement<'p> {
-    pub fn guard(&self) -> Option<&'p GuardSpec> {
+    pub(crate) fn guard(&self) -> Option<&'p GuardSpec> {
         match *self {
             Judgement::Unguarded => None,
             Judgement::Allowed { guard, .. }
@@ -32,7 +32,7 @@ impl<'p> Judgement<'p> {
     }
 
     /// Whether the operation goes through (audit mode lets violations pass).
-    pub fn passes(&self) -> bool {
+    pub(crate) fn passes(&self) -> bool {
         match self {
             Judgement::Violation { guard } => guard.mode == Mode::Audit,
             _ => true,
@@ -40,7 +40,7 @@ impl<'p> Judgement<'p> {
     }
 
     /// Whether a rule (or no guard at all) allows it: what "approved" means.
-    pub fn allowed(&self) -> bool {
+    pub(crate) fn allowed(&self) -> bool {
         !matches!(self, Judgement::Violation { .. })
     }
 }
@@ -56,7 +56,7 @@ pub enum Action {
 impl Policy {
     /// The guard covering `cgroup` (a path relative to the attach root):
     /// its nearest guarded ancestor, or itself.
-    pub fn guard_for(&self, cgroup: &str) -> Option<&GuardSpec> {
+    pub(crate) fn guard_for(&self, cgroup: &str) -> Option<&GuardSpec> {
         // Pod guards are found through the pods the agent follows, not by
         // path: see `guard_covering`.
         self.guards
@@ -70,7 +70,7 @@ impl Policy {
     /// The guard covering `cgroup`, where a pod guard can only be known
     /// from `reported` (the guard the agent or the kernel said covered it):
     /// cgroup paths first, then a pod guard of that name.
-    pub fn guard_covering(&self, cgroup: &str, reported: Option<&str>) -> Option<&GuardSpec> {
+    pub(crate) fn guard_covering(&self, cgroup: &str, reported: Option<&str>) -> Option<&GuardSpec> {
         self.guard_for(cgroup).or_else(|| {
             let name = reported?;
             self.guards.iter().find(|g| g.name == name && matches!(g.target, super::Target::Pods(_)))
@@ -89,7 +89,7 @@ impl Policy {
     }
 
     /// `judge`, with the guard a report named (see `guard_covering`).
-    pub fn judge_reported(
+    pub(crate) fn judge_reported(
         &self,
         cgroup: &str,
         reported: Option<&str>,
@@ -107,7 +107,7 @@ impl Policy {
 
 impl GuardSpec {
     /// `proto` is the operation's own protocol (Tcp or Udp), never Both.
-    pub fn judge(&self, action: Action, proto: Proto, addr: IpAddr, port: u16) -> Judgement<'_> {
+    pub(crate) fn judge(&self, action: Action, proto: Proto, addr: IpAddr, port: u16) -> Judgement<'_> {
         let addr = canonical(addr);
         let covers = |p: Proto| p == proto || p == Proto::Both;
         let in_ports = |specs: &[super::PortSpec]| specs.iter().any(|s| (s.first..=s.last).contains(&port));
@@ -137,12 +137,14 @@ impl GuardSpec {
 }
 
 /// `path` is `dir` or lies below it.
-pub fn is_within(path: &str, dir: &str) -> bool {
+pub(crate) fn is_within(path: &str, dir: &str) -> bool {
     dir == "/" || path == dir || path.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'))
 }
 
-/// v4-mapped v6 is judged as the v4 address it carries.
-pub fn canonical(addr: IpAddr) -> IpAddr {
+/// v4-mapped v6 is judged as the v4 address it carries: the kernel judges
+/// `::ffff:a.b.c.d` as `a.b.c.d`, and keys a bind rule's IPv4 address as its
+/// mapped form, so the two spellings are one address.
+pub(crate) fn canonical(addr: IpAddr) -> IpAddr {
     match addr {
         IpAddr::V6(a) => a.to_ipv4_mapped().map_or(addr, IpAddr::V4),
         v4 => v4,

@@ -13,6 +13,7 @@ mod validate;
 use std::{fmt, ops::Range, path::Path};
 
 pub use compile::CompiledPolicy;
+pub(crate) use compile::merge_ranges;
 pub use model::{Expiry, Mode, PodSelector, PortSpec, Proto};
 pub use validate::{BindRuleSpec, Catalog, ConnectRuleSpec, GuardSpec, Policy, Target};
 
@@ -37,13 +38,13 @@ impl fmt::Display for PolicyError {
 impl std::error::Error for PolicyError {}
 
 /// The text of a policy file, for turning byte spans into line:column.
-pub struct Source<'a> {
+pub(crate) struct Source<'a> {
     pub file: &'a str,
     pub text: &'a str,
 }
 
 impl Source<'_> {
-    pub fn error_at(&self, span: Option<Range<usize>>, message: impl Into<String>) -> PolicyError {
+    pub(crate) fn error_at(&self, span: Option<Range<usize>>, message: impl Into<String>) -> PolicyError {
         PolicyError {
             file: self.file.to_owned(),
             location: span.map(|s| line_col(self.text, s.start)),
@@ -65,7 +66,7 @@ pub fn load(path: &Path) -> Result<(Policy, CompiledPolicy), PolicyError> {
 }
 
 /// The text of the policy file at `path`.
-pub fn read(path: &Path) -> Result<String, PolicyError> {
+pub(crate) fn read(path: &Path) -> Result<String, PolicyError> {
     std::fs::read_to_string(path).map_err(|e| PolicyError {
         file: path.display().to_string(),
         location: None,
@@ -83,7 +84,7 @@ pub fn parse_and_compile(file: &str, text: &str) -> Result<(Policy, CompiledPoli
 }
 
 /// The SHA-256 of the policy file's bytes, as shown in logs and status.
-pub fn sha256_hex(text: &[u8]) -> String {
+pub(crate) fn sha256_hex(text: &[u8]) -> String {
     use sha2::Digest as _;
     sha2::Sha256::digest(text).iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -68,13 +68,13 @@ pub struct PodSelector {
 }
 
 impl PodSelector {
-    pub fn matches(&self, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
+    pub(crate) fn matches(&self, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
         self.namespace.as_ref().is_none_or(|n| n.0 == namespace)
             && self.labels.iter().all(|(k, v)| labels.get(&k.0) == Some(&v.0))
     }
 
     /// Selects every pod: almost certainly a mistake in a policy.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.namespace.is_none() && self.labels.is_empty()
     }
 }
@@ -203,7 +203,7 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Mode::Enforce => "enforce",
             Mode::Audit => "audit",
@@ -223,7 +223,7 @@ pub enum Proto {
 }
 
 impl Proto {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Proto::Tcp => "tcp",
             Proto::Udp => "udp",
@@ -231,7 +231,7 @@ impl Proto {
         }
     }
 
-    pub fn ip_protocols(self) -> &'static [u8] {
+    pub(crate) fn ip_protocols(self) -> &'static [u8] {
         use portguard_common::{IPPROTO_TCP, IPPROTO_UDP};
         match self {
             Proto::Tcp => &[IPPROTO_TCP],

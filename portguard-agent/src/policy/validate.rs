@@ -1,6 +1,6 @@
 //! Checks across fields, and the validated policy the rest of the agent uses.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{collections::HashMap, hash::Hash, net::IpAddr, ops::Range};
 
 use ipnet::IpNet;
 use portguard_common::{MAX_CGROUP_DEPTH, MAX_GUARDS};
@@ -96,7 +96,15 @@ pub struct ConnectRuleSpec {
 }
 
 pub(super) fn validate(src: &Source, raw: model::PolicyFile) -> Result<Policy, PolicyError> {
-    if let Some(v) = &raw.version
+    check_version(src, raw.version.as_ref())?;
+    check_guard_count(src, raw.guards.len())?;
+    let mut claims = Claims::default();
+    let guards = raw.guards.into_iter().map(|g| guard(src, g, &mut claims)).collect::<Result<_, _>>()?;
+    Ok(Policy { guards })
+}
+
+fn check_version(src: &Source, version: Option<&toml::Spanned<u32>>) -> Result<(), PolicyError> {
+    if let Some(v) = version
         && *v.get_ref() != 1
     {
         return Err(src.error_at(
@@ -104,148 +112,203 @@ pub(super) fn validate(src: &Source, raw: model::PolicyFile) -> Result<Policy, P
             format!("version: unsupported policy version {} (this portguard reads version 1)", v.get_ref()),
         ));
     }
-    if raw.guards.len() > MAX_GUARDS as usize {
-        return Err(
-            src.error_at(None, format!("{} guards; portguard holds at most {MAX_GUARDS}", raw.guards.len()))
-        );
+    Ok(())
+}
+
+fn check_guard_count(src: &Source, count: usize) -> Result<(), PolicyError> {
+    if count > MAX_GUARDS as usize {
+        return Err(src.error_at(None, format!("{count} guards; portguard holds at most {MAX_GUARDS}")));
     }
-    let mut names: HashMap<String, usize> = HashMap::new();
-    let mut cgroups: HashMap<String, (String, usize)> = HashMap::new();
-    let mut selectors: HashMap<PodSelector, (String, usize)> = HashMap::new();
-    let mut guards = Vec::with_capacity(raw.guards.len());
-    for g in raw.guards {
-        let name = g.name.get_ref().clone();
-        let name_span = g.name.span();
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
-            return Err(src.error_at(
-                Some(name_span),
-                format!("guard name {name:?} must be non-empty and use only A-Z a-z 0-9 - _ ."),
-            ));
-        }
-        if let Some(first) = names.insert(name.clone(), name_span.start) {
-            let (line, _) = super::line_col(src.text, first);
-            return Err(src.error_at(
-                Some(name_span),
-                format!("guard {name:?}: duplicate guard name (first defined at line {line})"),
-            ));
-        }
-        let (target, unit) = match (&g.cgroup, &g.unit, &g.pods) {
-            (Some(c), None, None) => (Target::Cgroup(normalise_cgroup(src, &name, c)?), None),
-            (None, Some(u), None) => (Target::Cgroup(unit_cgroup(src, &name, u)?), Some(u.get_ref().clone())),
-            (None, None, Some(p)) => {
-                if p.get_ref().is_empty() {
-                    return Err(src.error_at(
-                        Some(p.span()),
-                        format!(
-                            "guard {name:?}: pods selects every pod; give a namespace, labels, or both (a cgroup guard on /kubepods.slice covers every pod)"
-                        ),
-                    ));
-                }
-                (Target::Pods(p.get_ref().clone()), None)
-            }
-            (None, None, None) => {
+    Ok(())
+}
+
+/// What the guards checked so far hold, each by one guard only: their
+/// names, cgroups and pod selectors, with the guard's name and where it is.
+#[derive(Default)]
+struct Claims {
+    names: HashMap<String, (String, usize)>,
+    cgroups: HashMap<String, (String, usize)>,
+    selectors: HashMap<PodSelector, (String, usize)>,
+}
+
+/// Records that guard `name`, whose name starts at byte `at`, holds `key`.
+/// Returns the guard that held it first and the line that guard is on.
+fn claim<K: Eq + Hash>(
+    src: &Source,
+    held: &mut HashMap<K, (String, usize)>,
+    key: K,
+    name: &str,
+    at: usize,
+) -> Option<(String, usize)> {
+    let (first, first_at) = held.insert(key, (name.to_owned(), at))?;
+    Some((first, super::line_col(src.text, first_at).0))
+}
+
+fn guard(src: &Source, g: model::Guard, claims: &mut Claims) -> Result<GuardSpec, PolicyError> {
+    let name = guard_name(src, &g.name, claims)?;
+    let name_span = g.name.span();
+    let (target, unit) = target(src, &name, &g)?;
+    one_guard_per_target(src, &name, name_span, &target, claims)?;
+    let bind = bind_rules(src, &name, g.bind)?;
+    let connect = connect_rules(src, &name, g.connect)?;
+    Ok(GuardSpec {
+        name,
+        target,
+        unit,
+        mode: g.mode,
+        allow_ephemeral_bind: g.allow_ephemeral_bind,
+        allow_raw_sockets: g.allow_raw_sockets,
+        bind,
+        connect,
+    })
+}
+
+/// A guard's name: non-empty, in a small character set, and unique.
+fn guard_name(
+    src: &Source,
+    name: &toml::Spanned<String>,
+    claims: &mut Claims,
+) -> Result<String, PolicyError> {
+    let (name_span, name) = (name.span(), name.get_ref().clone());
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+        return Err(src.error_at(
+            Some(name_span),
+            format!("guard name {name:?} must be non-empty and use only A-Z a-z 0-9 - _ ."),
+        ));
+    }
+    if let Some((_, line)) = claim(src, &mut claims.names, name.clone(), &name, name_span.start) {
+        return Err(src.error_at(
+            Some(name_span),
+            format!("guard {name:?}: duplicate guard name (first defined at line {line})"),
+        ));
+    }
+    Ok(name)
+}
+
+/// What a guard covers, from exactly one of `cgroup`, `unit` or `pods`, and
+/// the unit's name when it was given as one.
+fn target(src: &Source, name: &str, g: &model::Guard) -> Result<(Target, Option<String>), PolicyError> {
+    Ok(match (&g.cgroup, &g.unit, &g.pods) {
+        (Some(c), None, None) => (Target::Cgroup(normalise_cgroup(src, name, c)?), None),
+        (None, Some(u), None) => (Target::Cgroup(unit_cgroup(src, name, u)?), Some(u.get_ref().clone())),
+        (None, None, Some(p)) => {
+            if p.get_ref().is_empty() {
                 return Err(src.error_at(
-                    Some(name_span),
+                    Some(p.span()),
                     format!(
-                        "guard {name:?}: missing cgroup (a cgroup path), unit (a systemd unit) or pods (a pod selector)"
+                        "guard {name:?}: pods selects every pod; give a namespace, labels, or both (a cgroup guard on /kubepods.slice covers every pod)"
                     ),
                 ));
             }
-            _ => {
-                // Point at the second of the keys given.
-                let spans = [
-                    g.cgroup.as_ref().map(|c| c.span()),
-                    g.unit.as_ref().map(|u| u.span()),
-                    g.pods.as_ref().map(|p| p.span()),
-                ];
-                let second = spans.into_iter().flatten().nth(1);
+            (Target::Pods(p.get_ref().clone()), None)
+        }
+        (None, None, None) => {
+            return Err(src.error_at(
+                Some(g.name.span()),
+                format!(
+                    "guard {name:?}: missing cgroup (a cgroup path), unit (a systemd unit) or pods (a pod selector)"
+                ),
+            ));
+        }
+        _ => {
+            // Point at the second of the keys given.
+            let spans = [
+                g.cgroup.as_ref().map(|c| c.span()),
+                g.unit.as_ref().map(|u| u.span()),
+                g.pods.as_ref().map(|p| p.span()),
+            ];
+            let second = spans.into_iter().flatten().nth(1);
+            return Err(src.error_at(
+                second,
+                format!("guard {name:?}: give exactly one of cgroup, unit or pods, not both"),
+            ));
+        }
+    })
+}
+
+/// One guard per cgroup, and one per pod selector.
+fn one_guard_per_target(
+    src: &Source,
+    name: &str,
+    name_span: Range<usize>,
+    target: &Target,
+    claims: &mut Claims,
+) -> Result<(), PolicyError> {
+    let at = name_span.start;
+    let first = match target {
+        Target::Cgroup(cgroup) => claim(src, &mut claims.cgroups, cgroup.clone(), name, at),
+        Target::Pods(sel) => claim(src, &mut claims.selectors, sel.clone(), name, at),
+    };
+    let Some((other, line)) = first else { return Ok(()) };
+    let message = match target {
+        Target::Cgroup(cgroup) => format!(
+            "guard {name:?}: cgroup {cgroup} is already guarded by {other:?} (line {line}); one guard per cgroup"
+        ),
+        Target::Pods(sel) => format!(
+            "guard {name:?}: pods {sel} are already selected by {other:?} (line {line}); one guard per pod"
+        ),
+    };
+    Err(src.error_at(Some(name_span), message))
+}
+
+/// Bind rules, each with at least one port.
+fn bind_rules(
+    src: &Source,
+    name: &str,
+    rules: Vec<model::BindRule>,
+) -> Result<Vec<BindRuleSpec>, PolicyError> {
+    rules
+        .into_iter()
+        .map(|r| {
+            let span = r.ports.span();
+            if r.ports.get_ref().is_empty() {
+                return Err(
+                    src.error_at(Some(span), format!("guard {name:?}: bind rule with an empty ports list"))
+                );
+            }
+            Ok(BindRuleSpec {
+                ports: r.ports.into_inner(),
+                proto: r.proto,
+                address: r.address.map(|a| a.into_inner()),
+                catalog: catalog(r.owner, r.purpose, r.approved_by, r.ticket, r.expires),
+                span,
+            })
+        })
+        .collect()
+}
+
+/// Connect rules, each with at least one peer and one port.
+fn connect_rules(
+    src: &Source,
+    name: &str,
+    rules: Vec<model::ConnectRule>,
+) -> Result<Vec<ConnectRuleSpec>, PolicyError> {
+    rules
+        .into_iter()
+        .map(|r| {
+            let span = r.peer.span();
+            if r.peer.get_ref().0.is_empty() {
+                return Err(
+                    src.error_at(Some(span), format!("guard {name:?}: connect rule with an empty peer list"))
+                );
+            }
+            if r.ports.get_ref().is_empty() {
                 return Err(src.error_at(
-                    second,
-                    format!("guard {name:?}: give exactly one of cgroup, unit or pods, not both"),
+                    Some(r.ports.span()),
+                    format!(
+                        "guard {name:?}: connect rule with an empty ports list (use \"any\" for every port)"
+                    ),
                 ));
             }
-        };
-        match &target {
-            Target::Cgroup(cgroup) => {
-                if let Some((other, first)) = cgroups.insert(cgroup.clone(), (name.clone(), name_span.start))
-                {
-                    let (line, _) = super::line_col(src.text, first);
-                    return Err(src.error_at(
-                        Some(name_span),
-                        format!(
-                            "guard {name:?}: cgroup {cgroup} is already guarded by {other:?} (line {line}); one guard per cgroup"
-                        ),
-                    ));
-                }
-            }
-            Target::Pods(sel) => {
-                if let Some((other, first)) = selectors.insert(sel.clone(), (name.clone(), name_span.start)) {
-                    let (line, _) = super::line_col(src.text, first);
-                    return Err(src.error_at(
-                        Some(name_span),
-                        format!(
-                            "guard {name:?}: pods {sel} are already selected by {other:?} (line {line}); one guard per pod"
-                        ),
-                    ));
-                }
-            }
-        }
-        let bind = g
-            .bind
-            .into_iter()
-            .map(|r| {
-                let span = r.ports.span();
-                if r.ports.get_ref().is_empty() {
-                    return Err(src.error_at(
-                        Some(span),
-                        format!("guard {name:?}: bind rule with an empty ports list"),
-                    ));
-                }
-                Ok(BindRuleSpec {
-                    ports: r.ports.into_inner(),
-                    proto: r.proto,
-                    address: r.address.map(|a| a.into_inner()),
-                    catalog: catalog(r.owner, r.purpose, r.approved_by, r.ticket, r.expires),
-                    span,
-                })
+            Ok(ConnectRuleSpec {
+                peers: r.peer.into_inner().0.into_iter().map(|p| p.0).collect(),
+                ports: r.ports.into_inner(),
+                proto: r.proto,
+                catalog: catalog(r.owner, r.purpose, r.approved_by, r.ticket, r.expires),
+                span,
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        let connect = g
-            .connect
-            .into_iter()
-            .map(|r| {
-                let span = r.peer.span();
-                if r.peer.get_ref().0.is_empty() {
-                    return Err(src.error_at(Some(span), format!("guard {name:?}: connect rule with an empty peer list")));
-                }
-                if r.ports.get_ref().is_empty() {
-                    return Err(src.error_at(
-                        Some(r.ports.span()),
-                        format!("guard {name:?}: connect rule with an empty ports list (use \"any\" for every port)"),
-                    ));
-                }
-                Ok(ConnectRuleSpec {
-                    peers: r.peer.into_inner().0.into_iter().map(|p| p.0).collect(),
-                    ports: r.ports.into_inner(),
-                    proto: r.proto,
-                    catalog: catalog(r.owner, r.purpose, r.approved_by, r.ticket, r.expires),
-                    span,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        guards.push(GuardSpec {
-            name,
-            target,
-            unit,
-            mode: g.mode,
-            allow_ephemeral_bind: g.allow_ephemeral_bind,
-            allow_raw_sockets: g.allow_raw_sockets,
-            bind,
-            connect,
-        });
-    }
-    Ok(Policy { guards })
+        })
+        .collect()
 }
 
 fn catalog(

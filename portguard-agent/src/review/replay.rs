@@ -17,7 +17,7 @@ use crate::{
 /// What happened to an operation, or would under NEW.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// A rule allowed it, or no guard covered it.
     Allowed,
     /// No rule allowed it; an audit-mode guard let it through.
@@ -27,7 +27,7 @@ pub enum Outcome {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct Operation {
+pub(crate) struct Operation {
     pub cgroup: String,
     pub op: RecordOp,
     pub proto: String,
@@ -36,7 +36,7 @@ pub struct Operation {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Change {
+pub(crate) struct Change {
     #[serde(flatten)]
     pub operation: Operation,
     pub recorded: Outcome,
@@ -49,7 +49,7 @@ pub struct Change {
 }
 
 #[derive(Debug, Default, Serialize)]
-pub struct Replay {
+pub(crate) struct Replay {
     /// Went through when recorded (allowed or audited); NEW refuses it.
     pub newly_denied: Vec<Change>,
     /// Refused or audited when recorded; a rule of NEW allows it.
@@ -64,7 +64,7 @@ pub struct Replay {
 /// `ephemeral` is the kernel's local port range: a port that went live in
 /// it is taken as kernel-chosen (a bind to port 0) when no rule lists it,
 /// since the trail records the port the kernel picked.
-pub fn replay(policy: &Policy, records: &[Record], ephemeral: RangeInclusive<u16>) -> Replay {
+pub(crate) fn replay(policy: &Policy, records: &[Record], ephemeral: RangeInclusive<u16>) -> Replay {
     // Operation -> (most permissive recorded outcome, count, comm, went live,
     // the guard the agent reported: the only way to know a pod guard).
     let mut ops: BTreeMap<Operation, (Outcome, u64, String, bool, Option<String>)> = BTreeMap::new();
@@ -98,23 +98,12 @@ pub fn replay(policy: &Policy, records: &[Record], ephemeral: RangeInclusive<u16
             "udp" => policy::Proto::Udp,
             _ => policy::Proto::Tcp,
         };
-        let mut j = policy.judge_reported(
-            &operation.cgroup,
-            reported.as_deref(),
-            action,
-            proto,
-            operation.addr,
-            operation.port,
-        );
+        let judge = |port| {
+            policy.judge_reported(&operation.cgroup, reported.as_deref(), action, proto, operation.addr, port)
+        };
+        let mut j = judge(operation.port);
         if !j.allowed() && went_live && ephemeral.contains(&operation.port) {
-            j = policy.judge_reported(
-                &operation.cgroup,
-                reported.as_deref(),
-                action,
-                proto,
-                operation.addr,
-                0,
-            );
+            j = judge(0);
         }
         let new = if j.allowed() {
             Outcome::Allowed
@@ -135,26 +124,6 @@ pub fn replay(policy: &Policy, records: &[Record], ephemeral: RangeInclusive<u16
         }
     }
     out
-}
-
-pub fn run(policy_path: &Path, events: &Path, format: OutputFormat) -> ExitCode {
-    let loaded = policy::load(policy_path).map_err(|e| e.to_string()).and_then(|(p, _)| {
-        let records = trail::read_records(events)?;
-        Ok((p, records))
-    });
-    let (policy, records) = match loaded {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("portguard: {e}");
-            return ExitCode::from(EXIT_BAD_INPUT);
-        }
-    };
-    let r = replay(&policy, &records, super::suggest::local_port_range());
-    match format {
-        OutputFormat::Json => println!("{}", serde_json::to_string(&r).expect("serialisable")),
-        OutputFormat::Text => print!("{}", text(&r)),
-    }
-    ExitCode::SUCCESS
 }
 
 fn text(r: &Replay) -> String {
@@ -211,4 +180,28 @@ fn outcome_str(o: Outcome) -> &'static str {
         Outcome::Audited => "audited",
         Outcome::Denied => "denied",
     }
+}
+
+// The command line: read the files, print the report, answer with an exit code.
+
+/// Runs `portguard replay --policy NEW --events TRAIL`: 0 once the report is
+/// printed, 2 when the policy or the trail cannot be read.
+pub fn run(policy_path: &Path, events: &Path, format: OutputFormat) -> ExitCode {
+    let loaded = policy::load(policy_path).map_err(|e| e.to_string()).and_then(|(p, _)| {
+        let records = trail::read_records(events)?;
+        Ok((p, records))
+    });
+    let (policy, records) = match loaded {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("portguard: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let r = replay(&policy, &records, super::suggest::local_port_range());
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string(&r).expect("serialisable")),
+        OutputFormat::Text => print!("{}", text(&r)),
+    }
+    ExitCode::SUCCESS
 }

@@ -49,7 +49,7 @@ pub struct Options {
     pub ephemeral: RangeInclusive<u16>,
 }
 
-pub fn suggest(records: &[Record], opts: &Options) -> String {
+pub(crate) fn suggest(records: &[Record], opts: &Options) -> String {
     let mut guards: BTreeMap<String, Observed> = BTreeMap::new();
     for r in records {
         let Some(guard) = &r.guard else { continue };
@@ -229,6 +229,9 @@ fn quote(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
 }
 
+// The command line: read the trail, write the draft, answer with an exit
+// code. `local_port_range` is what the commands pass as `ephemeral`.
+
 /// The kernel's local port range (where kernel-chosen ports come from).
 pub fn local_port_range() -> RangeInclusive<u16> {
     std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
@@ -240,6 +243,8 @@ pub fn local_port_range() -> RangeInclusive<u16> {
         .unwrap_or(32768..=60999)
 }
 
+/// Runs `portguard suggest --events TRAIL`: 0 once the draft is written, 2
+/// when the trail cannot be read or the output cannot be written.
 pub fn run(events: &Path, opts: &Options, output: Option<&Path>) -> ExitCode {
     let records = match trail::read_records(events) {
         Ok(r) => r,

@@ -11,9 +11,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-pub use record::{PortStatus, Record, RecordKind, RecordOp, RuleInfo, read_records};
+pub(crate) use record::{PortStatus, Record, RecordKind, RecordOp, RuleInfo, read_records};
 
-pub struct AuditTrail {
+pub(crate) struct AuditTrail {
     path: PathBuf,
     max_bytes: u64,
     keep: usize,
@@ -24,7 +24,7 @@ pub struct AuditTrail {
 impl AuditTrail {
     /// Opens (creating) `path` for appending. Rotation keeps `keep` older
     /// files as `path.1` (newest) .. `path.<keep>`.
-    pub fn open(path: &Path, max_bytes: u64, keep: usize) -> io::Result<AuditTrail> {
+    pub(crate) fn open(path: &Path, max_bytes: u64, keep: usize) -> io::Result<AuditTrail> {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
@@ -35,13 +35,13 @@ impl AuditTrail {
         Ok(AuditTrail { path: path.to_owned(), max_bytes, keep, file, size })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Appends one line in a single write, so a reader never sees half a
     /// record, and rotates first when the line would pass the size limit.
-    pub fn append(&mut self, record: &Record) -> io::Result<()> {
+    pub(crate) fn append(&mut self, record: &Record) -> io::Result<()> {
         let mut line = serde_json::to_vec(record).map_err(io::Error::other)?;
         line.push(b'\n');
         if self.size > 0 && self.size + line.len() as u64 > self.max_bytes {
@@ -78,11 +78,11 @@ fn open_append(path: &Path) -> io::Result<File> {
 }
 
 /// A time as the trail writes it: RFC 3339, UTC, milliseconds.
-pub fn rfc3339(at: std::time::SystemTime) -> String {
+pub(crate) fn rfc3339(at: std::time::SystemTime) -> String {
     humantime::format_rfc3339_millis(at).to_string()
 }
 
-pub fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     rfc3339(std::time::SystemTime::now())
 }
 
@@ -92,24 +92,23 @@ mod tests {
 
     fn record(port: u16) -> Record {
         Record {
-            time: now_rfc3339(),
-            event: RecordKind::PortOpened,
             guard: Some("g".into()),
             guard_cgroup: Some("/g".into()),
             mode: Some("enforce".into()),
-            cgroup: "/g".into(),
-            unit: None,
-            pod_uid: None,
-            pid: 1,
-            comm: "x".into(),
-            op: RecordOp::Bind,
-            proto: "tcp".into(),
-            addr: "127.0.0.1".parse().unwrap(),
-            port,
-            count: 1,
             status: Some(PortStatus::Approved),
             rule: Some(RuleInfo { number: 1, owner: Some("team".into()), ..RuleInfo::default() }),
-            open_seconds: None,
+            ..Record::new(
+                RecordKind::PortOpened,
+                "/g".into(),
+                None,
+                None,
+                1,
+                "x".into(),
+                RecordOp::Bind,
+                "tcp",
+                "127.0.0.1".parse().unwrap(),
+                port,
+            )
         }
     }
 

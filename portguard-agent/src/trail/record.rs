@@ -9,7 +9,7 @@ use crate::policy::{Catalog, Proto, eval::Action};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum RecordKind {
+pub(crate) enum RecordKind {
     /// A port went live: a TCP listen or a bound UDP socket.
     PortOpened,
     /// A port reported by `port_opened` closed.
@@ -26,7 +26,7 @@ pub enum RecordKind {
 /// The operation as judged. `port_opened`/`port_closed` carry `bind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum RecordOp {
+pub(crate) enum RecordOp {
     Bind,
     Connect,
     Sendmsg,
@@ -36,7 +36,7 @@ pub enum RecordOp {
 
 impl RecordOp {
     /// The rule kind that decides it, if a rule can.
-    pub fn action(self) -> Option<Action> {
+    pub(crate) fn action(self) -> Option<Action> {
         match self {
             RecordOp::Bind => Some(Action::Bind),
             RecordOp::Connect | RecordOp::Sendmsg => Some(Action::Connect),
@@ -75,7 +75,7 @@ pub struct RuleInfo {
 }
 
 impl RuleInfo {
-    pub fn new(index: usize, c: &Catalog) -> RuleInfo {
+    pub(crate) fn new(index: usize, c: &Catalog) -> RuleInfo {
         RuleInfo {
             number: index + 1,
             owner: c.owner.clone(),
@@ -88,7 +88,7 @@ impl RuleInfo {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
+pub(crate) struct Record {
     /// RFC 3339, UTC.
     pub time: String,
     pub event: RecordKind,
@@ -133,7 +133,46 @@ fn one() -> u64 {
 }
 
 impl Record {
-    pub fn proto(&self) -> Option<Proto> {
+    /// A line about one operation, stamped now and standing for one
+    /// occurrence. The arguments are the fields every line has, in the
+    /// struct's order; guard, mode, status, rule and duration start empty,
+    /// for each caller to set what it knows.
+    #[expect(clippy::too_many_arguments, reason = "one per field every record has; the rest start empty")]
+    pub(crate) fn new(
+        event: RecordKind,
+        cgroup: String,
+        unit: Option<String>,
+        pod_uid: Option<String>,
+        pid: u32,
+        comm: String,
+        op: RecordOp,
+        proto: &str,
+        addr: IpAddr,
+        port: u16,
+    ) -> Record {
+        Record {
+            time: super::now_rfc3339(),
+            event,
+            guard: None,
+            guard_cgroup: None,
+            mode: None,
+            cgroup,
+            unit,
+            pod_uid,
+            pid,
+            comm,
+            op,
+            proto: proto.to_owned(),
+            addr,
+            port,
+            count: 1,
+            status: None,
+            rule: None,
+            open_seconds: None,
+        }
+    }
+
+    pub(crate) fn proto(&self) -> Option<Proto> {
         match self.proto.as_str() {
             "tcp" => Some(Proto::Tcp),
             "udp" => Some(Proto::Udp),
@@ -144,7 +183,7 @@ impl Record {
 
 /// Reads a JSON-lines trail; a line that is not a record is an error that
 /// names the line, so a truncated or foreign file is never half-read.
-pub fn read_records(path: &std::path::Path) -> Result<Vec<Record>, String> {
+pub(crate) fn read_records(path: &std::path::Path) -> Result<Vec<Record>, String> {
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read events: {e}", path.display()))?;
     text.lines()

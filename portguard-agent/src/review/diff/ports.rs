@@ -4,49 +4,43 @@
 
 use std::fmt;
 
-use crate::policy::PortSpec;
+use portguard_common::PortRange;
+
+use crate::policy::{PortSpec, merge_ranges};
 
 /// A set of ports 1-65535, held as sorted ranges that neither overlap nor
 /// touch (so two equal sets always have equal representations).
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Ports(Vec<(u16, u16)>);
+pub(crate) struct Ports(Vec<(u16, u16)>);
 
 impl Ports {
-    pub fn new() -> Ports {
+    pub(crate) fn new() -> Ports {
         Ports::default()
     }
 
-    pub fn from_specs(specs: &[PortSpec]) -> Ports {
+    pub(crate) fn from_specs(specs: &[PortSpec]) -> Ports {
         Ports::from_ranges(specs.iter().map(|s| (s.first, s.last)).collect())
     }
 
-    fn from_ranges(mut ranges: Vec<(u16, u16)>) -> Ports {
-        ranges.sort_unstable();
-        let mut out: Vec<(u16, u16)> = Vec::with_capacity(ranges.len());
-        for (first, last) in ranges {
-            match out.last_mut() {
-                // u32: `last + 1` must not wrap at 65535.
-                Some(prev) if u32::from(first) <= u32::from(prev.1) + 1 => prev.1 = prev.1.max(last),
-                _ => out.push((first, last)),
-            }
-        }
-        Ports(out)
+    fn from_ranges(ranges: Vec<(u16, u16)>) -> Ports {
+        let ranges = ranges.into_iter().map(|(first, last)| PortRange { first, last }).collect();
+        Ports(merge_ranges(ranges).into_iter().map(|r| (r.first, r.last)).collect())
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    pub fn union(&self, other: &Ports) -> Ports {
+    pub(crate) fn union(&self, other: &Ports) -> Ports {
         Ports::from_ranges(self.0.iter().chain(&other.0).copied().collect())
     }
 
-    pub fn add(&mut self, other: &Ports) {
+    pub(crate) fn add(&mut self, other: &Ports) {
         *self = self.union(other);
     }
 
     /// The ports in `self` that are not in `other`.
-    pub fn minus(&self, other: &Ports) -> Ports {
+    pub(crate) fn minus(&self, other: &Ports) -> Ports {
         let mut out = Vec::new();
         for &(first, last) in &self.0 {
             // Walk `other`'s ranges that overlap [first, last], keeping the gaps.
@@ -67,20 +61,20 @@ impl Ports {
         Ports(out)
     }
 
-    pub fn intersect(&self, other: &Ports) -> Ports {
+    pub(crate) fn intersect(&self, other: &Ports) -> Ports {
         self.minus(&self.minus(other))
     }
 
-    pub fn is_subset(&self, other: &Ports) -> bool {
+    pub(crate) fn is_subset(&self, other: &Ports) -> bool {
         self.minus(other).is_empty()
     }
 
-    pub fn overlaps(&self, other: &Ports) -> bool {
+    pub(crate) fn overlaps(&self, other: &Ports) -> bool {
         !self.intersect(other).is_empty()
     }
 
     /// Each range in the policy's own syntax: "9090", "8000-8100".
-    pub fn ranges(&self) -> impl Iterator<Item = String> + '_ {
+    pub(crate) fn ranges(&self) -> impl Iterator<Item = String> + '_ {
         self.0.iter().map(|&(first, last)| PortSpec { first, last }.to_string())
     }
 }

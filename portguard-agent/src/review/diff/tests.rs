@@ -1,6 +1,13 @@
 //! Diff tests: fixture policies in, the rendered report (and the model) out.
 
-use super::*;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::{
+    allowed::{TRANSPORTS, Transport},
+    *,
+};
 use crate::policy::PortSpec;
 use crate::policy::parse_and_compile;
 

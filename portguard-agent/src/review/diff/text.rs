@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use super::{BindAddress, Change, Effect, GuardDiff, Note, OldNew, PolicyDiff, Ports, Reason, Region};
 
-pub fn render(diff: &PolicyDiff) -> String {
+pub(crate) fn render(diff: &PolicyDiff) -> String {
     let mut out = String::new();
     for g in &diff.guards {
         if g.change == Change::Unchanged && g.notes.is_empty() {

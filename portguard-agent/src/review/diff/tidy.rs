@@ -1,0 +1,107 @@
+//! Folding effects that read better as one: the same effect on 0.0.0.0/0
+//! and ::/0 is one on `any` peer, and the same effect for tcp and udp is
+//! one for both. Presentation only: what is allowed does not change.
+
+use std::collections::BTreeSet;
+
+use ipnet::IpNet;
+
+use super::{Effect, Note, Peer, Protos};
+
+/// Sorts effects and folds pairs that read better as one: the same effect
+/// on 0.0.0.0/0 and ::/0 is one on `any` peer, and the same effect for tcp
+/// and udp is one for both.
+pub(super) fn tidy(effects: Vec<Effect>) -> Vec<Effect> {
+    let mut out = merge_any_peer(effects);
+    out.sort();
+    let mut out = merge_protocols(out, effect_proto, with_proto);
+    out.sort();
+    out
+}
+
+pub(super) fn tidy_notes(notes: Vec<Note>) -> Vec<Note> {
+    let proto_of = |n: &Note| match n {
+        Note::Shadowed { rule, .. } | Note::StillAllowed { rule, .. } => effect_proto(rule),
+    };
+    let with = |n: &Note, p| match n {
+        Note::Shadowed { rule, by } => Note::Shadowed { rule: with_proto(rule, p), by: by.clone() },
+        Note::StillAllowed { rule, by } => Note::StillAllowed { rule: with_proto(rule, p), by: by.clone() },
+    };
+    let mut out = merge_protocols(notes, proto_of, with);
+    out.sort();
+    out
+}
+
+fn effect_proto(e: &Effect) -> Option<Protos> {
+    match e {
+        Effect::Bind { proto, .. } | Effect::Connect { proto, .. } => Some(*proto),
+        _ => None,
+    }
+}
+
+fn with_proto(e: &Effect, p: Protos) -> Effect {
+    let mut e = e.clone();
+    if let Effect::Bind { proto, .. } | Effect::Connect { proto, .. } = &mut e {
+        *proto = p;
+    }
+    e
+}
+
+/// Replaces each tcp item that has a udp twin (equal but for the protocol)
+/// by one item for both. `items` must be sorted.
+fn merge_protocols<T: Clone + Ord>(
+    items: Vec<T>,
+    proto_of: impl Fn(&T) -> Option<Protos>,
+    with: impl Fn(&T, Protos) -> T,
+) -> Vec<T> {
+    let all: BTreeSet<&T> = items.iter().collect();
+    let mut merged_udp = BTreeSet::new();
+    let mut out = Vec::with_capacity(items.len());
+    for item in &items {
+        if proto_of(item) == Some(Protos::Tcp) {
+            let twin = with(item, Protos::Udp);
+            if all.contains(&twin) {
+                out.push(with(item, Protos::Both));
+                merged_udp.insert(twin);
+                continue;
+            }
+        }
+        out.push(item.clone());
+    }
+    out.retain(|i| !merged_udp.contains(i));
+    out
+}
+
+/// Folds a connect effect on 0.0.0.0/0 and one on ::/0 with the same
+/// protocol and ports into one on `any` (what `peer = "any"` writes).
+fn merge_any_peer(effects: Vec<Effect>) -> Vec<Effect> {
+    let v4_any: IpNet = "0.0.0.0/0".parse().expect("a valid network");
+    let v6_any: IpNet = "::/0".parse().expect("a valid network");
+    let mut out = Vec::with_capacity(effects.len());
+    let mut v6_halves: Vec<Effect> = Vec::new();
+    let mut rest = Vec::new();
+    for e in effects {
+        match &e {
+            Effect::Connect { peer: Peer::Net(n), .. } if *n == v6_any => v6_halves.push(e),
+            _ => rest.push(e),
+        }
+    }
+    for e in rest {
+        if let Effect::Connect { peer: Peer::Net(n), proto, ports, except } = &e
+            && *n == v4_any
+            && let Some(i) = v6_halves.iter().position(
+                |v6| matches!(v6, Effect::Connect { proto: p6, ports: ports6, .. } if p6 == proto && ports6 == ports),
+            )
+            && let Effect::Connect { except: except6, .. } = v6_halves.remove(i)
+        {
+            let mut except = except.clone();
+            except.extend(except6);
+            except.sort();
+            out.push(Effect::Connect { peer: Peer::Any, proto: *proto, ports: ports.clone(), except });
+            continue;
+        }
+        out.push(e);
+    }
+    out.extend(v6_halves);
+    out
+}
