@@ -1,8 +1,9 @@
 //! The port inventory: every live port, who holds it, and whether the
 //! policy approves it. `portguard scan` takes it from /proc once; the agent
-//! keeps it live from kernel events (see `agent::listeners`).
+//! keeps it live from kernel events (`live`).
 
-pub mod procfs;
+pub(crate) mod live;
+pub(crate) mod procfs;
 
 use std::net::IpAddr;
 

@@ -91,6 +91,7 @@ impl PodIndex {
         self.pods.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.pods.is_empty()
     }

@@ -17,14 +17,13 @@ use tokio::sync::mpsc;
 
 use super::PodInfo;
 
-/// How to reach the API server, and which node's pods to follow.
+/// How to reach the API server.
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
     /// An explicit API URL (no credentials: a local test server, or
     /// `kubectl proxy`); otherwise the in-cluster service account or the
     /// kubeconfig (`KUBECONFIG`, `~/.kube/config`).
     pub url: Option<String>,
-    pub node_name: String,
 }
 
 #[derive(Debug, thiserror::Error)]

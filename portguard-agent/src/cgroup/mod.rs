@@ -1,4 +1,5 @@
-//! The cgroup2 hierarchy: where it is mounted, and cgroup paths <-> ids.
+//! The cgroup2 hierarchy: where it is mounted, cgroup paths <-> ids, and
+//! what a path says about its workload (`workload`).
 //!
 //! A cgroup's id, as the kernel's `bpf_get_current_cgroup_id()` reports it,
 //! is the inode number of its directory in cgroupfs.
@@ -10,7 +11,8 @@ use std::{
     path::{Component, Path, PathBuf},
 };
 
-use crate::statfs;
+pub(crate) mod statfs;
+pub(crate) mod workload;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {

@@ -17,10 +17,9 @@ use std::{
 
 use portguard_common::UNGUARDED_ID;
 
-use super::workload;
 use crate::{
     bpf::DecodedEvent,
-    cgroup::CgroupNames,
+    cgroup::{CgroupNames, workload},
     inventory::{self, Standing},
     metrics::ListenerKey,
     policy::{Policy, Proto, eval::Action},

@@ -4,50 +4,41 @@
 //! Exit status: 0 done, 1 `--fail-on-unapproved` found an unapproved port,
 //! 2 the policy or the cgroup root cannot be used.
 
-use std::{path::Path, process::ExitCode};
+use std::path::Path;
 
 use serde_json::json;
 
+use super::CmdError;
 use crate::{
-    EXIT_BAD_INPUT,
-    agent::{state, workload},
-    cgroup,
+    cgroup::{self, workload},
     cli::OutputFormat,
     inventory::{self, Standing, procfs::OpenPort},
     policy::{self, Proto, eval::is_within},
+    state_file,
     trail::PortStatus,
 };
 
-pub struct ScanArgs<'a> {
-    pub policy: &'a Path,
+pub(super) struct ScanArgs<'a> {
+    pub(super) policy: &'a Path,
     /// The running agent's state directory, for the pods each pod guard
     /// covers now (a pod guard cannot be found from a path).
-    pub state_dir: &'a Path,
-    pub cgroup_root: Option<&'a Path>,
-    pub format: OutputFormat,
-    pub fail_on_unapproved: bool,
+    pub(super) state_dir: &'a Path,
+    pub(super) cgroup_root: Option<&'a Path>,
+    pub(super) format: OutputFormat,
+    pub(super) fail_on_unapproved: bool,
 }
 
-pub fn run(args: &ScanArgs) -> ExitCode {
-    match scan(args) {
-        Ok(rows) => {
-            let unapproved = rows.iter().filter(|(_, s)| s.status == PortStatus::Unapproved).count();
-            match args.format {
-                OutputFormat::Text => print!("{}", text(&rows)),
-                OutputFormat::Json => println!("{}", json(&rows)),
-            }
-            if args.fail_on_unapproved && unapproved > 0 {
-                eprintln!("portguard: {unapproved} unapproved ports are live");
-                ExitCode::from(crate::check::EXIT_FINDINGS)
-            } else {
-                ExitCode::SUCCESS
-            }
-        }
-        Err(e) => {
-            eprintln!("portguard: {e}");
-            ExitCode::from(EXIT_BAD_INPUT)
-        }
+pub(super) fn run(args: &ScanArgs) -> Result<(), CmdError> {
+    let rows = scan(args).map_err(CmdError::BadInput)?;
+    let unapproved = rows.iter().filter(|(_, s)| s.status == PortStatus::Unapproved).count();
+    match args.format {
+        OutputFormat::Text => print!("{}", text(&rows)),
+        OutputFormat::Json => println!("{}", json(&rows)),
     }
+    if args.fail_on_unapproved && unapproved > 0 {
+        return Err(CmdError::Failed(format!("{unapproved} unapproved ports are live")));
+    }
+    Ok(())
 }
 
 fn scan(args: &ScanArgs) -> Result<Vec<(OpenPort, Standing)>, String> {
@@ -78,7 +69,7 @@ fn scan(args: &ScanArgs) -> Result<Vec<(OpenPort, Standing)>, String> {
 /// (pod cgroup, guard) for every pod a pod guard of the running agent
 /// covers; empty when no agent state is there to read.
 fn pod_guard_cgroups(state_dir: &Path) -> Vec<(String, String)> {
-    let Ok(state) = state::read_state(state_dir) else { return Vec::new() };
+    let Ok(state) = state_file::read_state(state_dir) else { return Vec::new() };
     state
         .guards
         .into_iter()
