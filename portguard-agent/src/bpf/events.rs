@@ -9,7 +9,7 @@ use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
 };
-use portguard_common::{AF_INET, Event, IPPROTO_TCP, IPPROTO_UDP, Op, Verdict};
+use portguard_common::{AF_INET, Event, Op, Transport, Verdict};
 use tokio::io::unix::AsyncFd;
 
 /// An event as the kernel sent it, with its fields decoded.
@@ -23,7 +23,7 @@ pub struct DecodedEvent {
     pub guard_id: u32,
     pub op: Option<Op>,
     pub verdict: Option<Verdict>,
-    pub proto: &'static str,
+    pub proto: Transport,
     pub addr: IpAddr,
     pub port: u16,
     /// Pairs a port-lifecycle event with its close.
@@ -47,11 +47,7 @@ impl DecodedEvent {
             guard_id: e.guard_id,
             op: Op::from_u8(e.op),
             verdict: Verdict::from_u8(e.verdict),
-            proto: match e.proto {
-                IPPROTO_TCP => "tcp",
-                IPPROTO_UDP => "udp",
-                _ => "other",
-            },
+            proto: Transport::from(e.proto),
             addr,
             port: e.port,
             cookie: e.cookie,

@@ -13,7 +13,7 @@ use crate::{
     cgroup::{self, workload},
     cli::OutputFormat,
     inventory::{self, Standing, procfs::OpenPort},
-    policy::{self, Proto, eval::is_within},
+    policy::{self, eval::is_within},
     state_file,
     trail::PortStatus,
 };
@@ -77,13 +77,6 @@ fn pod_guard_cgroups(state_dir: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
-fn proto_str(p: Proto) -> &'static str {
-    match p {
-        Proto::Udp => "udp",
-        _ => "tcp",
-    }
-}
-
 fn status_str(s: PortStatus) -> &'static str {
     match s {
         PortStatus::Approved => "approved",
@@ -122,7 +115,7 @@ fn text(rows: &[(OpenPort, Standing)]) -> String {
         out.push_str(&format!(
             "{:<10} {:<5} {:<28} {:<8} {:<16} {:<14} {detail}\n",
             status_str(s.status),
-            proto_str(p.proto),
+            p.proto.to_string(),
             local,
             p.pid.map_or("-".to_owned(), |p| p.to_string()),
             if p.comm.is_empty() { "-" } else { &p.comm },
@@ -147,7 +140,7 @@ fn json(rows: &[(OpenPort, Standing)]) -> serde_json::Value {
             let w = workload::parse(p.cgroup.as_deref().unwrap_or(""));
             json!({
                 "status": status_str(s.status),
-                "proto": proto_str(p.proto),
+                "proto": p.proto.to_string(),
                 "addr": p.addr,
                 "port": p.port,
                 "pid": p.pid,
@@ -159,7 +152,7 @@ fn json(rows: &[(OpenPort, Standing)]) -> serde_json::Value {
                 "netns": p.netns,
                 "inode": p.inode,
                 "guard": s.guard,
-                "mode": s.mode,
+                "mode": s.mode.map(|m| m.as_str()),
                 "rule": s.rule,
             })
         })

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use portguard_common::{ORPHAN_GUARD_ID, Op, Verdict};
+use portguard_common::{ORPHAN_GUARD_ID, Op, Transport, Verdict};
 
 use crate::{
     bpf::DecodedEvent,
@@ -33,7 +33,7 @@ struct Kind {
     guard_id: u32,
     op: Option<Op>,
     verdict: Option<Verdict>,
-    proto: &'static str,
+    proto: Transport,
     addr: IpAddr,
     port: u16,
 }
@@ -159,7 +159,7 @@ impl DenialLog {
                 pid: e.pid,
                 comm: e.comm.clone(),
                 op,
-                proto: e.proto.to_owned(),
+                proto: e.proto,
                 addr: e.addr,
                 port: e.port,
                 count: repeats.max(1),
@@ -181,7 +181,7 @@ impl DenialLog {
             comm = %e.comm,
             exe = %exe,
             op,
-            proto = e.proto,
+            proto = %e.proto,
             addr = %e.addr,
             port = e.port,
             verdict,

@@ -15,14 +15,13 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use portguard_common::UNGUARDED_ID;
+use portguard_common::{Transport, UNGUARDED_ID};
 
 use crate::{
     bpf::DecodedEvent,
     cgroup::{CgroupNames, workload},
-    inventory::{self, Standing},
-    metrics::ListenerKey,
-    policy::{Policy, Proto, eval::Action},
+    inventory::{self, ListenerKey, Standing},
+    policy::{Policy, eval::Action},
     trail::{PortStatus, Record, RecordKind, RecordOp},
 };
 
@@ -36,7 +35,7 @@ pub const SETTLE: Duration = Duration::from_secs(1);
 /// A port live for at least [`SETTLE`] (or found live at start-up).
 struct Live {
     record: Record,
-    proto: Proto,
+    proto: Transport,
     opened: Instant,
 }
 
@@ -52,7 +51,7 @@ struct Pending {
 struct BriefKey {
     sock_cgroup: u64,
     guard_id: u32,
-    proto: &'static str,
+    proto: Transport,
     addr: IpAddr,
     port: u16,
 }
@@ -92,7 +91,7 @@ impl Listeners {
         for cookie in settled {
             let Some(p) = self.pending.remove(&cookie) else { continue };
             let e = &p.event;
-            let proto = proto_of(e);
+            let proto = e.proto;
             // A port that went live between the attach and the start-up read
             // of /proc was listed from there already: the event adopts that
             // entry (now closable by its cookie) instead of opening it twice.
@@ -135,21 +134,22 @@ impl Listeners {
         policy: Option<&Policy>,
         guard_names: &HashMap<u32, String>,
     ) -> Record {
-        let proto = proto_of(e);
+        let proto = e.proto;
         let cgroup = self.names.name(e.sock_cgroup);
         // The kernel names the guard that covers the socket; the policy
         // says which rule (if any) approves the port.
         let standing = match (policy, guard_names.get(&e.guard_id)) {
             (Some(p), Some(name)) if e.guard_id != UNGUARDED_ID => {
                 match p.guards.iter().find(|g| &g.name == name) {
-                    Some(g) => inventory::standing_of(g.judge(Action::Bind, proto, e.addr, e.port)),
+                    Some(g) => inventory::standing_of(g.judge_observed(Action::Bind, proto, e.addr, e.port)),
                     None => inventory::standing(p, Some(&cgroup), None, proto, e.addr, e.port),
                 }
             }
             (Some(p), _) => inventory::standing(p, Some(&cgroup), None, proto, e.addr, e.port),
             (None, _) => inventory::standing_of(crate::policy::eval::Judgement::Unguarded),
         };
-        let mut r = record(kind, cgroup, e.pid, e.comm.clone(), proto, e.addr, e.port, &standing);
+        let port = Port { cgroup, pid: e.pid, comm: e.comm.clone(), proto, addr: e.addr, port: e.port };
+        let mut r = record(kind, port, &standing);
         r.time = crate::trail::rfc3339(at);
         r
     }
@@ -171,16 +171,15 @@ impl Listeners {
             let cgroup =
                 p.cgroup.as_deref().and_then(|c| inventory::relative_to_root(c, &self.root_in_mount));
             let standing = inventory::standing(policy, cgroup.as_deref(), None, p.proto, p.addr, p.port);
-            let record = record(
-                RecordKind::PortOpened,
-                cgroup.unwrap_or_else(|| p.cgroup.clone().unwrap_or_default()),
-                p.pid.unwrap_or(0),
-                p.comm.clone(),
-                p.proto,
-                p.addr,
-                p.port,
-                &standing,
-            );
+            let port = Port {
+                cgroup: cgroup.unwrap_or_else(|| p.cgroup.clone().unwrap_or_default()),
+                pid: p.pid.unwrap_or(0),
+                comm: p.comm.clone(),
+                proto: p.proto,
+                addr: p.addr,
+                port: p.port,
+            };
+            let record = record(RecordKind::PortOpened, port, &standing);
             out.push(record.clone());
             self.live.insert(SCANNED | p.inode, Live { record, proto: p.proto, opened: Instant::now() });
         }
@@ -245,7 +244,7 @@ impl Listeners {
         for l in self.live.values() {
             let key = ListenerKey {
                 guard: l.record.guard.clone().unwrap_or_default(),
-                proto: l.record.proto.clone(),
+                proto: l.record.proto,
                 port: l.record.port,
                 approved: l.record.status.map_or("unguarded", status_label),
             };
@@ -253,10 +252,6 @@ impl Listeners {
         }
         out
     }
-}
-
-fn proto_of(e: &DecodedEvent) -> Proto {
-    if e.proto == "udp" { Proto::Udp } else { Proto::Tcp }
 }
 
 fn status_label(s: PortStatus) -> &'static str {
@@ -278,22 +273,23 @@ fn closed(l: Live) -> Record {
 fn apply_standing(r: &mut Record, s: &Standing) {
     r.guard = s.guard.clone();
     r.guard_cgroup = s.guard_cgroup.clone();
-    r.mode = s.mode.map(str::to_owned);
+    r.mode = s.mode.map(|m| m.as_str().to_owned());
     r.status = Some(s.status);
     r.rule = s.rule.clone();
 }
 
-#[allow(clippy::too_many_arguments)]
-fn record(
-    event: RecordKind,
+/// What a port record says about the port, before its standing.
+struct Port {
     cgroup: String,
     pid: u32,
     comm: String,
-    proto: Proto,
+    proto: Transport,
     addr: IpAddr,
     port: u16,
-    s: &Standing,
-) -> Record {
+}
+
+fn record(event: RecordKind, port: Port, s: &Standing) -> Record {
+    let Port { cgroup, pid, comm, proto, addr, port } = port;
     let w = workload::parse(&cgroup);
     let mut r = Record {
         time: crate::trail::now_rfc3339(),
@@ -307,7 +303,7 @@ fn record(
         pid,
         comm,
         op: RecordOp::Bind,
-        proto: if proto == Proto::Udp { "udp" } else { "tcp" }.to_owned(),
+        proto,
         addr: crate::policy::eval::canonical(addr),
         port,
         count: 1,

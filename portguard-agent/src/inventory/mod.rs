@@ -7,9 +7,11 @@ pub(crate) mod procfs;
 
 use std::net::IpAddr;
 
+use portguard_common::Transport;
+
 use crate::{
     policy::{
-        Policy, Proto,
+        Mode, Policy,
         eval::{Action, Judgement},
     },
     trail::{PortStatus, RuleInfo},
@@ -21,7 +23,7 @@ pub struct Standing {
     pub status: PortStatus,
     pub guard: Option<String>,
     pub guard_cgroup: Option<String>,
-    pub mode: Option<&'static str>,
+    pub mode: Option<Mode>,
     pub rule: Option<RuleInfo>,
 }
 
@@ -32,12 +34,12 @@ pub fn standing(
     policy: &Policy,
     cgroup: Option<&str>,
     reported: Option<&str>,
-    proto: Proto,
+    proto: Transport,
     addr: IpAddr,
     port: u16,
 ) -> Standing {
     let judgement = match cgroup {
-        Some(cg) => policy.judge_reported(cg, reported, Action::Bind, proto, addr, port),
+        Some(cg) => policy.judge_observed(cg, reported, Action::Bind, proto, addr, port),
         None => Judgement::Unguarded,
     };
     standing_of(judgement)
@@ -57,9 +59,20 @@ pub fn standing_of(judgement: Judgement<'_>) -> Standing {
         status,
         guard: guard.map(|g| g.name.clone()),
         guard_cgroup: guard.and_then(|g| g.target.cgroup().map(str::to_owned)),
-        mode: guard.map(|g| g.mode.as_str()),
+        mode: guard.map(|g| g.mode),
         rule,
     }
+}
+
+/// One `portguard_listeners` series.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct ListenerKey {
+    /// Empty for ports no guard covers.
+    pub(crate) guard: String,
+    pub(crate) proto: Transport,
+    pub(crate) port: u16,
+    /// "true", "false", or "unguarded".
+    pub(crate) approved: &'static str,
 }
 
 /// `path` (relative to the cgroup2 mount) relative to the attach root,

@@ -13,12 +13,12 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use crate::policy::Proto;
+use portguard_common::Transport;
 
 /// A port some socket holds open.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenPort {
-    pub proto: Proto,
+    pub proto: Transport,
     pub addr: IpAddr,
     pub port: u16,
     /// The socket's inode, unique per host while it lives.
@@ -72,7 +72,7 @@ pub fn open_ports() -> std::io::Result<Vec<OpenPort>> {
             }
         })
         .collect();
-    out.sort_by_key(|p| (p.port, p.proto as u8, p.addr, p.inode));
+    out.sort_by_key(|p| (p.port, p.proto.number(), p.addr, p.inode));
     Ok(out)
 }
 
@@ -105,13 +105,13 @@ fn namespaces(pids: &[u32]) -> BTreeMap<u64, u32> {
 
 /// (netns, proto, row) of every listening TCP and bound, unconnected UDP
 /// socket in `namespaces`.
-fn live_entries(namespaces: &BTreeMap<u64, u32>) -> impl Iterator<Item = (u64, Proto, Entry)> + '_ {
+fn live_entries(namespaces: &BTreeMap<u64, u32>) -> impl Iterator<Item = (u64, Transport, Entry)> + '_ {
     namespaces.iter().flat_map(|(&netns, &pid)| {
         [
-            ("tcp", Proto::Tcp, TCP_LISTEN, false),
-            ("tcp6", Proto::Tcp, TCP_LISTEN, true),
-            ("udp", Proto::Udp, UDP_UNCONNECTED, false),
-            ("udp6", Proto::Udp, UDP_UNCONNECTED, true),
+            ("tcp", Transport::Tcp, TCP_LISTEN, false),
+            ("tcp6", Transport::Tcp, TCP_LISTEN, true),
+            ("udp", Transport::Udp, UDP_UNCONNECTED, false),
+            ("udp6", Transport::Udp, UDP_UNCONNECTED, true),
         ]
         .into_iter()
         .flat_map(move |(file, proto, state, v6)| {
@@ -209,7 +209,8 @@ mod tests {
         let port = l.local_addr().unwrap().port();
         let me = std::process::id();
         let found = open_ports().unwrap();
-        let mine = found.iter().find(|p| p.port == port && p.proto == Proto::Tcp).expect("listener found");
+        let mine =
+            found.iter().find(|p| p.port == port && p.proto == Transport::Tcp).expect("listener found");
         assert_eq!(mine.pid, Some(me));
         assert_eq!(mine.addr, "127.0.0.1".parse::<IpAddr>().unwrap());
         assert_eq!(mine.cgroup, cgroup_of(me));

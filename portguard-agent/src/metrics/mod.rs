@@ -18,7 +18,7 @@ use std::{
 
 pub use server::serve;
 
-use crate::bpf::KernelCounters;
+use crate::{bpf::KernelCounters, inventory::ListenerKey};
 
 /// What the agent knows about the policy it applied.
 #[derive(Debug, Clone, Default)]
@@ -34,17 +34,6 @@ pub struct PolicySummary {
     pub kube_pods: Option<usize>,
     /// Entries in each policy map, both slots.
     pub map_entries: Vec<(&'static str, usize)>,
-}
-
-/// One `portguard_listeners` series.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ListenerKey {
-    /// Empty for ports no guard covers.
-    pub guard: String,
-    pub proto: String,
-    pub port: u16,
-    /// "true", "false", or "unguarded".
-    pub approved: &'static str,
 }
 
 #[derive(Debug)]

@@ -103,7 +103,7 @@ mod tests {
             pid: 1,
             comm: "x".into(),
             op: RecordOp::Bind,
-            proto: "tcp".into(),
+            proto: portguard_common::Transport::Tcp,
             addr: "127.0.0.1".parse().unwrap(),
             port,
             count: 1,

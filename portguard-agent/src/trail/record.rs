@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use portguard_common::Transport;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::{Catalog, Proto, eval::Action};
@@ -109,8 +110,10 @@ pub struct Record {
     pub pid: u32,
     pub comm: String,
     pub op: RecordOp,
-    /// "tcp", "udp" or "other".
-    pub proto: String,
+    /// "tcp", "udp", or "proto-N" for another IP protocol ("other" from
+    /// older agents reads as `Other(0)`).
+    #[serde(with = "transport_text")]
+    pub proto: Transport,
     pub addr: IpAddr,
     pub port: u16,
     /// How many identical operations this line stands for (denials are
@@ -133,12 +136,25 @@ fn one() -> u64 {
 }
 
 impl Record {
+    /// The rule protocol it is judged by; `None` for one no rule names.
     pub fn proto(&self) -> Option<Proto> {
-        match self.proto.as_str() {
-            "tcp" => Some(Proto::Tcp),
-            "udp" => Some(Proto::Udp),
-            _ => None,
-        }
+        Proto::of(self.proto)
+    }
+}
+
+/// `Transport` in the trail as its text (`Display`/`FromStr`), so the
+/// JSON stays what it was for TCP and UDP.
+mod transport_text {
+    use portguard_common::Transport;
+    use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
+
+    pub(super) fn serialize<S: Serializer>(t: &Transport, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(t)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Transport, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(d)?;
+        text.parse().map_err(|e| D::Error::custom(format!("proto {text:?}: {e}")))
     }
 }
 
