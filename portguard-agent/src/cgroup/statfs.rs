@@ -3,10 +3,10 @@
 
 use std::{io, path::Path};
 
-pub const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-pub const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+pub(crate) const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+pub(crate) const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-pub fn magic(path: &Path) -> io::Result<i64> {
+pub(crate) fn magic(path: &Path) -> io::Result<i64> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     // SAFETY: libc::statfs is plain integers and arrays, for which all

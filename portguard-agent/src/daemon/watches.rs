@@ -22,14 +22,14 @@ use std::{
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
-pub struct CgroupWatch {
+pub(crate) struct CgroupWatch {
     watcher: RecommendedWatcher,
     watched: HashSet<PathBuf>,
     events: mpsc::UnboundedReceiver<()>,
 }
 
 impl CgroupWatch {
-    pub fn new() -> notify::Result<CgroupWatch> {
+    pub(crate) fn new() -> notify::Result<CgroupWatch> {
         let (tx, events) = mpsc::unbounded_channel();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res
@@ -42,7 +42,7 @@ impl CgroupWatch {
     }
 
     /// Watches the nearest existing ancestor of each of `cgroups`.
-    pub fn watch_parents_of<'a>(&mut self, cgroups: impl IntoIterator<Item = &'a Path>) {
+    pub(crate) fn watch_parents_of<'a>(&mut self, cgroups: impl IntoIterator<Item = &'a Path>) {
         let wanted: HashSet<PathBuf> = cgroups.into_iter().filter_map(nearest_existing_parent).collect();
         for gone in self.watched.difference(&wanted).cloned().collect::<Vec<_>>() {
             let _ = self.watcher.unwatch(&gone);
@@ -62,7 +62,7 @@ impl CgroupWatch {
 
     /// Resolves when something under a watched directory was created or
     /// removed (coalescing bursts into one wake-up).
-    pub async fn changed(&mut self) {
+    pub(crate) async fn changed(&mut self) {
         if self.events.recv().await.is_some() {
             while self.events.try_recv().is_ok() {}
         } else {

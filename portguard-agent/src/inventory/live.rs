@@ -30,7 +30,7 @@ use crate::{
 const SCANNED: u64 = 1 << 63;
 
 /// How long a port must stay live to get its own trail lines.
-pub const SETTLE: Duration = Duration::from_secs(1);
+pub(crate) const SETTLE: Duration = Duration::from_secs(1);
 
 /// A port live for at least [`SETTLE`] (or found live at start-up).
 struct Live {
@@ -56,7 +56,7 @@ struct BriefKey {
     port: u16,
 }
 
-pub struct Listeners {
+pub(crate) struct Listeners {
     names: CgroupNames,
     root_in_mount: String,
     live: HashMap<u64, Live>,
@@ -67,7 +67,7 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    pub fn new(root: std::path::PathBuf, root_in_mount: String) -> Listeners {
+    pub(crate) fn new(root: std::path::PathBuf, root_in_mount: String) -> Listeners {
         Listeners {
             names: CgroupNames::new(root),
             root_in_mount,
@@ -80,7 +80,7 @@ impl Listeners {
 
     /// Classifies and writes the ports that have now settled, and the brief
     /// ones summed once per [`SETTLE`]. Call it a few times per second.
-    pub fn tick(
+    pub(crate) fn tick(
         &mut self,
         policy: Option<&Policy>,
         guard_names: &HashMap<u32, String>,
@@ -156,7 +156,7 @@ impl Listeners {
 
     /// Takes in the ports already live before the agent's programs were
     /// attached; they are reported as opened (`comm` and `pid` from /proc).
-    pub fn seed(&mut self, policy: &Policy, out: &mut Vec<Record>) {
+    pub(crate) fn seed(&mut self, policy: &Policy, out: &mut Vec<Record>) {
         let ports = match inventory::procfs::open_ports() {
             Ok(p) => p,
             Err(e) => {
@@ -186,7 +186,7 @@ impl Listeners {
     }
 
     /// Drops /proc-seeded ports that are gone (their close raises no event).
-    pub fn prune_seeded(&mut self, out: &mut Vec<Record>) {
+    pub(crate) fn prune_seeded(&mut self, out: &mut Vec<Record>) {
         if !self.live.keys().any(|k| k & SCANNED != 0) {
             return;
         }
@@ -205,11 +205,11 @@ impl Listeners {
 
     /// Kept raw until it settles (see the module's doc): this runs for
     /// every port that opens, so it must stay cheap.
-    pub fn port_opened(&mut self, e: DecodedEvent) {
+    pub(crate) fn port_opened(&mut self, e: DecodedEvent) {
         self.pending.insert(e.cookie, Pending { event: e, opened: Instant::now(), at: SystemTime::now() });
     }
 
-    pub fn port_closed(&mut self, e: &DecodedEvent, out: &mut Vec<Record>) {
+    pub(crate) fn port_closed(&mut self, e: &DecodedEvent, out: &mut Vec<Record>) {
         if let Some(p) = self.pending.remove(&e.cookie) {
             let o = p.event;
             let key = BriefKey {
@@ -230,7 +230,7 @@ impl Listeners {
     }
 
     /// Re-judges every live port under a newly applied policy.
-    pub fn reclassify(&mut self, policy: &Policy) {
+    pub(crate) fn reclassify(&mut self, policy: &Policy) {
         for l in self.live.values_mut() {
             let r = &mut l.record;
             let s = inventory::standing(policy, Some(&r.cgroup), r.guard.as_deref(), l.proto, r.addr, r.port);
@@ -239,7 +239,7 @@ impl Listeners {
     }
 
     /// Settled live ports by (guard, proto, port, approved), for the metric.
-    pub fn counts(&self) -> BTreeMap<ListenerKey, i64> {
+    pub(crate) fn counts(&self) -> BTreeMap<ListenerKey, i64> {
         let mut out = BTreeMap::new();
         for l in self.live.values() {
             let key = ListenerKey {

@@ -19,18 +19,18 @@ use crate::{
 
 /// A live port's standing under a policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Standing {
-    pub status: PortStatus,
-    pub guard: Option<String>,
-    pub guard_cgroup: Option<String>,
-    pub mode: Option<Mode>,
-    pub rule: Option<RuleInfo>,
+pub(crate) struct Standing {
+    pub(crate) status: PortStatus,
+    pub(crate) guard: Option<String>,
+    pub(crate) guard_cgroup: Option<String>,
+    pub(crate) mode: Option<Mode>,
+    pub(crate) rule: Option<RuleInfo>,
 }
 
 /// How `policy` sees a port live in `cgroup` (relative to the attach root;
 /// `None` for a cgroup outside it, which no guard covers).
 /// `reported` is the guard an event named, for pod guards.
-pub fn standing(
+pub(crate) fn standing(
     policy: &Policy,
     cgroup: Option<&str>,
     reported: Option<&str>,
@@ -45,7 +45,7 @@ pub fn standing(
     standing_of(judgement)
 }
 
-pub fn standing_of(judgement: Judgement<'_>) -> Standing {
+pub(crate) fn standing_of(judgement: Judgement<'_>) -> Standing {
     let guard = judgement.guard();
     let (status, rule) = match judgement {
         Judgement::Unguarded => (PortStatus::Unguarded, None),
@@ -77,7 +77,7 @@ pub(crate) struct ListenerKey {
 
 /// `path` (relative to the cgroup2 mount) relative to the attach root,
 /// itself given relative to the mount; `None` when it lies outside.
-pub fn relative_to_root(path: &str, root_in_mount: &str) -> Option<String> {
+pub(crate) fn relative_to_root(path: &str, root_in_mount: &str) -> Option<String> {
     if root_in_mount == "/" || root_in_mount.is_empty() {
         return Some(path.to_owned());
     }

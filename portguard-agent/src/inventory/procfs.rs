@@ -17,19 +17,19 @@ use portguard_common::Transport;
 
 /// A port some socket holds open.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OpenPort {
-    pub proto: Transport,
-    pub addr: IpAddr,
-    pub port: u16,
+pub(crate) struct OpenPort {
+    pub(crate) proto: Transport,
+    pub(crate) addr: IpAddr,
+    pub(crate) port: u16,
     /// The socket's inode, unique per host while it lives.
-    pub inode: u64,
+    pub(crate) inode: u64,
     /// Inode of its network namespace.
-    pub netns: u64,
+    pub(crate) netns: u64,
     /// The lowest pid holding it open (forked workers share a listener).
-    pub pid: Option<u32>,
-    pub comm: String,
+    pub(crate) pid: Option<u32>,
+    pub(crate) comm: String,
     /// The holder's cgroup, relative to the cgroup2 mount.
-    pub cgroup: Option<String>,
+    pub(crate) cgroup: Option<String>,
 }
 
 const TCP_LISTEN: u8 = 0x0A;
@@ -42,7 +42,7 @@ const UDP_UNCONNECTED: u8 = 0x07;
 /// an immediate re-bind of its port can fail with EADDRINUSE. So this runs
 /// once (start-up, `portguard scan`), never periodically; see
 /// [`live_socket_inodes`].
-pub fn open_ports() -> std::io::Result<Vec<OpenPort>> {
+pub(crate) fn open_ports() -> std::io::Result<Vec<OpenPort>> {
     let pids = pids()?;
     let namespaces = namespaces(&pids);
     // socket inode -> lowest pid holding it.
@@ -78,7 +78,7 @@ pub fn open_ports() -> std::io::Result<Vec<OpenPort>> {
 
 /// The inodes of the live ports' sockets, from the tables alone: no file
 /// references taken, safe to run periodically.
-pub fn live_socket_inodes() -> std::io::Result<HashSet<u64>> {
+pub(crate) fn live_socket_inodes() -> std::io::Result<HashSet<u64>> {
     Ok(live_entries(&namespaces(&pids()?)).map(|(_, _, e)| e.inode).collect())
 }
 
@@ -133,12 +133,12 @@ fn socket_inode(target: &str) -> Option<u64> {
     target.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
 }
 
-pub fn comm(pid: u32) -> String {
+pub(crate) fn comm(pid: u32) -> String {
     fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim_end().to_owned()).unwrap_or_default()
 }
 
 /// The cgroup v2 path of a process ("0::/path" in /proc/<pid>/cgroup).
-pub fn cgroup_of(pid: u32) -> Option<String> {
+pub(crate) fn cgroup_of(pid: u32) -> Option<String> {
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     text.lines().find_map(|l| l.strip_prefix("0::")).map(|p| p.trim_end().to_owned())
 }
