@@ -12,10 +12,9 @@ use super::CmdError;
 use crate::{
     cgroup::{self, workload},
     cli::OutputFormat,
-    inventory::{self, Standing, procfs::OpenPort},
+    inventory::{self, Approval, Standing, procfs::OpenPort},
     policy::{self, eval::is_within},
     state_file,
-    trail::PortStatus,
 };
 
 pub(super) struct ScanArgs<'a> {
@@ -30,7 +29,7 @@ pub(super) struct ScanArgs<'a> {
 
 pub(super) fn run(args: &ScanArgs) -> Result<(), CmdError> {
     let rows = scan(args).map_err(CmdError::BadInput)?;
-    let unapproved = rows.iter().filter(|(_, s)| s.status == PortStatus::Unapproved).count();
+    let unapproved = rows.iter().filter(|(_, s)| s.status == Approval::Unapproved).count();
     match args.format {
         OutputFormat::Text => print!("{}", text(&rows)),
         OutputFormat::Json => println!("{}", json(&rows)),
@@ -77,14 +76,6 @@ fn pod_guard_cgroups(state_dir: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
-fn status_str(s: PortStatus) -> &'static str {
-    match s {
-        PortStatus::Approved => "approved",
-        PortStatus::Unapproved => "unapproved",
-        PortStatus::Unguarded => "unguarded",
-    }
-}
-
 fn text(rows: &[(OpenPort, Standing)]) -> String {
     let mut out = format!(
         "{:<10} {:<5} {:<28} {:<8} {:<16} {:<14} {}\n",
@@ -114,7 +105,7 @@ fn text(rows: &[(OpenPort, Standing)]) -> String {
         }
         out.push_str(&format!(
             "{:<10} {:<5} {:<28} {:<8} {:<16} {:<14} {detail}\n",
-            status_str(s.status),
+            s.status.as_str(),
             p.proto.to_string(),
             local,
             p.pid.map_or("-".to_owned(), |p| p.to_string()),
@@ -126,9 +117,9 @@ fn text(rows: &[(OpenPort, Standing)]) -> String {
     out.push_str(&format!(
         "{} live ports: {} approved, {} unapproved, {} unguarded\n",
         rows.len(),
-        count(PortStatus::Approved),
-        count(PortStatus::Unapproved),
-        count(PortStatus::Unguarded)
+        count(Approval::Approved),
+        count(Approval::Unapproved),
+        count(Approval::Unguarded)
     ));
     out
 }
@@ -139,7 +130,7 @@ fn json(rows: &[(OpenPort, Standing)]) -> serde_json::Value {
         .map(|(p, s)| {
             let w = workload::parse(p.cgroup.as_deref().unwrap_or(""));
             json!({
-                "status": status_str(s.status),
+                "status": s.status.as_str(),
                 "proto": p.proto.to_string(),
                 "addr": p.addr,
                 "port": p.port,

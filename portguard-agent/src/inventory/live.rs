@@ -20,9 +20,9 @@ use portguard_common::{Transport, UNGUARDED_ID};
 use crate::{
     bpf::DecodedEvent,
     cgroup::{CgroupNames, workload},
-    inventory::{self, ListenerKey, Standing},
+    inventory::{self, Approval, ListenerKey, Standing},
     policy::{Policy, eval::Action},
-    trail::{PortStatus, Record, RecordKind, RecordOp},
+    trail::{Record, RecordKind, RecordOp},
 };
 
 /// Ports seen by /proc rather than by an event have no socket cookie; their
@@ -246,19 +246,11 @@ impl Listeners {
                 guard: l.record.guard.clone().unwrap_or_default(),
                 proto: l.record.proto,
                 port: l.record.port,
-                approved: l.record.status.map_or("unguarded", status_label),
+                approved: l.record.status.unwrap_or(Approval::Unguarded),
             };
             *out.entry(key).or_default() += 1;
         }
         out
-    }
-}
-
-fn status_label(s: PortStatus) -> &'static str {
-    match s {
-        PortStatus::Approved => "true",
-        PortStatus::Unapproved => "false",
-        PortStatus::Unguarded => "unguarded",
     }
 }
 

@@ -9,18 +9,81 @@ use std::net::IpAddr;
 
 use portguard_common::Transport;
 
-use crate::{
-    policy::{
-        Mode, Policy,
-        eval::{Action, Judgement},
-    },
-    trail::{PortStatus, RuleInfo},
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{
+    Catalog, Mode, Policy,
+    eval::{Action, Judgement},
 };
+
+/// Whether a live port is one the policy approves: the one spelling, in
+/// the trail and `scan` (`approved`...), and in the metric's label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Approval {
+    /// A rule of its guard allows it.
+    Approved,
+    /// Its guard has no rule for it: bound before the policy, or in audit mode.
+    Unapproved,
+    /// No guard covers its cgroup.
+    Unguarded,
+}
+
+impl Approval {
+    /// As the trail and `scan` say it (the serde spelling).
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Approval::Approved => "approved",
+            Approval::Unapproved => "unapproved",
+            Approval::Unguarded => "unguarded",
+        }
+    }
+
+    /// The `approved` label of `portguard_listeners`, which alert rules
+    /// match: `true`, `false` or `unguarded`.
+    pub(crate) fn metric_label(self) -> &'static str {
+        match self {
+            Approval::Approved => "true",
+            Approval::Unapproved => "false",
+            Approval::Unguarded => "unguarded",
+        }
+    }
+}
+
+/// The rule that approves a port, with its catalog entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RuleInfo {
+    /// 1-based, as `portguard check` numbers rules.
+    pub(crate) number: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) owner: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) purpose: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) approved_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ticket: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) expires: Option<String>,
+}
+
+impl RuleInfo {
+    pub(crate) fn new(index: usize, c: &Catalog) -> RuleInfo {
+        RuleInfo {
+            number: index + 1,
+            owner: c.owner.clone(),
+            purpose: c.purpose.clone(),
+            approved_by: c.approved_by.clone(),
+            ticket: c.ticket.clone(),
+            expires: c.expires.map(|e| e.to_string()),
+        }
+    }
+}
 
 /// A live port's standing under a policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Standing {
-    pub(crate) status: PortStatus,
+    pub(crate) status: Approval,
     pub(crate) guard: Option<String>,
     pub(crate) guard_cgroup: Option<String>,
     pub(crate) mode: Option<Mode>,
@@ -48,12 +111,12 @@ pub(crate) fn standing(
 pub(crate) fn standing_of(judgement: Judgement<'_>) -> Standing {
     let guard = judgement.guard();
     let (status, rule) = match judgement {
-        Judgement::Unguarded => (PortStatus::Unguarded, None),
+        Judgement::Unguarded => (Approval::Unguarded, None),
         Judgement::Allowed { guard, rule } => {
-            (PortStatus::Approved, Some(RuleInfo::new(rule, &guard.bind[rule].catalog)))
+            (Approval::Approved, Some(RuleInfo::new(rule, &guard.bind[rule].catalog)))
         }
         // A kernel-chosen port is allowed but was never catalogued.
-        Judgement::AllowedEphemeral { .. } | Judgement::Violation { .. } => (PortStatus::Unapproved, None),
+        Judgement::AllowedEphemeral { .. } | Judgement::Violation { .. } => (Approval::Unapproved, None),
     };
     Standing {
         status,
@@ -71,8 +134,7 @@ pub(crate) struct ListenerKey {
     pub(crate) guard: String,
     pub(crate) proto: Transport,
     pub(crate) port: u16,
-    /// "true", "false", or "unguarded".
-    pub(crate) approved: &'static str,
+    pub(crate) approved: Approval,
 }
 
 /// `path` (relative to the cgroup2 mount) relative to the attach root,

@@ -135,7 +135,7 @@ impl Collector for Metrics {
                         ("guard", k.guard),
                         ("proto", k.proto.label().to_owned()),
                         ("port", k.port.to_string()),
-                        ("approved", k.approved.to_owned()),
+                        ("approved", k.approved.metric_label().to_owned()),
                     ],
                     n,
                 )

@@ -11,7 +11,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-pub use record::{PortStatus, Record, RecordKind, RecordOp, RuleInfo, read_records};
+pub use record::{Record, RecordKind, RecordOp, read_records};
 
 pub struct AuditTrail {
     path: PathBuf,
@@ -89,6 +89,7 @@ pub fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inventory::{Approval, RuleInfo};
 
     fn record(port: u16) -> Record {
         Record {
@@ -107,7 +108,7 @@ mod tests {
             addr: "127.0.0.1".parse().unwrap(),
             port,
             count: 1,
-            status: Some(PortStatus::Approved),
+            status: Some(Approval::Approved),
             rule: Some(RuleInfo { number: 1, owner: Some("team".into()), ..RuleInfo::default() }),
             open_seconds: None,
         }

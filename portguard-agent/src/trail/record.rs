@@ -6,7 +6,10 @@ use std::net::IpAddr;
 use portguard_common::Transport;
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{Catalog, Proto, eval::Action};
+use crate::{
+    inventory::{Approval, RuleInfo},
+    policy::{Proto, eval::Action},
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -46,48 +49,6 @@ impl RecordOp {
     }
 }
 
-/// Whether a live port is one the policy approves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PortStatus {
-    /// A rule of its guard allows it.
-    Approved,
-    /// Its guard has no rule for it: bound before the policy, or in audit mode.
-    Unapproved,
-    /// No guard covers its cgroup.
-    Unguarded,
-}
-
-/// The rule that approves a port, with its catalog entry.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RuleInfo {
-    /// 1-based, as `portguard check` numbers rules.
-    pub number: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub owner: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub purpose: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub approved_by: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ticket: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub expires: Option<String>,
-}
-
-impl RuleInfo {
-    pub fn new(index: usize, c: &Catalog) -> RuleInfo {
-        RuleInfo {
-            number: index + 1,
-            owner: c.owner.clone(),
-            purpose: c.purpose.clone(),
-            approved_by: c.approved_by.clone(),
-            ticket: c.ticket.clone(),
-            expires: c.expires.map(|e| e.to_string()),
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     /// RFC 3339, UTC.
@@ -122,7 +83,7 @@ pub struct Record {
     pub count: u64,
     /// For port events: approved, unapproved or unguarded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<PortStatus>,
+    pub status: Option<Approval>,
     /// For approved ports: the rule, with its catalog entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<RuleInfo>,
