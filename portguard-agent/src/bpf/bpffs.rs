@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::statfs;
+use crate::cgroup::statfs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BpffsError {

@@ -9,7 +9,7 @@ use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
 };
-use portguard_common::{AF_INET, Event, IPPROTO_TCP, IPPROTO_UDP, Op, Verdict};
+use portguard_common::{AF_INET, Event, Op, Transport, Verdict};
 use tokio::io::unix::AsyncFd;
 
 /// An event as the kernel sent it, with its fields decoded.
@@ -18,13 +18,12 @@ pub struct DecodedEvent {
     pub sock_cgroup: u64,
     pub guard_cgroup: u64,
     pub pid: u32,
-    pub tid: u32,
     pub comm: String,
     pub generation: u64,
     pub guard_id: u32,
     pub op: Option<Op>,
     pub verdict: Option<Verdict>,
-    pub proto: &'static str,
+    pub proto: Transport,
     pub addr: IpAddr,
     pub port: u16,
     /// Pairs a port-lifecycle event with its close.
@@ -43,17 +42,12 @@ impl DecodedEvent {
             sock_cgroup: e.sock_cgroup,
             guard_cgroup: e.guard_cgroup,
             pid: (e.pid_tgid >> 32) as u32,
-            tid: e.pid_tgid as u32,
             comm: String::from_utf8_lossy(&e.comm[..comm_len]).into_owned(),
             generation: e.generation,
             guard_id: e.guard_id,
             op: Op::from_u8(e.op),
             verdict: Verdict::from_u8(e.verdict),
-            proto: match e.proto {
-                IPPROTO_TCP => "tcp",
-                IPPROTO_UDP => "udp",
-                _ => "other",
-            },
+            proto: Transport::from(e.proto),
             addr,
             port: e.port,
             cookie: e.cookie,

@@ -76,7 +76,8 @@ pub fn attach(ebpf: &mut Ebpf, pins: &PinLayout) -> Result<(), LoadError> {
 }
 
 fn attach_all(ebpf: &mut Ebpf, pins: &PinLayout) -> Result<(), LoadError> {
-    let stamp = format!("{}-{}", std::process::id(), super::super::agent::state::now_unix());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let stamp = format!("{}-{now}", std::process::id());
     for (name, _) in LSM_PROGRAMS {
         let program = ebpf.program_mut(name).ok_or(LoadError::MissingProgram { name })?;
         let p: &mut Lsm = program.try_into().map_err(|source| LoadError::Program { name, source })?;

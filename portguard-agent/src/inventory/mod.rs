@@ -1,69 +1,145 @@
 //! The port inventory: every live port, who holds it, and whether the
 //! policy approves it. `portguard scan` takes it from /proc once; the agent
-//! keeps it live from kernel events (see `agent::listeners`).
+//! keeps it live from kernel events (`live`).
 
-pub mod procfs;
+pub(crate) mod live;
+pub(crate) mod procfs;
 
 use std::net::IpAddr;
 
-use crate::{
-    policy::{
-        Policy, Proto,
-        eval::{Action, Judgement},
-    },
-    trail::{PortStatus, RuleInfo},
+use portguard_common::Transport;
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{
+    Catalog, Mode, Policy,
+    eval::{Action, Judgement},
 };
+
+/// Whether a live port is one the policy approves: the one spelling, in
+/// the trail and `scan` (`approved`...), and in the metric's label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Approval {
+    /// A rule of its guard allows it.
+    Approved,
+    /// Its guard has no rule for it: bound before the policy, or in audit mode.
+    Unapproved,
+    /// No guard covers its cgroup.
+    Unguarded,
+}
+
+impl Approval {
+    /// As the trail and `scan` say it (the serde spelling).
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Approval::Approved => "approved",
+            Approval::Unapproved => "unapproved",
+            Approval::Unguarded => "unguarded",
+        }
+    }
+
+    /// The `approved` label of `portguard_listeners`, which alert rules
+    /// match: `true`, `false` or `unguarded`.
+    pub(crate) fn metric_label(self) -> &'static str {
+        match self {
+            Approval::Approved => "true",
+            Approval::Unapproved => "false",
+            Approval::Unguarded => "unguarded",
+        }
+    }
+}
+
+/// The rule that approves a port, with its catalog entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RuleInfo {
+    /// 1-based, as `portguard check` numbers rules.
+    pub(crate) number: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) owner: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) purpose: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) approved_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ticket: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) expires: Option<String>,
+}
+
+impl RuleInfo {
+    pub(crate) fn new(index: usize, c: &Catalog) -> RuleInfo {
+        RuleInfo {
+            number: index + 1,
+            owner: c.owner.clone(),
+            purpose: c.purpose.clone(),
+            approved_by: c.approved_by.clone(),
+            ticket: c.ticket.clone(),
+            expires: c.expires.map(|e| e.to_string()),
+        }
+    }
+}
 
 /// A live port's standing under a policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Standing {
-    pub status: PortStatus,
-    pub guard: Option<String>,
-    pub guard_cgroup: Option<String>,
-    pub mode: Option<&'static str>,
-    pub rule: Option<RuleInfo>,
+pub(crate) struct Standing {
+    pub(crate) status: Approval,
+    pub(crate) guard: Option<String>,
+    pub(crate) guard_cgroup: Option<String>,
+    pub(crate) mode: Option<Mode>,
+    pub(crate) rule: Option<RuleInfo>,
 }
 
 /// How `policy` sees a port live in `cgroup` (relative to the attach root;
 /// `None` for a cgroup outside it, which no guard covers).
 /// `reported` is the guard an event named, for pod guards.
-pub fn standing(
+pub(crate) fn standing(
     policy: &Policy,
     cgroup: Option<&str>,
     reported: Option<&str>,
-    proto: Proto,
+    proto: Transport,
     addr: IpAddr,
     port: u16,
 ) -> Standing {
     let judgement = match cgroup {
-        Some(cg) => policy.judge_reported(cg, reported, Action::Bind, proto, addr, port),
+        Some(cg) => policy.judge_observed(cg, reported, Action::Bind, proto, addr, port),
         None => Judgement::Unguarded,
     };
     standing_of(judgement)
 }
 
-pub fn standing_of(judgement: Judgement<'_>) -> Standing {
+pub(crate) fn standing_of(judgement: Judgement<'_>) -> Standing {
     let guard = judgement.guard();
     let (status, rule) = match judgement {
-        Judgement::Unguarded => (PortStatus::Unguarded, None),
+        Judgement::Unguarded => (Approval::Unguarded, None),
         Judgement::Allowed { guard, rule } => {
-            (PortStatus::Approved, Some(RuleInfo::new(rule, &guard.bind[rule].catalog)))
+            (Approval::Approved, Some(RuleInfo::new(rule, &guard.bind[rule].catalog)))
         }
         // A kernel-chosen port is allowed but was never catalogued.
-        Judgement::AllowedEphemeral { .. } | Judgement::Violation { .. } => (PortStatus::Unapproved, None),
+        Judgement::AllowedEphemeral { .. } | Judgement::Violation { .. } => (Approval::Unapproved, None),
     };
     Standing {
         status,
         guard: guard.map(|g| g.name.clone()),
         guard_cgroup: guard.and_then(|g| g.target.cgroup().map(str::to_owned)),
-        mode: guard.map(|g| g.mode.as_str()),
+        mode: guard.map(|g| g.mode),
         rule,
     }
 }
 
+/// One `portguard_listeners` series.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct ListenerKey {
+    /// Empty for ports no guard covers.
+    pub(crate) guard: String,
+    pub(crate) proto: Transport,
+    pub(crate) port: u16,
+    pub(crate) approved: Approval,
+}
+
 /// `path` (relative to the cgroup2 mount) relative to the attach root,
 /// itself given relative to the mount; `None` when it lies outside.
-pub fn relative_to_root(path: &str, root_in_mount: &str) -> Option<String> {
+pub(crate) fn relative_to_root(path: &str, root_in_mount: &str) -> Option<String> {
     if root_in_mount == "/" || root_in_mount.is_empty() {
         return Some(path.to_owned());
     }

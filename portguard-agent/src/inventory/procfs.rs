@@ -13,23 +13,23 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use crate::policy::Proto;
+use portguard_common::Transport;
 
 /// A port some socket holds open.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OpenPort {
-    pub proto: Proto,
-    pub addr: IpAddr,
-    pub port: u16,
+pub(crate) struct OpenPort {
+    pub(crate) proto: Transport,
+    pub(crate) addr: IpAddr,
+    pub(crate) port: u16,
     /// The socket's inode, unique per host while it lives.
-    pub inode: u64,
+    pub(crate) inode: u64,
     /// Inode of its network namespace.
-    pub netns: u64,
+    pub(crate) netns: u64,
     /// The lowest pid holding it open (forked workers share a listener).
-    pub pid: Option<u32>,
-    pub comm: String,
+    pub(crate) pid: Option<u32>,
+    pub(crate) comm: String,
     /// The holder's cgroup, relative to the cgroup2 mount.
-    pub cgroup: Option<String>,
+    pub(crate) cgroup: Option<String>,
 }
 
 const TCP_LISTEN: u8 = 0x0A;
@@ -42,7 +42,7 @@ const UDP_UNCONNECTED: u8 = 0x07;
 /// an immediate re-bind of its port can fail with EADDRINUSE. So this runs
 /// once (start-up, `portguard scan`), never periodically; see
 /// [`live_socket_inodes`].
-pub fn open_ports() -> std::io::Result<Vec<OpenPort>> {
+pub(crate) fn open_ports() -> std::io::Result<Vec<OpenPort>> {
     let pids = pids()?;
     let namespaces = namespaces(&pids);
     // socket inode -> lowest pid holding it.
@@ -72,13 +72,13 @@ pub fn open_ports() -> std::io::Result<Vec<OpenPort>> {
             }
         })
         .collect();
-    out.sort_by_key(|p| (p.port, p.proto as u8, p.addr, p.inode));
+    out.sort_by_key(|p| (p.port, p.proto.number(), p.addr, p.inode));
     Ok(out)
 }
 
 /// The inodes of the live ports' sockets, from the tables alone: no file
 /// references taken, safe to run periodically.
-pub fn live_socket_inodes() -> std::io::Result<HashSet<u64>> {
+pub(crate) fn live_socket_inodes() -> std::io::Result<HashSet<u64>> {
     Ok(live_entries(&namespaces(&pids()?)).map(|(_, _, e)| e.inode).collect())
 }
 
@@ -105,13 +105,13 @@ fn namespaces(pids: &[u32]) -> BTreeMap<u64, u32> {
 
 /// (netns, proto, row) of every listening TCP and bound, unconnected UDP
 /// socket in `namespaces`.
-fn live_entries(namespaces: &BTreeMap<u64, u32>) -> impl Iterator<Item = (u64, Proto, Entry)> + '_ {
+fn live_entries(namespaces: &BTreeMap<u64, u32>) -> impl Iterator<Item = (u64, Transport, Entry)> + '_ {
     namespaces.iter().flat_map(|(&netns, &pid)| {
         [
-            ("tcp", Proto::Tcp, TCP_LISTEN, false),
-            ("tcp6", Proto::Tcp, TCP_LISTEN, true),
-            ("udp", Proto::Udp, UDP_UNCONNECTED, false),
-            ("udp6", Proto::Udp, UDP_UNCONNECTED, true),
+            ("tcp", Transport::Tcp, TCP_LISTEN, false),
+            ("tcp6", Transport::Tcp, TCP_LISTEN, true),
+            ("udp", Transport::Udp, UDP_UNCONNECTED, false),
+            ("udp6", Transport::Udp, UDP_UNCONNECTED, true),
         ]
         .into_iter()
         .flat_map(move |(file, proto, state, v6)| {
@@ -133,12 +133,12 @@ fn socket_inode(target: &str) -> Option<u64> {
     target.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
 }
 
-pub fn comm(pid: u32) -> String {
+pub(crate) fn comm(pid: u32) -> String {
     fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim_end().to_owned()).unwrap_or_default()
 }
 
 /// The cgroup v2 path of a process ("0::/path" in /proc/<pid>/cgroup).
-pub fn cgroup_of(pid: u32) -> Option<String> {
+pub(crate) fn cgroup_of(pid: u32) -> Option<String> {
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     text.lines().find_map(|l| l.strip_prefix("0::")).map(|p| p.trim_end().to_owned())
 }
@@ -209,7 +209,8 @@ mod tests {
         let port = l.local_addr().unwrap().port();
         let me = std::process::id();
         let found = open_ports().unwrap();
-        let mine = found.iter().find(|p| p.port == port && p.proto == Proto::Tcp).expect("listener found");
+        let mine =
+            found.iter().find(|p| p.port == port && p.proto == Transport::Tcp).expect("listener found");
         assert_eq!(mine.pid, Some(me));
         assert_eq!(mine.addr, "127.0.0.1".parse::<IpAddr>().unwrap());
         assert_eq!(mine.cgroup, cgroup_of(me));

@@ -63,7 +63,7 @@ impl Collector for Metrics {
             let labels = vec![
                 ("guard", name_of(key.guard_id)),
                 ("op", Op::from_u8(key.op).map_or("?", Op::as_str).to_owned()),
-                ("proto", proto_name(key.proto).to_owned()),
+                ("proto", portguard_common::Transport::from(key.proto).label().to_owned()),
                 ("port", key.port.to_string()),
             ];
             match Verdict::from_u8(key.verdict) {
@@ -133,9 +133,9 @@ impl Collector for Metrics {
                 (
                     vec![
                         ("guard", k.guard),
-                        ("proto", k.proto),
+                        ("proto", k.proto.label().to_owned()),
                         ("port", k.port.to_string()),
-                        ("approved", k.approved.to_owned()),
+                        ("approved", k.approved.metric_label().to_owned()),
                     ],
                     n,
                 )
@@ -193,13 +193,5 @@ impl Collector for Metrics {
             [(vec![("version", env!("CARGO_PKG_VERSION").to_owned())], 1)],
         )?;
         Ok(())
-    }
-}
-
-fn proto_name(p: u8) -> &'static str {
-    match p {
-        portguard_common::IPPROTO_TCP => "tcp",
-        portguard_common::IPPROTO_UDP => "udp",
-        _ => "other",
     }
 }

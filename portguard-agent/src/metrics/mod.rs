@@ -16,54 +16,43 @@ use std::{
     },
 };
 
-pub use server::serve;
+pub(crate) use server::serve;
 
-use crate::bpf::KernelCounters;
+use crate::{bpf::KernelCounters, inventory::ListenerKey};
 
 /// What the agent knows about the policy it applied.
 #[derive(Debug, Clone, Default)]
-pub struct PolicySummary {
-    pub file: String,
-    pub sha256: String,
-    pub generation: u64,
+pub(crate) struct PolicySummary {
+    pub(crate) file: String,
+    pub(crate) sha256: String,
+    pub(crate) generation: u64,
     /// Guard names by guard id.
-    pub guard_names: HashMap<u32, String>,
-    pub guards: usize,
-    pub guarded_cgroups: usize,
+    pub(crate) guard_names: HashMap<u32, String>,
+    pub(crate) guards: usize,
+    pub(crate) guarded_cgroups: usize,
     /// Pods of this node the agent knows, while it watches them.
-    pub kube_pods: Option<usize>,
+    pub(crate) kube_pods: Option<usize>,
     /// Entries in each policy map, both slots.
-    pub map_entries: Vec<(&'static str, usize)>,
-}
-
-/// One `portguard_listeners` series.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ListenerKey {
-    /// Empty for ports no guard covers.
-    pub guard: String,
-    pub proto: String,
-    pub port: u16,
-    /// "true", "false", or "unguarded".
-    pub approved: &'static str,
+    pub(crate) map_entries: Vec<(&'static str, usize)>,
 }
 
 #[derive(Debug)]
-pub struct Metrics {
-    pub ready: AtomicBool,
-    pub reloads_applied: AtomicU64,
-    pub reloads_rejected: AtomicU64,
+pub(crate) struct Metrics {
+    pub(crate) ready: AtomicBool,
+    pub(crate) reloads_applied: AtomicU64,
+    pub(crate) reloads_rejected: AtomicU64,
     /// Events read from the ring buffer by the agent.
-    pub events_received: AtomicU64,
+    pub(crate) events_received: AtomicU64,
     /// Failed list/watch calls to the Kubernetes API (each is retried).
-    pub kube_watch_errors: AtomicU64,
-    pub policy: Mutex<PolicySummary>,
+    pub(crate) kube_watch_errors: AtomicU64,
+    pub(crate) policy: Mutex<PolicySummary>,
     /// The live port inventory, counted.
-    pub listeners: Mutex<std::collections::BTreeMap<ListenerKey, i64>>,
+    pub(crate) listeners: Mutex<std::collections::BTreeMap<ListenerKey, i64>>,
     kernel: Mutex<KernelCounters>,
 }
 
 impl Metrics {
-    pub fn new(kernel: KernelCounters) -> Metrics {
+    pub(crate) fn new(kernel: KernelCounters) -> Metrics {
         Metrics {
             ready: AtomicBool::new(false),
             reloads_applied: AtomicU64::new(0),
@@ -76,7 +65,7 @@ impl Metrics {
         }
     }
 
-    pub fn set_policy(&self, summary: PolicySummary) {
+    pub(crate) fn set_policy(&self, summary: PolicySummary) {
         *self.policy.lock().expect("metrics lock") = summary;
     }
 }

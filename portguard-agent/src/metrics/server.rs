@@ -25,7 +25,7 @@ struct Shared {
 
 /// Binds `addr` now (so a taken port fails start-up) and serves in the
 /// background.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
+pub(crate) async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Arc::clone(&metrics)));
     let shared = Arc::new(Shared { registry, metrics });

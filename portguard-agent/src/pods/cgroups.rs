@@ -11,14 +11,14 @@
 
 /// A pod's QoS class (`status.qosClass`), which picks the middle level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub enum Qos {
+pub(crate) enum Qos {
     Guaranteed,
     Burstable,
     BestEffort,
 }
 
 impl Qos {
-    pub fn parse(s: &str) -> Option<Qos> {
+    pub(crate) fn parse(s: &str) -> Option<Qos> {
         match s {
             "Guaranteed" => Some(Qos::Guaranteed),
             "Burstable" => Some(Qos::Burstable),
@@ -41,7 +41,7 @@ impl Qos {
 /// may live: the systemd driver's first, then the cgroupfs driver's. With
 /// the QoS class unknown (status not written yet) every class is tried.
 /// The first path that exists is the pod's cgroup.
-pub fn candidates(uid: &str, qos: Option<Qos>) -> Vec<String> {
+pub(crate) fn candidates(uid: &str, qos: Option<Qos>) -> Vec<String> {
     // A UID is a UUID; anything else must not become a path component.
     if uid.is_empty() || !uid.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
         return Vec::new();

@@ -12,23 +12,23 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
 
-pub use cgroups::{Qos, candidates};
-pub use watch::{ApiSettings, PodUpdate, PodWatch, WatchError, connect, spawn_watch};
+pub(crate) use cgroups::{Qos, candidates};
+pub(crate) use watch::{ApiSettings, PodUpdate, PodWatch, WatchError, connect, spawn_watch};
 
 /// What portguard needs to know about one pod.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PodInfo {
-    pub uid: String,
-    pub namespace: String,
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
+pub(crate) struct PodInfo {
+    pub(crate) uid: String,
+    pub(crate) namespace: String,
+    pub(crate) name: String,
+    pub(crate) labels: BTreeMap<String, String>,
     /// None until the kubelet has written the pod's status.
-    pub qos: Option<Qos>,
+    pub(crate) qos: Option<Qos>,
 }
 
 impl PodInfo {
     /// None for an object without a UID (never seen from a real API server).
-    pub fn from_pod(pod: &Pod) -> Option<PodInfo> {
+    pub(crate) fn from_pod(pod: &Pod) -> Option<PodInfo> {
         let meta = &pod.metadata;
         Some(PodInfo {
             uid: meta.uid.clone().filter(|u| !u.is_empty())?,
@@ -40,12 +40,12 @@ impl PodInfo {
     }
 
     /// "namespace/name", as logs show a pod.
-    pub fn display_name(&self) -> String {
+    pub(crate) fn display_name(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
 
     /// Where this pod's cgroup may be, relative to the cgroup root.
-    pub fn cgroup_candidates(&self) -> Vec<String> {
+    pub(crate) fn cgroup_candidates(&self) -> Vec<String> {
         candidates(&self.uid, self.qos)
     }
 }
@@ -53,7 +53,7 @@ impl PodInfo {
 /// The pods this agent knows, by UID. When the API is unreachable it keeps
 /// the last known set, so guards keep covering the pods they covered.
 #[derive(Debug, Default)]
-pub struct PodIndex {
+pub(crate) struct PodIndex {
     pods: BTreeMap<String, PodInfo>,
     /// True once a complete list has arrived.
     listed: bool,
@@ -61,7 +61,7 @@ pub struct PodIndex {
 
 impl PodIndex {
     /// Applies one update; true when the set of pods changed.
-    pub fn apply(&mut self, update: PodUpdate) -> bool {
+    pub(crate) fn apply(&mut self, update: PodUpdate) -> bool {
         match update {
             PodUpdate::Listed(pods) => {
                 self.listed = true;
@@ -79,23 +79,24 @@ impl PodIndex {
     /// Takes `pods` as known without a list from the API (the last run's
     /// pods, at a start-up with the API unreachable); the next list
     /// replaces them.
-    pub fn seed(&mut self, pods: Vec<PodInfo>) {
+    pub(crate) fn seed(&mut self, pods: Vec<PodInfo>) {
         self.pods = pods.into_iter().map(|p| (p.uid.clone(), p)).collect();
     }
 
-    pub fn listed(&self) -> bool {
+    pub(crate) fn listed(&self) -> bool {
         self.listed
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.pods.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.pods.is_empty()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &PodInfo> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &PodInfo> {
         self.pods.values()
     }
 }

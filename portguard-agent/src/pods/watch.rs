@@ -17,18 +17,17 @@ use tokio::sync::mpsc;
 
 use super::PodInfo;
 
-/// How to reach the API server, and which node's pods to follow.
+/// How to reach the API server.
 #[derive(Debug, Clone)]
-pub struct ApiSettings {
+pub(crate) struct ApiSettings {
     /// An explicit API URL (no credentials: a local test server, or
     /// `kubectl proxy`); otherwise the in-cluster service account or the
     /// kubeconfig (`KUBECONFIG`, `~/.kube/config`).
-    pub url: Option<String>,
-    pub node_name: String,
+    pub(crate) url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum WatchError {
+pub(crate) enum WatchError {
     #[error("--kube-api {url:?} is not a URL: {reason}")]
     BadUrl { url: String, reason: String },
     #[error("cannot configure the Kubernetes client: {0}")]
@@ -39,7 +38,7 @@ pub enum WatchError {
 
 /// A change in the pods of this node, as the watch task reports it.
 #[derive(Debug, Clone)]
-pub enum PodUpdate {
+pub(crate) enum PodUpdate {
     /// Every pod of the node, from a (re)list: replaces what was known.
     Listed(Vec<PodInfo>),
     /// A pod was added or changed.
@@ -51,7 +50,7 @@ pub enum PodUpdate {
 }
 
 /// A client for the configured API server. Building it makes no request.
-pub async fn connect(settings: &ApiSettings) -> Result<Client, WatchError> {
+pub(crate) async fn connect(settings: &ApiSettings) -> Result<Client, WatchError> {
     let config = match &settings.url {
         Some(url) => Config::new(
             url.parse().map_err(|e| WatchError::BadUrl { url: url.clone(), reason: format!("{e}") })?,
@@ -62,8 +61,8 @@ pub async fn connect(settings: &ApiSettings) -> Result<Client, WatchError> {
 }
 
 /// The running watch task; dropping it stops the watch.
-pub struct PodWatch {
-    pub updates: mpsc::UnboundedReceiver<PodUpdate>,
+pub(crate) struct PodWatch {
+    pub(crate) updates: mpsc::UnboundedReceiver<PodUpdate>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -74,7 +73,7 @@ impl Drop for PodWatch {
 }
 
 /// Starts following the pods of `node_name`; updates arrive on the channel.
-pub fn spawn_watch(client: Client, node_name: &str) -> PodWatch {
+pub(crate) fn spawn_watch(client: Client, node_name: &str) -> PodWatch {
     let (tx, rx) = mpsc::unbounded_channel();
     let pods: Api<Pod> = Api::all(client);
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));

@@ -6,6 +6,8 @@
 
 use std::net::IpAddr;
 
+use portguard_common::Transport;
+
 use super::{GuardSpec, Mode, Policy, Proto};
 
 /// What a policy says about one operation.
@@ -131,6 +133,53 @@ impl GuardSpec {
         };
         match rule {
             Some(rule) => Judgement::Allowed { guard: self, rule },
+            None => Judgement::Violation { guard: self },
+        }
+    }
+}
+
+impl Proto {
+    /// The rule protocol an observed operation's transport is judged by;
+    /// `None` for a protocol no rule can name, which no rule matches.
+    pub fn of(transport: Transport) -> Option<Proto> {
+        match transport {
+            Transport::Tcp => Some(Proto::Tcp),
+            Transport::Udp => Some(Proto::Udp),
+            Transport::Other(_) => None,
+        }
+    }
+}
+
+impl Policy {
+    /// `judge_reported` for an operation the kernel observed: a transport
+    /// other than TCP and UDP matches no rule (never TCP's).
+    pub fn judge_observed(
+        &self,
+        cgroup: &str,
+        reported: Option<&str>,
+        action: Action,
+        transport: Transport,
+        addr: IpAddr,
+        port: u16,
+    ) -> Judgement<'_> {
+        match self.guard_covering(cgroup, reported) {
+            None => Judgement::Unguarded,
+            Some(guard) => guard.judge_observed(action, transport, addr, port),
+        }
+    }
+}
+
+impl GuardSpec {
+    /// `judge` for an operation the kernel observed (see `Policy::judge_observed`).
+    pub fn judge_observed(
+        &self,
+        action: Action,
+        transport: Transport,
+        addr: IpAddr,
+        port: u16,
+    ) -> Judgement<'_> {
+        match Proto::of(transport) {
+            Some(proto) => self.judge(action, proto, addr, port),
             None => Judgement::Violation { guard: self },
         }
     }

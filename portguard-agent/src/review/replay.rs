@@ -5,6 +5,7 @@
 
 use std::{collections::BTreeMap, net::IpAddr, ops::RangeInclusive, path::Path, process::ExitCode};
 
+use portguard_common::Transport;
 use serde::Serialize;
 
 use crate::{
@@ -79,13 +80,13 @@ pub(crate) fn replay(policy: &Policy, records: &[Record], ephemeral: RangeInclus
                 continue;
             }
         };
-        if r.op.action().is_none() || r.proto().is_none() {
+        if r.op.action().is_none() {
             out.skipped += 1;
             continue;
         }
         let addr = crate::policy::eval::canonical(r.addr);
         let key =
-            Operation { cgroup: r.cgroup.clone(), op: r.op, proto: r.proto.clone(), addr, port: r.port };
+            Operation { cgroup: r.cgroup.clone(), op: r.op, proto: r.proto.to_string(), addr, port: r.port };
         let e = ops.entry(key).or_insert((recorded, 0, r.comm.clone(), false, r.guard.clone()));
         e.3 |= matches!(r.event, RecordKind::PortOpened | RecordKind::PortBrief);
         // The most permissive recorded outcome stands for the operation.
@@ -94,12 +95,11 @@ pub(crate) fn replay(policy: &Policy, records: &[Record], ephemeral: RangeInclus
     }
     for (operation, (recorded, count, comm, went_live, reported)) in ops {
         let action = operation.op.action().expect("filtered above");
-        let proto = match operation.proto.as_str() {
-            "udp" => policy::Proto::Udp,
-            _ => policy::Proto::Tcp,
-        };
+        // Another protocol than TCP and UDP matches no rule: never TCP's.
+        let transport = operation.proto.parse().unwrap_or(Transport::Other(0));
         let judge = |port| {
-            policy.judge_reported(&operation.cgroup, reported.as_deref(), action, proto, operation.addr, port)
+            let (cgroup, reported) = (&operation.cgroup, reported.as_deref());
+            policy.judge_observed(cgroup, reported, action, transport, operation.addr, port)
         };
         let mut j = judge(operation.port);
         if !j.allowed() && went_live && ephemeral.contains(&operation.port) {
@@ -204,4 +204,30 @@ pub fn run(policy_path: &Path, events: &Path, format: OutputFormat) -> ExitCode 
         OutputFormat::Text => print!("{}", text(&r)),
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An SCTP (or any non-TCP/UDP) operation a TCP rule would allow must
+    /// not replay as TCP: it matches no rule, so enforcing NEW refuses it.
+    #[test]
+    fn another_protocol_matches_no_rule() {
+        let (policy, _) = policy::parse_and_compile(
+            "new.toml",
+            "[[guard]]\nname = \"app\"\ncgroup = \"/app\"\n  [[guard.connect]]\n  peer = \"10.0.0.0/8\"\n  ports = [5432]\n",
+        )
+        .unwrap();
+        for proto in ["proto-132", "other"] {
+            let line = format!(
+                r#"{{"time":"t","event":"audited","guard":"app","guard_cgroup":"/app","mode":"audit","cgroup":"/app","pid":1,"comm":"db","op":"connect","proto":"{proto}","addr":"10.1.2.3","port":5432}}"#
+            );
+            let record: Record = serde_json::from_str(&line).unwrap();
+            let r = replay(&policy, &[record], 32768..=60999);
+            assert!(r.newly_allowed.is_empty(), "{proto}: judged as TCP: {r:?}");
+            assert_eq!(r.newly_denied.len(), 1, "{proto}: matches no rule, so NEW refuses it: {r:?}");
+            assert_eq!(r.newly_denied[0].new, Outcome::Denied);
+        }
+    }
 }

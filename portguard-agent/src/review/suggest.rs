@@ -77,12 +77,12 @@ pub(crate) fn suggest(records: &[Record], opts: &Options) -> String {
                 } else {
                     let addr = crate::policy::eval::canonical(r.addr);
                     let addr = (!addr.is_unspecified()).then_some(addr);
-                    o.binds.entry((r.proto.clone(), addr)).or_default().insert(r.port);
+                    o.binds.entry((r.proto.to_string(), addr)).or_default().insert(r.port);
                 }
             }
             (RecordKind::Denied | RecordKind::Audited, RecordOp::Connect | RecordOp::Sendmsg) => {
                 o.connects
-                    .entry((r.proto.clone(), r.port))
+                    .entry((r.proto.to_string(), r.port))
                     .or_default()
                     .insert(crate::policy::eval::canonical(r.addr));
             }

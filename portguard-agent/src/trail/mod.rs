@@ -11,7 +11,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-pub(crate) use record::{PortStatus, Record, RecordKind, RecordOp, RuleInfo, read_records};
+pub(crate) use record::{Record, RecordKind, RecordOp, read_records};
 
 pub(crate) struct AuditTrail {
     path: PathBuf,
@@ -89,13 +89,14 @@ pub(crate) fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inventory::{Approval, RuleInfo};
 
     fn record(port: u16) -> Record {
         Record {
             guard: Some("g".into()),
             guard_cgroup: Some("/g".into()),
             mode: Some("enforce".into()),
-            status: Some(PortStatus::Approved),
+            status: Some(Approval::Approved),
             rule: Some(RuleInfo { number: 1, owner: Some("team".into()), ..RuleInfo::default() }),
             ..Record::new(
                 RecordKind::PortOpened,
@@ -105,7 +106,7 @@ mod tests {
                 1,
                 "x".into(),
                 RecordOp::Bind,
-                "tcp",
+                portguard_common::Transport::Tcp,
                 "127.0.0.1".parse().unwrap(),
                 port,
             )

@@ -3,9 +3,13 @@
 
 use std::net::IpAddr;
 
+use portguard_common::Transport;
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{Catalog, Proto, eval::Action};
+use crate::{
+    inventory::{Approval, RuleInfo},
+    policy::{Proto, eval::Action},
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -45,48 +49,6 @@ impl RecordOp {
     }
 }
 
-/// Whether a live port is one the policy approves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PortStatus {
-    /// A rule of its guard allows it.
-    Approved,
-    /// Its guard has no rule for it: bound before the policy, or in audit mode.
-    Unapproved,
-    /// No guard covers its cgroup.
-    Unguarded,
-}
-
-/// The rule that approves a port, with its catalog entry.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RuleInfo {
-    /// 1-based, as `portguard check` numbers rules.
-    pub number: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub owner: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub purpose: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub approved_by: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ticket: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub expires: Option<String>,
-}
-
-impl RuleInfo {
-    pub(crate) fn new(index: usize, c: &Catalog) -> RuleInfo {
-        RuleInfo {
-            number: index + 1,
-            owner: c.owner.clone(),
-            purpose: c.purpose.clone(),
-            approved_by: c.approved_by.clone(),
-            ticket: c.ticket.clone(),
-            expires: c.expires.map(|e| e.to_string()),
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Record {
     /// RFC 3339, UTC.
@@ -109,8 +71,10 @@ pub(crate) struct Record {
     pub pid: u32,
     pub comm: String,
     pub op: RecordOp,
-    /// "tcp", "udp" or "other".
-    pub proto: String,
+    /// "tcp", "udp", or "proto-N" for another IP protocol ("other" from
+    /// older agents reads as `Other(0)`).
+    #[serde(with = "transport_text")]
+    pub proto: Transport,
     pub addr: IpAddr,
     pub port: u16,
     /// How many identical operations this line stands for (denials are
@@ -119,7 +83,7 @@ pub(crate) struct Record {
     pub count: u64,
     /// For port events: approved, unapproved or unguarded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<PortStatus>,
+    pub status: Option<Approval>,
     /// For approved ports: the rule, with its catalog entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<RuleInfo>,
@@ -146,7 +110,7 @@ impl Record {
         pid: u32,
         comm: String,
         op: RecordOp,
-        proto: &str,
+        proto: Transport,
         addr: IpAddr,
         port: u16,
     ) -> Record {
@@ -162,7 +126,7 @@ impl Record {
             pid,
             comm,
             op,
-            proto: proto.to_owned(),
+            proto,
             addr,
             port,
             count: 1,
@@ -172,12 +136,25 @@ impl Record {
         }
     }
 
-    pub(crate) fn proto(&self) -> Option<Proto> {
-        match self.proto.as_str() {
-            "tcp" => Some(Proto::Tcp),
-            "udp" => Some(Proto::Udp),
-            _ => None,
-        }
+    /// The rule protocol it is judged by; `None` for one no rule names.
+    pub fn proto(&self) -> Option<Proto> {
+        Proto::of(self.proto)
+    }
+}
+
+/// `Transport` in the trail as its text (`Display`/`FromStr`), so the
+/// JSON stays what it was for TCP and UDP.
+mod transport_text {
+    use portguard_common::Transport;
+    use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
+
+    pub(super) fn serialize<S: Serializer>(t: &Transport, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(t)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Transport, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(d)?;
+        text.parse().map_err(|e| D::Error::custom(format!("proto {text:?}: {e}")))
     }
 }
 

@@ -2,16 +2,16 @@
 //! Kubernetes its pod UID and container id (systemd and cgroupfs drivers).
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Workload {
-    pub unit: Option<String>,
-    pub pod_uid: Option<String>,
-    pub container_id: Option<String>,
+pub(crate) struct Workload {
+    pub(crate) unit: Option<String>,
+    pub(crate) pod_uid: Option<String>,
+    pub(crate) container_id: Option<String>,
 }
 
 const UNIT_SUFFIXES: [&str; 3] = [".service", ".scope", ".socket"];
 const RUNTIME_PREFIXES: [&str; 4] = ["cri-containerd-", "crio-", "docker-", "libpod-"];
 
-pub fn parse(path: &str) -> Workload {
+pub(crate) fn parse(path: &str) -> Workload {
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     let mut w = Workload {
         unit: parts

@@ -4,50 +4,40 @@
 //! Exit status: 0 done, 1 `--fail-on-unapproved` found an unapproved port,
 //! 2 the policy or the cgroup root cannot be used.
 
-use std::{path::Path, process::ExitCode};
+use std::path::Path;
 
 use serde_json::json;
 
+use super::CmdError;
 use crate::{
-    EXIT_BAD_INPUT,
-    agent::{state, workload},
-    cgroup,
+    cgroup::{self, workload},
     cli::OutputFormat,
-    inventory::{self, Standing, procfs::OpenPort},
-    policy::{self, Proto, eval::is_within},
-    trail::PortStatus,
+    inventory::{self, Approval, Standing, procfs::OpenPort},
+    policy::{self, eval::is_within},
+    state_file,
 };
 
-pub struct ScanArgs<'a> {
-    pub policy: &'a Path,
+pub(super) struct ScanArgs<'a> {
+    pub(super) policy: &'a Path,
     /// The running agent's state directory, for the pods each pod guard
     /// covers now (a pod guard cannot be found from a path).
-    pub state_dir: &'a Path,
-    pub cgroup_root: Option<&'a Path>,
-    pub format: OutputFormat,
-    pub fail_on_unapproved: bool,
+    pub(super) state_dir: &'a Path,
+    pub(super) cgroup_root: Option<&'a Path>,
+    pub(super) format: OutputFormat,
+    pub(super) fail_on_unapproved: bool,
 }
 
-pub fn run(args: &ScanArgs) -> ExitCode {
-    match scan(args) {
-        Ok(rows) => {
-            let unapproved = rows.iter().filter(|(_, s)| s.status == PortStatus::Unapproved).count();
-            match args.format {
-                OutputFormat::Text => print!("{}", text(&rows)),
-                OutputFormat::Json => println!("{}", json(&rows)),
-            }
-            if args.fail_on_unapproved && unapproved > 0 {
-                eprintln!("portguard: {unapproved} unapproved ports are live");
-                ExitCode::from(crate::check::EXIT_FINDINGS)
-            } else {
-                ExitCode::SUCCESS
-            }
-        }
-        Err(e) => {
-            eprintln!("portguard: {e}");
-            ExitCode::from(EXIT_BAD_INPUT)
-        }
+pub(super) fn run(args: &ScanArgs) -> Result<(), CmdError> {
+    let rows = scan(args).map_err(CmdError::BadInput)?;
+    let unapproved = rows.iter().filter(|(_, s)| s.status == Approval::Unapproved).count();
+    match args.format {
+        OutputFormat::Text => print!("{}", text(&rows)),
+        OutputFormat::Json => println!("{}", json(&rows)),
     }
+    if args.fail_on_unapproved && unapproved > 0 {
+        return Err(CmdError::Failed(format!("{unapproved} unapproved ports are live")));
+    }
+    Ok(())
 }
 
 fn scan(args: &ScanArgs) -> Result<Vec<(OpenPort, Standing)>, String> {
@@ -78,27 +68,12 @@ fn scan(args: &ScanArgs) -> Result<Vec<(OpenPort, Standing)>, String> {
 /// (pod cgroup, guard) for every pod a pod guard of the running agent
 /// covers; empty when no agent state is there to read.
 fn pod_guard_cgroups(state_dir: &Path) -> Vec<(String, String)> {
-    let Ok(state) = state::read_state(state_dir) else { return Vec::new() };
+    let Ok(state) = state_file::read_state(state_dir) else { return Vec::new() };
     state
         .guards
         .into_iter()
         .flat_map(|g| g.pods.into_iter().map(move |p| (p.cgroup, g.name.clone())))
         .collect()
-}
-
-fn proto_str(p: Proto) -> &'static str {
-    match p {
-        Proto::Udp => "udp",
-        _ => "tcp",
-    }
-}
-
-fn status_str(s: PortStatus) -> &'static str {
-    match s {
-        PortStatus::Approved => "approved",
-        PortStatus::Unapproved => "unapproved",
-        PortStatus::Unguarded => "unguarded",
-    }
 }
 
 fn text(rows: &[(OpenPort, Standing)]) -> String {
@@ -130,8 +105,8 @@ fn text(rows: &[(OpenPort, Standing)]) -> String {
         }
         out.push_str(&format!(
             "{:<10} {:<5} {:<28} {:<8} {:<16} {:<14} {detail}\n",
-            status_str(s.status),
-            proto_str(p.proto),
+            s.status.as_str(),
+            p.proto.to_string(),
             local,
             p.pid.map_or("-".to_owned(), |p| p.to_string()),
             if p.comm.is_empty() { "-" } else { &p.comm },
@@ -142,9 +117,9 @@ fn text(rows: &[(OpenPort, Standing)]) -> String {
     out.push_str(&format!(
         "{} live ports: {} approved, {} unapproved, {} unguarded\n",
         rows.len(),
-        count(PortStatus::Approved),
-        count(PortStatus::Unapproved),
-        count(PortStatus::Unguarded)
+        count(Approval::Approved),
+        count(Approval::Unapproved),
+        count(Approval::Unguarded)
     ));
     out
 }
@@ -155,8 +130,8 @@ fn json(rows: &[(OpenPort, Standing)]) -> serde_json::Value {
         .map(|(p, s)| {
             let w = workload::parse(p.cgroup.as_deref().unwrap_or(""));
             json!({
-                "status": status_str(s.status),
-                "proto": proto_str(p.proto),
+                "status": s.status.as_str(),
+                "proto": p.proto.to_string(),
                 "addr": p.addr,
                 "port": p.port,
                 "pid": p.pid,
@@ -168,7 +143,7 @@ fn json(rows: &[(OpenPort, Standing)]) -> serde_json::Value {
                 "netns": p.netns,
                 "inode": p.inode,
                 "guard": s.guard,
-                "mode": s.mode,
+                "mode": s.mode.map(|m| m.as_str()),
                 "rule": s.rule,
             })
         })

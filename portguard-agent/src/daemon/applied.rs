@@ -1,4 +1,6 @@
-//! The agent's policy state: what is applied, and how it changes.
+//! The policy the agent has applied, and how it changes: the first apply,
+//! reloads, guards re-resolved as cgroups and pods come and go, the state
+//! file written after each change, and the log lines that report it.
 
 use std::{
     collections::HashMap,
@@ -7,79 +9,68 @@ use std::{
 };
 
 use super::{
-    AgentError,
-    cgroup_watch::CgroupWatch,
+    DaemonError,
     guards::{CgroupResolver, Coverage, Resolution},
-    state::{self, AgentState, GuardState, PodCgroupState},
+    pods::NodePods,
+    watches::CgroupWatch,
 };
 use crate::{
     bpf::{GuardIds, KernelPolicy, PolicyMaps},
     cli::RunArgs,
     metrics::{Metrics, PolicySummary},
-    pods::{self, PodIndex, PodUpdate, PodWatch},
-    policy::{self, CompiledPolicy, Policy, Target},
+    pods::PodUpdate,
+    policy::{self, CompiledPolicy, Mode, Policy, Target},
+    state_file::{self, AgentState, GuardState, PodCgroupState},
 };
 
-/// The Kubernetes API, when the agent was given one: pod guards need it.
-pub struct PodApi {
-    pub client: kube::Client,
-    pub node_name: String,
-}
-
 /// The policy currently applied.
-struct Applied {
+struct Current {
     sha256: String,
     /// As written, for the inventory's approvals and the trail's catalog.
     policy: Policy,
     compiled: CompiledPolicy,
     ids: HashMap<String, u32>,
+    /// Guard names by guard id: the one reverse map, for the denial log,
+    /// the inventory and the metrics.
+    names: HashMap<u32, String>,
+    /// Each guard's mode by guard id, for reports.
+    modes: HashMap<u32, Mode>,
     cgroups: Resolution,
-    /// "enforce" / "audit" by guard id, for reports.
-    modes: HashMap<u32, &'static str>,
     applied_at: u64,
 }
 
-pub struct Daemon {
+pub(crate) struct AppliedPolicy {
     maps: PolicyMaps,
     resolver: CgroupResolver,
     guard_ids: GuardIds,
-    applied: Option<Applied>,
+    current: Option<Current>,
+    pods: NodePods,
     policy_path: PathBuf,
     state_dir: PathBuf,
     bpffs: PathBuf,
     metrics: Arc<Metrics>,
-    pod_api: Option<PodApi>,
-    /// Runs while the policy has pod guards.
-    pod_watch: Option<PodWatch>,
-    /// The pods of this node as last heard from the API.
-    pods: PodIndex,
-    /// False from a watch error until the next update arrives.
-    api_healthy: bool,
 }
 
-pub fn read_policy(path: &Path) -> Result<(String, Policy, CompiledPolicy), AgentError> {
+pub(crate) fn read_policy(path: &Path) -> Result<(String, Policy, CompiledPolicy), DaemonError> {
     let text = policy::read(path)?;
     let (policy, compiled) = policy::parse_and_compile(&path.display().to_string(), &text)?;
     Ok((text, policy, compiled))
 }
 
-impl Daemon {
-    pub fn new(
+impl AppliedPolicy {
+    pub(crate) fn new(
         maps: PolicyMaps,
         resolver: CgroupResolver,
         args: &RunArgs,
         metrics: Arc<Metrics>,
-        pod_api: Option<PodApi>,
-    ) -> Daemon {
-        Daemon {
-            pod_api,
-            pod_watch: None,
-            pods: PodIndex::default(),
-            api_healthy: true,
+        pods: NodePods,
+    ) -> AppliedPolicy {
+        AppliedPolicy {
             maps,
             resolver,
             guard_ids: GuardIds::default(),
-            applied: None,
+            current: None,
+            pods,
             policy_path: args.policy.clone(),
             state_dir: args.state_dir.clone(),
             bpffs: args.bpffs.clone(),
@@ -87,167 +78,82 @@ impl Daemon {
         }
     }
 
-    pub fn guard_modes(&self) -> &HashMap<u32, &'static str> {
-        static EMPTY: std::sync::OnceLock<HashMap<u32, &'static str>> = std::sync::OnceLock::new();
-        self.applied.as_ref().map_or_else(|| EMPTY.get_or_init(HashMap::new), |a| &a.modes)
+    /// Guard names by guard id (empty before the first apply).
+    pub(crate) fn guard_names(&self) -> &HashMap<u32, String> {
+        static EMPTY: std::sync::OnceLock<HashMap<u32, String>> = std::sync::OnceLock::new();
+        self.current.as_ref().map_or_else(|| EMPTY.get_or_init(HashMap::new), |a| &a.names)
+    }
+
+    pub(crate) fn guard_modes(&self) -> &HashMap<u32, Mode> {
+        static EMPTY: std::sync::OnceLock<HashMap<u32, Mode>> = std::sync::OnceLock::new();
+        self.current.as_ref().map_or_else(|| EMPTY.get_or_init(HashMap::new), |a| &a.modes)
     }
 
     /// Hands what the agent knows to the metrics endpoint.
     fn publish(&self) {
-        let Some(a) = &self.applied else { return };
+        let Some(a) = &self.current else { return };
         let (guards, bind, connect) = self.maps.entry_counts();
         self.metrics.set_policy(PolicySummary {
             file: self.policy_path.display().to_string(),
             sha256: a.sha256.clone(),
             generation: self.generation(),
-            guard_names: a.ids.iter().map(|(n, id)| (*id, n.clone())).collect(),
+            guard_names: a.names.clone(),
             guards: a.compiled.guards.len(),
             guarded_cgroups: a.cgroups.cgroups(),
-            kube_pods: self.pod_watch.as_ref().map(|_| self.pods.len()),
+            kube_pods: self.pods.watched(),
             map_entries: vec![("guards", guards), ("bind_rules", bind), ("connect_rules", connect)],
         });
     }
 
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.maps.generation()
     }
 
-    pub fn sha256(&self) -> &str {
-        self.applied.as_ref().map_or("", |a| &a.sha256)
+    pub(crate) fn sha256(&self) -> &str {
+        self.current.as_ref().map_or("", |a| &a.sha256)
     }
 
-    pub fn guard_ids(&self) -> &HashMap<String, u32> {
-        static EMPTY: std::sync::OnceLock<HashMap<String, u32>> = std::sync::OnceLock::new();
-        self.applied.as_ref().map_or_else(|| EMPTY.get_or_init(HashMap::new), |a| &a.ids)
-    }
-
-    /// Starts the pod watch when `compiled` has pod guards (and stops it
-    /// when it has none). Pod guards without an API are refused.
-    pub fn follow_pods_for(&mut self, compiled: &CompiledPolicy) -> Result<(), AgentError> {
-        if !compiled.has_pod_guards() {
-            self.pod_watch = None;
-            self.pods = PodIndex::default();
-            return Ok(());
-        }
-        let Some(api) = &self.pod_api else {
-            let guard = compiled.guards.iter().find(|g| matches!(g.target, Target::Pods(_)));
-            return Err(AgentError::Guard(no_api_message(
-                &self.policy_path,
-                guard.map_or("?", |g| g.name.as_str()),
-            )));
-        };
-        if self.pod_watch.is_none() {
-            tracing::info!(node = %api.node_name, "watching the pods of this node for pod guards");
-            self.pod_watch = Some(pods::spawn_watch(api.client.clone(), &api.node_name));
-        }
+    /// Pod guards: know the pods running now before the first apply.
+    pub(crate) async fn list_pods_for(
+        &mut self,
+        compiled: &CompiledPolicy,
+        timeout: std::time::Duration,
+    ) -> Result<(), DaemonError> {
+        self.pods.follow_for(compiled)?;
+        self.pods.wait_for_list(timeout).await;
         Ok(())
     }
 
     /// The next pod update; never resolves while no watch runs.
-    pub async fn next_pod_update(&mut self) -> PodUpdate {
-        match &mut self.pod_watch {
-            Some(w) => match w.updates.recv().await {
-                Some(u) => u,
-                None => std::future::pending().await,
-            },
-            None => std::future::pending().await,
-        }
-    }
-
-    /// Waits (at most `timeout`) for the first complete pod list, so that
-    /// the first policy applied already covers the pods running now.
-    pub async fn wait_for_pod_list(&mut self, timeout: std::time::Duration) {
-        if self.pod_watch.is_none() {
-            return;
-        }
-        let deadline = tokio::time::Instant::now() + timeout;
-        while !self.pods.listed() {
-            match tokio::time::timeout_at(deadline, self.next_pod_update()).await {
-                Ok(update) => {
-                    self.note_pod_update(&update);
-                    self.pods.apply(update);
-                }
-                Err(_) => {
-                    // Keep guarding what the last run knew rather than drop
-                    // those pods' entries from the pinned maps.
-                    let known = state::read_pods(&self.state_dir).unwrap_or_default();
-                    tracing::warn!(
-                        timeout = %humantime::format_duration(timeout),
-                        last_known_pods = known.len(),
-                        "no pod list from the Kubernetes API yet; starting with the pods the last run knew, the list replaces them when it arrives"
-                    );
-                    self.pods.seed(known);
-                    return;
-                }
-            }
-        }
-        tracing::info!(pods = self.pods.len(), "listed the pods of this node");
-        self.save_pods();
-    }
-
-    /// Remembers the pods for the next start-up (see `wait_for_pod_list`).
-    fn save_pods(&self) {
-        let pods: Vec<_> = self.pods.iter().cloned().collect();
-        if let Err(e) = state::write_pods(&self.state_dir, &pods) {
-            tracing::warn!(dir = %self.state_dir.display(), "cannot remember the pods of this node: {e}");
-        }
+    pub(crate) async fn next_pod_update(&mut self) -> PodUpdate {
+        self.pods.next_update().await
     }
 
     /// Takes in `first` and whatever else has queued up, then re-resolves
     /// the guards once.
-    pub fn on_pod_update(&mut self, first: PodUpdate, watch: &mut CgroupWatch) {
-        let mut changed = false;
-        let mut next = Some(first);
-        while let Some(update) = next {
-            self.note_pod_update(&update);
-            changed |= self.pods.apply(update);
-            next = self.pod_watch.as_mut().and_then(|w| w.updates.try_recv().ok());
-        }
-        if changed {
-            self.save_pods();
+    pub(crate) fn on_pod_update(&mut self, first: PodUpdate, watch: &mut CgroupWatch) {
+        if self.pods.take_updates(first) {
             self.rescan_guards(watch);
             self.publish();
         }
     }
 
-    /// Logs the API going away and coming back, once each.
-    fn note_pod_update(&mut self, update: &PodUpdate) {
-        match update {
-            PodUpdate::Unreachable(e) => {
-                self.metrics.kube_watch_errors.fetch_add(1, Ordering::Relaxed);
-                if self.api_healthy {
-                    tracing::warn!(
-                        "Kubernetes API unreachable; pod guards keep covering the pods last known, and the watch retries: {e}"
-                    );
-                    self.api_healthy = false;
-                } else {
-                    tracing::debug!("Kubernetes API still unreachable: {e}");
-                }
-            }
-            _ if !self.api_healthy => {
-                tracing::info!("Kubernetes API reachable again; pod watch resumed");
-                self.api_healthy = true;
-            }
-            _ => {}
-        }
+    /// The policy the kernel enforces, once one was applied.
+    pub(crate) fn policy(&self) -> Option<&Policy> {
+        self.current.as_ref().map(|a| &a.policy)
     }
 
     /// Writes a validated policy into the kernel in one switch.
-    /// The policy the kernel enforces, once one was applied.
-    pub fn policy(&self) -> Option<&Policy> {
-        self.applied.as_ref().map(|a| &a.policy)
-    }
-
-    pub fn apply_policy(
+    pub(crate) fn apply_policy(
         &mut self,
         text: &str,
         policy: Policy,
         compiled: CompiledPolicy,
-    ) -> Result<(), AgentError> {
-        self.resolver.check_depths(&compiled).map_err(AgentError::Guard)?;
-        self.follow_pods_for(&compiled)?;
+    ) -> Result<(), DaemonError> {
+        self.resolver.check_depths(&compiled).map_err(DaemonError::Guard)?;
+        self.pods.follow_for(&compiled)?;
         let ids = self.guard_ids.assign(&compiled)?;
-        let cgroups = self.resolver.resolve(&compiled, &self.pods);
+        let cgroups = self.resolver.resolve(&compiled, self.pods.index());
         let started = std::time::Instant::now();
         let kernel = KernelPolicy::build(&compiled, &ids, &cgroups.cgroup_ids());
         let stats = self.maps.apply(kernel)?;
@@ -259,15 +165,17 @@ impl Daemon {
             apply_us = started.elapsed().as_micros() as u64,
             "policy applied to the kernel maps"
         );
-        let modes = compiled.guards.iter().map(|g| (ids[&g.name], g.mode.as_str())).collect();
-        self.applied = Some(Applied {
+        let modes = compiled.guards.iter().map(|g| (ids[&g.name], g.mode)).collect();
+        let names = ids.iter().map(|(name, id)| (*id, name.clone())).collect();
+        self.current = Some(Current {
             sha256: policy::sha256_hex(text.as_bytes()),
             policy,
             compiled,
             ids,
-            cgroups,
+            names,
             modes,
-            applied_at: state::now_unix(),
+            cgroups,
+            applied_at: state_file::now_unix(),
         });
         self.publish();
         Ok(())
@@ -276,7 +184,7 @@ impl Daemon {
     /// Re-reads the policy file. Unless `force`, an unchanged file (same
     /// SHA-256) is left alone. A policy that fails any check is refused and
     /// the live one stays. Returns whether a new policy was applied.
-    pub fn reload(&mut self, why: &str, force: bool) -> bool {
+    pub(crate) fn reload(&mut self, why: &str, force: bool) -> bool {
         // Read once: the hash check and the parse see the same bytes.
         let text = match policy::read(&self.policy_path) {
             Ok(t) => t,
@@ -294,7 +202,7 @@ impl Daemon {
         }
         let started = std::time::Instant::now();
         let file = self.policy_path.display().to_string();
-        let result = policy::parse_and_compile(&file, &text).map_err(AgentError::from).and_then(
+        let result = policy::parse_and_compile(&file, &text).map_err(DaemonError::from).and_then(
             |(policy, compiled)| {
                 let compile_us = started.elapsed().as_micros() as u64;
                 self.apply_policy(&text, policy, compiled).map(|()| compile_us)
@@ -326,19 +234,19 @@ impl Daemon {
         }
     }
 
-    pub fn watch_cgroups(&self, watch: &mut CgroupWatch) {
-        if let Some(a) = &self.applied {
+    pub(crate) fn watch_cgroups(&self, watch: &mut CgroupWatch) {
+        if let Some(a) = &self.current {
             watch.watch_parents_of(
-                self.resolver.guard_paths(&a.compiled, &self.pods).iter().map(PathBuf::as_path),
+                self.resolver.guard_paths(&a.compiled, self.pods.index()).iter().map(PathBuf::as_path),
             );
         }
     }
 
     /// Re-resolves guard cgroups and re-applies the policy when any changed.
-    pub fn rescan_guards(&mut self, watch: &mut CgroupWatch) {
+    pub(crate) fn rescan_guards(&mut self, watch: &mut CgroupWatch) {
         self.watch_cgroups(watch);
-        let Some(a) = &self.applied else { return };
-        let now = self.resolver.resolve(&a.compiled, &self.pods);
+        let Some(a) = &self.current else { return };
+        let now = self.resolver.resolve(&a.compiled, self.pods.index());
         if now == a.cgroups {
             return;
         }
@@ -354,7 +262,7 @@ impl Daemon {
                     deleted = stats.deleted,
                     "guards re-applied"
                 );
-                if let Some(a) = &mut self.applied {
+                if let Some(a) = &mut self.current {
                     a.cgroups = now;
                 }
                 self.write_state();
@@ -364,8 +272,8 @@ impl Daemon {
         }
     }
 
-    pub fn write_state(&self) {
-        let Some(a) = &self.applied else { return };
+    pub(crate) fn write_state(&self) {
+        let Some(a) = &self.current else { return };
         let s = AgentState {
             policy: self.policy_path.clone(),
             sha256: a.sha256.clone(),
@@ -405,13 +313,13 @@ impl Daemon {
                 })
                 .collect(),
         };
-        if let Err(e) = state::write_state(&self.state_dir, &s) {
+        if let Err(e) = state_file::write_state(&self.state_dir, &s) {
             tracing::warn!(dir = %self.state_dir.display(), "cannot write state for `portguard status`: {e}");
         }
     }
 
-    pub fn log_guards(&self) {
-        let Some(a) = &self.applied else { return };
+    pub(crate) fn log_guards(&self) {
+        let Some(a) = &self.current else { return };
         for g in &a.compiled.guards {
             let covered = a.cgroups.coverage.get(&g.name);
             let state = match (&g.target, covered) {
@@ -492,12 +400,4 @@ fn log_conflicts(before: &Resolution, after: &Resolution) {
             portguard_common::MAX_GUARDS
         );
     }
-}
-
-/// The one-line refusal of pod guards on an agent without an API.
-pub fn no_api_message(policy: &Path, guard: &str) -> String {
-    format!(
-        "{}: guard {guard:?} selects pods, but this agent has no Kubernetes API: give --kube-api URL and --node-name (or NODE_NAME), run in-cluster, or set KUBECONFIG",
-        policy.display()
-    )
 }

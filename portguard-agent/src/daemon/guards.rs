@@ -17,50 +17,50 @@ use crate::{
 
 /// One cgroup a guard covers.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Covered {
+pub(crate) struct Covered {
     /// Relative to the cgroup root, like guard paths in the policy.
-    pub path: String,
-    pub id: u64,
+    pub(crate) path: String,
+    pub(crate) id: u64,
     /// "namespace/name" when a pod guard covers this cgroup for a pod.
-    pub pod: Option<String>,
+    pub(crate) pod: Option<String>,
 }
 
 /// What each guard covers, by guard name. A guard covering nothing (its
 /// cgroup or pods do not exist yet) is absent.
-pub type Coverage = BTreeMap<String, Vec<Covered>>;
+pub(crate) type Coverage = BTreeMap<String, Vec<Covered>>;
 
 /// A cgroup two guards claim (two pod selectors matching one pod, or a pod
 /// selector matching a pod whose cgroup a path guard names). The kernel
 /// holds one guard per cgroup: path guards win, then the first in the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Conflict {
-    pub cgroup: String,
-    pub pod: Option<String>,
-    pub kept: String,
-    pub skipped: String,
+pub(crate) struct Conflict {
+    pub(crate) cgroup: String,
+    pub(crate) pod: Option<String>,
+    pub(crate) kept: String,
+    pub(crate) skipped: String,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Resolution {
-    pub coverage: Coverage,
-    pub conflicts: Vec<Conflict>,
+pub(crate) struct Resolution {
+    pub(crate) coverage: Coverage,
+    pub(crate) conflicts: Vec<Conflict>,
     /// Pods left unguarded because the kernel's guard table is full.
-    pub over_limit: Vec<String>,
+    pub(crate) over_limit: Vec<String>,
 }
 
 impl Resolution {
     /// Cgroup ids by guard name, as the kernel policy is built from.
-    pub fn cgroup_ids(&self) -> HashMap<String, Vec<u64>> {
+    pub(crate) fn cgroup_ids(&self) -> HashMap<String, Vec<u64>> {
         self.coverage.iter().map(|(name, c)| (name.clone(), c.iter().map(|c| c.id).collect())).collect()
     }
 
     /// How many cgroups are guarded.
-    pub fn cgroups(&self) -> usize {
+    pub(crate) fn cgroups(&self) -> usize {
         self.coverage.values().map(Vec::len).sum()
     }
 }
 
-pub struct CgroupResolver {
+pub(crate) struct CgroupResolver {
     root: PathBuf,
     /// Level of `root` in the cgroup2 hierarchy (0 = the mount root).
     root_level: usize,
@@ -68,19 +68,19 @@ pub struct CgroupResolver {
 
 impl CgroupResolver {
     /// `root` is the attach cgroup, `mount` the cgroup2 mount it lies under.
-    pub fn new(root: PathBuf, mount: &std::path::Path) -> Self {
+    pub(crate) fn new(root: PathBuf, mount: &std::path::Path) -> Self {
         let root_level = root.strip_prefix(mount).map(|rel| rel.components().count()).unwrap_or(0);
         CgroupResolver { root, root_level }
     }
 
-    pub fn root(&self) -> &std::path::Path {
+    pub(crate) fn root(&self) -> &std::path::Path {
         &self.root
     }
 
     /// The kernel records at most `MAX_CGROUP_DEPTH` levels per cgroup; a
     /// guard deeper than that could never be found, so refuse it up front.
     /// (Pod cgroups sit three levels below the root, containers four.)
-    pub fn check_depths(&self, policy: &CompiledPolicy) -> Result<(), String> {
+    pub(crate) fn check_depths(&self, policy: &CompiledPolicy) -> Result<(), String> {
         for g in &policy.guards {
             let Some(path) = g.target.cgroup() else { continue };
             let depth = self.root_level + path.split('/').filter(|p| !p.is_empty()).count();
@@ -97,7 +97,7 @@ impl CgroupResolver {
 
     /// Every cgroupfs directory a guard may cover: what the cgroup watch
     /// follows, so a guard is applied the moment its cgroup appears.
-    pub fn guard_paths(&self, policy: &CompiledPolicy, pods: &PodIndex) -> Vec<PathBuf> {
+    pub(crate) fn guard_paths(&self, policy: &CompiledPolicy, pods: &PodIndex) -> Vec<PathBuf> {
         let mut out = Vec::new();
         for g in &policy.guards {
             match &g.target {
@@ -116,7 +116,7 @@ impl CgroupResolver {
     /// What each guard covers now. Path guards claim their cgroups first,
     /// then pod guards in policy order; a cgroup already claimed is skipped
     /// and reported as a conflict.
-    pub fn resolve(&self, policy: &CompiledPolicy, pods: &PodIndex) -> Resolution {
+    pub(crate) fn resolve(&self, policy: &CompiledPolicy, pods: &PodIndex) -> Resolution {
         let mut out = Resolution::default();
         let mut claimed: HashMap<u64, String> = HashMap::new();
         for g in policy.guards.iter().filter(|g| g.target.cgroup().is_some()) {

@@ -15,16 +15,14 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use portguard_common::UNGUARDED_ID;
+use portguard_common::{Transport, UNGUARDED_ID};
 
-use super::workload;
 use crate::{
     bpf::DecodedEvent,
-    cgroup::CgroupNames,
-    inventory::{self, Standing},
-    metrics::ListenerKey,
-    policy::{Policy, Proto, eval::Action},
-    trail::{PortStatus, Record, RecordKind, RecordOp},
+    cgroup::{CgroupNames, workload},
+    inventory::{self, Approval, ListenerKey, Standing},
+    policy::{Policy, eval::Action},
+    trail::{Record, RecordKind, RecordOp},
 };
 
 /// Ports seen by /proc rather than by an event have no socket cookie; their
@@ -32,12 +30,12 @@ use crate::{
 const SCANNED: u64 = 1 << 63;
 
 /// How long a port must stay live to get its own trail lines.
-pub const SETTLE: Duration = Duration::from_secs(1);
+pub(crate) const SETTLE: Duration = Duration::from_secs(1);
 
 /// A port live for at least [`SETTLE`] (or found live at start-up).
 struct Live {
     record: Record,
-    proto: Proto,
+    proto: Transport,
     opened: Instant,
 }
 
@@ -53,12 +51,12 @@ struct Pending {
 struct BriefKey {
     sock_cgroup: u64,
     guard_id: u32,
-    proto: &'static str,
+    proto: Transport,
     addr: IpAddr,
     port: u16,
 }
 
-pub struct Listeners {
+pub(crate) struct Listeners {
     names: CgroupNames,
     root_in_mount: String,
     live: HashMap<u64, Live>,
@@ -69,7 +67,7 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    pub fn new(root: std::path::PathBuf, root_in_mount: String) -> Listeners {
+    pub(crate) fn new(root: std::path::PathBuf, root_in_mount: String) -> Listeners {
         Listeners {
             names: CgroupNames::new(root),
             root_in_mount,
@@ -82,7 +80,7 @@ impl Listeners {
 
     /// Classifies and writes the ports that have now settled, and the brief
     /// ones summed once per [`SETTLE`]. Call it a few times per second.
-    pub fn tick(
+    pub(crate) fn tick(
         &mut self,
         policy: Option<&Policy>,
         guard_names: &HashMap<u32, String>,
@@ -93,7 +91,7 @@ impl Listeners {
         for cookie in settled {
             let Some(p) = self.pending.remove(&cookie) else { continue };
             let e = &p.event;
-            let proto = proto_of(e);
+            let proto = e.proto;
             // A port that went live between the attach and the start-up read
             // of /proc was listed from there already: the event adopts that
             // entry (now closable by its cookie) instead of opening it twice.
@@ -136,28 +134,29 @@ impl Listeners {
         policy: Option<&Policy>,
         guard_names: &HashMap<u32, String>,
     ) -> Record {
-        let proto = proto_of(e);
+        let proto = e.proto;
         let cgroup = self.names.name(e.sock_cgroup);
         // The kernel names the guard that covers the socket; the policy
         // says which rule (if any) approves the port.
         let standing = match (policy, guard_names.get(&e.guard_id)) {
             (Some(p), Some(name)) if e.guard_id != UNGUARDED_ID => {
                 match p.guards.iter().find(|g| &g.name == name) {
-                    Some(g) => inventory::standing_of(g.judge(Action::Bind, proto, e.addr, e.port)),
+                    Some(g) => inventory::standing_of(g.judge_observed(Action::Bind, proto, e.addr, e.port)),
                     None => inventory::standing(p, Some(&cgroup), None, proto, e.addr, e.port),
                 }
             }
             (Some(p), _) => inventory::standing(p, Some(&cgroup), None, proto, e.addr, e.port),
             (None, _) => inventory::standing_of(crate::policy::eval::Judgement::Unguarded),
         };
-        let mut r = record(kind, cgroup, e.pid, e.comm.clone(), proto, e.addr, e.port, &standing);
+        let port = Port { cgroup, pid: e.pid, comm: e.comm.clone(), proto, addr: e.addr, port: e.port };
+        let mut r = record(kind, port, &standing);
         r.time = crate::trail::rfc3339(at);
         r
     }
 
     /// Takes in the ports already live before the agent's programs were
     /// attached; they are reported as opened (`comm` and `pid` from /proc).
-    pub fn seed(&mut self, policy: &Policy, out: &mut Vec<Record>) {
+    pub(crate) fn seed(&mut self, policy: &Policy, out: &mut Vec<Record>) {
         let ports = match inventory::procfs::open_ports() {
             Ok(p) => p,
             Err(e) => {
@@ -172,23 +171,22 @@ impl Listeners {
             let cgroup =
                 p.cgroup.as_deref().and_then(|c| inventory::relative_to_root(c, &self.root_in_mount));
             let standing = inventory::standing(policy, cgroup.as_deref(), None, p.proto, p.addr, p.port);
-            let record = record(
-                RecordKind::PortOpened,
-                cgroup.unwrap_or_else(|| p.cgroup.clone().unwrap_or_default()),
-                p.pid.unwrap_or(0),
-                p.comm.clone(),
-                p.proto,
-                p.addr,
-                p.port,
-                &standing,
-            );
+            let port = Port {
+                cgroup: cgroup.unwrap_or_else(|| p.cgroup.clone().unwrap_or_default()),
+                pid: p.pid.unwrap_or(0),
+                comm: p.comm.clone(),
+                proto: p.proto,
+                addr: p.addr,
+                port: p.port,
+            };
+            let record = record(RecordKind::PortOpened, port, &standing);
             out.push(record.clone());
             self.live.insert(SCANNED | p.inode, Live { record, proto: p.proto, opened: Instant::now() });
         }
     }
 
     /// Drops /proc-seeded ports that are gone (their close raises no event).
-    pub fn prune_seeded(&mut self, out: &mut Vec<Record>) {
+    pub(crate) fn prune_seeded(&mut self, out: &mut Vec<Record>) {
         if !self.live.keys().any(|k| k & SCANNED != 0) {
             return;
         }
@@ -207,11 +205,11 @@ impl Listeners {
 
     /// Kept raw until it settles (see the module's doc): this runs for
     /// every port that opens, so it must stay cheap.
-    pub fn port_opened(&mut self, e: DecodedEvent) {
+    pub(crate) fn port_opened(&mut self, e: DecodedEvent) {
         self.pending.insert(e.cookie, Pending { event: e, opened: Instant::now(), at: SystemTime::now() });
     }
 
-    pub fn port_closed(&mut self, e: &DecodedEvent, out: &mut Vec<Record>) {
+    pub(crate) fn port_closed(&mut self, e: &DecodedEvent, out: &mut Vec<Record>) {
         if let Some(p) = self.pending.remove(&e.cookie) {
             let o = p.event;
             let key = BriefKey {
@@ -232,7 +230,7 @@ impl Listeners {
     }
 
     /// Re-judges every live port under a newly applied policy.
-    pub fn reclassify(&mut self, policy: &Policy) {
+    pub(crate) fn reclassify(&mut self, policy: &Policy) {
         for l in self.live.values_mut() {
             let r = &mut l.record;
             let s = inventory::standing(policy, Some(&r.cgroup), r.guard.as_deref(), l.proto, r.addr, r.port);
@@ -241,30 +239,18 @@ impl Listeners {
     }
 
     /// Settled live ports by (guard, proto, port, approved), for the metric.
-    pub fn counts(&self) -> BTreeMap<ListenerKey, i64> {
+    pub(crate) fn counts(&self) -> BTreeMap<ListenerKey, i64> {
         let mut out = BTreeMap::new();
         for l in self.live.values() {
             let key = ListenerKey {
                 guard: l.record.guard.clone().unwrap_or_default(),
-                proto: l.record.proto.clone(),
+                proto: l.record.proto,
                 port: l.record.port,
-                approved: l.record.status.map_or("unguarded", status_label),
+                approved: l.record.status.unwrap_or(Approval::Unguarded),
             };
             *out.entry(key).or_default() += 1;
         }
         out
-    }
-}
-
-fn proto_of(e: &DecodedEvent) -> Proto {
-    if e.proto == "udp" { Proto::Udp } else { Proto::Tcp }
-}
-
-fn status_label(s: PortStatus) -> &'static str {
-    match s {
-        PortStatus::Approved => "true",
-        PortStatus::Unapproved => "false",
-        PortStatus::Unguarded => "unguarded",
     }
 }
 
@@ -279,22 +265,23 @@ fn closed(l: Live) -> Record {
 fn apply_standing(r: &mut Record, s: &Standing) {
     r.guard = s.guard.clone();
     r.guard_cgroup = s.guard_cgroup.clone();
-    r.mode = s.mode.map(str::to_owned);
+    r.mode = s.mode.map(|m| m.as_str().to_owned());
     r.status = Some(s.status);
     r.rule = s.rule.clone();
 }
 
-#[allow(clippy::too_many_arguments)]
-fn record(
-    event: RecordKind,
+/// What a port record says about the port, before its standing.
+struct Port {
     cgroup: String,
     pid: u32,
     comm: String,
-    proto: Proto,
+    proto: Transport,
     addr: IpAddr,
     port: u16,
-    s: &Standing,
-) -> Record {
+}
+
+fn record(event: RecordKind, port: Port, s: &Standing) -> Record {
+    let Port { cgroup, pid, comm, proto, addr, port } = port;
     let w = workload::parse(&cgroup);
     let mut r = Record::new(
         event,
@@ -304,7 +291,7 @@ fn record(
         pid,
         comm,
         RecordOp::Bind,
-        if proto == Proto::Udp { "udp" } else { "tcp" },
+        proto,
         crate::policy::eval::canonical(addr),
         port,
     );

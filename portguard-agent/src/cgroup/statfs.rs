@@ -3,14 +3,17 @@
 
 use std::{io, path::Path};
 
-pub const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-pub const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+pub(crate) const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+pub(crate) const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-pub fn magic(path: &Path) -> io::Result<i64> {
+pub(crate) fn magic(path: &Path) -> io::Result<i64> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: statfs on a NUL-terminated path into a zeroed struct.
+    // SAFETY: libc::statfs is plain integers and arrays, for which all
+    // zeroes is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path that outlives the call, and `st`
+    // is a valid, writable statfs.
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
         return Err(io::Error::last_os_error());
     }

@@ -1,38 +1,17 @@
-//! `portguard status` and `portguard reload`: talking to what is pinned and
-//! to the agent that runs (if one does).
+//! `portguard status`: what is pinned and enforced, named from the state
+//! file of the agent that runs (if one does).
 
-use std::{path::Path, process::ExitCode};
+use std::path::Path;
 
 use portguard_common::{MODE_AUDIT, Op, Verdict};
 use serde_json::json;
 
+use super::CmdError;
 use crate::{
-    agent::state,
     bpf::{DecisionCounters, GuardCounts, LiveState},
     cli::OutputFormat,
+    state_file as state,
 };
-
-pub fn reload(state_dir: &Path) -> ExitCode {
-    match state::running_pid(state_dir) {
-        Some(pid) => {
-            // SAFETY: signalling a pid we just verified is a portguard.
-            if unsafe { libc::kill(pid, libc::SIGHUP) } == 0 {
-                println!("asked portguard (pid {pid}) to reload its policy; its log shows the outcome");
-                ExitCode::SUCCESS
-            } else {
-                eprintln!("portguard: cannot signal pid {pid}: {}", std::io::Error::last_os_error());
-                ExitCode::FAILURE
-            }
-        }
-        None => {
-            eprintln!(
-                "portguard: no running agent (no live pid in {})",
-                state_dir.join(state::PID_FILE).display()
-            );
-            ExitCode::FAILURE
-        }
-    }
-}
 
 fn counts_json(c: &GuardCounts) -> serde_json::Value {
     let mut out = serde_json::Map::new();
@@ -46,14 +25,8 @@ fn counts_json(c: &GuardCounts) -> serde_json::Value {
     out.into()
 }
 
-pub fn status(bpffs: &Path, state_dir: &Path, format: OutputFormat) -> ExitCode {
-    let live = match LiveState::read(bpffs) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("portguard: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+pub(super) fn run(bpffs: &Path, state_dir: &Path, format: OutputFormat) -> Result<(), CmdError> {
+    let live = LiveState::read(bpffs).map_err(|e| CmdError::Failed(e.to_string()))?;
     let counters = DecisionCounters::open(bpffs).ok();
     let described = state::read_state(state_dir).ok();
     let pid = state::running_pid(state_dir);
@@ -113,7 +86,7 @@ pub fn status(bpffs: &Path, state_dir: &Path, format: OutputFormat) -> ExitCode 
         OutputFormat::Json => println!("{report:#}"),
         OutputFormat::Text => print!("{}", render_text(&report, bpffs)),
     }
-    ExitCode::SUCCESS
+    Ok(())
 }
 
 fn render_text(r: &serde_json::Value, bpffs: &Path) -> String {

@@ -7,7 +7,7 @@ use std::{
 };
 
 /// Sends `state` to the service manager, if there is one.
-pub fn notify(state: &str) {
+pub(crate) fn notify(state: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
     let path = path.to_string_lossy().into_owned();
     let result = (|| -> std::io::Result<()> {
@@ -29,7 +29,7 @@ pub fn notify(state: &str) {
 }
 
 /// Half the watchdog interval systemd asked for (WATCHDOG_USEC), if any.
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
     (usec > 0).then(|| Duration::from_micros(usec / 2))
 }
@@ -50,6 +50,7 @@ mod tests {
         let mut buf = [0u8; 64];
         let n = listener.recv(&mut buf).expect("recv");
         assert_eq!(&buf[..n], b"READY=1");
+        // SAFETY: as above, no other thread reads NOTIFY_SOCKET.
         unsafe { std::env::remove_var("NOTIFY_SOCKET") };
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -12,16 +12,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use portguard_common::{ORPHAN_GUARD_ID, Op, Verdict};
+use portguard_common::{ORPHAN_GUARD_ID, Op, Transport, Verdict};
 
-use super::workload;
 use crate::{
     bpf::DecodedEvent,
-    cgroup::CgroupNames,
+    cgroup::{CgroupNames, workload},
+    policy::Mode,
     trail::{Record, RecordKind, RecordOp},
 };
 
-pub const WINDOW: Duration = Duration::from_secs(1);
+pub(crate) const WINDOW: Duration = Duration::from_secs(1);
 /// Distinct kinds tracked at once; reaching it summarises every tracked
 /// kind at once and starts over, so memory stays bounded whatever the
 /// traffic.
@@ -33,7 +33,7 @@ struct Kind {
     guard_id: u32,
     op: Option<Op>,
     verdict: Option<Verdict>,
-    proto: &'static str,
+    proto: Transport,
     addr: IpAddr,
     port: u16,
 }
@@ -44,19 +44,19 @@ struct Seen {
     last: DecodedEvent,
 }
 
-pub struct DenialLog {
+pub(crate) struct DenialLog {
     names: CgroupNames,
     seen: HashMap<Kind, Seen>,
     /// Audit-trail records of what was logged, for the caller to write.
-    pub records: Vec<Record>,
+    pub(crate) records: Vec<Record>,
 }
 
 impl DenialLog {
-    pub fn new(root: PathBuf) -> Self {
+    pub(crate) fn new(root: PathBuf) -> Self {
         DenialLog { names: CgroupNames::new(root), seen: HashMap::new(), records: Vec::new() }
     }
 
-    pub fn log(&mut self, e: &DecodedEvent, ids: &HashMap<String, u32>, modes: &HashMap<u32, &'static str>) {
+    pub(crate) fn log(&mut self, e: &DecodedEvent, names: &HashMap<u32, String>, modes: &HashMap<u32, Mode>) {
         let kind = Kind {
             sock_cgroup: e.sock_cgroup,
             guard_id: e.guard_id,
@@ -72,18 +72,18 @@ impl DenialLog {
             return;
         }
         if self.seen.len() >= MAX_KINDS {
-            self.flush(ids, modes, Some(Instant::now()));
+            self.flush(names, modes, Some(Instant::now()));
         }
-        self.emit(e, ids, modes, 0);
+        self.emit(e, names, modes, 0);
         self.seen.insert(kind, Seen { first: Instant::now(), repeats: 0, last: e.clone() });
     }
 
     /// Summarises kinds whose window has ended (all of them when `now` is
     /// None, e.g. at shutdown).
-    pub fn flush(
+    pub(crate) fn flush(
         &mut self,
-        ids: &HashMap<String, u32>,
-        modes: &HashMap<u32, &'static str>,
+        names: &HashMap<u32, String>,
+        modes: &HashMap<u32, Mode>,
         now: Option<Instant>,
     ) {
         let due: Vec<Kind> = self
@@ -98,7 +98,7 @@ impl DenialLog {
             if let Some(s) = self.seen.remove(&k)
                 && s.repeats > 0
             {
-                self.emit(&s.last, ids, modes, s.repeats);
+                self.emit(&s.last, names, modes, s.repeats);
             }
         }
     }
@@ -106,17 +106,14 @@ impl DenialLog {
     fn emit(
         &mut self,
         e: &DecodedEvent,
-        ids: &HashMap<String, u32>,
-        modes: &HashMap<u32, &'static str>,
+        names: &HashMap<u32, String>,
+        modes: &HashMap<u32, Mode>,
         repeats: u64,
     ) {
         let guard = if e.guard_id == ORPHAN_GUARD_ID {
             "(unknown guard)".to_owned()
         } else {
-            ids.iter()
-                .find(|(_, id)| **id == e.guard_id)
-                .map(|(name, _)| name.clone())
-                .unwrap_or_else(|| format!("guard-id:{}", e.guard_id))
+            names.get(&e.guard_id).cloned().unwrap_or_else(|| format!("guard-id:{}", e.guard_id))
         };
         let cgroup = self.names.name(e.sock_cgroup);
         let guard_cgroup = self.names.name(e.guard_cgroup);
@@ -125,7 +122,7 @@ impl DenialLog {
         let exe = std::fs::read_link(format!("/proc/{}/exe", e.pid))
             .map(|p| p.display().to_string())
             .unwrap_or_default();
-        let mode = modes.get(&e.guard_id).copied().unwrap_or("?");
+        let mode = modes.get(&e.guard_id).map_or("?", |m| m.as_str());
         let op = e.op.map_or("?", |o| o.as_str());
         let verdict = e.verdict.map_or("?", |v| v.as_str());
         let peer = match e.addr {
@@ -182,7 +179,7 @@ impl DenialLog {
             comm = %e.comm,
             exe = %exe,
             op,
-            proto = e.proto,
+            proto = %e.proto,
             addr = %e.addr,
             port = e.port,
             verdict,

@@ -4,31 +4,30 @@
 //! Exit status: 0 usable (catalog findings are warnings), 1 catalog
 //! findings under `--strict`, 2 the policy cannot be used at all.
 
-use std::{path::Path, process::ExitCode};
+use std::path::Path;
 
 use serde_json::json;
 
+use super::{CmdError, EXIT_BAD_INPUT, EXIT_FINDINGS};
 use crate::{
-    EXIT_BAD_INPUT,
     cli::OutputFormat,
     policy::{self, Catalog, Policy, PolicyError, Source, catalog},
 };
 
-/// Exit status for `check --strict` when the catalog has findings.
-pub const EXIT_FINDINGS: u8 = 1;
-
-pub fn run(path: &Path, strict: bool, format: OutputFormat) -> ExitCode {
+pub(super) fn run(path: &Path, strict: bool, format: OutputFormat) -> Result<(), CmdError> {
     let file = path.display().to_string();
     let loaded =
         policy::read(path).and_then(|text| policy::parse_and_compile(&file, &text).map(|p| (text, p)));
     let (text, (policy, compiled)) = match loaded {
         Ok(ok) => ok,
         Err(e) => {
-            match format {
-                OutputFormat::Text => eprintln!("portguard: {e}"),
-                OutputFormat::Json => println!("{}", json!({ "ok": false, "error": error_json(&e) })),
-            }
-            return ExitCode::from(EXIT_BAD_INPUT);
+            return Err(match format {
+                OutputFormat::Text => CmdError::BadInput(e.to_string()),
+                OutputFormat::Json => {
+                    println!("{}", json!({ "ok": false, "error": error_json(&e) }));
+                    CmdError::Reported(EXIT_BAD_INPUT)
+                }
+            });
         }
     };
     let findings = catalog::findings(&Source { file: &file, text: &text }, &policy, catalog::today());
@@ -67,7 +66,7 @@ pub fn run(path: &Path, strict: bool, format: OutputFormat) -> ExitCode {
             println!("{report}");
         }
     }
-    if failing { ExitCode::from(EXIT_FINDINGS) } else { ExitCode::SUCCESS }
+    if failing { Err(CmdError::Reported(EXIT_FINDINGS)) } else { Ok(()) }
 }
 
 fn error_json(e: &PolicyError) -> serde_json::Value {
@@ -80,7 +79,7 @@ fn error_json(e: &PolicyError) -> serde_json::Value {
 }
 
 /// A human summary of a policy, one line per rule.
-pub fn describe(policy: &Policy) -> String {
+fn describe(policy: &Policy) -> String {
     let mut out = String::new();
     for g in &policy.guards {
         let unit = g.unit.as_deref().map(|u| format!(" (unit {u})")).unwrap_or_default();

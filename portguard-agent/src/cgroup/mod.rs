@@ -1,4 +1,5 @@
-//! The cgroup2 hierarchy: where it is mounted, and cgroup paths <-> ids.
+//! The cgroup2 hierarchy: where it is mounted, cgroup paths <-> ids, and
+//! what a path says about its workload (`workload`).
 //!
 //! A cgroup's id, as the kernel's `bpf_get_current_cgroup_id()` reports it,
 //! is the inode number of its directory in cgroupfs.
@@ -10,10 +11,11 @@ use std::{
     path::{Component, Path, PathBuf},
 };
 
-use crate::statfs;
+pub(crate) mod statfs;
+pub(crate) mod workload;
 
 #[derive(Debug, thiserror::Error)]
-pub enum CgroupError {
+pub(crate) enum CgroupError {
     #[error("no cgroup2 filesystem is mounted (looked in /proc/self/mounts)")]
     NoCgroup2Mount,
     #[error("failed to read /proc/self/mounts: {0}")]
@@ -31,7 +33,7 @@ pub enum CgroupError {
 /// The cgroup2 mount point, read from /proc/self/mounts. The first cgroup2
 /// mount wins: `/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified`
 /// on hybrid ones.
-pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
+pub(crate) fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
     let mounts = fs::read_to_string("/proc/self/mounts").map_err(CgroupError::Mounts)?;
     parse_cgroup2_mount(&mounts).ok_or(CgroupError::NoCgroup2Mount)
 }
@@ -65,7 +67,7 @@ fn unescape_mount_path(s: &str) -> String {
 }
 
 /// Checks that `path` is a cgroup2 directory.
-pub fn ensure_cgroup2_dir(path: &Path) -> Result<(), CgroupError> {
+pub(crate) fn ensure_cgroup2_dir(path: &Path) -> Result<(), CgroupError> {
     let magic = match statfs::magic(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
@@ -80,7 +82,7 @@ pub fn ensure_cgroup2_dir(path: &Path) -> Result<(), CgroupError> {
 }
 
 /// The id of the cgroup at `path`, or `None` if it does not exist (yet).
-pub fn cgroup_id(path: &Path) -> Result<Option<u64>, CgroupError> {
+pub(crate) fn cgroup_id(path: &Path) -> Result<Option<u64>, CgroupError> {
     match fs::metadata(path) {
         Ok(m) if m.is_dir() => Ok(Some(m.ino())),
         Ok(_) => Err(CgroupError::NotCgroup2 { path: path.to_owned() }),
@@ -91,7 +93,7 @@ pub fn cgroup_id(path: &Path) -> Result<Option<u64>, CgroupError> {
 
 /// Joins a policy path ("/system.slice/x.service") onto a root directory.
 /// Policy paths are validated to be absolute and free of `..` beforehand.
-pub fn join(root: &Path, policy_path: &str) -> PathBuf {
+pub(crate) fn join(root: &Path, policy_path: &str) -> PathBuf {
     let mut out = root.to_path_buf();
     for c in Path::new(policy_path).components() {
         if let Component::Normal(part) = c {
@@ -104,7 +106,7 @@ pub fn join(root: &Path, policy_path: &str) -> PathBuf {
 /// Resolves cgroup ids back to paths (relative to `root`) for reports.
 /// Rescans the tree on a miss, at most once per `rescan_interval`; an id
 /// that is gone stays a bare number.
-pub struct CgroupNames {
+pub(crate) struct CgroupNames {
     root: PathBuf,
     cache: HashMap<u64, String>,
     last_scan: Option<std::time::Instant>,
@@ -114,11 +116,11 @@ impl CgroupNames {
     const RESCAN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
     const MAX_CACHED: usize = 65_536;
 
-    pub fn new(root: PathBuf) -> Self {
+    pub(crate) fn new(root: PathBuf) -> Self {
         CgroupNames { root, cache: HashMap::new(), last_scan: None }
     }
 
-    pub fn name(&mut self, id: u64) -> String {
+    pub(crate) fn name(&mut self, id: u64) -> String {
         if let Some(p) = self.cache.get(&id) {
             return p.clone();
         }
