@@ -64,7 +64,7 @@ fn main() -> ExitCode {
         Command::Reload { state_dir } => status::reload(&state_dir),
         Command::Status { bpffs, state_dir, format } => status::status(&bpffs, &state_dir, format),
         Command::BenchNoop { cgroup_root, bpffs } => {
-            match bpf::Enforcer::load_noop(&bpffs).and_then(|mut e| e.attach(&cgroup_root)) {
+            match bpf::Enforcer::load_noop(&bpffs).and_then(|mut e| e.guard_path(&cgroup_root)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("portguard: {e}");

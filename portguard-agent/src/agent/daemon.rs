@@ -13,7 +13,7 @@ use super::{
     state::{self, AgentState, GuardState, PodCgroupState},
 };
 use crate::{
-    bpf::{GuardIds, KernelPolicy, PolicyMaps},
+    bpf::{Enforcer, GuardIds, KernelPolicy, PolicyMaps},
     cli::RunArgs,
     metrics::{Metrics, PolicySummary},
     pods::{self, PodIndex, PodUpdate, PodWatch},
@@ -41,6 +41,8 @@ struct Applied {
 
 pub struct Daemon {
     maps: PolicyMaps,
+    /// The programs, and the guarded cgroups whose hooks carry them.
+    enforcer: Enforcer,
     resolver: CgroupResolver,
     guard_ids: GuardIds,
     applied: Option<Applied>,
@@ -66,6 +68,7 @@ pub fn read_policy(path: &Path) -> Result<(String, Policy, CompiledPolicy), Agen
 impl Daemon {
     pub fn new(
         maps: PolicyMaps,
+        enforcer: Enforcer,
         resolver: CgroupResolver,
         args: &RunArgs,
         metrics: Arc<Metrics>,
@@ -77,6 +80,7 @@ impl Daemon {
             pods: PodIndex::default(),
             api_healthy: true,
             maps,
+            enforcer,
             resolver,
             guard_ids: GuardIds::default(),
             applied: None,
@@ -250,7 +254,7 @@ impl Daemon {
         let cgroups = self.resolver.resolve(&compiled, &self.pods);
         let started = std::time::Instant::now();
         let kernel = KernelPolicy::build(&compiled, &ids, &cgroups.cgroup_ids());
-        let stats = self.maps.apply(kernel)?;
+        let stats = switch_to(&mut self.maps, &mut self.enforcer, self.resolver.root(), kernel, &cgroups)?;
         // The benchmark harness reads this line for apply times.
         tracing::info!(
             generation = stats.generation,
@@ -343,7 +347,7 @@ impl Daemon {
             return;
         }
         let kernel = KernelPolicy::build(&a.compiled, &a.ids, &now.cgroup_ids());
-        match self.maps.apply(kernel) {
+        match switch_to(&mut self.maps, &mut self.enforcer, self.resolver.root(), kernel, &now) {
             Ok(stats) => {
                 // Logged once the kernel has it: "appeared" means "guarded".
                 log_cgroup_changes(&a.cgroups.coverage, &now.coverage);
@@ -362,6 +366,28 @@ impl Daemon {
             }
             Err(e) => tracing::error!("re-applying guards failed; the previous generation stays live: {e}"),
         }
+    }
+
+    /// Swaps this agent's programs into the links an earlier agent pinned.
+    pub fn adopt_pinned(&mut self) -> Result<(), AgentError> {
+        let adopted = self.enforcer.adopt_pinned()?;
+        if !adopted.is_empty() {
+            tracing::info!(cgroups = adopted.len(), "took over the pinned links of the previous agent");
+        }
+        // A cgroup an earlier agent guarded that this policy does not.
+        let keep =
+            self.applied.as_ref().map(|a| a.cgroups.coverage.values().flatten().map(|c| c.id).collect());
+        self.enforcer.release_except(&keep.unwrap_or_default());
+        Ok(())
+    }
+
+    /// Undoes a failed start (see `Enforcer::abandon`).
+    pub fn abandon(&mut self) {
+        self.enforcer.abandon();
+    }
+
+    pub fn guarded_cgroup_count(&self) -> usize {
+        self.enforcer.guarded_cgroups().count()
     }
 
     pub fn write_state(&self) {
@@ -431,6 +457,29 @@ impl Daemon {
             );
         }
     }
+}
+
+/// Makes `kernel` the live policy: the programs go on the hooks of
+/// newly guarded cgroups first (they allow until the switch names their
+/// cgroup), then one generation bump switches every guard at once, and
+/// only then do cgroups no longer guarded lose the programs.
+fn switch_to(
+    maps: &mut PolicyMaps,
+    enforcer: &mut Enforcer,
+    root: &Path,
+    kernel: KernelPolicy,
+    cgroups: &Resolution,
+) -> Result<crate::bpf::ApplyStats, AgentError> {
+    let wanted: std::collections::BTreeMap<u64, PathBuf> = cgroups
+        .coverage
+        .values()
+        .flatten()
+        .map(|c| (c.id, root.join(c.path.trim_start_matches('/'))))
+        .collect();
+    enforcer.guard(&wanted)?;
+    let stats = maps.apply(kernel)?;
+    enforcer.release_except(&wanted.keys().copied().collect());
+    Ok(stats)
 }
 
 fn log_cgroup_changes(before: &Coverage, after: &Coverage) {

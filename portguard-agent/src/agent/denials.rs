@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use portguard_common::{ORPHAN_GUARD_ID, Op, Verdict};
+use portguard_common::{ORPHAN_GUARD_ID, Op, Transport, Verdict};
 
 use super::workload;
 use crate::{
@@ -33,7 +33,7 @@ struct Kind {
     guard_id: u32,
     op: Option<Op>,
     verdict: Option<Verdict>,
-    proto: &'static str,
+    proto: Transport,
     addr: IpAddr,
     port: u16,
 }
@@ -67,14 +67,14 @@ impl DenialLog {
             port: e.port,
         };
         if let Some(seen) = self.seen.get_mut(&kind) {
-            seen.repeats += 1;
+            seen.repeats += e.count;
             seen.last = e.clone();
             return;
         }
         if self.seen.len() >= MAX_KINDS {
             self.flush(ids, modes, Some(Instant::now()));
         }
-        self.emit(e, ids, modes, 0);
+        self.emit(e, ids, modes, 0, e.count);
         self.seen.insert(kind, Seen { first: Instant::now(), repeats: 0, last: e.clone() });
     }
 
@@ -98,7 +98,7 @@ impl DenialLog {
             if let Some(s) = self.seen.remove(&k)
                 && s.repeats > 0
             {
-                self.emit(&s.last, ids, modes, s.repeats);
+                self.emit(&s.last, ids, modes, s.repeats, s.repeats);
             }
         }
     }
@@ -109,6 +109,7 @@ impl DenialLog {
         ids: &HashMap<String, u32>,
         modes: &HashMap<u32, &'static str>,
         repeats: u64,
+        count: u64,
     ) {
         let guard = if e.guard_id == ORPHAN_GUARD_ID {
             "(unknown guard)".to_owned()
@@ -136,7 +137,13 @@ impl DenialLog {
             Some(Verdict::Audited) => format!("audit: {op} {peer}/{} would be denied", e.proto),
             _ => format!("denied {op} {peer}/{}", e.proto),
         };
-        let message = if repeats == 0 { what } else { format!("{what} (repeated {repeats} more times)") };
+        // The kernel sends the first denial of a kind per interval and counts
+        // the rest; an event may stand for several.
+        let message = match (repeats, count) {
+            (0, 1) => what,
+            (0, n) => format!("{what} ({n} times)"),
+            (r, _) => format!("{what} (repeated {r} more times)"),
+        };
         let record_op = match e.op {
             Some(Op::Bind) => Some(RecordOp::Bind),
             Some(Op::Connect) => Some(RecordOp::Connect),
@@ -162,10 +169,10 @@ impl DenialLog {
                 pid: e.pid,
                 comm: e.comm.clone(),
                 op,
-                proto: e.proto.to_owned(),
+                proto: e.proto.to_string(),
                 addr: e.addr,
                 port: e.port,
-                count: repeats.max(1),
+                count: count.max(1),
                 status: None,
                 rule: None,
                 open_seconds: None,
@@ -184,7 +191,7 @@ impl DenialLog {
             comm = %e.comm,
             exe = %exe,
             op,
-            proto = e.proto,
+            proto = %e.proto,
             addr = %e.addr,
             port = e.port,
             verdict,

@@ -15,11 +15,12 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use portguard_common::Transport;
 use portguard_common::UNGUARDED_ID;
 
 use super::workload;
 use crate::{
-    bpf::DecodedEvent,
+    bpf::PortChange,
     cgroup::CgroupNames,
     inventory::{self, Standing},
     metrics::ListenerKey,
@@ -43,7 +44,7 @@ struct Live {
 
 /// A port that went live less than [`SETTLE`] ago, as the kernel said.
 struct Pending {
-    event: DecodedEvent,
+    event: PortChange,
     opened: Instant,
     at: SystemTime,
 }
@@ -53,7 +54,7 @@ struct Pending {
 struct BriefKey {
     sock_cgroup: u64,
     guard_id: u32,
-    proto: &'static str,
+    proto: Transport,
     addr: IpAddr,
     port: u16,
 }
@@ -64,7 +65,7 @@ pub struct Listeners {
     live: HashMap<u64, Live>,
     pending: HashMap<u64, Pending>,
     /// A sample event and how many such ports opened and closed.
-    brief: HashMap<BriefKey, (DecodedEvent, u64)>,
+    brief: HashMap<BriefKey, (PortChange, u64)>,
     brief_since: Instant,
 }
 
@@ -116,7 +117,7 @@ impl Listeners {
         }
         if self.brief_since.elapsed() >= SETTLE {
             self.brief_since = Instant::now();
-            let brief: Vec<(DecodedEvent, u64)> = self.brief.drain().map(|(_, v)| v).collect();
+            let brief: Vec<(PortChange, u64)> = self.brief.drain().map(|(_, v)| v).collect();
             for (event, count) in brief {
                 let mut r =
                     self.classify(&event, SystemTime::now(), RecordKind::PortBrief, policy, guard_names);
@@ -130,7 +131,7 @@ impl Listeners {
     /// The trail record for a port event: its cgroup, guard and standing.
     fn classify(
         &mut self,
-        e: &DecodedEvent,
+        e: &PortChange,
         at: SystemTime,
         kind: RecordKind,
         policy: Option<&Policy>,
@@ -140,8 +141,9 @@ impl Listeners {
         let cgroup = self.names.name(e.sock_cgroup);
         // The kernel names the guard that covers the socket; the policy
         // says which rule (if any) approves the port.
-        let standing = match (policy, guard_names.get(&e.guard_id)) {
-            (Some(p), Some(name)) if e.guard_id != UNGUARDED_ID => {
+        let guard_id = e.guard.map_or(UNGUARDED_ID, |g| g.0);
+        let standing = match (policy, guard_names.get(&guard_id)) {
+            (Some(p), Some(name)) if guard_id != UNGUARDED_ID => {
                 match p.guards.iter().find(|g| &g.name == name) {
                     Some(g) => inventory::standing_of(g.judge(Action::Bind, proto, e.addr, e.port)),
                     None => inventory::standing(p, Some(&cgroup), None, proto, e.addr, e.port),
@@ -207,16 +209,16 @@ impl Listeners {
 
     /// Kept raw until it settles (see the module's doc): this runs for
     /// every port that opens, so it must stay cheap.
-    pub fn port_opened(&mut self, e: DecodedEvent) {
+    pub fn port_opened(&mut self, e: PortChange) {
         self.pending.insert(e.cookie, Pending { event: e, opened: Instant::now(), at: SystemTime::now() });
     }
 
-    pub fn port_closed(&mut self, e: &DecodedEvent, out: &mut Vec<Record>) {
+    pub fn port_closed(&mut self, e: &PortChange, out: &mut Vec<Record>) {
         if let Some(p) = self.pending.remove(&e.cookie) {
             let o = p.event;
             let key = BriefKey {
                 sock_cgroup: o.sock_cgroup,
-                guard_id: o.guard_id,
+                guard_id: o.guard.map_or(UNGUARDED_ID, |g| g.0),
                 proto: o.proto,
                 addr: o.addr,
                 port: o.port,
@@ -256,8 +258,8 @@ impl Listeners {
     }
 }
 
-fn proto_of(e: &DecodedEvent) -> Proto {
-    if e.proto == "udp" { Proto::Udp } else { Proto::Tcp }
+fn proto_of(e: &PortChange) -> Proto {
+    if e.proto == Transport::Udp { Proto::Udp } else { Proto::Tcp }
 }
 
 fn status_label(s: PortStatus) -> &'static str {

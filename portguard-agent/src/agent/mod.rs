@@ -34,7 +34,7 @@ use self::{
 };
 use crate::{
     EXIT_BAD_INPUT,
-    bpf::{Enforcer, EventStream, KernelCounters, PolicyMaps},
+    bpf::{DecodedEvent, Enforcer, EventStream, KernelCounters, PolicyMaps, PortChange},
     cgroup,
     cli::RunArgs,
     metrics::{self, Metrics},
@@ -145,36 +145,49 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         root.strip_prefix(&mount).map_or_else(|_| "/".to_owned(), |r| format!("/{}", r.display()));
 
     let mut enforcer = Enforcer::load(&args.bpffs)?;
-    let started = async {
+    let opened = async {
         let maps = PolicyMaps::open(&mut enforcer.ebpf)?;
-        let events = EventStream::open(&mut enforcer.ebpf, map_names::EVENTS)?;
-        let port_events = EventStream::open(&mut enforcer.ebpf, map_names::PORT_EVENTS)?;
+        let events = EventStream::<DecodedEvent>::open(&mut enforcer.ebpf, map_names::EVENTS)?;
+        let port_events = EventStream::<PortChange>::open(&mut enforcer.ebpf, map_names::PORT_EVENTS)?;
         let metrics = Arc::new(Metrics::new(KernelCounters::open(&args.bpffs)?));
         let addr = metrics::serve(args.metrics_addr, Arc::clone(&metrics))
             .await
             .map_err(|source| AgentError::MetricsAddr { addr: args.metrics_addr, source })?;
         tracing::info!(addr = %addr, "serving /metrics, /healthz and /readyz");
-        let mut daemon = Daemon::new(maps, resolver, &args, Arc::clone(&metrics), pod_api);
-        // Pod guards: know the pods running now before the first apply.
-        daemon.follow_pods_for(&compiled)?;
-        daemon.wait_for_pod_list(args.kube_sync_timeout).await;
-        daemon.apply_policy(&text, policy, compiled)?;
-        Ok::<_, AgentError>((daemon, events, port_events, metrics))
+        Ok::<_, AgentError>((maps, events, port_events, metrics))
     }
     .await;
-    let (mut daemon, mut events, mut port_events, metrics) = match started {
+    let (maps, mut events, mut port_events, metrics) = match opened {
         Ok(v) => v,
         Err(e) => {
             enforcer.abandon();
             return Err(e);
         }
     };
-    enforcer.attach(&root)?;
+    let mut daemon = Daemon::new(maps, enforcer, resolver, &args, Arc::clone(&metrics), pod_api);
+    let started = async {
+        // Pod guards: know the pods running now before the first apply.
+        daemon.follow_pods_for(&compiled)?;
+        daemon.wait_for_pod_list(args.kube_sync_timeout).await;
+        // The programs go on each guarded cgroup's hooks before the policy
+        // naming it goes live, so no guarded hook ever runs without one;
+        // links an earlier agent pinned get this agent's programs once the
+        // policy is in the maps.
+        daemon.apply_policy(&text, policy, compiled)?;
+        daemon.adopt_pinned()?;
+        Ok::<_, AgentError>(())
+    }
+    .await;
+    if let Err(e) = started {
+        daemon.abandon();
+        return Err(e);
+    }
     metrics.ready.store(true, Ordering::Relaxed);
     tracing::info!(
         cgroup_root = %root.display(),
         bpffs = %args.bpffs.display(),
-        "attached bind4/6, connect4/6, sendmsg4/6 and sock_create"
+        guarded_cgroups = daemon.guarded_cgroup_count(),
+        "attached sock_create, bind4/6, connect4/6, sendmsg4/6, post_bind4/6, sock_ops and sock_release at each guarded cgroup"
     );
     daemon.log_guards();
     daemon.write_state();
@@ -207,7 +220,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     sd_notify::notify("STOPPING=1");
     state::remove_pid(&args.state_dir);
     if args.unload_on_exit {
-        drop(enforcer);
+        drop(daemon);
         match crate::bpf::unload(&args.bpffs) {
             Ok(_) => {
                 tracing::info!(bpffs = %args.bpffs.display(), "stopping; --unload-on-exit: enforcement removed")
@@ -248,8 +261,8 @@ impl Inputs {
 
 async fn event_loop(
     daemon: &mut Daemon,
-    events: &mut EventStream,
-    port_events: &mut EventStream,
+    events: &mut EventStream<DecodedEvent>,
+    port_events: &mut EventStream<PortChange>,
     metrics: &Metrics,
     root: PathBuf,
     sinks: &mut Sinks,

@@ -3,11 +3,9 @@
 
 use std::collections::HashMap;
 
-use portguard_common::Op;
-
 use super::{daemon::Daemon, listeners};
 use crate::{
-    bpf::DecodedEvent,
+    bpf::PortChange,
     metrics::Metrics,
     trail::{AuditTrail, Record},
 };
@@ -24,12 +22,12 @@ pub fn guard_names(daemon: &Daemon) -> HashMap<u32, String> {
 }
 
 impl Sinks {
-    pub fn take_port_events(&mut self, batch: &mut Vec<DecodedEvent>) {
+    pub fn take_port_events(&mut self, batch: &mut Vec<PortChange>) {
         for e in batch.drain(..) {
-            match e.op {
-                Some(Op::PortOpened) => self.listeners.port_opened(e),
-                Some(Op::PortClosed) => self.listeners.port_closed(&e, &mut self.records),
-                _ => {}
+            if e.opened {
+                self.listeners.port_opened(e);
+            } else {
+                self.listeners.port_closed(&e, &mut self.records);
             }
         }
     }
