@@ -115,6 +115,10 @@ pub struct PortEvent {
     /// The socket cookie: pairs a close with its open (a close carries no
     /// address: the release hook cannot read it).
     pub cookie: u64,
+    /// When it happened: `bpf_ktime_get_boot_ns()` (CLOCK_BOOTTIME), so the
+    /// trail dates a port by the kernel, not by when the agent read it
+    /// (the agent may have been down then).
+    pub boot_ns: u64,
     /// `UNGUARDED_ID` when no guard covers the socket.
     pub guard_id: u32,
     pub port: u16,

@@ -202,7 +202,7 @@ mod tests {
         assert_eq!(size_of::<ConnectKey>(), 24);
         assert_eq!(size_of::<PortSet>(), 4 + 4 * MAX_PORT_RANGES);
         assert_eq!(size_of::<DecisionEvent>(), 88);
-        assert_eq!(size_of::<PortEvent>(), 88);
+        assert_eq!(size_of::<PortEvent>(), 96);
         assert_eq!(size_of::<DenialCount>(), 24);
         assert_eq!(size_of::<DenialKey>(), 12);
     }

@@ -2,7 +2,9 @@
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_ktime_get_boot_ns,
+    },
 };
 use portguard_common::{
     DENIAL_EVENT_INTERVAL_NS, DecisionEvent, DenialCount, DenialKey, GuardInfo, MODE_AUDIT, Op,
@@ -157,6 +159,8 @@ pub fn record_lifecycle(e: &LifecycleEvent) {
         pid_tgid: bpf_get_current_pid_tgid(),
         generation: e.generation,
         cookie: e.cookie,
+        // SAFETY: helper with no arguments, valid in every program type.
+        boot_ns: unsafe { bpf_ktime_get_boot_ns() },
         guard_id: e.guard_id,
         port: e.port,
         change: e.change,

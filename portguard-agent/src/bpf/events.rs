@@ -50,6 +50,8 @@ pub struct PortChange {
     pub port: u16,
     /// Pairs a close with its open.
     pub cookie: u64,
+    /// When the kernel saw it, in wall-clock time.
+    pub at: std::time::SystemTime,
 }
 
 /// A record type one ring buffer carries.
@@ -92,6 +94,7 @@ impl RingRecord for PortChange {
             addr: addr(e.family, e.addr),
             port: e.port,
             cookie: e.cookie,
+            at: wall_clock(e.boot_ns),
         }
     }
 }
@@ -102,6 +105,16 @@ fn addr(family: u8, bytes: [u8; 16]) -> IpAddr {
     } else {
         IpAddr::V6(Ipv6Addr::from(bytes))
     }
+}
+
+/// The wall-clock time of a CLOCK_BOOTTIME reading.
+fn wall_clock(boot_ns: u64) -> std::time::SystemTime {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    let now_boot = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    let ago = std::time::Duration::from_nanos(now_boot.saturating_sub(boot_ns));
+    std::time::SystemTime::now() - ago
 }
 
 fn comm(raw: &[u8; 16]) -> String {

@@ -63,10 +63,7 @@ fn trial(cfg: &Config, w: &Workload, allowed: bool) -> f64 {
 /// pins each guarded cgroup's links under `links/<cgroup id>/`.
 fn prog_id(cfg: &Config, program: &str) -> Option<u32> {
     let links = cfg.sandbox.bpffs.join("links");
-    std::fs::read_dir(links)
-        .ok()?
-        .flatten()
-        .find_map(|d| prog_stats::linked_program(&d.path().join(program)))
+    std::fs::read_dir(links).ok()?.flatten().find_map(|d| prog_stats::linked_program(&d.path().join(program)))
 }
 
 /// The program a workload exercises.
