@@ -26,7 +26,12 @@
 //!   prefix lengths (at most [`MAX_PREFIX_LENS`]), never on the rule count.
 #![cfg_attr(not(any(feature = "user", test)), no_std)]
 
+mod events;
+mod keys;
 mod transport;
+
+pub use events::*;
+pub use keys::*;
 pub use transport::{Transport, UnknownTransport};
 
 /// Map names, spelled once for both sides.
@@ -48,7 +53,7 @@ pub mod map_names {
 /// Version of the map layouts below. Bump it with any change to a map's
 /// key, value or size: the agent then pins fresh maps instead of reusing
 /// the ones an older agent left behind.
-pub const MAP_ABI_VERSION: u32 = 3;
+pub const MAP_ABI_VERSION: u32 = 4;
 
 /// Number of policy slots (double buffering for atomic switches).
 pub const SLOTS: u32 = 2;
@@ -71,6 +76,10 @@ pub const DEFAULT_ANCESTRY_ENTRIES: u32 = 16_384;
 pub const DENIAL_COUNT_ENTRIES: u32 = 16_384;
 /// Ring buffer size in bytes for denial events.
 pub const EVENTS_BYTES: u32 = 1 << 20;
+/// A kind of denial (guard, op, proto, port, verdict) is reported as an
+/// event at most once per interval per CPU; the rest only bump exact
+/// counters. A flood then costs a map lookup per denial, not an event.
+pub const DENIAL_EVENT_INTERVAL_NS: u64 = 1_000_000_000;
 /// Port-lifecycle events have their own ring buffer, so a process that
 /// opens and closes ports in a loop can never crowd out denial events.
 pub const PORT_EVENTS_BYTES: u32 = 1 << 18;
@@ -108,89 +117,6 @@ pub const STAMP_BOUND: u32 = 1;
 pub const STAMP_LIVE: u32 = 2;
 /// `Event::guard_id` of a port-lifecycle event on an unguarded socket.
 pub const UNGUARDED_ID: u32 = u32::MAX;
-
-/// Operations, as counted and reported.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(Hash, PartialOrd, Ord))]
-pub enum Op {
-    Bind = 0,
-    Connect = 1,
-    Sendmsg = 2,
-    /// Creating a socket of a kind the sock_addr hooks cannot see (raw,
-    /// SCTP, packet) in a guarded cgroup.
-    Socket = 3,
-    /// listen() on a socket that no judged bind gave its port.
-    Listen = 4,
-    /// Not judged: a port went live (a TCP listen, a bound UDP socket).
-    /// Reported for every socket, guarded or not, for the inventory.
-    PortOpened = 5,
-    /// Not judged: a socket reported by `PortOpened` was released.
-    PortClosed = 6,
-}
-pub const OP_COUNT: usize = 8;
-
-impl Op {
-    pub const ALL: [Op; 5] = [Op::Bind, Op::Connect, Op::Sendmsg, Op::Socket, Op::Listen];
-
-    pub fn from_u8(v: u8) -> Option<Op> {
-        match v {
-            0 => Some(Op::Bind),
-            1 => Some(Op::Connect),
-            2 => Some(Op::Sendmsg),
-            3 => Some(Op::Socket),
-            4 => Some(Op::Listen),
-            5 => Some(Op::PortOpened),
-            6 => Some(Op::PortClosed),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Op::Bind => "bind",
-            Op::Connect => "connect",
-            Op::Sendmsg => "sendmsg",
-            Op::Socket => "socket",
-            Op::Listen => "listen",
-            Op::PortOpened => "port_opened",
-            Op::PortClosed => "port_closed",
-        }
-    }
-}
-
-/// Verdicts, as counted and reported.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(Hash, PartialOrd, Ord))]
-pub enum Verdict {
-    Allowed = 0,
-    Denied = 1,
-    /// A violation let through because the guard is in audit mode.
-    Audited = 2,
-}
-pub const VERDICT_COUNT: usize = 4;
-
-impl Verdict {
-    pub const ALL: [Verdict; 3] = [Verdict::Allowed, Verdict::Denied, Verdict::Audited];
-
-    pub fn from_u8(v: u8) -> Option<Verdict> {
-        match v {
-            0 => Some(Verdict::Allowed),
-            1 => Some(Verdict::Denied),
-            2 => Some(Verdict::Audited),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Allowed => "allowed",
-            Verdict::Denied => "denied",
-            Verdict::Audited => "audited",
-        }
-    }
-}
 
 /// Counters per guard: one per (op, verdict).
 pub const COUNTERS_PER_GUARD: u32 = (OP_COUNT * VERDICT_COUNT) as u32;
@@ -236,165 +162,6 @@ impl Config {
     }
 }
 
-/// `PG_SK_STAMPS` value: socket-local storage, created with the socket
-/// and freed with it by the kernel.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SockStamp {
-    /// The cgroup the socket was created in.
-    pub sock_cgroup: u64,
-    /// The guarded cgroup that covers it, valid when `guarded == STAMP_GUARDED`.
-    pub guard_cgroup: u64,
-    /// Generation under which the fields below were resolved.
-    pub generation: u64,
-    pub guarded: u32,
-    /// `STAMP_BOUND`: a bind hook allowed (or audited) an explicit bind, so
-    /// a later listen() is on a port the policy saw.
-    pub flags: u32,
-    /// The covering guard as the generation's slot holds it, cached so that
-    /// an operation costs no guard lookup.
-    pub guard: GuardInfo,
-}
-
-/// `PG_ANCESTRY` value, keyed by cgroup id (u64): `ids[level]` is the id of
-/// the ancestor at that level (0 = hierarchy root, `depth - 1` = the cgroup).
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct Ancestry {
-    pub depth: u32,
-    pub _pad: u32,
-    pub ids: [u64; MAX_CGROUP_DEPTH],
-}
-
-/// `PG_GUARDS` key: a guarded cgroup in one slot.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(Hash, PartialOrd, Ord))]
-pub struct GuardKey {
-    pub cgroup_id: u64,
-    pub slot: u32,
-    pub _pad: u32,
-}
-
-/// `PG_GUARDS` value.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct GuardInfo {
-    pub guard_id: u32,
-    /// `MODE_ENFORCE` or `MODE_AUDIT`.
-    pub mode: u32,
-    pub flags: u32,
-    pub v4_prefix_count: u8,
-    pub v6_prefix_count: u8,
-    pub _pad: u16,
-    /// Peer prefix lengths with connect entries, longest first.
-    pub v4_prefix_lens: [u8; MAX_PREFIX_LENS],
-    pub v6_prefix_lens: [u8; MAX_PREFIX_LENS],
-}
-
-/// `PG_BIND_RULES` key. v4 addresses are stored v4-mapped (::ffff:a.b.c.d),
-/// so a bind to a mapped address on a v6 socket meets the same rule.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(Hash, PartialOrd, Ord))]
-pub struct BindKey {
-    pub guard_id: u32,
-    pub slot: u8,
-    pub proto: u8,
-    /// `BIND_ADDR_ANY` (then `addr` is all zero) or `BIND_ADDR_EXACT`.
-    pub addr_kind: u8,
-    pub _pad: u8,
-    pub port: u16,
-    pub _pad2: u16,
-    pub addr: [u8; 16],
-}
-
-/// `PG_BIND_RULES` value: which policy rule allowed it (for reports).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RuleRef {
-    pub rule_index: u32,
-}
-
-/// `PG_CONNECT_RULES` key; `addr` is masked to `prefix_len` bits, v4 peers
-/// use the first 4 bytes.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(Hash, PartialOrd, Ord))]
-pub struct ConnectKey {
-    pub guard_id: u32,
-    pub slot: u8,
-    pub proto: u8,
-    pub family: u8,
-    pub prefix_len: u8,
-    pub addr: [u8; 16],
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(Hash, PartialOrd, Ord))]
-pub struct PortRange {
-    pub first: u16,
-    pub last: u16,
-}
-
-impl PortRange {
-    /// A range with no port in it (first > last): fills unused slots, so
-    /// the kernel can test every slot without looking at the count.
-    pub const EMPTY: PortRange = PortRange { first: 1, last: 0 };
-}
-
-/// `PG_CONNECT_RULES` value: the ports allowed to peers in that prefix.
-/// Slots past `count` hold [`PortRange::EMPTY`], which contains no port.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PortSet {
-    pub count: u32,
-    pub ranges: [PortRange; MAX_PORT_RANGES],
-}
-
-/// `PG_DENIAL_COUNTS` key: exact per-port counts of denials and audit-mode
-/// violations, kept in the kernel so they survive a full ring buffer.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(Hash, PartialOrd, Ord))]
-pub struct DenialKey {
-    pub guard_id: u32,
-    pub port: u16,
-    pub op: u8,
-    pub proto: u8,
-    pub verdict: u8,
-    pub _pad: [u8; 3],
-}
-
-/// A denial, an audit-mode violation or a port-lifecycle change, sent
-/// through `PG_EVENTS`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct Event {
-    /// The cgroup the socket belongs to.
-    pub sock_cgroup: u64,
-    /// The guarded cgroup whose policy was consulted.
-    pub guard_cgroup: u64,
-    pub pid_tgid: u64,
-    pub generation: u64,
-    pub guard_id: u32,
-    pub port: u16,
-    pub op: u8,
-    /// `AF_INET` or `AF_INET6`: the family of `addr` as judged (a v4-mapped
-    /// peer is reported as `AF_INET`).
-    pub family: u8,
-    pub proto: u8,
-    pub verdict: u8,
-    pub _pad: u16,
-    pub _pad2: u32,
-    pub comm: [u8; 16],
-    /// v4 addresses in the first 4 bytes.
-    pub addr: [u8; 16],
-    /// The socket cookie: pairs a port-lifecycle event with its close.
-    pub cookie: u64,
-}
-
 #[cfg(feature = "user")]
 mod user {
     use super::*;
@@ -411,7 +178,9 @@ mod user {
     unsafe impl aya::Pod for ConnectKey {}
     unsafe impl aya::Pod for PortRange {}
     unsafe impl aya::Pod for PortSet {}
-    unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for DecisionEvent {}
+    unsafe impl aya::Pod for PortEvent {}
+    unsafe impl aya::Pod for DenialCount {}
     unsafe impl aya::Pod for DenialKey {}
 }
 
@@ -432,7 +201,9 @@ mod tests {
         assert_eq!(size_of::<BindKey>(), 28);
         assert_eq!(size_of::<ConnectKey>(), 24);
         assert_eq!(size_of::<PortSet>(), 4 + 4 * MAX_PORT_RANGES);
-        assert_eq!(size_of::<Event>(), 88);
+        assert_eq!(size_of::<DecisionEvent>(), 88);
+        assert_eq!(size_of::<PortEvent>(), 96);
+        assert_eq!(size_of::<DenialCount>(), 24);
         assert_eq!(size_of::<DenialKey>(), 12);
     }
 

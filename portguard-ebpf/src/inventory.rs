@@ -18,7 +18,8 @@ use aya_ebpf::{
     programs::{SockContext, SockOpsContext},
 };
 use portguard_common::{
-    AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, Op, STAMP_GUARDED, STAMP_LIVE, UNGUARDED_ID,
+    AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, PORT_CLOSED, PORT_OPENED, STAMP_GUARDED, STAMP_LIVE,
+    UNGUARDED_ID,
 };
 
 use crate::{
@@ -106,7 +107,7 @@ pub fn pg_sock_release(ctx: SockContext) -> i32 {
     let guard_id = if stamp.guarded == STAMP_GUARDED { stamp.guard.guard_id } else { UNGUARDED_ID };
     // The address is not readable here; the cookie pairs this with its open.
     record_lifecycle(&LifecycleEvent {
-        op: Op::PortClosed,
+        change: PORT_CLOSED,
         sock_cgroup: stamp.sock_cgroup,
         guard_cgroup: stamp.guard_cgroup,
         guard_id,
@@ -144,7 +145,7 @@ fn port_opened(sk: *mut c_void, proto: u8, addr: crate::addr::Addr, port: u16, c
         }
     }
     record_lifecycle(&LifecycleEvent {
-        op: Op::PortOpened,
+        change: PORT_OPENED,
         sock_cgroup: guarded.sock_cgroup,
         guard_cgroup: guarded.guard_cgroup,
         guard_id: guarded.info.map_or(UNGUARDED_ID, |i| i.guard_id),

@@ -124,7 +124,7 @@ fn judge(ctx: &SockAddrContext, op: Op, addr: Addr) -> i32 {
                     Op::Bind => bind_allowed(info, slot, proto, &addr, port),
                     Op::Connect | Op::Sendmsg => connect_allowed(info, slot, proto, &addr, port),
                     // Judged in sock_create and the LSM hooks, never here.
-                    Op::Socket | Op::Listen | Op::PortOpened | Op::PortClosed => false,
+                    Op::Socket | Op::Listen => false,
                 };
             (info.guard_id, allowed, info.mode == MODE_AUDIT)
         }

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use portguard_common::{
     Ancestry, BindKey, COUNTER_ENTRIES, Config, ConnectKey, DEFAULT_ANCESTRY_ENTRIES, DENIAL_COUNT_ENTRIES,
-    DenialKey, EVENTS_BYTES, GuardInfo, GuardKey, MAX_BIND_ENTRIES, MAX_CONNECT_ENTRIES, MAX_GUARDS,
-    PORT_EVENTS_BYTES, PortSet, RuleRef, SLOTS, SockStamp, stats,
+    DenialCount, DenialKey, EVENTS_BYTES, GuardInfo, GuardKey, MAX_BIND_ENTRIES, MAX_CONNECT_ENTRIES,
+    MAX_GUARDS, PORT_EVENTS_BYTES, PortSet, RuleRef, SLOTS, SockStamp, stats,
 };
 
 /// Policy maps are written while programs read them; without preallocation
@@ -52,7 +52,7 @@ pub static PG_SCRATCH: PerCpuArray<Ancestry> = PerCpuArray::with_max_entries(1, 
 pub static PG_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_ENTRIES, 0);
 
 #[map(name = "PG_DENIAL_COUNTS")]
-pub static PG_DENIAL_COUNTS: LruPerCpuHashMap<DenialKey, u64> =
+pub static PG_DENIAL_COUNTS: LruPerCpuHashMap<DenialKey, DenialCount> =
     LruPerCpuHashMap::with_max_entries(DENIAL_COUNT_ENTRIES, 0);
 
 #[map(name = "PG_STATS")]

@@ -2,10 +2,13 @@
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_ktime_get_boot_ns,
+    },
 };
 use portguard_common::{
-    DenialKey, Event, GuardInfo, MODE_AUDIT, Op, PORT_EVENTS_BYTES, Verdict, counter_index, stats,
+    DENIAL_EVENT_INTERVAL_NS, DecisionEvent, DenialCount, DenialKey, GuardInfo, MODE_AUDIT, Op,
+    PORT_EVENTS_BYTES, PortEvent, Verdict, counter_index, stats,
 };
 
 use crate::{
@@ -52,43 +55,49 @@ pub fn record_violation(
     verdict
 }
 
-/// Counts the decision (exact, per CPU) and, for anything but an allow,
-/// queues an event; a full ring buffer loses the event, never the count.
+/// Counts the decision (exact, per CPU). A denial or audit-mode violation
+/// is also sent as an event when it is the first of its kind on this CPU
+/// in [`DENIAL_EVENT_INTERVAL_NS`]: a flood of identical denials costs a
+/// counter bump each, not a ring-buffer event with the process name each.
+/// A full ring buffer loses the event, never the count.
 #[inline(always)]
 pub fn record(d: &Decision) {
     bump(&PG_COUNTERS, counter_index(d.guard_id, d.op, d.verdict));
     if d.verdict == Verdict::Allowed {
         return;
     }
-    count_denial(d);
-    let Some(mut entry) = PG_EVENTS.reserve::<Event>(0) else {
+    let Some(count) = count_denial(d) else {
+        return;
+    };
+    let Some(mut entry) = PG_EVENTS.reserve::<DecisionEvent>(0) else {
         bump(&PG_STATS, stats::EVENTS_LOST);
         return;
     };
-    entry.write(Event {
+    entry.write(DecisionEvent {
         sock_cgroup: d.guarded.sock_cgroup,
         guard_cgroup: d.guarded.guard_cgroup,
         pid_tgid: bpf_get_current_pid_tgid(),
         generation: d.generation,
+        count,
         guard_id: d.guard_id,
         port: d.port,
         op: d.op as u8,
         family: d.addr.family,
         proto: d.proto,
         verdict: d.verdict as u8,
-        _pad: 0,
-        _pad2: 0,
+        _pad: [0; 6],
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
         addr: d.addr.bytes,
-        cookie: 0,
     });
     entry.submit(0);
 }
 
 /// Bumps this CPU's count for the denial's (guard, op, proto, port,
-/// verdict). A per-CPU LRU hash: no atomics, and bounded.
+/// verdict), a per-CPU LRU hash: no atomics, and bounded. Returns how many
+/// denials an event sent now stands for, or `None` while the kind's
+/// interval runs.
 #[inline(always)]
-fn count_denial(d: &Decision) {
+fn count_denial(d: &Decision) -> Option<u64> {
     const BPF_NOEXIST: u64 = 1;
     let key = DenialKey {
         guard_id: d.guard_id,
@@ -98,24 +107,33 @@ fn count_denial(d: &Decision) {
         verdict: d.verdict as u8,
         _pad: [0; 3],
     };
-    if let Some(count) = PG_DENIAL_COUNTS.get_ptr_mut(&key) {
-        // SAFETY: this CPU's copy of the value; nothing else writes it.
-        unsafe { *count += 1 };
-        return;
+    let mut slot = PG_DENIAL_COUNTS.get_ptr_mut(&key);
+    if slot.is_none() {
+        // Another CPU may insert the key between our lookup and insert; then
+        // the insert fails and this CPU's copy (zeroed by the kernel) is there.
+        let _ = PG_DENIAL_COUNTS.insert(&key, &DenialCount::default(), BPF_NOEXIST);
+        slot = PG_DENIAL_COUNTS.get_ptr_mut(&key);
     }
-    // Another CPU may insert the key between our lookup and insert; then
-    // the insert fails and this CPU's copy (zeroed by the kernel) is there
-    // to bump.
-    if PG_DENIAL_COUNTS.insert(&key, &1, BPF_NOEXIST).is_err()
-        && let Some(count) = PG_DENIAL_COUNTS.get_ptr_mut(&key)
-    {
-        unsafe { *count += 1 };
+    let c = slot?;
+    // SAFETY: this CPU's copy of the value; nothing else writes it, and the
+    // program cannot migrate to another CPU mid-run.
+    let c = unsafe { &mut *c };
+    c.count += 1;
+    // SAFETY: helper with no arguments, valid in every program type.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if c.reported != 0 && now.wrapping_sub(c.last_event_ns) < DENIAL_EVENT_INTERVAL_NS {
+        return None;
     }
+    let stands_for = c.count - c.reported;
+    c.reported = c.count;
+    c.last_event_ns = now;
+    Some(stands_for)
 }
 
 /// A port going live or closing (inventory, not a decision).
 pub struct LifecycleEvent {
-    pub op: Op,
+    /// `PORT_OPENED` or `PORT_CLOSED`.
+    pub change: u8,
     pub sock_cgroup: u64,
     pub guard_cgroup: u64,
     pub guard_id: u32,
@@ -131,26 +149,26 @@ pub struct LifecycleEvent {
 /// event (counted in `PORT_EVENTS_LOST`).
 #[inline(always)]
 pub fn record_lifecycle(e: &LifecycleEvent) {
-    let Some(mut entry) = PG_PORT_EVENTS.reserve::<Event>(0) else {
+    let Some(mut entry) = PG_PORT_EVENTS.reserve::<PortEvent>(0) else {
         bump(&PG_STATS, stats::PORT_EVENTS_LOST);
         return;
     };
-    entry.write(Event {
+    entry.write(PortEvent {
         sock_cgroup: e.sock_cgroup,
         guard_cgroup: e.guard_cgroup,
         pid_tgid: bpf_get_current_pid_tgid(),
         generation: e.generation,
+        cookie: e.cookie,
+        // SAFETY: helper with no arguments, valid in every program type.
+        boot_ns: unsafe { bpf_ktime_get_boot_ns() },
         guard_id: e.guard_id,
         port: e.port,
-        op: e.op as u8,
+        change: e.change,
         family: e.addr.family,
         proto: e.proto,
-        verdict: Verdict::Allowed as u8,
-        _pad: 0,
-        _pad2: 0,
+        _pad: [0; 7],
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
         addr: e.addr.bytes,
-        cookie: e.cookie,
     });
     // Wake the agent only once the ring is a quarter full: it collects port
     // events on a timer anyway, and a wake-up per event would cost a bind

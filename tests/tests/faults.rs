@@ -137,11 +137,13 @@ fn a_kernel_without_a_hook_fails_in_one_line_and_attaches_nothing() {
         let expected = format!("this kernel cannot load the {section} program ({hook}): EINVAL");
         assert!(errors[0].contains(&expected), "{hook}: {}", errors[0]);
         assert!(errors[0].contains("nothing was attached"), "{}", errors[0]);
-        assert_eq!(
-            attached_programs(&sb),
-            Vec::<(u64, String)>::new(),
-            "{hook}: attached at the sandbox root"
-        );
+        for cgroup in ["", "/app"] {
+            assert_eq!(
+                attached_programs(&sb, cgroup),
+                Vec::<(u64, String)>::new(),
+                "{hook}: attached at {cgroup:?}"
+            );
+        }
         assert!(!sb.bpffs.exists(), "{hook}: pins left in {}", sb.bpffs.display());
         // Nothing loaded, so nothing judges the guarded cgroup either.
         assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "8081"]), "ok port=8081", "{hook}");
@@ -156,8 +158,8 @@ fn a_restart_on_a_kernel_without_a_hook_keeps_the_pinned_guard() {
     require_root!();
     let mut sb = Sandbox::enforcing("nohookrestart", &["/app"], &policy(7000));
     assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "8081"]), "err EPERM");
-    let before = attached_programs(&sb);
-    assert_eq!(before.len(), 11, "the eleven cgroup programs: {before:?}");
+    let before = attached_programs(&sb, "/app");
+    assert_eq!(before.len(), 11, "the eleven cgroup programs at the guarded cgroup: {before:?}");
     sb.stop_agent();
     // The new agent brings a different policy: 7001 instead of 7000.
     sb.write_policy(&policy(7001));
@@ -167,7 +169,7 @@ fn a_restart_on_a_kernel_without_a_hook_keeps_the_pinned_guard() {
     let errors = run.error_lines();
     assert_eq!(errors.len(), 1, "{run:?}");
     assert!(errors[0].contains("cgroup/bind4 program (BPF_CGROUP_INET4_BIND)"), "{}", errors[0]);
-    assert_eq!(attached_programs(&sb), before, "the same programs stay attached");
+    assert_eq!(attached_programs(&sb, "/app"), before, "the same programs stay attached");
     assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "8081"]), "err EPERM", "still denied");
     assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "7000"]), "ok port=7000", "old policy");
     assert_eq!(
@@ -197,7 +199,9 @@ fn a_start_that_fails_midway_through_attaching_leaves_no_hook_behind() {
         "{}",
         errors[0]
     );
-    assert_eq!(attached_programs(&sb), Vec::<(u64, String)>::new(), "links left at the sandbox root");
+    for cgroup in ["", "/app"] {
+        assert_eq!(attached_programs(&sb, cgroup), Vec::<(u64, String)>::new(), "links left at {cgroup:?}");
+    }
     assert!(!sb.bpffs.exists(), "pins left in {}", sb.bpffs.display());
 }
 
@@ -210,7 +214,7 @@ fn a_start_that_fails_midway_through_attaching_leaves_no_hook_behind() {
 fn a_restart_that_fails_midway_through_swapping_programs_leaves_every_hook_guarded() {
     require_root!();
     let mut sb = Sandbox::enforcing("updatemid", &["/app"], &policy(7000));
-    let before = attached_programs(&sb);
+    let before = attached_programs(&sb, "/app");
     assert_eq!(before.len(), 11, "{before:?}");
     sb.stop_agent();
     sb.write_policy(&policy(7001));
@@ -224,7 +228,7 @@ fn a_restart_that_fails_midway_through_swapping_programs_leaves_every_hook_guard
         "{}",
         errors[0]
     );
-    let after = attached_programs(&sb);
+    let after = attached_programs(&sb, "/app");
     let types = |v: &[(u64, String)]| {
         let mut t: Vec<String> = v.iter().map(|(_, t)| t.clone()).collect();
         t.sort();
@@ -276,12 +280,13 @@ fn run_agent_under_bpf_fault(sb: &Sandbox, step: &str, hook: &str) -> FaultRun {
     FaultRun { status: out.status.code(), stderr: String::from_utf8_lossy(&out.stderr).into_owned(), refused }
 }
 
-/// (program id, attach type) of every program attached at the sandbox's
-/// cgroup root, as the kernel reports them.
-fn attached_programs(sb: &Sandbox) -> Vec<(u64, String)> {
+/// (program id, attach type) of every program attached at `cgroup` (relative
+/// to the sandbox root, "" for the root itself), as the kernel reports them.
+/// portguard attaches at each guarded cgroup, never at the root.
+fn attached_programs(sb: &Sandbox, cgroup: &str) -> Vec<(u64, String)> {
     let out = Command::new("bpftool")
         .args(["-j", "cgroup", "show"])
-        .arg(&sb.root)
+        .arg(sb.root.join(cgroup.trim_start_matches('/')))
         .output()
         .expect("bpftool (installed by `cargo xtask setup`)");
     assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));

@@ -78,8 +78,22 @@ impl PinLayout {
         self.maps_dir().join(name)
     }
 
-    pub fn link(&self, program: &str) -> PathBuf {
-        self.links_dir().join(program)
+    /// Where the links of one guarded cgroup are pinned: a directory
+    /// named by the cgroup's id (bpffs refuses dots, and ids have none).
+    pub fn cgroup_links_dir(&self, cgroup_id: u64) -> PathBuf {
+        self.links_dir().join(cgroup_id.to_string())
+    }
+
+    /// Every guarded cgroup's link directory, by cgroup id.
+    pub fn guarded_link_dirs(&self) -> Vec<(u64, PathBuf)> {
+        let Ok(entries) = fs::read_dir(self.links_dir()) else { return Vec::new() };
+        let mut dirs: Vec<(u64, PathBuf)> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path())))
+            .collect();
+        dirs.sort();
+        dirs
     }
 
     /// Creates the pin directories, readable and writable by root only: a

@@ -9,10 +9,13 @@ use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
 };
-use portguard_common::{AF_INET, Event, Op, Transport, Verdict};
+use portguard_common::{
+    AF_INET, DecisionEvent, Op, PORT_OPENED, PortEvent, Transport, UNGUARDED_ID, Verdict,
+};
 use tokio::io::unix::AsyncFd;
 
-/// An event as the kernel sent it, with its fields decoded.
+/// A denial or audit-mode violation as the kernel reported it: the first
+/// of its kind on a CPU in an interval, standing for `count` decisions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodedEvent {
     pub sock_cgroup: u64,
@@ -26,40 +29,105 @@ pub struct DecodedEvent {
     pub proto: Transport,
     pub addr: IpAddr,
     pub port: u16,
-    /// Pairs a port-lifecycle event with its close.
-    pub cookie: u64,
+    /// Decisions of this kind this event stands for (>= 1): the kernel
+    /// sends one event per kind, CPU and interval and counts the rest.
+    pub count: u64,
 }
 
-impl DecodedEvent {
-    pub fn decode(e: &Event) -> DecodedEvent {
-        let addr = if e.family == AF_INET {
-            IpAddr::V4(Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3]))
-        } else {
-            IpAddr::V6(Ipv6Addr::from(e.addr))
-        };
-        let comm_len = e.comm.iter().position(|&b| b == 0).unwrap_or(e.comm.len());
+/// A port that went live or closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortChange {
+    pub opened: bool,
+    pub sock_cgroup: u64,
+    /// `None` when no guard covers the socket.
+    pub guard: Option<(u32, u64)>,
+    pub pid: u32,
+    pub comm: String,
+    pub generation: u64,
+    pub proto: Transport,
+    /// Unspecified for a close (the release hook cannot read the address).
+    pub addr: IpAddr,
+    pub port: u16,
+    /// Pairs a close with its open.
+    pub cookie: u64,
+    /// When the kernel saw it, in wall-clock time.
+    pub at: std::time::SystemTime,
+}
+
+/// A record type one ring buffer carries.
+pub trait RingRecord: Sized {
+    type Raw: Copy;
+    fn decode(raw: &Self::Raw) -> Self;
+}
+
+impl RingRecord for DecodedEvent {
+    type Raw = DecisionEvent;
+    fn decode(e: &DecisionEvent) -> DecodedEvent {
         DecodedEvent {
             sock_cgroup: e.sock_cgroup,
             guard_cgroup: e.guard_cgroup,
             pid: (e.pid_tgid >> 32) as u32,
-            comm: String::from_utf8_lossy(&e.comm[..comm_len]).into_owned(),
+            comm: comm(&e.comm),
             generation: e.generation,
             guard_id: e.guard_id,
             op: Op::from_u8(e.op),
             verdict: Verdict::from_u8(e.verdict),
             proto: Transport::from(e.proto),
-            addr,
+            addr: addr(e.family, e.addr),
             port: e.port,
-            cookie: e.cookie,
+            count: e.count.max(1),
         }
     }
+}
+
+impl RingRecord for PortChange {
+    type Raw = PortEvent;
+    fn decode(e: &PortEvent) -> PortChange {
+        PortChange {
+            opened: e.change == PORT_OPENED,
+            sock_cgroup: e.sock_cgroup,
+            guard: (e.guard_id != UNGUARDED_ID).then_some((e.guard_id, e.guard_cgroup)),
+            pid: (e.pid_tgid >> 32) as u32,
+            comm: comm(&e.comm),
+            generation: e.generation,
+            proto: Transport::from(e.proto),
+            addr: addr(e.family, e.addr),
+            port: e.port,
+            cookie: e.cookie,
+            at: wall_clock(e.boot_ns),
+        }
+    }
+}
+
+fn addr(family: u8, bytes: [u8; 16]) -> IpAddr {
+    if family == AF_INET {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(bytes))
+    }
+}
+
+/// The wall-clock time of a CLOCK_BOOTTIME reading.
+fn wall_clock(boot_ns: u64) -> std::time::SystemTime {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    let now_boot = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    let ago = std::time::Duration::from_nanos(now_boot.saturating_sub(boot_ns));
+    std::time::SystemTime::now() - ago
+}
+
+fn comm(raw: &[u8; 16]) -> String {
+    let len = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..len]).into_owned()
 }
 
 /// Events read per call of [`EventStream::next_batch`].
 pub const MAX_BATCH: usize = 1024;
 
-pub struct EventStream {
+pub struct EventStream<T> {
     ring: AsyncFd<RingBuf<MapData>>,
+    records: std::marker::PhantomData<T>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,24 +140,24 @@ pub enum EventsError {
     Io(#[from] io::Error),
 }
 
-impl EventStream {
+impl<T: RingRecord> EventStream<T> {
     /// Denials and audits (`map_names::EVENTS`) or port-lifecycle events
     /// (`map_names::PORT_EVENTS`).
-    pub fn open(ebpf: &mut Ebpf, name: &'static str) -> Result<EventStream, EventsError> {
+    pub fn open(ebpf: &mut Ebpf, name: &'static str) -> Result<EventStream<T>, EventsError> {
         let map = ebpf.take_map(name).ok_or(EventsError::Missing { name })?;
         let ring = RingBuf::try_from(map)?;
         // SAFETY: the ring buffer owns its map fd, which stays open and the
         // same for as long as the RingBuf (now owned by the AsyncFd) lives.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(|e| EventsError::Io(e.into_parts().1))?;
-        Ok(EventStream { ring })
+        Ok(EventStream { ring, records: std::marker::PhantomData })
     }
 
     /// Waits for events and appends up to [`MAX_BATCH`] of them to `out`.
     /// The bound matters: under a flood the kernel refills the ring as fast
     /// as it is drained, and an unbounded drain would never return to the
     /// agent's loop (reloads, signals).
-    pub async fn next_batch(&mut self, out: &mut Vec<DecodedEvent>) -> io::Result<()> {
+    pub async fn next_batch(&mut self, out: &mut Vec<T>) -> io::Result<()> {
         let mut guard = self.ring.readable_mut().await?;
         let drained = read_batch(guard.get_inner_mut(), out);
         // Only an empty ring may wait for the next wake-up; otherwise the
@@ -105,23 +173,23 @@ impl EventStream {
     /// Reads what is queued now, without waiting, up to [`MAX_BATCH`]
     /// events at a time, for a ring whose producer does not always wake the
     /// reader.
-    pub fn drain(&mut self, out: &mut Vec<DecodedEvent>) -> io::Result<()> {
+    pub fn drain(&mut self, out: &mut Vec<T>) -> io::Result<()> {
         while !read_batch(self.ring.get_mut(), out) {}
         Ok(())
     }
 }
 
 /// Appends up to [`MAX_BATCH`] events to `out`; true when the ring is empty.
-fn read_batch(ring: &mut RingBuf<MapData>, out: &mut Vec<DecodedEvent>) -> bool {
+fn read_batch<T: RingRecord>(ring: &mut RingBuf<MapData>, out: &mut Vec<T>) -> bool {
     for _ in 0..MAX_BATCH {
         let Some(item) = ring.next() else {
             return true;
         };
-        if item.len() >= size_of::<Event>() {
-            // SAFETY: the kernel wrote an Event (repr(C), plain integers)
-            // at this position; the read tolerates any alignment.
-            let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
-            out.push(DecodedEvent::decode(&event));
+        if item.len() >= size_of::<T::Raw>() {
+            // SAFETY: the kernel wrote a T::Raw (repr(C), plain integers) at
+            // this position; the read tolerates any alignment.
+            let raw = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<T::Raw>()) };
+            out.push(T::decode(&raw));
         }
     }
     false

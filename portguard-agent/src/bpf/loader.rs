@@ -2,6 +2,7 @@
 //! removing them again.
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     fs,
     os::fd::AsFd as _,
     path::{Path, PathBuf},
@@ -11,67 +12,23 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps, links::FdLink},
 };
-use portguard_common::map_names;
 
 use super::{
     bpffs::{BpffsError, PinLayout, ensure_bpffs},
+    hooks::{self, Kind},
     link_update, lsm,
 };
-
-/// The programs, in the order they are attached. `sock_create` comes first
-/// so that sockets are stamped before the hooks that read stamps run; the
-/// port-inventory programs (post_bind, sock_ops, sock_release) come last:
-/// they only report.
-pub const PROGRAMS: [&str; 11] = [
-    "pg_sock_create",
-    "pg_bind4",
-    "pg_bind6",
-    "pg_connect4",
-    "pg_connect6",
-    "pg_sendmsg4",
-    "pg_sendmsg6",
-    "pg_post_bind4",
-    "pg_post_bind6",
-    "pg_sock_ops",
-    "pg_sock_release",
-];
-
-/// The hook each program goes on, as its ELF section and as the kernel's
-/// attach type: an operator reading an error can look either up.
-fn hook_of(program: &str) -> (&'static str, &'static str) {
-    match program {
-        "pg_sock_create" => ("cgroup/sock_create", "BPF_CGROUP_INET_SOCK_CREATE"),
-        "pg_bind4" => ("cgroup/bind4", "BPF_CGROUP_INET4_BIND"),
-        "pg_bind6" => ("cgroup/bind6", "BPF_CGROUP_INET6_BIND"),
-        "pg_connect4" => ("cgroup/connect4", "BPF_CGROUP_INET4_CONNECT"),
-        "pg_connect6" => ("cgroup/connect6", "BPF_CGROUP_INET6_CONNECT"),
-        "pg_sendmsg4" => ("cgroup/sendmsg4", "BPF_CGROUP_UDP4_SENDMSG"),
-        "pg_sendmsg6" => ("cgroup/sendmsg6", "BPF_CGROUP_UDP6_SENDMSG"),
-        "pg_post_bind4" => ("cgroup/post_bind4", "BPF_CGROUP_INET4_POST_BIND"),
-        "pg_post_bind6" => ("cgroup/post_bind6", "BPF_CGROUP_INET6_POST_BIND"),
-        "pg_sock_ops" => ("sockops", "BPF_CGROUP_SOCK_OPS"),
-        "pg_sock_release" => ("cgroup/sock_release", "BPF_CGROUP_INET_SOCK_RELEASE"),
-        _ => ("an unknown hook", "unknown attach type"),
-    }
-}
 
 /// The oldest kernel that has everything the programs use (the ring
 /// buffer, 5.8, is the newest of them).
 const KERNEL_NEEDED: &str = "portguard needs Linux >= 5.8 built with CONFIG_CGROUP_BPF=y";
 
-const PINNED_MAPS: [&str; 11] = [
-    map_names::CONFIG,
-    map_names::GUARDS,
-    map_names::BIND_RULES,
-    map_names::CONNECT_RULES,
-    map_names::SK_STAMPS,
-    map_names::ANCESTRY,
-    map_names::COUNTERS,
-    map_names::STATS,
-    map_names::EVENTS,
-    map_names::PORT_EVENTS,
-    map_names::DENIAL_COUNTS,
-];
+/// "cgroup/bind4 program (BPF_CGROUP_INET4_BIND)": both names an operator
+/// may search for.
+fn hook_of(program: &str) -> (&'static str, &'static str) {
+    let h = hooks::of(program);
+    (h.section, h.attach_type)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -163,6 +120,13 @@ pub enum LoadError {
 }
 
 /// The loaded object: maps pinned, programs verified, hooks not yet changed.
+///
+/// The programs go on the hooks of each *guarded* cgroup, never the root:
+/// the kernel runs a cgroup's programs for the sockets created in it or
+/// below it, so a socket no guard covers runs no portguard program at all,
+/// and a guarded socket is judged by the cgroup it was created in even
+/// after its process moves. Each guarded cgroup's links are pinned under
+/// `links/<cgroup id>/`, so enforcement outlives the agent.
 pub struct Enforcer {
     pub ebpf: Ebpf,
     pins: PinLayout,
@@ -170,9 +134,14 @@ pub struct Enforcer {
     lsm: bool,
     /// The pin directory did not exist before: a failed start removes it.
     fresh: bool,
+    /// Cgroups that have this agent's programs on their hooks, with their
+    /// path (for messages).
+    guarded: BTreeMap<u64, PathBuf>,
+    /// Cgroups guarded by this run, to drop if the start fails.
+    made: Vec<u64>,
 }
 
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portguard"));
+pub(super) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portguard"));
 /// Empty always-allow programs on the same hooks, for the benchmark's
 /// baseline (`portguard bench-noop`); a few hundred bytes.
 static NOOP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portguard-noop"));
@@ -191,13 +160,22 @@ impl Enforcer {
         Self::load_from(pin_dir, NOOP_OBJECT)
     }
 
-    fn load_from(pin_dir: &Path, object: &[u8]) -> Result<Enforcer, LoadError> {
+    fn load_from(pin_dir: &Path, object: &'static [u8]) -> Result<Enforcer, LoadError> {
         ensure_bpffs(pin_dir)?;
         let pins = PinLayout::new(pin_dir.to_owned());
         let fresh = !pin_dir.exists();
         pins.create()?;
         match load_object(&pins, object).and_then(|mut ebpf| Ok((lsm::load(&mut ebpf)?, ebpf))) {
-            Ok((lsm, ebpf)) => Ok(Enforcer { ebpf, pins, lsm, fresh }),
+            Ok((lsm, ebpf)) => {
+                // An earlier agent's links keep enforcing (its programs, these
+                // maps) until `adopt_pinned` swaps this agent's programs in.
+                let guarded = pins
+                    .guarded_link_dirs()
+                    .into_iter()
+                    .map(|(id, _)| (id, PathBuf::from(format!("cgroup id {id}"))))
+                    .collect();
+                Ok(Enforcer { ebpf, pins, lsm, fresh, guarded, made: Vec::new() })
+            }
             Err(e) => {
                 if fresh {
                     let _ = unload(pin_dir);
@@ -207,120 +185,206 @@ impl Enforcer {
         }
     }
 
-    /// Puts the programs on the hooks at `cgroup_root`. Hooks with a link
-    /// pinned by an earlier run get the new program swapped in atomically
-    /// (BPF_LINK_UPDATE); the others get a new link. New links are pinned
-    /// only once all of them are attached, so a failure drops them
-    /// (detaching them) and leaves the earlier state alone. Call it after
-    /// the policy is in the maps, so no hook ever runs on an empty policy.
-    pub fn attach(&mut self, cgroup_root: &Path) -> Result<(), LoadError> {
-        let result = self.attach_inner(cgroup_root);
-        if result.is_err() {
-            self.abandon();
-        }
-        result
-    }
-
-    fn attach_inner(&mut self, cgroup_root: &Path) -> Result<(), LoadError> {
-        let cgroup = fs::File::open(cgroup_root)
-            .map_err(|source| LoadError::Cgroup { cgroup: cgroup_root.to_owned(), source })?;
-        let ebpf = &mut self.ebpf;
-        let pins = &self.pins;
-        let mut new_links: Vec<(&'static str, FdLink)> = Vec::new();
-        let mut updates: Vec<(&'static str, std::os::fd::OwnedFd)> = Vec::new();
-        for name in PROGRAMS {
-            let path = pins.link(name);
-            if path.exists() {
+    /// Puts this agent's programs into the links an earlier agent pinned
+    /// (BPF_LINK_UPDATE swaps a link's program atomically, so no hook is
+    /// ever empty) and attaches the LSM programs. Call it once, after the
+    /// first policy is in the maps. Returns the cgroups found guarded.
+    pub fn adopt_pinned(&mut self) -> Result<Vec<u64>, LoadError> {
+        let mut adopted = Vec::new();
+        for (cgroup_id, dir) in self.pins.guarded_link_dirs() {
+            let mut gone = false;
+            for hook in hooks::cgroup_hooks() {
+                let name = hook.program;
+                let path = dir.join(name);
+                if !path.exists() {
+                    continue;
+                }
                 let link = link_update::open_pinned(&path)
                     .map_err(|source| LoadError::Unpin { path: path.clone(), source })?;
-                updates.push((name, link));
+                let program = self.ebpf.program(name).ok_or(LoadError::MissingProgram { name })?;
+                let fd = program.fd().map_err(|source| LoadError::Program { name, source })?;
+                match link_update::replace_program(link.as_fd(), fd.as_fd()) {
+                    Ok(()) => {}
+                    // The kernel detached the link when its cgroup was
+                    // removed: nothing left to guard there.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => {
+                        gone = true;
+                        break;
+                    }
+                    Err(source) => return Err(LoadError::Update { name, path: path.clone(), source }),
+                }
+            }
+            if gone {
+                tracing::debug!(cgroup_id, "removing the links of a cgroup that no longer exists");
+                remove_foreign_links(&dir, |_| false);
+                let _ = fs::remove_dir(&dir);
+                self.guarded.remove(&cgroup_id);
                 continue;
             }
-            let program = ebpf.program_mut(name).ok_or(LoadError::MissingProgram { name })?;
-            let prog_err = |source| LoadError::Program { name, source };
-            let attach_err = |source| LoadError::Attach { name, cgroup: cgroup_root.to_owned(), source };
-            // Link-based cgroup attach takes no flags; the kernel runs every
-            // linked program (multi-attach) whatever mode is named here.
-            let link: FdLink = if let Ok(p) = <&mut CgroupSockAddr>::try_from(&mut *program) {
-                let id = p.attach(&cgroup, CgroupAttachMode::Single).map_err(attach_err)?;
-                p.take_link(id).map_err(prog_err)?.try_into()
-            } else if let Ok(p) = <&mut SockOps>::try_from(&mut *program) {
-                let id = p.attach(&cgroup, CgroupAttachMode::Single).map_err(attach_err)?;
-                p.take_link(id).map_err(prog_err)?.try_into()
-            } else {
-                let p = <&mut CgroupSock>::try_from(&mut *program).map_err(prog_err)?;
-                let id = p.attach(&cgroup, CgroupAttachMode::Single).map_err(attach_err)?;
-                p.take_link(id).map_err(prog_err)?.try_into()
-            }
-            .map_err(|source| LoadError::Link { name, source })?;
-            new_links.push((name, link));
-        }
-        for (name, link) in new_links {
-            let path = pins.link(name);
-            link.pin(&path).map_err(|source| LoadError::Pin { path, source })?;
-        }
-        for (name, link) in updates {
-            let program = ebpf.program(name).ok_or(LoadError::MissingProgram { name })?;
-            let fd = program.fd().map_err(|source| LoadError::Program { name, source })?;
-            link_update::replace_program(link.as_fd(), fd.as_fd()).map_err(|source| LoadError::Update {
-                name,
-                path: pins.link(name),
-                source,
-            })?;
+            // Links of programs this object no longer has (an older
+            // agent's): unpinning detaches them.
+            remove_foreign_links(&dir, |n| hooks::cgroup_hooks().any(|h| h.program == n));
+            self.guarded.entry(cgroup_id).or_insert_with(|| PathBuf::from(format!("cgroup id {cgroup_id}")));
+            adopted.push(cgroup_id);
         }
         if self.lsm {
-            lsm::attach(ebpf, pins)?;
+            lsm::attach(&mut self.ebpf, &self.pins)?;
         }
         // From here on the pinned state is ours: a later failure must not
         // remove it.
         self.fresh = false;
-        // Links of programs this object no longer has (an older agent's):
-        // unpinning detaches them.
-        if let Ok(entries) = fs::read_dir(pins.links_dir()) {
-            for e in entries.flatten() {
-                let name = e.file_name();
-                let ours =
-                    name.to_str().is_some_and(|n| PROGRAMS.contains(&n) || (self.lsm && lsm::is_lsm_link(n)));
-                if !ours {
-                    tracing::info!(link = %e.path().display(), "removing a link this agent no longer uses");
-                    let _ = fs::remove_file(e.path());
-                }
-            }
-        }
+        self.made.clear();
+        remove_foreign_links(&self.pins.links_dir(), |n| {
+            n.parse::<u64>().is_ok() || (self.lsm && lsm::is_lsm_link(n))
+        });
         // Maps of an older ABI are read by nothing now.
-        pins.remove_stale_map_dirs();
+        self.pins.remove_stale_map_dirs();
+        Ok(adopted)
+    }
+
+    /// Puts the programs on the hooks of each cgroup in `cgroups` that does
+    /// not have them yet. A cgroup's links are pinned once all of its hooks
+    /// are attached, so a failure drops that cgroup's new links (detaching
+    /// them). Call it *before* the policy naming these cgroups goes live:
+    /// until then the programs there find no guard and allow, and every
+    /// socket created meanwhile is already stamped.
+    pub fn guard(&mut self, cgroups: &BTreeMap<u64, PathBuf>) -> Result<(), LoadError> {
+        for (id, path) in cgroups {
+            if self.guarded.contains_key(id) {
+                continue;
+            }
+            self.attach_at(*id, path)?;
+            self.guarded.insert(*id, path.clone());
+            self.made.push(*id);
+        }
         Ok(())
     }
 
-    /// Undoes a start that failed before it attached anything: removes the
-    /// pin directory if this run created it.
+    /// Takes the programs off every guarded cgroup not in `keep`. Call it
+    /// *after* the policy without them went live.
+    pub fn release_except(&mut self, keep: &BTreeSet<u64>) {
+        let gone: Vec<u64> = self.guarded.keys().filter(|id| !keep.contains(id)).copied().collect();
+        for id in gone {
+            self.guarded.remove(&id);
+            let dir = self.pins.cgroup_links_dir(id);
+            remove_foreign_links(&dir, |_| false);
+            let _ = fs::remove_dir(&dir);
+        }
+    }
+
+    /// Puts the programs on the hooks of the one cgroup at `path` (the
+    /// benchmark's baseline) and leaves them pinned.
+    pub fn guard_path(&mut self, path: &Path) -> Result<(), LoadError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let id =
+            fs::metadata(path).map_err(|source| LoadError::Cgroup { cgroup: path.to_owned(), source })?.ino();
+        self.guard(&BTreeMap::from([(id, path.to_owned())]))?;
+        self.fresh = false;
+        Ok(())
+    }
+
+    /// The cgroups that carry this agent's programs now.
+    pub fn guarded_cgroups(&self) -> impl Iterator<Item = u64> + '_ {
+        self.guarded.keys().copied()
+    }
+
+    fn attach_at(&mut self, cgroup_id: u64, cgroup_path: &Path) -> Result<(), LoadError> {
+        let cgroup = fs::File::open(cgroup_path)
+            .map_err(|source| LoadError::Cgroup { cgroup: cgroup_path.to_owned(), source })?;
+        let mut new_links: Vec<(&'static str, FdLink)> = Vec::new();
+        for hook in hooks::cgroup_hooks() {
+            let name = hook.program;
+            let program = self.ebpf.program_mut(name).ok_or(LoadError::MissingProgram { name })?;
+            let prog_err = |source| LoadError::Program { name, source };
+            let attach_err = |source| LoadError::Attach { name, cgroup: cgroup_path.to_owned(), source };
+            // Link-based cgroup attach takes no flags; the kernel runs every
+            // linked program (multi-attach) whatever mode is named here.
+            let link: FdLink = match hook.kind {
+                Kind::CgroupSockAddr => {
+                    let p = <&mut CgroupSockAddr>::try_from(&mut *program).map_err(prog_err)?;
+                    let id = p.attach(&cgroup, CgroupAttachMode::Single).map_err(attach_err)?;
+                    p.take_link(id).map_err(prog_err)?.try_into()
+                }
+                Kind::SockOps => {
+                    let p = <&mut SockOps>::try_from(&mut *program).map_err(prog_err)?;
+                    let id = p.attach(&cgroup, CgroupAttachMode::Single).map_err(attach_err)?;
+                    p.take_link(id).map_err(prog_err)?.try_into()
+                }
+                Kind::CgroupSock => {
+                    let p = <&mut CgroupSock>::try_from(&mut *program).map_err(prog_err)?;
+                    let id = p.attach(&cgroup, CgroupAttachMode::Single).map_err(attach_err)?;
+                    p.take_link(id).map_err(prog_err)?.try_into()
+                }
+                Kind::Lsm(_) => continue,
+            }
+            .map_err(|source| LoadError::Link { name, source })?;
+            new_links.push((name, link));
+        }
+        let dir = self.pins.cgroup_links_dir(cgroup_id);
+        if let Err(source) = fs::create_dir(&dir)
+            && source.kind() != std::io::ErrorKind::AlreadyExists
+        {
+            return Err(LoadError::Bpffs(BpffsError::Io { path: dir, source }));
+        }
+        for (name, link) in new_links {
+            let path = dir.join(name);
+            if let Err(source) = link.pin(&path) {
+                remove_foreign_links(&dir, |_| false);
+                let _ = fs::remove_dir(&dir);
+                return Err(LoadError::Pin { path, source });
+            }
+        }
+        Ok(())
+    }
+
+    /// Undoes a start that failed: takes the programs off the cgroups this
+    /// run guarded, and removes the pin directory if this run created it.
     pub fn abandon(&mut self) {
+        for id in std::mem::take(&mut self.made) {
+            self.guarded.remove(&id);
+            let dir = self.pins.cgroup_links_dir(id);
+            remove_foreign_links(&dir, |_| false);
+            let _ = fs::remove_dir(&dir);
+        }
         if self.fresh {
             let _ = unload(&self.pins.root);
         }
     }
 }
 
+/// Unpins every link in `dir` whose file name `keep` refuses (unpinning a
+/// link nothing else holds detaches its program).
+fn remove_foreign_links(dir: &Path, keep: impl Fn(&str) -> bool) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let is_file = e.file_type().is_ok_and(|t| t.is_file());
+        if is_file && !name.to_str().is_some_and(&keep) {
+            tracing::debug!(link = %e.path().display(), "removing a link this agent no longer uses");
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
 fn load_object(pins: &PinLayout, object: &[u8]) -> Result<Ebpf, LoadError> {
-    let map_paths: Vec<(&str, PathBuf)> = PINNED_MAPS.iter().map(|name| (*name, pins.map(name))).collect();
+    let map_paths: Vec<(&str, PathBuf)> =
+        hooks::PINNED_MAPS.iter().map(|name| (*name, pins.map(name))).collect();
     let mut loader = EbpfLoader::new();
     for (name, path) in &map_paths {
         loader.map_pin_path(name, path.as_path());
     }
     let mut ebpf = loader.load(object).map_err(LoadError::Load)?;
-    for name in PROGRAMS {
+    for hook in hooks::cgroup_hooks() {
+        let name = hook.program;
         let program = ebpf.program_mut(name).ok_or(LoadError::MissingProgram { name })?;
         let prog_err = |source| LoadError::Program { name, source };
-        if let Ok(p) = <&mut CgroupSockAddr>::try_from(&mut *program) {
-            p.load().map_err(|e| load_error(name, e))?;
-        } else if let Ok(p) = <&mut SockOps>::try_from(&mut *program) {
-            p.load().map_err(|e| load_error(name, e))?;
-        } else {
-            <&mut CgroupSock>::try_from(&mut *program)
-                .map_err(prog_err)?
-                .load()
-                .map_err(|e| load_error(name, e))?;
+        match hook.kind {
+            Kind::CgroupSockAddr => <&mut CgroupSockAddr>::try_from(&mut *program).map_err(prog_err)?.load(),
+            Kind::SockOps => <&mut SockOps>::try_from(&mut *program).map_err(prog_err)?.load(),
+            Kind::CgroupSock => <&mut CgroupSock>::try_from(&mut *program).map_err(prog_err)?.load(),
+            Kind::Lsm(_) => continue,
         }
+        .map_err(|e| load_error(name, e))?;
     }
     Ok(ebpf)
 }
@@ -376,17 +440,19 @@ fn program_error_text(e: &aya::programs::ProgramError) -> String {
 /// detached the programs: "no longer enforces" must be true when it is said.
 pub fn unload(pin_dir: &Path) -> std::io::Result<usize> {
     let pins = PinLayout::new(pin_dir.to_owned());
-    let link_ids: Vec<u32> = match fs::read_dir(pins.links_dir()) {
-        Ok(entries) => entries
-            .flatten()
-            .filter_map(|e| link_update::open_pinned(&e.path()).ok())
-            .filter_map(|fd| link_update::link_id(fd.as_fd()).ok())
-            .collect(),
-        Err(_) => Vec::new(),
-    };
+    // The guarded cgroups' link directories, then the LSM links beside them.
+    let link_dirs: Vec<PathBuf> =
+        pins.guarded_link_dirs().into_iter().map(|(_, d)| d).chain([pins.links_dir()]).collect();
+    let link_ids: Vec<u32> = link_dirs
+        .iter()
+        .filter_map(|d| fs::read_dir(d).ok())
+        .flat_map(|entries| entries.flatten())
+        .filter_map(|e| link_update::open_pinned(&e.path()).ok())
+        .filter_map(|fd| link_update::link_id(fd.as_fd()).ok())
+        .collect();
     let mut removed = 0;
     // Links first: once they are gone nothing reads the maps.
-    for dir in std::iter::once(pins.links_dir()).chain(pins.all_map_dirs()) {
+    for dir in link_dirs.into_iter().chain(pins.all_map_dirs()) {
         match fs::read_dir(&dir) {
             Ok(entries) => {
                 for e in entries {

@@ -14,11 +14,7 @@ use aya::{
     programs::{Lsm, links::FdLink},
 };
 
-use super::{bpffs::PinLayout, loader::LoadError};
-
-/// (program, LSM hook).
-pub const LSM_PROGRAMS: [(&str, &str); 2] =
-    [("pg_socket_listen", "socket_listen"), ("pg_socket_create", "socket_create")];
+use super::{bpffs::PinLayout, hooks, loader::LoadError};
 
 const LSM_LIST: &str = "/sys/kernel/security/lsm";
 
@@ -37,7 +33,7 @@ pub fn bpf_lsm_active() -> bool {
 
 /// Loads the LSM programs if the kernel can run them; returns whether it did.
 pub fn load(ebpf: &mut Ebpf) -> Result<bool, LoadError> {
-    if ebpf.program(LSM_PROGRAMS[0].0).is_none() {
+    if hooks::lsm_hooks().any(|(h, _)| ebpf.program(h.program).is_none()) {
         return Ok(false);
     }
     if !bpf_lsm_active() {
@@ -48,7 +44,8 @@ pub fn load(ebpf: &mut Ebpf) -> Result<bool, LoadError> {
         return Ok(false);
     }
     let btf = Btf::from_sys_fs().map_err(|e| LoadError::Btf(e.to_string()))?;
-    for (name, hook) in LSM_PROGRAMS {
+    for (h, hook) in hooks::lsm_hooks() {
+        let name = h.program;
         let program = ebpf.program_mut(name).ok_or(LoadError::MissingProgram { name })?;
         let p: &mut Lsm = program.try_into().map_err(|source| LoadError::Program { name, source })?;
         // Optional: a kernel that refuses BPF LSM programs (some vendor
@@ -76,9 +73,10 @@ pub fn attach(ebpf: &mut Ebpf, pins: &PinLayout) -> Result<(), LoadError> {
 }
 
 fn attach_all(ebpf: &mut Ebpf, pins: &PinLayout) -> Result<(), LoadError> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let stamp = format!("{}-{now}", std::process::id());
-    for (name, _) in LSM_PROGRAMS {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let stamp = format!("{}-{}", std::process::id(), since_epoch.as_secs());
+    for (h, _) in hooks::lsm_hooks() {
+        let name = h.program;
         let program = ebpf.program_mut(name).ok_or(LoadError::MissingProgram { name })?;
         let p: &mut Lsm = program.try_into().map_err(|source| LoadError::Program { name, source })?;
         let id = p.attach().map_err(|source| LoadError::Program { name, source })?;
@@ -100,5 +98,5 @@ fn attach_all(ebpf: &mut Ebpf, pins: &PinLayout) -> Result<(), LoadError> {
 
 /// Whether a pinned link file belongs to an LSM program of this agent.
 pub fn is_lsm_link(file_name: &str) -> bool {
-    LSM_PROGRAMS.iter().any(|(name, _)| file_name.starts_with(&format!("{name}@")))
+    hooks::lsm_hooks().any(|(h, _)| file_name.starts_with(&format!("{}@", h.program)))
 }

@@ -3,13 +3,14 @@
 
 mod bpffs;
 mod events;
+mod hooks;
 mod link_update;
 mod loader;
 mod lsm;
 mod pinned;
 mod policy_maps;
 
-pub use events::{DecodedEvent, EventStream, EventsError, MAX_BATCH as MAX_EVENT_BATCH};
+pub use events::{DecodedEvent, EventStream, EventsError, MAX_BATCH as MAX_EVENT_BATCH, PortChange};
 pub use loader::{Enforcer, LoadError, unload};
 pub use pinned::{DecisionCounters, GuardCounts, KernelCounters, LiveState, PinnedError};
-pub use policy_maps::{GuardIds, KernelPolicy, MapsError, PolicyMaps};
+pub use policy_maps::{ApplyStats, GuardIds, KernelPolicy, MapsError, PolicyMaps};

@@ -5,7 +5,8 @@ use std::{collections::BTreeMap, path::Path};
 
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap};
 use portguard_common::{
-    Config, DenialKey, GuardInfo, GuardKey, Op, Verdict, counter_index, map_names, stats,
+    Config, DenialCount, DenialKey, GuardInfo, GuardKey, OP_COUNT, Op, VERDICT_COUNT, Verdict, counter_index,
+    map_names, stats,
 };
 
 use super::bpffs::PinLayout;
@@ -23,7 +24,7 @@ pub enum PinnedError {
 }
 
 /// Decision counts of one guard: `[op][verdict]`.
-pub type GuardCounts = [[u64; 3]; Op::ALL.len()];
+pub type GuardCounts = [[u64; VERDICT_COUNT]; OP_COUNT];
 
 pub struct DecisionCounters {
     map: PerCpuArray<MapData, u64>,
@@ -47,7 +48,7 @@ impl DecisionCounters {
 
     /// Exact counts for one guard id, summed over CPUs.
     pub fn guard(&self, guard_id: u32) -> GuardCounts {
-        let mut out = [[0; 3]; Op::ALL.len()];
+        let mut out = [[0; VERDICT_COUNT]; OP_COUNT];
         for op in Op::ALL {
             for v in Verdict::ALL {
                 out[op as usize][v as usize] = Self::sum(&self.map, counter_index(guard_id, op, v));
@@ -72,7 +73,7 @@ impl DecisionCounters {
 /// Every counter the kernel keeps, for metrics.
 pub struct KernelCounters {
     pub decisions: DecisionCounters,
-    denial_counts: PerCpuHashMap<MapData, DenialKey, u64>,
+    denial_counts: PerCpuHashMap<MapData, DenialKey, DenialCount>,
 }
 
 impl std::fmt::Debug for KernelCounters {
@@ -97,7 +98,7 @@ impl KernelCounters {
         self.denial_counts
             .iter()
             .filter_map(Result::ok)
-            .map(|(k, per_cpu)| (k, per_cpu.iter().sum()))
+            .map(|(k, per_cpu)| (k, per_cpu.iter().map(|c| c.count).sum()))
             .collect()
     }
 }

@@ -8,6 +8,6 @@ use crate::bpf;
 
 pub(super) fn run(cgroup_root: &Path, bpffs: &Path) -> Result<(), CmdError> {
     bpf::Enforcer::load_noop(bpffs)
-        .and_then(|mut e| e.attach(cgroup_root))
+        .and_then(|mut e| e.guard_path(cgroup_root))
         .map_err(|e| CmdError::BadInput(e.to_string()))
 }

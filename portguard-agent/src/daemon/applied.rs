@@ -15,7 +15,7 @@ use super::{
     watches::CgroupWatch,
 };
 use crate::{
-    bpf::{GuardIds, KernelPolicy, PolicyMaps},
+    bpf::{Enforcer, GuardIds, KernelPolicy, PolicyMaps},
     cli::RunArgs,
     metrics::{Metrics, PolicySummary},
     pods::PodUpdate,
@@ -41,6 +41,8 @@ struct Current {
 
 pub(crate) struct AppliedPolicy {
     maps: PolicyMaps,
+    /// The programs, and the guarded cgroups whose hooks carry them.
+    enforcer: Enforcer,
     resolver: CgroupResolver,
     guard_ids: GuardIds,
     current: Option<Current>,
@@ -60,6 +62,7 @@ pub(crate) fn read_policy(path: &Path) -> Result<(String, Policy, CompiledPolicy
 impl AppliedPolicy {
     pub(crate) fn new(
         maps: PolicyMaps,
+        enforcer: Enforcer,
         resolver: CgroupResolver,
         args: &RunArgs,
         metrics: Arc<Metrics>,
@@ -67,6 +70,7 @@ impl AppliedPolicy {
     ) -> AppliedPolicy {
         AppliedPolicy {
             maps,
+            enforcer,
             resolver,
             guard_ids: GuardIds::default(),
             current: None,
@@ -156,7 +160,7 @@ impl AppliedPolicy {
         let cgroups = self.resolver.resolve(&compiled, self.pods.index());
         let started = std::time::Instant::now();
         let kernel = KernelPolicy::build(&compiled, &ids, &cgroups.cgroup_ids());
-        let stats = self.maps.apply(kernel)?;
+        let stats = switch_to(&mut self.maps, &mut self.enforcer, self.resolver.root(), kernel, &cgroups)?;
         // The benchmark harness reads this line for apply times.
         tracing::info!(
             generation = stats.generation,
@@ -251,7 +255,7 @@ impl AppliedPolicy {
             return;
         }
         let kernel = KernelPolicy::build(&a.compiled, &a.ids, &now.cgroup_ids());
-        match self.maps.apply(kernel) {
+        match switch_to(&mut self.maps, &mut self.enforcer, self.resolver.root(), kernel, &now) {
             Ok(stats) => {
                 // Logged once the kernel has it: "appeared" means "guarded".
                 log_cgroup_changes(&a.cgroups.coverage, &now.coverage);
@@ -270,6 +274,28 @@ impl AppliedPolicy {
             }
             Err(e) => tracing::error!("re-applying guards failed; the previous generation stays live: {e}"),
         }
+    }
+
+    /// Swaps this agent's programs into the links an earlier agent pinned.
+    pub(crate) fn adopt_pinned(&mut self) -> Result<(), DaemonError> {
+        let adopted = self.enforcer.adopt_pinned()?;
+        if !adopted.is_empty() {
+            tracing::info!(cgroups = adopted.len(), "took over the pinned links of the previous agent");
+        }
+        // A cgroup an earlier agent guarded that this policy does not.
+        let keep =
+            self.current.as_ref().map(|a| a.cgroups.coverage.values().flatten().map(|c| c.id).collect());
+        self.enforcer.release_except(&keep.unwrap_or_default());
+        Ok(())
+    }
+
+    /// Undoes a failed start (see `Enforcer::abandon`).
+    pub(crate) fn abandon(&mut self) {
+        self.enforcer.abandon();
+    }
+
+    pub(crate) fn guarded_cgroup_count(&self) -> usize {
+        self.enforcer.guarded_cgroups().count()
     }
 
     pub(crate) fn write_state(&self) {
@@ -339,6 +365,29 @@ impl AppliedPolicy {
             );
         }
     }
+}
+
+/// Makes `kernel` the live policy: the programs go on the hooks of
+/// newly guarded cgroups first (they allow until the switch names their
+/// cgroup), then one generation bump switches every guard at once, and
+/// only then do cgroups no longer guarded lose the programs.
+fn switch_to(
+    maps: &mut PolicyMaps,
+    enforcer: &mut Enforcer,
+    root: &Path,
+    kernel: KernelPolicy,
+    cgroups: &Resolution,
+) -> Result<crate::bpf::ApplyStats, DaemonError> {
+    let wanted: std::collections::BTreeMap<u64, PathBuf> = cgroups
+        .coverage
+        .values()
+        .flatten()
+        .map(|c| (c.id, root.join(c.path.trim_start_matches('/'))))
+        .collect();
+    enforcer.guard(&wanted)?;
+    let stats = maps.apply(kernel)?;
+    enforcer.release_except(&wanted.keys().copied().collect());
+    Ok(stats)
 }
 
 fn log_cgroup_changes(before: &Coverage, after: &Coverage) {

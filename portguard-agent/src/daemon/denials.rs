@@ -67,14 +67,14 @@ impl DenialLog {
             port: e.port,
         };
         if let Some(seen) = self.seen.get_mut(&kind) {
-            seen.repeats += 1;
+            seen.repeats += e.count;
             seen.last = e.clone();
             return;
         }
         if self.seen.len() >= MAX_KINDS {
             self.flush(names, modes, Some(Instant::now()));
         }
-        self.emit(e, names, modes, 0);
+        self.emit(e, names, modes, 0, e.count);
         self.seen.insert(kind, Seen { first: Instant::now(), repeats: 0, last: e.clone() });
     }
 
@@ -98,7 +98,7 @@ impl DenialLog {
             if let Some(s) = self.seen.remove(&k)
                 && s.repeats > 0
             {
-                self.emit(&s.last, names, modes, s.repeats);
+                self.emit(&s.last, names, modes, s.repeats, s.repeats);
             }
         }
     }
@@ -109,6 +109,7 @@ impl DenialLog {
         names: &HashMap<u32, String>,
         modes: &HashMap<u32, Mode>,
         repeats: u64,
+        count: u64,
     ) {
         let guard = if e.guard_id == ORPHAN_GUARD_ID {
             "(unknown guard)".to_owned()
@@ -133,7 +134,13 @@ impl DenialLog {
             Some(Verdict::Audited) => format!("audit: {op} {peer}/{} would be denied", e.proto),
             _ => format!("denied {op} {peer}/{}", e.proto),
         };
-        let message = if repeats == 0 { what } else { format!("{what} (repeated {repeats} more times)") };
+        // The kernel sends the first denial of a kind per interval and counts
+        // the rest; an event may stand for several.
+        let message = match (repeats, count) {
+            (0, 1) => what,
+            (0, n) => format!("{what} ({n} times)"),
+            (r, _) => format!("{what} (repeated {r} more times)"),
+        };
         let record_op = match e.op {
             Some(Op::Bind) => Some(RecordOp::Bind),
             Some(Op::Connect) => Some(RecordOp::Connect),
@@ -147,7 +154,7 @@ impl DenialLog {
                 guard: Some(guard.clone()),
                 guard_cgroup: Some(guard_cgroup.clone()),
                 mode: Some(mode.to_owned()),
-                count: repeats.max(1),
+                count: count.max(1),
                 ..Record::new(
                     if e.verdict == Some(Verdict::Audited) {
                         RecordKind::Audited

@@ -13,7 +13,7 @@ use super::{
     watches::{self, CgroupWatch},
 };
 use crate::{
-    bpf::{EventStream, MAX_EVENT_BATCH},
+    bpf::{DecodedEvent, EventStream, MAX_EVENT_BATCH, PortChange},
     cli::RunArgs,
     metrics::Metrics,
 };
@@ -54,9 +54,9 @@ impl Inputs {
 pub(crate) struct EventLoop<'a> {
     pub(crate) applied: &'a mut AppliedPolicy,
     /// Denials and audits.
-    pub(crate) events: EventStream,
+    pub(crate) events: EventStream<DecodedEvent>,
     /// Ports going live and closing.
-    pub(crate) port_events: EventStream,
+    pub(crate) port_events: EventStream<PortChange>,
     pub(crate) metrics: &'a Metrics,
     pub(crate) sinks: Sinks,
 }

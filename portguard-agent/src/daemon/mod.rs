@@ -31,7 +31,7 @@ use self::{
     sinks::Sinks,
 };
 use crate::{
-    bpf::{self, Enforcer, EventStream, KernelCounters, PolicyMaps},
+    bpf::{self, DecodedEvent, Enforcer, EventStream, KernelCounters, PolicyMaps, PortChange},
     cgroup,
     cli::RunArgs,
     inventory::live::Listeners,
@@ -56,25 +56,21 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), DaemonError> {
         root.strip_prefix(&mount).map_or_else(|_| "/".to_owned(), |r| format!("/{}", r.display()));
 
     // 2. The programs, loaded and verified; the maps, the event streams and
-    //    the metrics endpoint; the first policy written into the maps.
+    //    the metrics endpoint.
     let mut enforcer = Enforcer::load(&args.bpffs)?;
-    let started = async {
+    let opened = async {
         let maps = PolicyMaps::open(&mut enforcer.ebpf)?;
-        let events = EventStream::open(&mut enforcer.ebpf, map_names::EVENTS)?;
-        let port_events = EventStream::open(&mut enforcer.ebpf, map_names::PORT_EVENTS)?;
+        let events = EventStream::<DecodedEvent>::open(&mut enforcer.ebpf, map_names::EVENTS)?;
+        let port_events = EventStream::<PortChange>::open(&mut enforcer.ebpf, map_names::PORT_EVENTS)?;
         let metrics = Arc::new(Metrics::new(KernelCounters::open(&args.bpffs)?));
         let addr = metrics::serve(args.metrics_addr, Arc::clone(&metrics))
             .await
             .map_err(|source| DaemonError::MetricsAddr { addr: args.metrics_addr, source })?;
         tracing::info!(addr = %addr, "serving /metrics, /healthz and /readyz");
-        let pods = NodePods::new(pod_api, &args, Arc::clone(&metrics));
-        let mut applied = AppliedPolicy::new(maps, resolver, &args, Arc::clone(&metrics), pods);
-        applied.list_pods_for(&compiled, args.kube_sync_timeout).await?;
-        applied.apply_policy(&text, policy, compiled)?;
-        Ok::<_, DaemonError>((applied, events, port_events, metrics))
+        Ok::<_, DaemonError>((maps, events, port_events, metrics))
     }
     .await;
-    let (mut applied, events, port_events, metrics) = match started {
+    let (maps, events, port_events, metrics) = match opened {
         Ok(v) => v,
         Err(e) => {
             enforcer.abandon();
@@ -82,13 +78,28 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), DaemonError> {
         }
     };
 
-    // 3. The programs on the hooks: from here on, the policy is enforced.
-    enforcer.attach(&root)?;
+    // 3. The first policy: the programs go on each guarded cgroup's hooks
+    //    before the policy naming it goes live (one generation switch), and
+    //    the links an earlier agent pinned get this agent's programs once
+    //    the policy is in the maps. No guarded hook is ever without one.
+    let pods = NodePods::new(pod_api, &args, Arc::clone(&metrics));
+    let mut applied = AppliedPolicy::new(maps, enforcer, resolver, &args, Arc::clone(&metrics), pods);
+    let started = async {
+        applied.list_pods_for(&compiled, args.kube_sync_timeout).await?;
+        applied.apply_policy(&text, policy, compiled)?;
+        applied.adopt_pinned()
+    }
+    .await;
+    if let Err(e) = started {
+        applied.abandon();
+        return Err(e);
+    }
     metrics.ready.store(true, Ordering::Relaxed);
     tracing::info!(
         cgroup_root = %root.display(),
         bpffs = %args.bpffs.display(),
-        "attached bind4/6, connect4/6, sendmsg4/6 and sock_create"
+        guarded_cgroups = applied.guarded_cgroup_count(),
+        "attached sock_create, bind4/6, connect4/6, sendmsg4/6, post_bind4/6, sock_ops and sock_release at each guarded cgroup"
     );
     applied.log_guards();
     applied.write_state();
@@ -124,7 +135,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), DaemonError> {
     sd_notify::notify("STOPPING=1");
     state_file::remove_pid(&args.state_dir);
     if args.unload_on_exit {
-        drop(enforcer);
+        drop(applied);
         match bpf::unload(&args.bpffs) {
             Ok(_) => {
                 tracing::info!(bpffs = %args.bpffs.display(), "stopping; --unload-on-exit: enforcement removed")

@@ -3,11 +3,9 @@
 
 use std::time::Instant;
 
-use portguard_common::Op;
-
 use super::{applied::AppliedPolicy, denials::DenialLog};
 use crate::{
-    bpf::DecodedEvent,
+    bpf::{DecodedEvent, PortChange},
     inventory::live::Listeners,
     metrics::Metrics,
     trail::{AuditTrail, Record},
@@ -39,12 +37,12 @@ impl Sinks {
         sinks
     }
 
-    pub(crate) fn take_port_events(&mut self, batch: &mut Vec<DecodedEvent>) {
+    pub(crate) fn take_port_events(&mut self, batch: &mut Vec<PortChange>) {
         for e in batch.drain(..) {
-            match e.op {
-                Some(Op::PortOpened) => self.listeners.port_opened(e),
-                Some(Op::PortClosed) => self.listeners.port_closed(&e, &mut self.records),
-                _ => {}
+            if e.opened {
+                self.listeners.port_opened(e);
+            } else {
+                self.listeners.port_closed(&e, &mut self.records);
             }
         }
     }

@@ -18,7 +18,7 @@ use std::{
 use portguard_common::{Transport, UNGUARDED_ID};
 
 use crate::{
-    bpf::DecodedEvent,
+    bpf::PortChange,
     cgroup::{CgroupNames, workload},
     inventory::{self, Approval, ListenerKey, Standing},
     policy::{Policy, eval::Action},
@@ -41,7 +41,7 @@ struct Live {
 
 /// A port that went live less than [`SETTLE`] ago, as the kernel said.
 struct Pending {
-    event: DecodedEvent,
+    event: PortChange,
     opened: Instant,
     at: SystemTime,
 }
@@ -62,7 +62,7 @@ pub(crate) struct Listeners {
     live: HashMap<u64, Live>,
     pending: HashMap<u64, Pending>,
     /// A sample event and how many such ports opened and closed.
-    brief: HashMap<BriefKey, (DecodedEvent, u64)>,
+    brief: HashMap<BriefKey, (PortChange, u64)>,
     brief_since: Instant,
 }
 
@@ -114,7 +114,7 @@ impl Listeners {
         }
         if self.brief_since.elapsed() >= SETTLE {
             self.brief_since = Instant::now();
-            let brief: Vec<(DecodedEvent, u64)> = self.brief.drain().map(|(_, v)| v).collect();
+            let brief: Vec<(PortChange, u64)> = self.brief.drain().map(|(_, v)| v).collect();
             for (event, count) in brief {
                 let mut r =
                     self.classify(&event, SystemTime::now(), RecordKind::PortBrief, policy, guard_names);
@@ -128,7 +128,7 @@ impl Listeners {
     /// The trail record for a port event: its cgroup, guard and standing.
     fn classify(
         &mut self,
-        e: &DecodedEvent,
+        e: &PortChange,
         at: SystemTime,
         kind: RecordKind,
         policy: Option<&Policy>,
@@ -138,8 +138,9 @@ impl Listeners {
         let cgroup = self.names.name(e.sock_cgroup);
         // The kernel names the guard that covers the socket; the policy
         // says which rule (if any) approves the port.
-        let standing = match (policy, guard_names.get(&e.guard_id)) {
-            (Some(p), Some(name)) if e.guard_id != UNGUARDED_ID => {
+        let guard_id = e.guard.map_or(UNGUARDED_ID, |g| g.0);
+        let standing = match (policy, guard_names.get(&guard_id)) {
+            (Some(p), Some(name)) if guard_id != UNGUARDED_ID => {
                 match p.guards.iter().find(|g| &g.name == name) {
                     Some(g) => inventory::standing_of(g.judge_observed(Action::Bind, proto, e.addr, e.port)),
                     None => inventory::standing(p, Some(&cgroup), None, proto, e.addr, e.port),
@@ -205,16 +206,16 @@ impl Listeners {
 
     /// Kept raw until it settles (see the module's doc): this runs for
     /// every port that opens, so it must stay cheap.
-    pub(crate) fn port_opened(&mut self, e: DecodedEvent) {
-        self.pending.insert(e.cookie, Pending { event: e, opened: Instant::now(), at: SystemTime::now() });
+    pub(crate) fn port_opened(&mut self, e: PortChange) {
+        self.pending.insert(e.cookie, Pending { opened: Instant::now(), at: e.at, event: e });
     }
 
-    pub(crate) fn port_closed(&mut self, e: &DecodedEvent, out: &mut Vec<Record>) {
+    pub(crate) fn port_closed(&mut self, e: &PortChange, out: &mut Vec<Record>) {
         if let Some(p) = self.pending.remove(&e.cookie) {
             let o = p.event;
             let key = BriefKey {
                 sock_cgroup: o.sock_cgroup,
-                guard_id: o.guard_id,
+                guard_id: o.guard.map_or(UNGUARDED_ID, |g| g.0),
                 proto: o.proto,
                 addr: o.addr,
                 port: o.port,

@@ -2,8 +2,10 @@
 //! that trials of different configurations can be interleaved:
 //!
 //! * C0: nothing attached (the floor);
-//! * C1: empty always-allow programs at the same hooks;
-//! * C2: portguard attached, the caller's cgroup unguarded;
+//! * C1: empty always-allow programs on every hook portguard attaches (all
+//!   eleven), at the worker's cgroup: what any cgroup-BPF design pays;
+//! * C2: portguard running with a guard on a sibling cgroup, the caller's
+//!   cgroup unguarded (portguard attaches only at guarded cgroups);
 //! * C3: portguard guarding the caller with N rules;
 //! * C4: nftables `socket cgroupv2` rules doing the same job, as a rule list
 //!   or as one set lookup (in the sandbox's own network namespace).
@@ -126,7 +128,7 @@ pub fn build(sizes: &[usize], nft_sizes: &[usize]) -> anyhow::Result<Vec<Config>
             .arg(&sb.bpffs),
     )?;
     out.push(Config {
-        label: "C1 empty program".into(),
+        label: "C1 empty programs, every hook".into(),
         kind: Kind::Empty,
         rules: 0,
         sandbox: sb,

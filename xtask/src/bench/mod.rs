@@ -6,6 +6,7 @@ mod configs;
 mod flood;
 mod overhead;
 mod plot;
+mod prog_stats;
 mod targets;
 mod workloads;
 

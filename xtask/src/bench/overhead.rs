@@ -2,14 +2,14 @@
 //! combination runs many short trials, interleaved in random order within
 //! one run, so that drift in a noisy VM spreads over all of them alike.
 
-use std::{collections::HashMap, fmt::Write as _, process::Command};
+use std::{collections::HashMap, fmt::Write as _};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::{
     Section,
     configs::{self, Config, Kind},
-    median, quantile,
+    median, prog_stats, quantile,
     workloads::{ALL, Workload},
 };
 
@@ -59,31 +59,11 @@ fn trial(cfg: &Config, w: &Workload, allowed: bool) -> f64 {
     ns
 }
 
-/// The program id behind one of a configuration's pinned links.
-fn prog_id(cfg: &Config, program: &str) -> Option<u64> {
-    let link = cfg.sandbox.bpffs.join("links").join(program);
-    let out = Command::new("bpftool").args(["-j", "link", "show", "pinned"]).arg(&link).output().ok()?;
-    let link: Value = serde_json::from_slice(&out.stdout).ok()?;
-    link["prog_id"].as_u64()
-}
-
-/// (run_time_ns, run_cnt) of every loaded program, from BPF run stats.
-fn run_stats() -> HashMap<u64, (f64, f64)> {
-    let Ok(out) = Command::new("bpftool").args(["-j", "prog", "show"]).output() else {
-        return HashMap::new();
-    };
-    let progs: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    progs
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| {
-            Some((
-                p["id"].as_u64()?,
-                (p["run_time_ns"].as_f64().unwrap_or(0.0), p["run_cnt"].as_f64().unwrap_or(0.0)),
-            ))
-        })
-        .collect()
+/// The program id behind one of a configuration's pinned links: portguard
+/// pins each guarded cgroup's links under `links/<cgroup id>/`.
+fn prog_id(cfg: &Config, program: &str) -> Option<u32> {
+    let links = cfg.sandbox.bpffs.join("links");
+    std::fs::read_dir(links).ok()?.flatten().find_map(|d| prog_stats::linked_program(&d.path().join(program)))
 }
 
 /// The program a workload exercises.
@@ -123,7 +103,7 @@ pub fn run() -> anyhow::Result<Results> {
         plan.swap(i, (rng.next() % (i as u64 + 1)) as usize);
     }
     eprintln!("xtask: bench: {} trials in random order", plan.len());
-    let ids: Vec<HashMap<&str, u64>> = configs
+    let ids: Vec<HashMap<&str, u32>> = configs
         .iter()
         .map(|c| {
             ["pg_connect4", "pg_sendmsg4", "pg_bind4"]
@@ -137,21 +117,18 @@ pub fn run() -> anyhow::Result<Results> {
     // each combination: the stats are read after every trial, and only
     // that trial's sandbox ran programs in between.
     let mut prog_totals: HashMap<(usize, usize, bool), (f64, f64)> = HashMap::new();
-    let mut before = run_stats();
     for (n, &(ci, wi, allowed)) in plan.iter().enumerate() {
         if n % 100 == 0 {
             eprintln!("xtask: bench: trial {n}/{}", plan.len());
         }
+        let id = ids[ci].get(program_of(&ALL[wi])).copied();
+        let before = id.and_then(prog_stats::run_stats);
         samples.entry((ci, wi, allowed)).or_default().push(trial(&configs[ci], &ALL[wi], allowed));
-        let after = run_stats();
-        if let Some(id) = ids[ci].get(program_of(&ALL[wi])) {
-            let (t0, c0) = before.get(id).copied().unwrap_or_default();
-            let (t1, c1) = after.get(id).copied().unwrap_or_default();
+        if let (Some((t0, c0)), Some((t1, c1))) = (before, id.and_then(prog_stats::run_stats)) {
             let e = prog_totals.entry((ci, wi, allowed)).or_default();
-            e.0 += t1 - t0;
-            e.1 += c1 - c0;
+            e.0 += (t1 - t0) as f64;
+            e.1 += (c1 - c0) as f64;
         }
-        before = after;
     }
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_was.trim())?;
 

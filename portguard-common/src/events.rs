@@ -1,0 +1,132 @@
+//! What the kernel reports: decisions (counted, and the first of a kind
+//! per interval sent as a [`DecisionEvent`]) and ports going live or
+//! closing ([`PortEvent`]). One event type per ring buffer.
+
+/// Operations a guard judges, as counted and reported.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(Hash, PartialOrd, Ord))]
+pub enum Op {
+    Bind = 0,
+    Connect = 1,
+    Sendmsg = 2,
+    /// Creating a socket of a kind the sock_addr hooks cannot see (raw,
+    /// SCTP, packet) in a guarded cgroup.
+    Socket = 3,
+    /// listen() on a socket that no judged bind gave its port.
+    Listen = 4,
+}
+/// Number of [`Op`] variants: the counter array has a row per op.
+pub const OP_COUNT: usize = 5;
+
+impl Op {
+    pub const ALL: [Op; OP_COUNT] = [Op::Bind, Op::Connect, Op::Sendmsg, Op::Socket, Op::Listen];
+
+    pub fn from_u8(v: u8) -> Option<Op> {
+        Op::ALL.into_iter().find(|op| *op as u8 == v)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Bind => "bind",
+            Op::Connect => "connect",
+            Op::Sendmsg => "sendmsg",
+            Op::Socket => "socket",
+            Op::Listen => "listen",
+        }
+    }
+}
+
+/// Verdicts, as counted and reported.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(Hash, PartialOrd, Ord))]
+pub enum Verdict {
+    Allowed = 0,
+    Denied = 1,
+    /// A violation let through because the guard is in audit mode.
+    Audited = 2,
+}
+/// Number of [`Verdict`] variants: the counter array has a column per verdict.
+pub const VERDICT_COUNT: usize = 3;
+
+impl Verdict {
+    pub const ALL: [Verdict; VERDICT_COUNT] = [Verdict::Allowed, Verdict::Denied, Verdict::Audited];
+
+    pub fn from_u8(v: u8) -> Option<Verdict> {
+        Verdict::ALL.into_iter().find(|verdict| *verdict as u8 == v)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allowed => "allowed",
+            Verdict::Denied => "denied",
+            Verdict::Audited => "audited",
+        }
+    }
+}
+
+/// A denial or an audit-mode violation, sent through `PG_EVENTS`: the
+/// first of its kind on its CPU in an interval (see
+/// [`crate::keys::DenialCount`]); `count` says how many it stands for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DecisionEvent {
+    /// The cgroup the socket belongs to.
+    pub sock_cgroup: u64,
+    /// The guarded cgroup whose policy was consulted.
+    pub guard_cgroup: u64,
+    pub pid_tgid: u64,
+    pub generation: u64,
+    /// Decisions of this kind on this CPU since the previous event of the
+    /// kind, this one included (>= 1).
+    pub count: u64,
+    pub guard_id: u32,
+    pub port: u16,
+    /// An [`Op`].
+    pub op: u8,
+    /// `AF_INET` or `AF_INET6`: the family of `addr` as judged (a v4-mapped
+    /// peer is reported as `AF_INET`).
+    pub family: u8,
+    /// The IP protocol number.
+    pub proto: u8,
+    /// A [`Verdict`].
+    pub verdict: u8,
+    pub _pad: [u8; 6],
+    pub comm: [u8; 16],
+    /// v4 addresses in the first 4 bytes.
+    pub addr: [u8; 16],
+}
+
+/// `PortEvent::change`.
+pub const PORT_OPENED: u8 = 1;
+pub const PORT_CLOSED: u8 = 2;
+
+/// A port going live (a TCP listen, a bound UDP socket) or closing, sent
+/// through `PG_PORT_EVENTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PortEvent {
+    pub sock_cgroup: u64,
+    /// 0 when no guard covers the socket.
+    pub guard_cgroup: u64,
+    pub pid_tgid: u64,
+    pub generation: u64,
+    /// The socket cookie: pairs a close with its open (a close carries no
+    /// address: the release hook cannot read it).
+    pub cookie: u64,
+    /// When it happened: `bpf_ktime_get_boot_ns()` (CLOCK_BOOTTIME), so the
+    /// trail dates a port by the kernel, not by when the agent read it
+    /// (the agent may have been down then).
+    pub boot_ns: u64,
+    /// `UNGUARDED_ID` when no guard covers the socket.
+    pub guard_id: u32,
+    pub port: u16,
+    /// `PORT_OPENED` or `PORT_CLOSED`.
+    pub change: u8,
+    pub family: u8,
+    pub proto: u8,
+    pub _pad: [u8; 7],
+    pub comm: [u8; 16],
+    pub addr: [u8; 16],
+}
