@@ -3,6 +3,7 @@
 //! keeps it live from kernel events (see `agent::listeners`).
 
 pub mod procfs;
+mod sock_diag;
 
 use std::net::IpAddr;
 
