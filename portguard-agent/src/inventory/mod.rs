@@ -4,6 +4,7 @@
 
 pub(crate) mod live;
 pub(crate) mod procfs;
+mod sock_diag;
 
 use std::net::IpAddr;
 
