@@ -40,6 +40,11 @@ pub enum Command {
     /// List every listening TCP and bound UDP port on the host (all network
     /// namespaces) with its process, cgroup and status against the policy:
     /// approved, unapproved (guarded but no rule) or unguarded.
+    ///
+    /// To name each port's process, scan reads every process's fd links, as
+    /// `ss -p` and `lsof` do; that holds each socket for a moment, so a
+    /// program closing and re-binding a port right then may see EADDRINUSE.
+    /// The agent itself never does this.
     Scan {
         #[arg(long, default_value = DEFAULT_POLICY)]
         policy: PathBuf,

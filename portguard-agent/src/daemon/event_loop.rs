@@ -15,12 +15,9 @@ use super::{
 use crate::{
     bpf::{DecodedEvent, EventStream, MAX_EVENT_BATCH, PortChange},
     cli::RunArgs,
+    inventory::live::TABLE_SCAN,
     metrics::Metrics,
 };
-
-/// How often ports that were live before the agent started are checked for
-/// having closed (their close raises no kernel event).
-const SEEDED_PORTS_RECHECK: Duration = Duration::from_secs(30);
 
 /// How often guard cgroups are re-resolved even without an inotify event,
 /// so a guard whose cgroup appears, or is removed and recreated (a systemd
@@ -67,7 +64,7 @@ impl EventLoop<'_> {
         let Inputs { mut sigterm, mut sigint, mut sighup, mut cgroups, mut policy_file } = inputs;
         let mut rescan = tokio::time::interval(CGROUP_RESCAN);
         let mut coalesce = tokio::time::interval(denials::WINDOW / 4);
-        let mut recheck_seeded = tokio::time::interval(SEEDED_PORTS_RECHECK);
+        let mut table_scan = tokio::time::interval(TABLE_SCAN);
         // Without a watchdog the timer still ticks, rarely, and pings no one.
         let mut watchdog =
             tokio::time::interval(sd_notify::watchdog_interval().unwrap_or(Duration::from_secs(3600)));
@@ -84,8 +81,8 @@ impl EventLoop<'_> {
                 _ = sigint.recv() => break,
                 _ = sighup.recv() => self.reload("SIGHUP", true),
                 Some(()) = policy_file.recv() => self.reload("policy file changed", false),
-                _ = recheck_seeded.tick() => {
-                    self.sinks.prune_seeded();
+                _ = table_scan.tick() => {
+                    self.sinks.scan_tables(self.applied);
                     self.sinks.flush(metrics);
                 }
                 update = self.applied.next_pod_update() => self.applied.on_pod_update(update, &mut cgroups),

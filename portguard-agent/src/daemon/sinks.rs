@@ -30,7 +30,7 @@ impl Sinks {
     ) -> Sinks {
         let mut records = Vec::new();
         if let Some(p) = applied.policy() {
-            listeners.seed(p, &mut records);
+            listeners.scan_tables(Some(p), &mut records);
         }
         let mut sinks = Sinks { trail, listeners, denials, records };
         sinks.flush(metrics);
@@ -65,8 +65,8 @@ impl Sinks {
     }
 
     /// Drops /proc-seeded ports that are gone.
-    pub(crate) fn prune_seeded(&mut self) {
-        self.listeners.prune_seeded(&mut self.records);
+    pub(crate) fn scan_tables(&mut self, applied: &AppliedPolicy) {
+        self.listeners.scan_tables(applied.policy(), &mut self.records);
     }
 
     /// Writes what the denial log and the inventory produced to the trail,

@@ -1,6 +1,9 @@
-//! The live port inventory: every port that went live since the agent
-//! started (from the kernel's port events), plus the ones already live at
-//! start (from /proc), each classified against the applied policy. It feeds
+//! The live port inventory: every port of a guarded cgroup that went live
+//! (from the kernel's port events, which carry the kernel's own time), plus
+//! the ports the kernel does not report, read from the socket tables every
+//! [`TABLE_SCAN`]: unguarded ones (portguard's programs run only in guarded
+//! cgroups) and the ones already live at start. Each is classified against
+//! the applied policy. It feeds
 //! `portguard_listeners` and the port lifecycle records of the audit trail.
 //!
 //! A port is classified and written to the trail once it has been live for
@@ -28,6 +31,10 @@ use crate::{
 /// Ports seen by /proc rather than by an event have no socket cookie; their
 /// inode, tagged with this bit, keys them apart from cookies.
 const SCANNED: u64 = 1 << 63;
+
+/// How often the socket tables are read for the ports the kernel does not
+/// report (unguarded ones, and closes of those found this way).
+pub(crate) const TABLE_SCAN: Duration = Duration::from_secs(2);
 
 /// How long a port must stay live to get its own trail lines.
 pub(crate) const SETTLE: Duration = Duration::from_secs(1);
@@ -100,8 +107,7 @@ impl Listeners {
                 (k & SCANNED != 0
                     && l.proto == proto
                     && r.addr == crate::policy::eval::canonical(e.addr)
-                    && r.port == e.port
-                    && r.pid == e.pid)
+                    && r.port == e.port)
                     .then_some(*k)
             });
             if let Some(l) = seeded.and_then(|k| self.live.remove(&k)) {
@@ -155,46 +161,58 @@ impl Listeners {
         r
     }
 
-    /// Takes in the ports already live before the agent's programs were
-    /// attached; they are reported as opened (`comm` and `pid` from /proc).
-    pub(crate) fn seed(&mut self, policy: &Policy, out: &mut Vec<Record>) {
-        let ports = match inventory::procfs::open_ports() {
+    /// Takes in the ports the kernel did not report, from the socket tables
+    /// (no other process's file is touched): every unguarded port (the
+    /// programs run only in guarded cgroups) and any port live before the
+    /// programs were attached. Run at start and every [`TABLE_SCAN`]; a port
+    /// found this way that is gone from the tables is reported closed.
+    /// Such ports carry no pid (that would need the fds) and are dated by
+    /// the scan that found them.
+    pub(crate) fn scan_tables(&mut self, policy: Option<&Policy>, out: &mut Vec<Record>) {
+        let ports = match inventory::procfs::table_ports() {
             Ok(p) => p,
             Err(e) => {
-                tracing::warn!("cannot list live ports from /proc: {e}");
+                tracing::warn!("cannot list live ports from the socket tables: {e}");
                 return;
             }
         };
-        // Nothing is live yet: this runs once, before the first port event
-        // is read. A port both listed here and reported by the kernel is
-        // paired up when its event settles (`tick`).
+        let canonical = crate::policy::eval::canonical;
+        let reported: HashSet<(Transport, IpAddr, u16)> = self
+            .live
+            .iter()
+            .filter(|(k, _)| **k & SCANNED == 0)
+            .map(|(_, l)| (l.proto, l.record.addr, l.record.port))
+            .chain(self.pending.values().map(|p| (p.event.proto, canonical(p.event.addr), p.event.port)))
+            .collect();
+        let mut present = HashSet::new();
         for p in ports {
-            let cgroup =
-                p.cgroup.as_deref().and_then(|c| inventory::relative_to_root(c, &self.root_in_mount));
-            let standing = inventory::standing(policy, cgroup.as_deref(), None, p.proto, p.addr, p.port);
+            let key = SCANNED | p.inode;
+            present.insert(key);
+            let by_kernel = p.cookie.is_some_and(|c| self.live.contains_key(&c) || self.pending.contains_key(&c))
+                || reported.contains(&(p.proto, canonical(p.addr), p.port));
+            if by_kernel || self.live.contains_key(&key) {
+                continue;
+            }
+            let cgroup = match p.cgroup_id {
+                Some(id) => Some(self.names.name(id)),
+                None => p.cgroup.as_deref().and_then(|c| inventory::relative_to_root(c, &self.root_in_mount)),
+            };
+            let standing = match policy {
+                Some(policy) => inventory::standing(policy, cgroup.as_deref(), None, p.proto, p.addr, p.port),
+                None => inventory::standing_of(crate::policy::eval::Judgement::Unguarded),
+            };
             let port = Port {
-                cgroup: cgroup.unwrap_or_else(|| p.cgroup.clone().unwrap_or_default()),
-                pid: p.pid.unwrap_or(0),
-                comm: p.comm.clone(),
+                cgroup: cgroup.unwrap_or_default(),
+                pid: 0,
+                comm: String::new(),
                 proto: p.proto,
                 addr: p.addr,
                 port: p.port,
             };
             let record = record(RecordKind::PortOpened, port, &standing);
             out.push(record.clone());
-            self.live.insert(SCANNED | p.inode, Live { record, proto: p.proto, opened: Instant::now() });
+            self.live.insert(key, Live { record, proto: p.proto, opened: Instant::now() });
         }
-    }
-
-    /// Drops /proc-seeded ports that are gone (their close raises no event).
-    pub(crate) fn prune_seeded(&mut self, out: &mut Vec<Record>) {
-        if !self.live.keys().any(|k| k & SCANNED != 0) {
-            return;
-        }
-        // The tables alone: walking other processes' fds now and then would
-        // delay the release of sockets they close (see `open_ports`).
-        let Ok(inodes) = inventory::procfs::live_socket_inodes() else { return };
-        let present: HashSet<u64> = inodes.into_iter().map(|inode| SCANNED | inode).collect();
         let gone: Vec<u64> =
             self.live.keys().filter(|k| **k & SCANNED != 0 && !present.contains(k)).copied().collect();
         for key in gone {

@@ -1,14 +1,17 @@
 //! Every live port on the host, from /proc: listening TCP sockets and bound,
-//! unconnected UDP sockets, in every network namespace that has a process,
-//! each with the process that holds it and that process's cgroup.
+//! unconnected UDP sockets, in every network namespace that has a process.
 //!
-//! /proc rather than sock_diag: sock_diag answers for one network namespace
-//! per netlink socket, and entering the others needs CAP_SYS_ADMIN, which
-//! the agent does not hold. /proc/<pid>/net/* shows each process's own
-//! namespace without it.
+//! Two readings. [`table_ports`] reads the socket tables only, and takes the
+//! socket's cgroup from sock_diag in the agent's own network namespace: it
+//! touches no other process's files, so the daemon runs it at start and
+//! periodically. [`open_ports`] also walks every process's fds to name the
+//! process that holds each port: only `portguard scan` (run by a person)
+//! does that. /proc/<pid>/net/* rather than sock_diag alone: sock_diag
+//! answers for one network namespace per netlink socket, and entering the
+//! others needs CAP_SYS_ADMIN, which the agent does not hold.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
@@ -30,6 +33,12 @@ pub(crate) struct OpenPort {
     pub(crate) comm: String,
     /// The holder's cgroup, relative to the cgroup2 mount.
     pub(crate) cgroup: Option<String>,
+    /// The id of the cgroup the socket was created in, from sock_diag (the
+    /// agent's own network namespace only).
+    pub(crate) cgroup_id: Option<u64>,
+    /// The socket cookie, from sock_diag (the agent's own namespace only):
+    /// the key the kernel's port events use.
+    pub(crate) cookie: Option<u64>,
 }
 
 const TCP_LISTEN: u8 = 0x0A;
@@ -69,6 +78,8 @@ pub(crate) fn open_ports() -> std::io::Result<Vec<OpenPort>> {
                 pid: holder,
                 comm: holder.map(comm).unwrap_or_default(),
                 cgroup: holder.and_then(cgroup_of),
+                cgroup_id: None,
+                cookie: None,
             }
         })
         .collect();
@@ -76,10 +87,69 @@ pub(crate) fn open_ports() -> std::io::Result<Vec<OpenPort>> {
     Ok(out)
 }
 
-/// The inodes of the live ports' sockets, from the tables alone: no file
-/// references taken, safe to run periodically.
-pub(crate) fn live_socket_inodes() -> std::io::Result<HashSet<u64>> {
-    Ok(live_entries(&namespaces(&pids()?)).map(|(_, _, e)| e.inode).collect())
+/// Every live port, from the socket tables alone: no other process's file
+/// is opened, so a process closing and re-binding a port meanwhile is never
+/// delayed. No pid or process name (those need the fds). The cgroup comes
+/// from sock_diag in the agent's own network namespace (exact: the cgroup
+/// the socket was created in); in another namespace, it is the cgroup all
+/// of that namespace's processes share, when they share one (a container
+/// or a pod), and unknown otherwise.
+pub(crate) fn table_ports() -> std::io::Result<Vec<OpenPort>> {
+    let pids = pids()?;
+    let namespaces = namespaces(&pids);
+    let own = ns_inode_of("self");
+    let diag: HashMap<u64, (Option<u64>, u64)> = match super::sock_diag::live_ports() {
+        Ok(found) => found.into_iter().map(|d| (d.inode, (d.cgroup_id, d.cookie))).collect(),
+        Err(e) => {
+            tracing::debug!("sock_diag: {e}; cgroups of this namespace's ports come from /proc");
+            HashMap::new()
+        }
+    };
+    let shared = shared_cgroups(&pids, own);
+    let mut out: Vec<OpenPort> = live_entries(&namespaces)
+        .map(|(netns, proto, entry)| {
+            let (cgroup_id, cookie) = match diag.get(&entry.inode) {
+                Some(&(id, cookie)) if Some(netns) == own => (id, Some(cookie)),
+                _ => (None, None),
+            };
+            OpenPort {
+                proto,
+                addr: entry.addr,
+                port: entry.port,
+                inode: entry.inode,
+                netns,
+                pid: None,
+                comm: String::new(),
+                cgroup: if cgroup_id.is_some() { None } else { shared.get(&netns).cloned().flatten() },
+                cgroup_id,
+                cookie,
+            }
+        })
+        .collect();
+    out.sort_by_key(|p| (p.port, p.proto.number(), p.addr, p.inode));
+    Ok(out)
+}
+
+/// netns inode -> the cgroup every process in it shares (`None` when they
+/// differ), for the namespaces other than `own`.
+fn shared_cgroups(pids: &[u32], own: Option<u64>) -> HashMap<u64, Option<String>> {
+    let mut shared: HashMap<u64, Option<String>> = HashMap::new();
+    for &pid in pids {
+        let Some(netns) = ns_inode(pid) else { continue };
+        if Some(netns) == own {
+            continue;
+        }
+        let cgroup = cgroup_of(pid);
+        shared
+            .entry(netns)
+            .and_modify(|c| {
+                if *c != cgroup {
+                    *c = None;
+                }
+            })
+            .or_insert(cgroup);
+    }
+    shared
 }
 
 fn pids() -> std::io::Result<Vec<u32>> {
@@ -125,6 +195,10 @@ fn live_entries(namespaces: &BTreeMap<u64, u32>) -> impl Iterator<Item = (u64, T
 }
 
 fn ns_inode(pid: u32) -> Option<u64> {
+    ns_inode_of(&pid.to_string())
+}
+
+fn ns_inode_of(pid: &str) -> Option<u64> {
     let link = fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
     link.to_str()?.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
 }

@@ -13,10 +13,6 @@
 //! reachable by entering them (setns needs CAP_SYS_ADMIN, which the agent
 //! does not hold), so their ports are missing here.
 
-#![cfg_attr(
-    not(test),
-    expect(dead_code, reason = "wired into the start-up seed after the agent crate's move")
-)]
 
 use std::{io, net::IpAddr};
 
