@@ -49,7 +49,7 @@ impl Sandbox {
 }
 
 /// Verdict counts printed by `pg-probe hammer`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Hammer {
     pub allowed_ok: u64,
     pub allowed_refused: u64,
@@ -58,6 +58,14 @@ pub struct Hammer {
 }
 
 impl Hammer {
+    /// Adds another run's counts.
+    pub fn add(&mut self, other: &Hammer) {
+        self.allowed_ok += other.allowed_ok;
+        self.allowed_refused += other.allowed_refused;
+        self.denied_ok += other.denied_ok;
+        self.denied_refused += other.denied_refused;
+    }
+
     pub fn parse(line: &str) -> Hammer {
         let field = |name: &str| -> u64 {
             line.split_whitespace()

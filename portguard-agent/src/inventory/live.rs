@@ -188,8 +188,9 @@ impl Listeners {
         for p in ports {
             let key = SCANNED | p.inode;
             present.insert(key);
-            let by_kernel = p.cookie.is_some_and(|c| self.live.contains_key(&c) || self.pending.contains_key(&c))
-                || reported.contains(&(p.proto, canonical(p.addr), p.port));
+            let by_kernel =
+                p.cookie.is_some_and(|c| self.live.contains_key(&c) || self.pending.contains_key(&c))
+                    || reported.contains(&(p.proto, canonical(p.addr), p.port));
             if by_kernel || self.live.contains_key(&key) {
                 continue;
             }

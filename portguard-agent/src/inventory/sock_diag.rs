@@ -13,7 +13,6 @@
 //! reachable by entering them (setns needs CAP_SYS_ADMIN, which the agent
 //! does not hold), so their ports are missing here.
 
-
 use std::{io, net::IpAddr};
 
 use netlink_packet_core::{
