@@ -1,7 +1,9 @@
 //! One log line per denial or audit-mode violation, with floods coalesced:
 //! the first event of a kind is logged at once; identical events (same
 //! cgroup, operation, protocol, peer, port and verdict) within the next
-//! [`WINDOW`] only count, and one summary line with `repeats=N` follows.
+//! [`WINDOW`] only count, and one summary line with `repeats=N` (events)
+//! and `count=M` (the denials they stand for) follows. The kernel already
+//! sends only the first denial of a kind per CPU and second as an event.
 //! A process looping on a denied connect costs one line per second, not
 //! one per attempt.
 
@@ -40,7 +42,11 @@ struct Kind {
 
 struct Seen {
     first: Instant,
+    /// Events of this kind since the line that was logged.
     repeats: u64,
+    /// Denials those events stand for (the kernel counts some without an
+    /// event: see `DecodedEvent::count`).
+    count: u64,
     last: DecodedEvent,
 }
 
@@ -67,7 +73,8 @@ impl DenialLog {
             port: e.port,
         };
         if let Some(seen) = self.seen.get_mut(&kind) {
-            seen.repeats += e.count;
+            seen.repeats += 1;
+            seen.count += e.count;
             seen.last = e.clone();
             return;
         }
@@ -75,7 +82,7 @@ impl DenialLog {
             self.flush(names, modes, Some(Instant::now()));
         }
         self.emit(e, names, modes, 0, e.count);
-        self.seen.insert(kind, Seen { first: Instant::now(), repeats: 0, last: e.clone() });
+        self.seen.insert(kind, Seen { first: Instant::now(), repeats: 0, count: 0, last: e.clone() });
     }
 
     /// Summarises kinds whose window has ended (all of them when `now` is
@@ -98,7 +105,7 @@ impl DenialLog {
             if let Some(s) = self.seen.remove(&k)
                 && s.repeats > 0
             {
-                self.emit(&s.last, names, modes, s.repeats, s.repeats);
+                self.emit(&s.last, names, modes, s.repeats, s.count);
             }
         }
     }
@@ -139,7 +146,7 @@ impl DenialLog {
         let message = match (repeats, count) {
             (0, 1) => what,
             (0, n) => format!("{what} ({n} times)"),
-            (r, _) => format!("{what} (repeated {r} more times)"),
+            (_, n) => format!("{what} (repeated {n} more times)"),
         };
         let record_op = match e.op {
             Some(Op::Bind) => Some(RecordOp::Bind),
@@ -191,6 +198,7 @@ impl DenialLog {
             port = e.port,
             verdict,
             repeats,
+            count,
             generation = e.generation,
             "{message}"
         );
