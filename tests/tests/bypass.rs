@@ -355,7 +355,11 @@ fn the_pinned_state_is_root_only() {
         .collect();
     assert_eq!(maps.len(), 1, "one maps directory: {maps:?}");
     let maps = maps[0].clone();
-    for dir in [sb.bpffs.clone(), sb.bpffs.join("links"), maps.clone()] {
+    // Each guarded cgroup's links are pinned in their own directory.
+    let cgroup_links: Vec<_> =
+        fs::read_dir(sb.bpffs.join("links")).expect("read links").flatten().map(|e| e.path()).collect();
+    assert_eq!(cgroup_links.len(), 1, "one guarded cgroup, one links directory: {cgroup_links:?}");
+    for dir in [sb.bpffs.clone(), sb.bpffs.join("links"), maps.clone(), cgroup_links[0].clone()] {
         let meta = fs::metadata(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         assert_eq!(meta.permissions().mode() & 0o777, 0o700, "{}", dir.display());
         assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0);

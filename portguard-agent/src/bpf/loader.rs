@@ -321,7 +321,9 @@ impl Enforcer {
             new_links.push((name, link));
         }
         let dir = self.pins.cgroup_links_dir(cgroup_id);
-        if let Err(source) = fs::create_dir(&dir)
+        // Root only, like the rest of the pin directory.
+        if let Err(source) =
+            std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700).create(&dir)
             && source.kind() != std::io::ErrorKind::AlreadyExists
         {
             return Err(LoadError::Bpffs(BpffsError::Io { path: dir, source }));
