@@ -356,8 +356,12 @@ fn the_pinned_state_is_root_only() {
     assert_eq!(maps.len(), 1, "one maps directory: {maps:?}");
     let maps = maps[0].clone();
     // Each guarded cgroup's links are pinned in their own directory.
-    let cgroup_links: Vec<_> =
-        fs::read_dir(sb.bpffs.join("links")).expect("read links").flatten().map(|e| e.path()).collect();
+    let cgroup_links: Vec<_> = fs::read_dir(sb.bpffs.join("links"))
+        .expect("read links")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
     assert_eq!(cgroup_links.len(), 1, "one guarded cgroup, one links directory: {cgroup_links:?}");
     for dir in [sb.bpffs.clone(), sb.bpffs.join("links"), maps.clone(), cgroup_links[0].clone()] {
         let meta = fs::metadata(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
