@@ -25,12 +25,12 @@ pub(crate) fn bind_allowed(guard: &GuardInfo, slot: u32, proto: u8, local: &Addr
         _pad2: 0,
         addr: [0; 16],
     };
-    if PG_BIND_RULES.get_ptr(key).is_some() {
+    if PG_BIND_RULES.get_ptr(&key).is_some() {
         return true;
     }
     key.addr_kind = BIND_ADDR_EXACT;
     key.addr = local.as_mapped();
-    PG_BIND_RULES.get_ptr(key).is_some()
+    PG_BIND_RULES.get_ptr(&key).is_some()
 }
 
 #[inline(always)]
@@ -58,7 +58,7 @@ pub(crate) fn connect_allowed(guard: &GuardInfo, slot: u32, proto: u8, peer: &Ad
             addr: masked(&peer.bytes, prefix_len),
         };
         // SAFETY: not preallocated (see maps.rs); read-only use.
-        if let Some(ports) = unsafe { PG_CONNECT_RULES.get(key) }
+        if let Some(ports) = unsafe { PG_CONNECT_RULES.get(&key) }
             && port_in(ports, port)
         {
             return true;

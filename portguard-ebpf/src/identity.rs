@@ -175,7 +175,7 @@ pub(crate) fn stamp_of_sock(sk: *mut c_void) -> Option<&'static mut SockStamp> {
 #[inline(always)]
 fn resolve(cgroup: u64, slot: u32) -> Option<(u64, GuardInfo)> {
     let mut key = cgroup;
-    if PG_ANCESTRY.get_ptr(key).is_none() {
+    if PG_ANCESTRY.get_ptr(&key).is_none() {
         bump(&PG_STATS, stats::ANCESTRY_MISSES);
         // SAFETY: helper with no arguments, valid in every program that calls this.
         key = unsafe { bpf_get_current_cgroup_id() };
@@ -183,7 +183,7 @@ fn resolve(cgroup: u64, slot: u32) -> Option<(u64, GuardInfo)> {
     }
     // SAFETY: LRU values can be recycled under a reader; a torn read can only
     // pick a wrong ancestor list, the same risk as the fallback above.
-    let ancestry = unsafe { PG_ANCESTRY.get(key) }?;
+    let ancestry = unsafe { PG_ANCESTRY.get(&key) }?;
     nearest_guard(ancestry, slot)
 }
 
@@ -191,7 +191,7 @@ fn resolve(cgroup: u64, slot: u32) -> Option<(u64, GuardInfo)> {
 fn guard_at(id: u64, slot: u32) -> Option<GuardInfo> {
     let key = GuardKey { cgroup_id: id, slot, _pad: 0 };
     // SAFETY: not preallocated (see maps.rs): copied out at once.
-    unsafe { PG_GUARDS.get(key) }.copied()
+    unsafe { PG_GUARDS.get(&key) }.copied()
 }
 
 #[inline(always)]
@@ -212,7 +212,7 @@ fn nearest_guard(ancestry: &Ancestry, slot: u32) -> Option<(u64, GuardInfo)> {
 
 #[inline(always)]
 fn record_current_ancestry(cgroup: u64) {
-    if PG_ANCESTRY.get_ptr(cgroup).is_some() {
+    if PG_ANCESTRY.get_ptr(&cgroup).is_some() {
         return;
     }
     let Some(scratch) = PG_SCRATCH.get_ptr_mut(0) else {
@@ -230,9 +230,5 @@ fn record_current_ancestry(cgroup: u64) {
         a.ids[level] = id;
         a.depth = level as u32 + 1;
     }
-    #[expect(
-        clippy::needless_borrows_for_generic_args,
-        reason = "a copy of the scratch Ancestry would take BPF stack the scratch map exists to spare"
-    )]
     let _ = PG_ANCESTRY.insert(&cgroup, &*a, BPF_NOEXIST);
 }

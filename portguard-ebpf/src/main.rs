@@ -7,6 +7,10 @@
 //! A sock_addr program allows by returning 1 and denies (EPERM) with 0.
 #![no_std]
 #![no_main]
+// Map keys and values go to the helpers by reference: passing them by value
+// (as this lint suggests) changed the generated BPF code (about 300 more
+// instructions, other stack slots), and that code is what the verifier judges.
+#![expect(clippy::needless_borrows_for_generic_args, reason = "keeps the verified BPF code as it is")]
 
 mod addr;
 mod decide;

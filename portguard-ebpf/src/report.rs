@@ -107,12 +107,12 @@ fn count_denial(d: &Decision) -> Option<u64> {
         verdict: d.verdict as u8,
         _pad: [0; 3],
     };
-    let mut slot = PG_DENIAL_COUNTS.get_ptr_mut(key);
+    let mut slot = PG_DENIAL_COUNTS.get_ptr_mut(&key);
     if slot.is_none() {
         // Another CPU may insert the key between our lookup and insert; then
         // the insert fails and this CPU's copy (zeroed by the kernel) is there.
-        let _ = PG_DENIAL_COUNTS.insert(key, DenialCount::default(), BPF_NOEXIST);
-        slot = PG_DENIAL_COUNTS.get_ptr_mut(key);
+        let _ = PG_DENIAL_COUNTS.insert(&key, &DenialCount::default(), BPF_NOEXIST);
+        slot = PG_DENIAL_COUNTS.get_ptr_mut(&key);
     }
     let c = slot?;
     // SAFETY: this CPU's copy of the value; nothing else writes it, and the
