@@ -166,22 +166,32 @@ impl Config {
 mod user {
     use super::*;
 
-    // SAFETY: all of these are #[repr(C)], made of fixed-size integers and
-    // arrays of them, with every padding byte spelled out as a field.
-    unsafe impl aya::Pod for Config {}
-    unsafe impl aya::Pod for SockStamp {}
-    unsafe impl aya::Pod for Ancestry {}
-    unsafe impl aya::Pod for GuardKey {}
-    unsafe impl aya::Pod for GuardInfo {}
-    unsafe impl aya::Pod for BindKey {}
-    unsafe impl aya::Pod for RuleRef {}
-    unsafe impl aya::Pod for ConnectKey {}
-    unsafe impl aya::Pod for PortRange {}
-    unsafe impl aya::Pod for PortSet {}
-    unsafe impl aya::Pod for DecisionEvent {}
-    unsafe impl aya::Pod for PortEvent {}
-    unsafe impl aya::Pod for DenialCount {}
-    unsafe impl aya::Pod for DenialKey {}
+    /// One `unsafe impl` with its justification, for every map type.
+    macro_rules! pod {
+        ($($t:ty),* $(,)?) => {$(
+            // SAFETY: each type is #[repr(C)], made of fixed-size integers and
+            // arrays of them, with every padding byte spelled out as a field
+            // (checked by the `layouts_have_no_implicit_padding` test).
+            unsafe impl aya::Pod for $t {}
+        )*};
+    }
+
+    pod!(
+        Config,
+        SockStamp,
+        Ancestry,
+        GuardKey,
+        GuardInfo,
+        BindKey,
+        RuleRef,
+        ConnectKey,
+        PortRange,
+        PortSet,
+        DecisionEvent,
+        PortEvent,
+        DenialCount,
+        DenialKey,
+    );
 }
 
 #[cfg(test)]

@@ -7,10 +7,10 @@ use crate::maps::PG_PREFIX_MASKS;
 
 /// A peer or local address as portguard judges it.
 #[derive(Clone, Copy)]
-pub struct Addr {
+pub(crate) struct Addr {
     /// `AF_INET` (then `bytes[..4]` hold the address) or `AF_INET6`.
-    pub family: u8,
-    pub bytes: [u8; 16],
+    pub(crate) family: u8,
+    pub(crate) bytes: [u8; 16],
 }
 
 impl Addr {
@@ -26,7 +26,7 @@ impl Addr {
 
     /// The 16-byte form bind rules are keyed by: v4 as ::ffff:a.b.c.d.
     #[inline(always)]
-    pub fn as_mapped(&self) -> [u8; 16] {
+    pub(crate) fn as_mapped(&self) -> [u8; 16] {
         if self.family == AF_INET6 {
             return self.bytes;
         }
@@ -43,7 +43,7 @@ impl Addr {
     /// Connecting to the unspecified address reaches loopback, so judge it
     /// as loopback.
     #[inline(always)]
-    pub fn unspecified_as_loopback(self) -> Addr {
+    pub(crate) fn unspecified_as_loopback(self) -> Addr {
         if self.bytes == [0u8; 16] {
             let mut bytes = [0u8; 16];
             if self.family == AF_INET {
@@ -60,21 +60,27 @@ impl Addr {
 
 /// The address in a v4 hook's context.
 #[inline(always)]
-pub fn user_addr4(ctx: *mut bpf_sock_addr) -> Addr {
+pub(crate) fn user_addr4(ctx: *mut bpf_sock_addr) -> Addr {
     // user_ip4 holds the address in network order: its in-memory bytes are
     // the dotted quad.
+    // SAFETY: `ctx` is the hook's own context (every caller passes `ctx.sock_addr`).
+    // the verifier checks this 4-byte context load.
     let ip = unsafe { (*ctx).user_ip4 };
     Addr::v4(ip.to_ne_bytes())
 }
 
 /// The address in a v6 hook's context; a v4-mapped address becomes v4.
 #[inline(always)]
-pub fn user_addr6(ctx: *mut bpf_sock_addr) -> Addr {
+pub(crate) fn user_addr6(ctx: *mut bpf_sock_addr) -> Addr {
     // The verifier only allows 4-byte loads of user_ip6, word by word
     // ("invalid bpf_context access" on wider or narrower reads).
+    // SAFETY: `ctx` is the hook's own context; each load is one checked word.
     let w0 = unsafe { (*ctx).user_ip6[0] }.to_ne_bytes();
+    // SAFETY: as above.
     let w1 = unsafe { (*ctx).user_ip6[1] }.to_ne_bytes();
+    // SAFETY: as above.
     let w2 = unsafe { (*ctx).user_ip6[2] }.to_ne_bytes();
+    // SAFETY: as above.
     let w3 = unsafe { (*ctx).user_ip6[3] }.to_ne_bytes();
     if w0 == [0; 4] && w1 == [0; 4] && w2 == [0, 0, 0xff, 0xff] {
         return Addr::v4(w3);
@@ -88,8 +94,9 @@ pub fn user_addr6(ctx: *mut bpf_sock_addr) -> Addr {
 
 /// The port in the context, host order.
 #[inline(always)]
-pub fn user_port(ctx: *mut bpf_sock_addr) -> u16 {
+pub(crate) fn user_port(ctx: *mut bpf_sock_addr) -> u16 {
     // user_port keeps the network-order port in its low 16 bits.
+    // SAFETY: `ctx` is the hook's own context; the verifier checks the load.
     u16::from_be(unsafe { (*ctx).user_port } as u16)
 }
 
@@ -97,7 +104,7 @@ pub fn user_port(ctx: *mut bpf_sock_addr) -> u16 {
 /// with the mask the agent precomputed for that length: branch-free, so
 /// the verifier walks it once per prefix instead of once per bit pattern.
 #[inline(always)]
-pub fn masked(bytes: &[u8; 16], prefix_len: u8) -> [u8; 16] {
+pub(crate) fn masked(bytes: &[u8; 16], prefix_len: u8) -> [u8; 16] {
     let Some(mask) = PG_PREFIX_MASKS.get(u32::from(prefix_len)) else {
         return [0xff; 16];
     };

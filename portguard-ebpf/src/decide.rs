@@ -11,7 +11,7 @@ use crate::{
 };
 
 #[inline(always)]
-pub fn bind_allowed(guard: &GuardInfo, slot: u32, proto: u8, local: &Addr, port: u16) -> bool {
+pub(crate) fn bind_allowed(guard: &GuardInfo, slot: u32, proto: u8, local: &Addr, port: u16) -> bool {
     if port == 0 {
         return guard.flags & GUARD_ALLOW_EPHEMERAL_BIND != 0;
     }
@@ -34,12 +34,16 @@ pub fn bind_allowed(guard: &GuardInfo, slot: u32, proto: u8, local: &Addr, port:
 }
 
 #[inline(always)]
-pub fn connect_allowed(guard: &GuardInfo, slot: u32, proto: u8, peer: &Addr, port: u16) -> bool {
+pub(crate) fn connect_allowed(guard: &GuardInfo, slot: u32, proto: u8, peer: &Addr, port: u16) -> bool {
     let (count, lens) = if peer.family == AF_INET {
         (guard.v4_prefix_count as usize, &guard.v4_prefix_lens)
     } else {
         (guard.v6_prefix_count as usize, &guard.v6_prefix_lens)
     };
+    #[expect(
+        clippy::needless_range_loop,
+        reason = "a constant trip count with an early break is the shape the verifier bounds"
+    )]
     for i in 0..MAX_PREFIX_LENS {
         if i >= count {
             break;
@@ -54,10 +58,10 @@ pub fn connect_allowed(guard: &GuardInfo, slot: u32, proto: u8, peer: &Addr, por
             addr: masked(&peer.bytes, prefix_len),
         };
         // SAFETY: not preallocated (see maps.rs); read-only use.
-        if let Some(ports) = unsafe { PG_CONNECT_RULES.get(&key) } {
-            if port_in(ports, port) {
-                return true;
-            }
+        if let Some(ports) = unsafe { PG_CONNECT_RULES.get(&key) }
+            && port_in(ports, port)
+        {
+            return true;
         }
     }
     false

@@ -24,12 +24,12 @@ use crate::maps::{PG_ANCESTRY, PG_GUARDS, PG_SCRATCH, PG_SK_STAMPS, PG_STATS, bu
 const BPF_NOEXIST: u64 = 1;
 
 /// The guard covering a socket.
-pub struct Guarded {
-    pub sock_cgroup: u64,
-    pub guard_cgroup: u64,
+pub(crate) struct Guarded {
+    pub(crate) sock_cgroup: u64,
+    pub(crate) guard_cgroup: u64,
     /// `None` when the socket could not be stamped; the caller must then
     /// fail closed.
-    pub info: Option<GuardInfo>,
+    pub(crate) info: Option<GuardInfo>,
 }
 
 fn stamps_map() -> *mut c_void {
@@ -41,7 +41,7 @@ fn stamps_map() -> *mut c_void {
 /// definition the socket's, and records that cgroup's ancestry. Returns the
 /// cgroup.
 #[inline(always)]
-pub fn stamp_new_socket(ctx: &SockContext) -> u64 {
+pub(crate) fn stamp_new_socket(ctx: &SockContext) -> u64 {
     // SAFETY: helper valid in cgroup_sock programs.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     record_current_ancestry(cgroup);
@@ -60,7 +60,7 @@ pub fn stamp_new_socket(ctx: &SockContext) -> u64 {
 
 /// The guard covering `cgroup` (the calling task's own) under `cfg`.
 #[inline(always)]
-pub fn guard_of(cgroup: u64, cfg: &Config) -> Option<(u64, GuardInfo)> {
+pub(crate) fn guard_of(cgroup: u64, cfg: &Config) -> Option<(u64, GuardInfo)> {
     record_current_ancestry(cgroup);
     resolve(cgroup, cfg.active_slot())
 }
@@ -72,7 +72,7 @@ pub fn guard_of(cgroup: u64, cfg: &Config) -> Option<(u64, GuardInfo)> {
 /// loops multiplies the verifier's work (it refused an earlier shape with
 /// E2BIG, "BPF program is too large").
 #[inline(always)]
-pub fn socket_guard(ctx: &SockAddrContext, cfg: &Config) -> Option<Guarded> {
+pub(crate) fn socket_guard(ctx: &SockAddrContext, cfg: &Config) -> Option<Guarded> {
     let slot = cfg.active_slot();
     // SAFETY: ctx.sock_addr->sk is the socket; the helper checks it.
     let mut stamp = unsafe { PG_SK_STAMPS.get_ptr_mut(ctx) };
@@ -80,9 +80,12 @@ pub fn socket_guard(ctx: &SockAddrContext, cfg: &Config) -> Option<Guarded> {
         // A socket older than portguard: the best identity left is the
         // calling task's cgroup. Stamp it so the next operation is fast.
         bump(&PG_STATS, stats::STAMP_MISSES);
-        let mut fresh =
-            SockStamp { sock_cgroup: unsafe { bpf_get_current_cgroup_id() }, ..SockStamp::default() };
+        // SAFETY: helper with no arguments, valid in sock_addr programs.
+        let cgroup = unsafe { bpf_get_current_cgroup_id() };
+        let mut fresh = SockStamp { sock_cgroup: cgroup, ..SockStamp::default() };
         record_current_ancestry(fresh.sock_cgroup);
+        // SAFETY: ctx.sock_addr->sk is the socket; `fresh` outlives the call, which
+        // copies it into the new storage.
         stamp = unsafe { PG_SK_STAMPS.get_or_insert_ptr_mut(ctx, Some(&mut fresh)) };
         if stamp.is_null() {
             // No memory for 64 bytes of socket storage: refuse rather than
@@ -102,7 +105,7 @@ pub fn socket_guard(ctx: &SockAddrContext, cfg: &Config) -> Option<Guarded> {
 
 /// Re-resolves a stamp made under another generation (or never resolved).
 #[inline(always)]
-pub fn refresh(s: &mut SockStamp, slot: u32, cfg: &Config) {
+pub(crate) fn refresh(s: &mut SockStamp, slot: u32, cfg: &Config) {
     if s.generation != cfg.generation || s.guarded == STAMP_UNRESOLVED {
         match resolve(s.sock_cgroup, slot) {
             Some((guard_cgroup, info)) => {
@@ -118,10 +121,11 @@ pub fn refresh(s: &mut SockStamp, slot: u32, cfg: &Config) {
 
 /// Notes that a judged bind let this socket take its port.
 #[inline(always)]
-pub fn mark_bound(ctx: &SockAddrContext) {
+pub(crate) fn mark_bound(ctx: &SockAddrContext) {
     // SAFETY: ctx.sock_addr->sk is the socket; the helper checks it.
     let stamp = unsafe { PG_SK_STAMPS.get_ptr_mut(ctx) };
     if !stamp.is_null() {
+        // SAFETY: non-null socket storage owned by this socket, valid for this run.
         unsafe { (*stamp).flags |= STAMP_BOUND };
     }
 }
@@ -130,13 +134,15 @@ pub fn mark_bound(ctx: &SockAddrContext) {
 /// With `create`, a socket older than portguard is stamped with the calling
 /// task's cgroup, as the sock_addr hooks do.
 #[inline(always)]
-pub fn stamp_of_socket(sk: *mut c_void, create: bool) -> Option<&'static mut SockStamp> {
+pub(crate) fn stamp_of_socket(sk: *mut c_void, create: bool) -> Option<&'static mut SockStamp> {
     // SAFETY: `sk` is a socket pointer the verifier checks.
     let mut p = unsafe { bpf_sk_storage_get(stamps_map(), sk, core::ptr::null_mut(), 0) }.cast::<SockStamp>();
     if p.is_null() && create {
+        // SAFETY: helper with no arguments, valid in every program that calls this.
         let cgroup = unsafe { bpf_get_current_cgroup_id() };
         record_current_ancestry(cgroup);
         let mut fresh = SockStamp { sock_cgroup: cgroup, ..SockStamp::default() };
+        // SAFETY: `sk` as above; `fresh` outlives the call, which copies it.
         p = unsafe {
             bpf_sk_storage_get(
                 stamps_map(),
@@ -147,15 +153,19 @@ pub fn stamp_of_socket(sk: *mut c_void, create: bool) -> Option<&'static mut Soc
         }
         .cast::<SockStamp>();
     }
-    if p.is_null() { None } else { Some(unsafe { &mut *p }) }
+    // SAFETY: null (no storage) or socket storage owned by this socket,
+    // valid for this run.
+    unsafe { p.as_mut() }
 }
 
 /// The stamp of a kernel `struct sock` (from an LSM hook), if it has one.
 #[inline(always)]
-pub fn stamp_of_sock(sk: *mut c_void) -> Option<&'static mut SockStamp> {
+pub(crate) fn stamp_of_sock(sk: *mut c_void) -> Option<&'static mut SockStamp> {
     // SAFETY: `sk` is a BTF-typed socket pointer the verifier checks.
     let p = unsafe { bpf_sk_storage_get(stamps_map(), sk, core::ptr::null_mut(), 0) }.cast::<SockStamp>();
-    if p.is_null() { None } else { Some(unsafe { &mut *p }) }
+    // SAFETY: null (no storage) or socket storage owned by this socket,
+    // valid for this run.
+    unsafe { p.as_mut() }
 }
 
 /// Nearest guarded ancestor (or the cgroup itself) of `cgroup`, with its
@@ -167,6 +177,7 @@ fn resolve(cgroup: u64, slot: u32) -> Option<(u64, GuardInfo)> {
     let mut key = cgroup;
     if PG_ANCESTRY.get_ptr(&key).is_none() {
         bump(&PG_STATS, stats::ANCESTRY_MISSES);
+        // SAFETY: helper with no arguments, valid in every program that calls this.
         key = unsafe { bpf_get_current_cgroup_id() };
         record_current_ancestry(key);
     }
@@ -211,6 +222,7 @@ fn record_current_ancestry(cgroup: u64) {
     let a = unsafe { &mut *scratch };
     a.depth = 0;
     for level in 0..MAX_CGROUP_DEPTH {
+        // SAFETY: helper taking a plain level, valid in every program that calls this.
         let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
         if id == 0 {
             break;

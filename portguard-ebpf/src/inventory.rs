@@ -29,7 +29,7 @@ use crate::{
 };
 
 #[sock_ops]
-pub fn pg_sock_ops(ctx: SockOpsContext) -> u32 {
+pub(crate) fn pg_sock_ops(ctx: SockOpsContext) -> u32 {
     if ctx.op() == BPF_SOCK_OPS_TCP_LISTEN_CB {
         // SAFETY: `sk` of a TCP_LISTEN_CB context is the listening socket.
         let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
@@ -38,6 +38,8 @@ pub fn pg_sock_ops(ctx: SockOpsContext) -> u32 {
             // verifier refuses a load through a context pointer the compiler
             // picked between two fields ("dereference of modified ctx ptr").
             let ops = ctx.ops;
+            // SAFETY: `ops` is this program's sock_ops context; each field is one
+            // checked context load.
             let (family, ip4, ip6) = unsafe {
                 (
                     read_volatile(&(*ops).family),
@@ -50,6 +52,7 @@ pub fn pg_sock_ops(ctx: SockOpsContext) -> u32 {
                     ],
                 )
             };
+            // SAFETY: as above.
             let port = unsafe { read_volatile(&(*ops).local_port) };
             let addr = local_addr(family, ip4, ip6);
             // SAFETY: the context pointer is what the helper expects.
@@ -64,7 +67,7 @@ pub fn pg_sock_ops(ctx: SockOpsContext) -> u32 {
 // and sock_release neither: hence one reader per hook.
 
 #[cgroup_sock(post_bind4)]
-pub fn pg_post_bind4(ctx: SockContext) -> i32 {
+pub(crate) fn pg_post_bind4(ctx: SockContext) -> i32 {
     // SAFETY: reading fields this hook may read.
     let (protocol, ip4, port) = unsafe { ((*ctx.sock).protocol, (*ctx.sock).src_ip4, (*ctx.sock).src_port) };
     if protocol == u32::from(IPPROTO_UDP) {
@@ -75,11 +78,13 @@ pub fn pg_post_bind4(ctx: SockContext) -> i32 {
 }
 
 #[cgroup_sock(post_bind6)]
-pub fn pg_post_bind6(ctx: SockContext) -> i32 {
+pub(crate) fn pg_post_bind6(ctx: SockContext) -> i32 {
     // SAFETY: reading fields this hook may read, word by word.
     let (protocol, port) = unsafe { ((*ctx.sock).protocol, (*ctx.sock).src_port) };
     if protocol == u32::from(IPPROTO_UDP) {
         let sock = ctx.sock;
+        // SAFETY: `sock` is this program's context; post_bind6 may read src_ip6,
+        // word by word.
         let ip6 = unsafe {
             [
                 read_volatile(&(*sock).src_ip6[0]),
@@ -95,7 +100,7 @@ pub fn pg_post_bind6(ctx: SockContext) -> i32 {
 }
 
 #[cgroup_sock(sock_release)]
-pub fn pg_sock_release(ctx: SockContext) -> i32 {
+pub(crate) fn pg_sock_release(ctx: SockContext) -> i32 {
     let Some(stamp) = stamp_of_socket(ctx.as_ptr(), false) else {
         return 1;
     };

@@ -34,7 +34,7 @@ const AF_PACKET: i32 = 17;
 const SOCKET_SK_OFFSET_WORDS: usize = 3;
 
 #[lsm(hook = "socket_listen")]
-pub fn pg_socket_listen(ctx: LsmContext) -> i32 {
+pub(crate) fn pg_socket_listen(ctx: LsmContext) -> i32 {
     let sock: *const u64 = ctx.arg(0);
     // SAFETY: a BTF pointer to struct socket; see SOCKET_SK_OFFSET_WORDS.
     let sk = unsafe { *sock.add(SOCKET_SK_OFFSET_WORDS) } as *mut c_void;
@@ -59,7 +59,7 @@ pub fn pg_socket_listen(ctx: LsmContext) -> i32 {
 }
 
 #[lsm(hook = "socket_create")]
-pub fn pg_socket_create(ctx: LsmContext) -> i32 {
+pub(crate) fn pg_socket_create(ctx: LsmContext) -> i32 {
     let family: i32 = ctx.arg(0);
     let kern: i32 = ctx.arg(3);
     if family != AF_PACKET || kern != 0 {

@@ -17,55 +17,56 @@ use portguard_common::{
 const BPF_F_NO_PREALLOC: u32 = 1;
 
 #[map(name = "PG_CONFIG")]
-pub static PG_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+pub(crate) static PG_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 #[map(name = "PG_GUARDS")]
-pub static PG_GUARDS: HashMap<GuardKey, GuardInfo> =
+pub(crate) static PG_GUARDS: HashMap<GuardKey, GuardInfo> =
     HashMap::with_max_entries(SLOTS * MAX_GUARDS, BPF_F_NO_PREALLOC);
 
 #[map(name = "PG_BIND_RULES")]
-pub static PG_BIND_RULES: HashMap<BindKey, RuleRef> =
+pub(crate) static PG_BIND_RULES: HashMap<BindKey, RuleRef> =
     HashMap::with_max_entries(SLOTS * MAX_BIND_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map(name = "PG_CONNECT_RULES")]
-pub static PG_CONNECT_RULES: HashMap<ConnectKey, PortSet> =
+pub(crate) static PG_CONNECT_RULES: HashMap<ConnectKey, PortSet> =
     HashMap::with_max_entries(SLOTS * MAX_CONNECT_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// Socket-local storage: one stamp per socket, freed with the socket, so
 /// there is nothing to evict and nothing to clean up on close.
 #[btf_map(name = "PG_SK_STAMPS")]
-pub static PG_SK_STAMPS: SkStorage<SockStamp> = SkStorage::new();
+pub(crate) static PG_SK_STAMPS: SkStorage<SockStamp> = SkStorage::new();
 
 #[map(name = "PG_ANCESTRY")]
-pub static PG_ANCESTRY: LruHashMap<u64, Ancestry> = LruHashMap::with_max_entries(DEFAULT_ANCESTRY_ENTRIES, 0);
+pub(crate) static PG_ANCESTRY: LruHashMap<u64, Ancestry> =
+    LruHashMap::with_max_entries(DEFAULT_ANCESTRY_ENTRIES, 0);
 
 /// `PG_PREFIX_MASKS[n]`: the 16-byte mask keeping the first n bits (0..=128),
 /// filled by the agent at load.
 #[map(name = "PG_PREFIX_MASKS")]
-pub static PG_PREFIX_MASKS: Array<[u8; 16]> = Array::with_max_entries(129, 0);
+pub(crate) static PG_PREFIX_MASKS: Array<[u8; 16]> = Array::with_max_entries(129, 0);
 
 /// Scratch space to build an `Ancestry` (264 bytes) off the 512-byte stack.
 #[map(name = "PG_SCRATCH")]
-pub static PG_SCRATCH: PerCpuArray<Ancestry> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static PG_SCRATCH: PerCpuArray<Ancestry> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "PG_COUNTERS")]
-pub static PG_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_ENTRIES, 0);
+pub(crate) static PG_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_ENTRIES, 0);
 
 #[map(name = "PG_DENIAL_COUNTS")]
-pub static PG_DENIAL_COUNTS: LruPerCpuHashMap<DenialKey, DenialCount> =
+pub(crate) static PG_DENIAL_COUNTS: LruPerCpuHashMap<DenialKey, DenialCount> =
     LruPerCpuHashMap::with_max_entries(DENIAL_COUNT_ENTRIES, 0);
 
 #[map(name = "PG_STATS")]
-pub static PG_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
+pub(crate) static PG_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
 
 #[map(name = "PG_EVENTS")]
-pub static PG_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+pub(crate) static PG_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 #[map(name = "PG_PORT_EVENTS")]
-pub static PG_PORT_EVENTS: RingBuf = RingBuf::with_byte_size(PORT_EVENTS_BYTES, 0);
+pub(crate) static PG_PORT_EVENTS: RingBuf = RingBuf::with_byte_size(PORT_EVENTS_BYTES, 0);
 
 #[inline(always)]
-pub fn bump(map: &PerCpuArray<u64>, index: u32) {
+pub(crate) fn bump(map: &PerCpuArray<u64>, index: u32) {
     if let Some(slot) = map.get_ptr_mut(index) {
         // SAFETY: a per-CPU slot; the program cannot migrate mid-run, so
         // nothing else writes it concurrently.

@@ -9,57 +9,57 @@ use aya_ebpf::{
 };
 
 #[cgroup_sock(sock_create)]
-pub fn pg_sock_create(_ctx: SockContext) -> i32 {
+pub(crate) fn pg_sock_create(_ctx: SockContext) -> i32 {
     1
 }
 
 #[cgroup_sock_addr(bind4)]
-pub fn pg_bind4(_ctx: SockAddrContext) -> i32 {
+pub(crate) fn pg_bind4(_ctx: SockAddrContext) -> i32 {
     1
 }
 
 #[cgroup_sock_addr(bind6)]
-pub fn pg_bind6(_ctx: SockAddrContext) -> i32 {
+pub(crate) fn pg_bind6(_ctx: SockAddrContext) -> i32 {
     1
 }
 
 #[cgroup_sock_addr(connect4)]
-pub fn pg_connect4(_ctx: SockAddrContext) -> i32 {
+pub(crate) fn pg_connect4(_ctx: SockAddrContext) -> i32 {
     1
 }
 
 #[cgroup_sock_addr(connect6)]
-pub fn pg_connect6(_ctx: SockAddrContext) -> i32 {
+pub(crate) fn pg_connect6(_ctx: SockAddrContext) -> i32 {
     1
 }
 
 #[cgroup_sock_addr(sendmsg4)]
-pub fn pg_sendmsg4(_ctx: SockAddrContext) -> i32 {
+pub(crate) fn pg_sendmsg4(_ctx: SockAddrContext) -> i32 {
     1
 }
 
 #[cgroup_sock_addr(sendmsg6)]
-pub fn pg_sendmsg6(_ctx: SockAddrContext) -> i32 {
+pub(crate) fn pg_sendmsg6(_ctx: SockAddrContext) -> i32 {
     1
 }
 
 #[cgroup_sock(post_bind4)]
-pub fn pg_post_bind4(_ctx: SockContext) -> i32 {
+pub(crate) fn pg_post_bind4(_ctx: SockContext) -> i32 {
     1
 }
 
 #[cgroup_sock(post_bind6)]
-pub fn pg_post_bind6(_ctx: SockContext) -> i32 {
+pub(crate) fn pg_post_bind6(_ctx: SockContext) -> i32 {
     1
 }
 
 #[cgroup_sock(sock_release)]
-pub fn pg_sock_release(_ctx: SockContext) -> i32 {
+pub(crate) fn pg_sock_release(_ctx: SockContext) -> i32 {
     1
 }
 
 #[sock_ops]
-pub fn pg_sock_ops(_ctx: SockOpsContext) -> u32 {
+pub(crate) fn pg_sock_ops(_ctx: SockOpsContext) -> u32 {
     1
 }
 

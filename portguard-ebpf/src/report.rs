@@ -17,21 +17,21 @@ use crate::{
     maps::{PG_COUNTERS, PG_DENIAL_COUNTS, PG_EVENTS, PG_PORT_EVENTS, PG_STATS, bump},
 };
 
-pub struct Decision<'a> {
-    pub op: Op,
-    pub verdict: Verdict,
-    pub guard_id: u32,
-    pub guarded: &'a Guarded,
-    pub generation: u64,
-    pub proto: u8,
-    pub addr: &'a Addr,
-    pub port: u16,
+pub(crate) struct Decision<'a> {
+    pub(crate) op: Op,
+    pub(crate) verdict: Verdict,
+    pub(crate) guard_id: u32,
+    pub(crate) guarded: &'a Guarded,
+    pub(crate) generation: u64,
+    pub(crate) proto: u8,
+    pub(crate) addr: &'a Addr,
+    pub(crate) port: u16,
 }
 
 /// A violation of `info`'s guard by a socket-level operation (no peer, no
 /// port): denied in enforce mode, audited in audit mode; recorded either way.
 #[inline(always)]
-pub fn record_violation(
+pub(crate) fn record_violation(
     op: Op,
     sock_cgroup: u64,
     guard_cgroup: u64,
@@ -61,7 +61,7 @@ pub fn record_violation(
 /// counter bump each, not a ring-buffer event with the process name each.
 /// A full ring buffer loses the event, never the count.
 #[inline(always)]
-pub fn record(d: &Decision) {
+pub(crate) fn record(d: &Decision) {
     bump(&PG_COUNTERS, counter_index(d.guard_id, d.op, d.verdict));
     if d.verdict == Verdict::Allowed {
         return;
@@ -131,24 +131,24 @@ fn count_denial(d: &Decision) -> Option<u64> {
 }
 
 /// A port going live or closing (inventory, not a decision).
-pub struct LifecycleEvent {
+pub(crate) struct LifecycleEvent {
     /// `PORT_OPENED` or `PORT_CLOSED`.
-    pub change: u8,
-    pub sock_cgroup: u64,
-    pub guard_cgroup: u64,
-    pub guard_id: u32,
-    pub generation: u64,
-    pub proto: u8,
-    pub addr: Addr,
-    pub port: u16,
-    pub cookie: u64,
+    pub(crate) change: u8,
+    pub(crate) sock_cgroup: u64,
+    pub(crate) guard_cgroup: u64,
+    pub(crate) guard_id: u32,
+    pub(crate) generation: u64,
+    pub(crate) proto: u8,
+    pub(crate) addr: Addr,
+    pub(crate) port: u16,
+    pub(crate) cookie: u64,
 }
 
 /// Queues a port-lifecycle event on its own ring buffer. Not counted per
 /// guard: the agent's inventory is the count. A full ring buffer loses the
 /// event (counted in `PORT_EVENTS_LOST`).
 #[inline(always)]
-pub fn record_lifecycle(e: &LifecycleEvent) {
+pub(crate) fn record_lifecycle(e: &LifecycleEvent) {
     let Some(mut entry) = PG_PORT_EVENTS.reserve::<PortEvent>(0) else {
         bump(&PG_STATS, stats::PORT_EVENTS_LOST);
         return;

@@ -9,7 +9,7 @@ use crate::{identity::guard_of, read_config, report::record_violation};
 /// the new socket belongs to): true to allow. Counts and reports a refusal
 /// or an audit-mode violation.
 #[inline(always)]
-pub fn creation_allowed(cgroup: u64, family: u8, proto: u8) -> bool {
+pub(crate) fn creation_allowed(cgroup: u64, family: u8, proto: u8) -> bool {
     let Some(cfg) = read_config() else { return true };
     let Some((guard_cgroup, info)) = guard_of(cgroup, &cfg) else { return true };
     if info.flags & GUARD_ALLOW_OTHER_SOCKETS != 0 {

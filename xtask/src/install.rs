@@ -13,14 +13,14 @@ use anyhow::{Context as _, bail};
 
 use crate::{run, workspace_root};
 
-pub struct Install {
+pub(crate) struct Install {
     /// Prefix for every installed path (packaging, tests); `/` for the host.
     pub destdir: PathBuf,
     /// The `portguard` binary to install.
     pub binary: PathBuf,
 }
 
-pub fn install(opts: &Install) -> anyhow::Result<()> {
+pub(crate) fn install(opts: &Install) -> anyhow::Result<()> {
     if !opts.binary.is_file() {
         bail!("{}: no such binary", opts.binary.display());
     }

@@ -2,7 +2,7 @@
 //!
 //!   cargo xtask setup   install what building and testing need (idempotent)
 //!   cargo xtask run     set up, build, and run the agent on ./policy.toml
-//!   cargo xtask test    set up, build, and run every test (root-only ones too)
+//!   cargo xtask test    set up, check format and lints, build, and run every test
 //!   cargo xtask bench   set up, build (release), and write BENCHMARKS.md
 //!   cargo xtask install build (release) and install the agent, unit and policy
 
@@ -55,7 +55,8 @@ enum Cmd {
         #[arg(long)]
         binary: Option<PathBuf>,
     },
-    /// Set up, build, and run all tests, including those that need root.
+    /// Set up, check formatting and lints, build, and run all tests,
+    /// including those that need root.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -93,6 +94,21 @@ fn cargo() -> Command {
 fn build() -> anyhow::Result<PathBuf> {
     run(cargo().args(["build", "--package", "portguard-agent", "--package", "portguard-tests", "--bins"]))?;
     Ok(workspace_root().join("target/debug/portguard"))
+}
+
+/// Formatting and lints, so CI fails on a warning. The eBPF crate only
+/// builds for the BPF target, with the nightly toolchain, as aya-build
+/// builds it from the agent's build.rs.
+fn lint() -> anyhow::Result<()> {
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    run(Command::new("rustup")
+        .current_dir(workspace_root().join("portguard-ebpf"))
+        .args(["run", "nightly", "cargo", "clippy", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--", "-D", "warnings"])
+        // Set by cargo for the stable toolchain running xtask.
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER"))
 }
 
 fn is_root() -> bool {
@@ -168,6 +184,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Test { args } => {
             setup::all()?;
+            lint()?;
             let bin = build()?;
             if !is_root() {
                 eprintln!("xtask: not root: the kernel tests will skip (CI=true makes them fail instead)");

@@ -11,9 +11,10 @@ use crate::run;
 const LLVM: &str = "22";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-pub fn all() -> anyhow::Result<()> {
+pub(crate) fn all() -> anyhow::Result<()> {
     nightly_toolchain()?;
     rust_src()?;
+    lint_tools()?;
     apt_packages(&[
         &format!("llvm-{LLVM}-dev"),
         &format!("libpolly-{LLVM}-dev"),
@@ -76,15 +77,45 @@ fn nightly_toolchain() -> anyhow::Result<()> {
 }
 
 fn rust_src() -> anyhow::Result<()> {
-    let installed =
-        output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
-            .unwrap_or_default();
-    if installed.lines().any(|l| l.starts_with("rust-src")) {
-        step("rust-src for nightly (for -Z build-std=core): present");
+    rust_components(Some("nightly"), &["rust-src"], "for -Z build-std=core")
+}
+
+/// clippy and rustfmt: `cargo xtask test` checks formatting and lints
+/// first, the eBPF crate's lints with the nightly toolchain that builds it.
+fn lint_tools() -> anyhow::Result<()> {
+    rust_components(None, &["clippy", "rustfmt"], "for the lint and format checks")?;
+    rust_components(Some("nightly"), &["clippy"], "for the eBPF crate's lint check")
+}
+
+/// Adds the rustup `components` of `toolchain` (the workspace's own when
+/// `None`) that are missing.
+fn rust_components(toolchain: Option<&str>, components: &[&str], why: &str) -> anyhow::Result<()> {
+    let name = toolchain.unwrap_or("the default toolchain");
+    let with_toolchain = |cmd: &mut Command| {
+        if let Some(t) = toolchain {
+            cmd.args(["--toolchain", t]);
+        }
+    };
+    let mut list = Command::new("rustup");
+    list.current_dir(crate::workspace_root()).args(["component", "list", "--installed"]);
+    with_toolchain(&mut list);
+    let installed = output(&mut list).unwrap_or_default();
+    // Installed components are listed with their target triple, except
+    // target-independent ones such as rust-src.
+    let missing: Vec<&str> = components
+        .iter()
+        .copied()
+        .filter(|c| !installed.lines().any(|l| l == *c || l.starts_with(&format!("{c}-"))))
+        .collect();
+    if missing.is_empty() {
+        step(&format!("{} for {name} ({why}): present", components.join(" ")));
         return Ok(());
     }
-    step("rust-src for nightly (for -Z build-std=core): installing");
-    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    step(&format!("{} for {name} ({why}): installing", missing.join(" ")));
+    let mut add = Command::new("rustup");
+    add.current_dir(crate::workspace_root()).args(["component", "add"]).args(&missing);
+    with_toolchain(&mut add);
+    run(&mut add)
 }
 
 fn apt_packages(packages: &[&str]) -> anyhow::Result<()> {
@@ -132,7 +163,7 @@ fn bpf_linker() -> anyhow::Result<()> {
 }
 
 /// cargo-fuzz, for `cargo xtask fuzz` only.
-pub fn cargo_fuzz() -> anyhow::Result<()> {
+pub(crate) fn cargo_fuzz() -> anyhow::Result<()> {
     if output(Command::new("cargo").args(["fuzz", "--version"])).is_some() {
         step("cargo-fuzz: present");
         return Ok(());

@@ -9,7 +9,7 @@ use std::{
 use crate::cgroup::statfs;
 
 #[derive(Debug, thiserror::Error)]
-pub enum BpffsError {
+pub(crate) enum BpffsError {
     #[error(
         "{path} is not on a bpf filesystem, and mounting one at {mount} failed: {source} (mount it with `mount -t bpf bpf {mount}`)"
     )]
@@ -31,24 +31,24 @@ pub enum BpffsError {
 
 /// Where each pinned object lives under the pin directory.
 #[derive(Debug, Clone)]
-pub struct PinLayout {
+pub(super) struct PinLayout {
     pub root: PathBuf,
 }
 
 impl PinLayout {
-    pub fn new(root: PathBuf) -> Self {
+    pub(super) fn new(root: PathBuf) -> Self {
         PinLayout { root }
     }
 
     /// Maps live in a directory named after the map ABI, so an agent whose
     /// maps differ in layout starts fresh maps beside the old ones instead
     /// of misreading them.
-    pub fn maps_dir(&self) -> PathBuf {
+    pub(super) fn maps_dir(&self) -> PathBuf {
         self.root.join(format!("maps-v{}", portguard_common::MAP_ABI_VERSION))
     }
 
     /// Every maps directory under the root, of any ABI.
-    pub fn all_map_dirs(&self) -> Vec<PathBuf> {
+    pub(super) fn all_map_dirs(&self) -> Vec<PathBuf> {
         let Ok(entries) = fs::read_dir(&self.root) else { return Vec::new() };
         entries
             .flatten()
@@ -58,7 +58,7 @@ impl PinLayout {
     }
 
     /// Removes maps directories of other ABIs (once no program uses them).
-    pub fn remove_stale_map_dirs(&self) {
+    pub(super) fn remove_stale_map_dirs(&self) {
         let current = self.maps_dir();
         for dir in self.all_map_dirs().into_iter().filter(|d| *d != current) {
             if let Ok(entries) = fs::read_dir(&dir) {
@@ -70,22 +70,22 @@ impl PinLayout {
         }
     }
 
-    pub fn links_dir(&self) -> PathBuf {
+    pub(super) fn links_dir(&self) -> PathBuf {
         self.root.join("links")
     }
 
-    pub fn map(&self, name: &str) -> PathBuf {
+    pub(super) fn map(&self, name: &str) -> PathBuf {
         self.maps_dir().join(name)
     }
 
     /// Where the links of one guarded cgroup are pinned: a directory
     /// named by the cgroup's id (bpffs refuses dots, and ids have none).
-    pub fn cgroup_links_dir(&self, cgroup_id: u64) -> PathBuf {
+    pub(super) fn cgroup_links_dir(&self, cgroup_id: u64) -> PathBuf {
         self.links_dir().join(cgroup_id.to_string())
     }
 
     /// Every guarded cgroup's link directory, by cgroup id.
-    pub fn guarded_link_dirs(&self) -> Vec<(u64, PathBuf)> {
+    pub(super) fn guarded_link_dirs(&self) -> Vec<(u64, PathBuf)> {
         let Ok(entries) = fs::read_dir(self.links_dir()) else { return Vec::new() };
         let mut dirs: Vec<(u64, PathBuf)> = entries
             .flatten()
@@ -98,7 +98,7 @@ impl PinLayout {
 
     /// Creates the pin directories, readable and writable by root only: a
     /// workload that could write portguard's maps could rewrite its policy.
-    pub fn create(&self) -> Result<(), BpffsError> {
+    pub(super) fn create(&self) -> Result<(), BpffsError> {
         for dir in [self.root.clone(), self.maps_dir(), self.links_dir()] {
             if let Err(source) = fs::DirBuilder::new().mode(0o700).create(&dir)
                 && source.kind() != std::io::ErrorKind::AlreadyExists
@@ -115,7 +115,7 @@ impl PinLayout {
 /// Makes sure the pin directory's parent is on bpffs. A fresh machine may
 /// not have /sys/fs/bpf mounted: when the pin directory is under it, mount
 /// it; anywhere else, refuse with a clear error.
-pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), BpffsError> {
+pub(super) fn ensure_bpffs(pin_dir: &Path) -> Result<(), BpffsError> {
     // The nearest existing ancestor tells which filesystem the directory
     // will be created on.
     let mut parent = pin_dir.parent().unwrap_or(Path::new("/"));

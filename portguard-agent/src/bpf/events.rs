@@ -17,7 +17,7 @@ use tokio::io::unix::AsyncFd;
 /// A denial or audit-mode violation as the kernel reported it: the first
 /// of its kind on a CPU in an interval, standing for `count` decisions.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DecodedEvent {
+pub(crate) struct DecodedEvent {
     pub sock_cgroup: u64,
     pub guard_cgroup: u64,
     pub pid: u32,
@@ -36,7 +36,7 @@ pub struct DecodedEvent {
 
 /// A port that went live or closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PortChange {
+pub(crate) struct PortChange {
     pub opened: bool,
     pub sock_cgroup: u64,
     /// `None` when no guard covers the socket.
@@ -55,7 +55,7 @@ pub struct PortChange {
 }
 
 /// A record type one ring buffer carries.
-pub trait RingRecord: Sized {
+pub(crate) trait RingRecord: Sized {
     type Raw: Copy;
     fn decode(raw: &Self::Raw) -> Self;
 }
@@ -123,15 +123,15 @@ fn comm(raw: &[u8; 16]) -> String {
 }
 
 /// Events read per call of [`EventStream::next_batch`].
-pub const MAX_BATCH: usize = 1024;
+pub(crate) const MAX_BATCH: usize = 1024;
 
-pub struct EventStream<T> {
+pub(crate) struct EventStream<T> {
     ring: AsyncFd<RingBuf<MapData>>,
     records: std::marker::PhantomData<T>,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum EventsError {
+pub(crate) enum EventsError {
     #[error("map {name} is missing from the eBPF object")]
     Missing { name: &'static str },
     #[error("event ring buffer: {0}")]
@@ -143,7 +143,7 @@ pub enum EventsError {
 impl<T: RingRecord> EventStream<T> {
     /// Denials and audits (`map_names::EVENTS`) or port-lifecycle events
     /// (`map_names::PORT_EVENTS`).
-    pub fn open(ebpf: &mut Ebpf, name: &'static str) -> Result<EventStream<T>, EventsError> {
+    pub(crate) fn open(ebpf: &mut Ebpf, name: &'static str) -> Result<EventStream<T>, EventsError> {
         let map = ebpf.take_map(name).ok_or(EventsError::Missing { name })?;
         let ring = RingBuf::try_from(map)?;
         // SAFETY: the ring buffer owns its map fd, which stays open and the
@@ -157,7 +157,7 @@ impl<T: RingRecord> EventStream<T> {
     /// The bound matters: under a flood the kernel refills the ring as fast
     /// as it is drained, and an unbounded drain would never return to the
     /// agent's loop (reloads, signals).
-    pub async fn next_batch(&mut self, out: &mut Vec<T>) -> io::Result<()> {
+    pub(crate) async fn next_batch(&mut self, out: &mut Vec<T>) -> io::Result<()> {
         let mut guard = self.ring.readable_mut().await?;
         let drained = read_batch(guard.get_inner_mut(), out);
         // Only an empty ring may wait for the next wake-up; otherwise the
@@ -173,7 +173,7 @@ impl<T: RingRecord> EventStream<T> {
     /// Reads what is queued now, without waiting, up to [`MAX_BATCH`]
     /// events at a time, for a ring whose producer does not always wake the
     /// reader.
-    pub fn drain(&mut self, out: &mut Vec<T>) -> io::Result<()> {
+    pub(crate) fn drain(&mut self, out: &mut Vec<T>) -> io::Result<()> {
         while !read_batch(self.ring.get_mut(), out) {}
         Ok(())
     }

@@ -75,7 +75,7 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
 }
 
 /// Opens the pinned object at `path`.
-pub fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
+pub(super) fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
     let c = CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let mut attr = ObjGetAttr { pathname: c.as_ptr() as u64, ..Default::default() };
@@ -85,7 +85,7 @@ pub fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
 }
 
 /// Makes the link at `link` run `program` from now on.
-pub fn replace_program(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Result<()> {
+pub(super) fn replace_program(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Result<()> {
     let mut attr = LinkUpdateAttr {
         link_fd: link.as_raw_fd() as u32,
         new_prog_fd: program.as_raw_fd() as u32,
@@ -95,7 +95,7 @@ pub fn replace_program(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Res
 }
 
 /// The kernel's id of the link behind `link`.
-pub fn link_id(link: BorrowedFd<'_>) -> io::Result<u32> {
+pub(super) fn link_id(link: BorrowedFd<'_>) -> io::Result<u32> {
     let mut info = LinkInfo::default();
     let mut attr = InfoByFdAttr {
         bpf_fd: link.as_raw_fd() as u32,
@@ -109,7 +109,7 @@ pub fn link_id(link: BorrowedFd<'_>) -> io::Result<u32> {
 /// Whether a link with this id still exists. Dropping a link's last
 /// reference (unpinning it) frees it, and detaches its program, from a
 /// kernel work queue a moment later, not in the unlink itself.
-pub fn link_exists(id: u32) -> bool {
+pub(super) fn link_exists(id: u32) -> bool {
     let mut attr = GetFdByIdAttr { link_id: id, ..Default::default() };
     match bpf(BPF_LINK_GET_FD_BY_ID, &mut attr) {
         Ok(fd) => {

@@ -31,7 +31,7 @@ fn hook_of(program: &str) -> (&'static str, &'static str) {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum LoadError {
+pub(crate) enum LoadError {
     #[error(transparent)]
     Bpffs(#[from] BpffsError),
     #[error("loading the eBPF object failed (is this run as root, with CAP_BPF and CAP_NET_ADMIN?): {0}")]
@@ -127,7 +127,7 @@ pub enum LoadError {
 /// and a guarded socket is judged by the cgroup it was created in even
 /// after its process moves. Each guarded cgroup's links are pinned under
 /// `links/<cgroup id>/`, so enforcement outlives the agent.
-pub struct Enforcer {
+pub(crate) struct Enforcer {
     pub ebpf: Ebpf,
     pins: PinLayout,
     /// The optional LSM programs were loaded (the BPF LSM is active).
@@ -151,12 +151,12 @@ impl Enforcer {
     /// earlier run of the same map ABI (so a restarted agent keeps the live
     /// policy and socket stamps), and verifies every program. No hook
     /// changes: a kernel that lacks one fails here with nothing attached.
-    pub fn load(pin_dir: &Path) -> Result<Enforcer, LoadError> {
+    pub(crate) fn load(pin_dir: &Path) -> Result<Enforcer, LoadError> {
         Self::load_from(pin_dir, OBJECT)
     }
 
     /// Loads the empty baseline programs instead (benchmarks only).
-    pub fn load_noop(pin_dir: &Path) -> Result<Enforcer, LoadError> {
+    pub(crate) fn load_noop(pin_dir: &Path) -> Result<Enforcer, LoadError> {
         Self::load_from(pin_dir, NOOP_OBJECT)
     }
 
@@ -189,7 +189,7 @@ impl Enforcer {
     /// (BPF_LINK_UPDATE swaps a link's program atomically, so no hook is
     /// ever empty) and attaches the LSM programs. Call it once, after the
     /// first policy is in the maps. Returns the cgroups found guarded.
-    pub fn adopt_pinned(&mut self) -> Result<Vec<u64>, LoadError> {
+    pub(crate) fn adopt_pinned(&mut self) -> Result<Vec<u64>, LoadError> {
         let mut adopted = Vec::new();
         for (cgroup_id, dir) in self.pins.guarded_link_dirs() {
             let mut gone = false;
@@ -248,7 +248,7 @@ impl Enforcer {
     /// them). Call it *before* the policy naming these cgroups goes live:
     /// until then the programs there find no guard and allow, and every
     /// socket created meanwhile is already stamped.
-    pub fn guard(&mut self, cgroups: &BTreeMap<u64, PathBuf>) -> Result<(), LoadError> {
+    pub(crate) fn guard(&mut self, cgroups: &BTreeMap<u64, PathBuf>) -> Result<(), LoadError> {
         for (id, path) in cgroups {
             if self.guarded.contains_key(id) {
                 continue;
@@ -262,7 +262,7 @@ impl Enforcer {
 
     /// Takes the programs off every guarded cgroup not in `keep`. Call it
     /// *after* the policy without them went live.
-    pub fn release_except(&mut self, keep: &BTreeSet<u64>) {
+    pub(crate) fn release_except(&mut self, keep: &BTreeSet<u64>) {
         let gone: Vec<u64> = self.guarded.keys().filter(|id| !keep.contains(id)).copied().collect();
         for id in gone {
             self.guarded.remove(&id);
@@ -274,7 +274,7 @@ impl Enforcer {
 
     /// Puts the programs on the hooks of the one cgroup at `path` (the
     /// benchmark's baseline) and leaves them pinned.
-    pub fn guard_path(&mut self, path: &Path) -> Result<(), LoadError> {
+    pub(crate) fn guard_path(&mut self, path: &Path) -> Result<(), LoadError> {
         use std::os::unix::fs::MetadataExt as _;
         let id =
             fs::metadata(path).map_err(|source| LoadError::Cgroup { cgroup: path.to_owned(), source })?.ino();
@@ -284,7 +284,7 @@ impl Enforcer {
     }
 
     /// The cgroups that carry this agent's programs now.
-    pub fn guarded_cgroups(&self) -> impl Iterator<Item = u64> + '_ {
+    pub(crate) fn guarded_cgroups(&self) -> impl Iterator<Item = u64> + '_ {
         self.guarded.keys().copied()
     }
 
@@ -341,7 +341,7 @@ impl Enforcer {
 
     /// Undoes a start that failed: takes the programs off the cgroups this
     /// run guarded, and removes the pin directory if this run created it.
-    pub fn abandon(&mut self) {
+    pub(crate) fn abandon(&mut self) {
         for id in std::mem::take(&mut self.made) {
             self.guarded.remove(&id);
             let dir = self.pins.cgroup_links_dir(id);
@@ -440,7 +440,7 @@ fn program_error_text(e: &aya::programs::ProgramError) -> String {
 /// Detaches every program and removes every pinned map under `pin_dir`.
 /// Returns the number of objects removed, once the kernel has really
 /// detached the programs: "no longer enforces" must be true when it is said.
-pub fn unload(pin_dir: &Path) -> std::io::Result<usize> {
+pub(crate) fn unload(pin_dir: &Path) -> std::io::Result<usize> {
     let pins = PinLayout::new(pin_dir.to_owned());
     // The guarded cgroups' link directories, then the LSM links beside them.
     let link_dirs: Vec<PathBuf> =

@@ -20,7 +20,7 @@ const LSM_LIST: &str = "/sys/kernel/security/lsm";
 
 /// Whether the kernel runs the BPF LSM. The list of active LSMs is on
 /// securityfs, which a minimal host may not have mounted yet: mount it.
-pub fn bpf_lsm_active() -> bool {
+pub(super) fn bpf_lsm_active() -> bool {
     if !std::path::Path::new(LSM_LIST).exists() {
         let (fs, target) = (c"securityfs", c"/sys/kernel/security");
         // SAFETY: plain mount(2) with NUL-terminated strings and no data.
@@ -32,7 +32,7 @@ pub fn bpf_lsm_active() -> bool {
 }
 
 /// Loads the LSM programs if the kernel can run them; returns whether it did.
-pub fn load(ebpf: &mut Ebpf) -> Result<bool, LoadError> {
+pub(super) fn load(ebpf: &mut Ebpf) -> Result<bool, LoadError> {
     if hooks::lsm_hooks().any(|(h, _)| ebpf.program(h.program).is_none()) {
         return Ok(false);
     }
@@ -64,7 +64,7 @@ pub fn load(ebpf: &mut Ebpf) -> Result<bool, LoadError> {
 }
 
 /// Attaches the loaded LSM programs and replaces any left by an earlier run.
-pub fn attach(ebpf: &mut Ebpf, pins: &PinLayout) -> Result<(), LoadError> {
+pub(super) fn attach(ebpf: &mut Ebpf, pins: &PinLayout) -> Result<(), LoadError> {
     let result = attach_all(ebpf, pins);
     if result.is_ok() {
         tracing::info!("BPF LSM programs attached: socket_listen, socket_create");
@@ -97,6 +97,6 @@ fn attach_all(ebpf: &mut Ebpf, pins: &PinLayout) -> Result<(), LoadError> {
 }
 
 /// Whether a pinned link file belongs to an LSM program of this agent.
-pub fn is_lsm_link(file_name: &str) -> bool {
+pub(super) fn is_lsm_link(file_name: &str) -> bool {
     hooks::lsm_hooks().any(|(h, _)| file_name.starts_with(&format!("{}@", h.program)))
 }

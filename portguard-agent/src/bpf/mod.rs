@@ -10,7 +10,7 @@ mod lsm;
 mod pinned;
 mod policy_maps;
 
-pub use events::{DecodedEvent, EventStream, EventsError, MAX_BATCH as MAX_EVENT_BATCH, PortChange};
-pub use loader::{Enforcer, LoadError, unload};
-pub use pinned::{DecisionCounters, GuardCounts, KernelCounters, LiveState, PinnedError};
-pub use policy_maps::{ApplyStats, GuardIds, KernelPolicy, MapsError, PolicyMaps};
+pub(crate) use events::{DecodedEvent, EventStream, EventsError, MAX_BATCH as MAX_EVENT_BATCH, PortChange};
+pub(crate) use loader::{Enforcer, LoadError, unload};
+pub(crate) use pinned::{DecisionCounters, GuardCounts, KernelCounters, LiveState, PinnedError};
+pub(crate) use policy_maps::{ApplyStats, GuardIds, KernelPolicy, MapsError, PolicyMaps};

@@ -12,7 +12,7 @@ use portguard_common::{
 use super::bpffs::PinLayout;
 
 #[derive(Debug, thiserror::Error)]
-pub enum PinnedError {
+pub(crate) enum PinnedError {
     #[error("portguard is not loaded: nothing is pinned at {0}")]
     NotLoaded(String),
     #[error("pinned map {name}: {source}")]
@@ -24,15 +24,15 @@ pub enum PinnedError {
 }
 
 /// Decision counts of one guard: `[op][verdict]`.
-pub type GuardCounts = [[u64; VERDICT_COUNT]; OP_COUNT];
+pub(crate) type GuardCounts = [[u64; VERDICT_COUNT]; OP_COUNT];
 
-pub struct DecisionCounters {
+pub(crate) struct DecisionCounters {
     map: PerCpuArray<MapData, u64>,
     stats: PerCpuArray<MapData, u64>,
 }
 
 impl DecisionCounters {
-    pub fn open(pin_dir: &Path) -> Result<Self, PinnedError> {
+    pub(crate) fn open(pin_dir: &Path) -> Result<Self, PinnedError> {
         let pins = PinLayout::new(pin_dir.to_owned());
         Ok(DecisionCounters {
             map: PerCpuArray::try_from(open(&pins, map_names::COUNTERS)?)
@@ -47,7 +47,7 @@ impl DecisionCounters {
     }
 
     /// Exact counts for one guard id, summed over CPUs.
-    pub fn guard(&self, guard_id: u32) -> GuardCounts {
+    pub(crate) fn guard(&self, guard_id: u32) -> GuardCounts {
         let mut out = [[0; VERDICT_COUNT]; OP_COUNT];
         for op in Op::ALL {
             for v in Verdict::ALL {
@@ -57,21 +57,21 @@ impl DecisionCounters {
         out
     }
 
-    pub fn events_lost(&self) -> u64 {
+    pub(crate) fn events_lost(&self) -> u64 {
         Self::sum(&self.stats, stats::EVENTS_LOST)
     }
 
-    pub fn port_events_lost(&self) -> u64 {
+    pub(crate) fn port_events_lost(&self) -> u64 {
         Self::sum(&self.stats, stats::PORT_EVENTS_LOST)
     }
 
-    pub fn stamp_misses(&self) -> u64 {
+    pub(crate) fn stamp_misses(&self) -> u64 {
         Self::sum(&self.stats, stats::STAMP_MISSES)
     }
 }
 
 /// Every counter the kernel keeps, for metrics.
-pub struct KernelCounters {
+pub(crate) struct KernelCounters {
     pub decisions: DecisionCounters,
     denial_counts: PerCpuHashMap<MapData, DenialKey, DenialCount>,
 }
@@ -83,7 +83,7 @@ impl std::fmt::Debug for KernelCounters {
 }
 
 impl KernelCounters {
-    pub fn open(pin_dir: &Path) -> Result<Self, PinnedError> {
+    pub(crate) fn open(pin_dir: &Path) -> Result<Self, PinnedError> {
         let pins = PinLayout::new(pin_dir.to_owned());
         Ok(KernelCounters {
             decisions: DecisionCounters::open(pin_dir)?,
@@ -94,7 +94,7 @@ impl KernelCounters {
 
     /// Exact denial and audit-violation counts per (guard, op, proto, port,
     /// verdict), summed over CPUs.
-    pub fn denials(&self) -> Vec<(DenialKey, u64)> {
+    pub(crate) fn denials(&self) -> Vec<(DenialKey, u64)> {
         self.denial_counts
             .iter()
             .filter_map(Result::ok)
@@ -104,14 +104,14 @@ impl KernelCounters {
 }
 
 /// What the kernel enforces right now.
-pub struct LiveState {
+pub(crate) struct LiveState {
     pub generation: u64,
     /// Live guards by cgroup id.
     pub guards: BTreeMap<u64, GuardInfo>,
 }
 
 impl LiveState {
-    pub fn read(pin_dir: &Path) -> Result<LiveState, PinnedError> {
+    pub(crate) fn read(pin_dir: &Path) -> Result<LiveState, PinnedError> {
         let pins = PinLayout::new(pin_dir.to_owned());
         let config: Array<MapData, Config> = Array::try_from(open(&pins, map_names::CONFIG)?)
             .map_err(|source| PinnedError::Map { name: map_names::CONFIG, source })?;

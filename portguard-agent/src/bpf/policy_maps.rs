@@ -25,7 +25,7 @@ use portguard_common::{
 use crate::policy::{CompiledPolicy, Mode};
 
 #[derive(Debug, thiserror::Error)]
-pub enum MapsError {
+pub(crate) enum MapsError {
     #[error("map {name} is missing from the eBPF object")]
     Missing { name: &'static str },
     #[error("map {name}: {source}")]
@@ -45,14 +45,14 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> MapsError {
 /// Stable small integers for guard names: a guard keeps its id across
 /// reloads, so a reload that leaves a guard alone rewrites none of its rules.
 #[derive(Debug, Default)]
-pub struct GuardIds {
+pub(crate) struct GuardIds {
     by_name: HashMap<String, u32>,
 }
 
 impl GuardIds {
     /// Ids for every guard of `policy`; names no longer present give their
     /// ids back for reuse.
-    pub fn assign(&mut self, policy: &CompiledPolicy) -> Result<HashMap<String, u32>, MapsError> {
+    pub(crate) fn assign(&mut self, policy: &CompiledPolicy) -> Result<HashMap<String, u32>, MapsError> {
         let wanted: BTreeSet<&str> = policy.guards.iter().map(|g| g.name.as_str()).collect();
         self.by_name.retain(|name, _| wanted.contains(name.as_str()));
         let mut used: BTreeSet<u32> = self.by_name.values().copied().collect();
@@ -69,7 +69,7 @@ impl GuardIds {
 
 /// What one slot holds, with every key's slot field zero.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct KernelPolicy {
+pub(crate) struct KernelPolicy {
     pub guards: FxHashMap<u64, GuardInfo>,
     pub bind: FxHashMap<BindKey, RuleRef>,
     pub connect: FxHashMap<ConnectKey, PortSet>,
@@ -81,7 +81,7 @@ impl KernelPolicy {
     /// guard; several cgroups share the guard's id and rules). Rules of a
     /// guard that covers no cgroup yet are written anyway, so that a cgroup
     /// appearing only adds one guard entry.
-    pub fn build(
+    pub(crate) fn build(
         policy: &CompiledPolicy,
         ids: &HashMap<String, u32>,
         cgroup_ids: &HashMap<String, Vec<u64>>,
@@ -120,13 +120,13 @@ impl KernelPolicy {
 
 /// What an `apply` wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ApplyStats {
+pub(crate) struct ApplyStats {
     pub generation: u64,
     pub written: usize,
     pub deleted: usize,
 }
 
-pub struct PolicyMaps {
+pub(crate) struct PolicyMaps {
     config: Array<MapData, Config>,
     guards: BpfHashMap<MapData, GuardKey, GuardInfo>,
     bind: BpfHashMap<MapData, BindKey, RuleRef>,
@@ -144,7 +144,7 @@ const SLOT_QUIESCE: Duration = Duration::from_millis(10);
 impl PolicyMaps {
     /// Takes the policy maps out of `ebpf` and reads what they hold: after a
     /// restart they are the pinned maps of the previous run, still enforcing.
-    pub fn open(ebpf: &mut Ebpf) -> Result<PolicyMaps, MapsError> {
+    pub(crate) fn open(ebpf: &mut Ebpf) -> Result<PolicyMaps, MapsError> {
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(MapsError::Missing { name });
         let config: Array<MapData, Config> =
             Array::try_from(take(map_names::CONFIG)?).map_err(map_err(map_names::CONFIG))?;
@@ -170,12 +170,12 @@ impl PolicyMaps {
         Ok(maps)
     }
 
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.generation
     }
 
     /// Entries in the guard, bind and connect maps, both slots.
-    pub fn entry_counts(&self) -> (usize, usize, usize) {
+    pub(crate) fn entry_counts(&self) -> (usize, usize, usize) {
         let sum = |f: fn(&KernelPolicy) -> usize| self.slots.iter().map(f).sum();
         (sum(|k| k.guards.len()), sum(|k| k.bind.len()), sum(|k| k.connect.len()))
     }
@@ -204,7 +204,7 @@ impl PolicyMaps {
     }
 
     /// Makes `new` the live policy in one switch.
-    pub fn apply(&mut self, new: KernelPolicy) -> Result<ApplyStats, MapsError> {
+    pub(crate) fn apply(&mut self, new: KernelPolicy) -> Result<ApplyStats, MapsError> {
         if let Some(t) = self.last_switch {
             let since = t.elapsed();
             if since < SLOT_QUIESCE {

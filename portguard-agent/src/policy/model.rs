@@ -16,7 +16,7 @@ use toml::Spanned;
 /// A whole policy file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PolicyFile {
+pub(super) struct PolicyFile {
     /// Format version; only 1 exists. Optional so v1 files stay short.
     #[serde(default)]
     pub version: Option<Spanned<u32>>,
@@ -27,7 +27,7 @@ pub struct PolicyFile {
 /// One guarded cgroup and what it may do.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Guard {
+pub(super) struct Guard {
     pub name: Spanned<String>,
     /// Cgroup path relative to the cgroup root portguard attaches at.
     #[serde(default)]
@@ -244,7 +244,7 @@ impl Proto {
 /// Ports this workload may listen on (or bind for sending).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BindRule {
+pub(super) struct BindRule {
     pub ports: Spanned<Vec<PortSpec>>,
     #[serde(default)]
     pub proto: Proto,
@@ -270,7 +270,7 @@ pub struct BindRule {
 /// Peers this workload may connect or send to.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ConnectRule {
+pub(super) struct ConnectRule {
     pub peer: Spanned<Peers>,
     pub ports: Spanned<Vec<PortSpec>>,
     #[serde(default)]
@@ -406,12 +406,12 @@ impl<'de> Deserialize<'de> for PortSpec {
 
 /// One peer network: a CIDR, or every address of one family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Peer(pub IpNet);
+pub(super) struct Peer(pub IpNet);
 
 /// `peer = "10.0.0.0/8"`, `peer = ["10.0.0.1", "fd00::/8"]` or `peer = "any"`
 /// (all of IPv4 and all of IPv6).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peers(pub Vec<Peer>);
+pub(super) struct Peers(pub Vec<Peer>);
 
 fn parse_peer(s: &str) -> Result<Vec<Peer>, String> {
     let s = s.trim();

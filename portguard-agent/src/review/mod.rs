@@ -3,9 +3,9 @@
 //! Each tool here reads validated policies and never touches the kernel, so
 //! it runs anywhere a pull request is checked.
 
-pub mod diff;
-pub mod replay;
-pub mod suggest;
+pub(crate) mod diff;
+pub(crate) mod replay;
+pub(crate) mod suggest;
 
 #[cfg(test)]
 mod trail_tests;

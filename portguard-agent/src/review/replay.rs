@@ -186,7 +186,7 @@ fn outcome_str(o: Outcome) -> &'static str {
 
 /// Runs `portguard replay --policy NEW --events TRAIL`: 0 once the report is
 /// printed, 2 when the policy or the trail cannot be read.
-pub fn run(policy_path: &Path, events: &Path, format: OutputFormat) -> ExitCode {
+pub(crate) fn run(policy_path: &Path, events: &Path, format: OutputFormat) -> ExitCode {
     let loaded = policy::load(policy_path).map_err(|e| e.to_string()).and_then(|(p, _)| {
         let records = trail::read_records(events)?;
         Ok((p, records))

@@ -37,7 +37,7 @@ struct Observed {
     records: u64,
 }
 
-pub struct Options {
+pub(crate) struct Options {
     /// Only this guard; all guards with records otherwise.
     pub guard: Option<String>,
     /// The policy the records were made under: each draft guard keeps its
@@ -233,7 +233,7 @@ fn quote(s: &str) -> String {
 // code. `local_port_range` is what the commands pass as `ephemeral`.
 
 /// The kernel's local port range (where kernel-chosen ports come from).
-pub fn local_port_range() -> RangeInclusive<u16> {
+pub(crate) fn local_port_range() -> RangeInclusive<u16> {
     std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|s| {
@@ -245,7 +245,7 @@ pub fn local_port_range() -> RangeInclusive<u16> {
 
 /// Runs `portguard suggest --events TRAIL`: 0 once the draft is written, 2
 /// when the trail cannot be read or the output cannot be written.
-pub fn run(events: &Path, opts: &Options, output: Option<&Path>) -> ExitCode {
+pub(crate) fn run(events: &Path, opts: &Options, output: Option<&Path>) -> ExitCode {
     let records = match trail::read_records(events) {
         Ok(r) => r,
         Err(e) => {

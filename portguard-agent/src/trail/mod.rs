@@ -2,7 +2,7 @@
 //! every refused or audited operation (coalesced), append-only, rotated by
 //! size. `portguard replay` and `portguard suggest` read it back.
 
-pub mod record;
+pub(crate) mod record;
 
 use std::{
     fs::{File, OpenOptions},

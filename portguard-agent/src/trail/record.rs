@@ -137,7 +137,7 @@ impl Record {
     }
 
     /// The rule protocol it is judged by; `None` for one no rule names.
-    pub fn proto(&self) -> Option<Proto> {
+    pub(crate) fn proto(&self) -> Option<Proto> {
         Proto::of(self.proto)
     }
 }

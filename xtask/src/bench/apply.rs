@@ -11,7 +11,7 @@ use super::{Section, median, workloads::filler_connect_rules};
 
 /// A policy with one guard and `rules` connect rules, one /32 peer each.
 /// `variant` changes exactly one rule.
-pub fn connect_policy(rules: usize, variant: u8) -> String {
+pub(super) fn connect_policy(rules: usize, variant: u8) -> String {
     let mut s = String::with_capacity(rules * 80);
     s.push_str("[[guard]]\nname = \"bench\"\ncgroup = \"/bench\"\n");
     // Rule 0's peer lies outside the 10/8 block the others fill, so each
@@ -71,7 +71,7 @@ fn measure(rules: usize) -> Run {
     }
 }
 
-pub fn run() -> Section {
+pub(super) fn run() -> Section {
     let mut rows = Vec::new();
     let mut md = String::from(
         "## Applying a policy\n\n\

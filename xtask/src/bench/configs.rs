@@ -18,7 +18,7 @@ use crate::bench::workloads::{
     ALLOWED, LISTENER_PORT, RECEIVER_PORT, W4_ALLOWED, filler_connect_rules, filler_peer,
 };
 
-pub struct Config {
+pub(super) struct Config {
     pub label: String,
     pub kind: Kind,
     pub rules: usize,
@@ -28,7 +28,7 @@ pub struct Config {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Kind {
+pub(super) enum Kind {
     Floor,
     Empty,
     Unguarded,
@@ -103,7 +103,7 @@ fn load_nft(sb: &Sandbox, ruleset: &str) -> anyhow::Result<()> {
     crate::run(Command::new("ip").args(["netns", "exec", &sb.netns, "unshare", "-m", "sh", "-c", &script]))
 }
 
-pub fn build(sizes: &[usize], nft_sizes: &[usize]) -> anyhow::Result<Vec<Config>> {
+pub(super) fn build(sizes: &[usize], nft_sizes: &[usize]) -> anyhow::Result<Vec<Config>> {
     let mut out = Vec::new();
     let plain = |label: &str| {
         let sb = Sandbox::new(label);

@@ -29,7 +29,7 @@ fn vm_hwm_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-pub fn run() -> Section {
+pub(super) fn run() -> Section {
     let mut sb = Sandbox::enforcing(
         "bench-flood",
         &["/app"],

@@ -17,12 +17,12 @@ use serde_json::Value;
 
 use crate::workspace_root;
 
-pub struct Section {
+pub(crate) struct Section {
     pub markdown: String,
     pub json: Value,
 }
 
-pub fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
@@ -31,7 +31,7 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// The value below which a fraction `q` of the samples lie.
-pub fn quantile(mut v: Vec<f64>, q: f64) -> f64 {
+pub(crate) fn quantile(mut v: Vec<f64>, q: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
@@ -39,7 +39,7 @@ pub fn quantile(mut v: Vec<f64>, q: f64) -> f64 {
     v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
-pub fn run() -> anyhow::Result<()> {
+pub(crate) fn run() -> anyhow::Result<()> {
     let sections = vec![overhead::run()?.section, apply::run(), flood::run()];
     let mut md = String::from("# portguard benchmarks\n\n");
     let _ = writeln!(

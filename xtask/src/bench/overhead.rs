@@ -75,11 +75,11 @@ fn program_of(w: &Workload) -> &'static str {
     }
 }
 
-pub struct Results {
+pub(super) struct Results {
     pub section: Section,
 }
 
-pub fn run() -> anyhow::Result<Results> {
+pub(super) fn run() -> anyhow::Result<Results> {
     let sizes = [10usize, 1_000, 100_000];
     let nft_sizes = [10usize, 1_000, 10_000];
     eprintln!("xtask: bench: setting up {} configurations", 3 + sizes.len() + 2 * nft_sizes.len());

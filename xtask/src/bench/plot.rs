@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use crate::workspace_root;
 
-pub fn overhead_vs_rules(rows: &[Value]) -> anyhow::Result<()> {
+pub(super) fn overhead_vs_rules(rows: &[Value]) -> anyhow::Result<()> {
     let path = workspace_root().join("benchmarks-overhead.svg");
     let root = SVGBackend::new(&path, (900, 520)).into_drawing_area();
     root.fill(&WHITE)?;

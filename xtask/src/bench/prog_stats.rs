@@ -57,7 +57,7 @@ fn u64_at(b: &[u8; 256], at: usize) -> u64 {
 }
 
 /// (run_time_ns, run_cnt) of program `id` (needs kernel.bpf_stats_enabled).
-pub fn run_stats(id: u32) -> Option<(u64, u64)> {
+pub(super) fn run_stats(id: u32) -> Option<(u64, u64)> {
     let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut [u64::from(id), 0, 0]).ok()?;
     let mut buf = [0u8; 256];
     info(&fd, &mut buf).ok()?;
@@ -65,7 +65,7 @@ pub fn run_stats(id: u32) -> Option<(u64, u64)> {
 }
 
 /// The program behind the link pinned at `path`.
-pub fn linked_program(path: &Path) -> Option<u32> {
+pub(super) fn linked_program(path: &Path) -> Option<u32> {
     let c = CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
     // pathname: u64, bpf_fd: u32, file_flags: u32.
     let fd = bpf(BPF_OBJ_GET, &mut [c.as_ptr() as u64, 0, 0]).ok()?;

@@ -17,7 +17,7 @@ fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "**not met**" }
 }
 
-pub fn assess(rows: &[Value]) -> String {
+pub(super) fn assess(rows: &[Value]) -> String {
     let mut md = String::from("### Targets\n\n| target | measured | |\n| --- | --- | --- |\n");
     let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
 
@@ -157,7 +157,7 @@ pub fn assess(rows: &[Value]) -> String {
 
 /// A short reading of the overhead tables, in sentences built from this
 /// run's numbers (the file is rewritten on every run).
-pub fn reading(rows: &[Value]) -> String {
+pub(super) fn reading(rows: &[Value]) -> String {
     let f = |v: Option<&Value>, k: &str| v.and_then(|v| v[k].as_f64()).unwrap_or(f64::NAN);
     let cell = |w: &str, allowed: bool, kind: &str, rules: Option<u64>| find(rows, w, allowed, kind, rules);
     let mut md = String::from("### Reading\n\n");

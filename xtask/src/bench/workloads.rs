@@ -1,14 +1,14 @@
 //! The workloads (run by `pg-probe bench` inside the configuration's
 //! cgroup) and the ports their allowed and denied variants use.
 
-pub const ALLOWED: u16 = 41002;
-pub const DENIED: u16 = 41009;
-pub const LISTENER_PORT: u16 = 41000;
-pub const RECEIVER_PORT: u16 = 41001;
-pub const W4_ALLOWED: u16 = 41003;
+pub(super) const ALLOWED: u16 = 41002;
+pub(super) const DENIED: u16 = 41009;
+pub(super) const LISTENER_PORT: u16 = 41000;
+pub(super) const RECEIVER_PORT: u16 = 41001;
+pub(super) const W4_ALLOWED: u16 = 41003;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct Workload {
+pub(super) struct Workload {
     pub id: &'static str,
     pub what: &'static str,
     pub iterations: u64,
@@ -16,7 +16,7 @@ pub struct Workload {
     pub nft_sees_it: bool,
 }
 
-pub const ALL: [Workload; 4] = [
+pub(super) const ALL: [Workload; 4] = [
     Workload {
         id: "w1",
         what: "W1 connect() on a reused UDP socket",
@@ -30,7 +30,7 @@ pub const ALL: [Workload; 4] = [
 
 impl Workload {
     /// The port the workload targets in its allowed or denied variant.
-    pub fn port(&self, allowed: bool) -> u16 {
+    pub(super) fn port(&self, allowed: bool) -> u16 {
         match (self.id, allowed) {
             ("w3", true) => LISTENER_PORT,
             ("w2", true) => RECEIVER_PORT,
@@ -43,11 +43,11 @@ impl Workload {
 
 /// The i-th filler peer (10.0.0.1, 10.0.0.2, ...): rules for these make a
 /// policy large without matching anything a workload does.
-pub fn filler_peer(i: usize) -> String {
+pub(super) fn filler_peer(i: usize) -> String {
     format!("10.{}.{}.{}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff)
 }
 
 /// Connect rules to filler peers 1..n (port 5432), in policy TOML.
-pub fn filler_connect_rules(n: usize) -> String {
+pub(super) fn filler_connect_rules(n: usize) -> String {
     (1..n).map(|i| format!("[[guard.connect]]\npeer = \"{}\"\nports = [5432]\n", filler_peer(i))).collect()
 }

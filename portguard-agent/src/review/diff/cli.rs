@@ -7,7 +7,7 @@ use crate::{EXIT_BAD_INPUT, cli::OutputFormat, policy};
 
 /// Runs `portguard diff OLD NEW`: 0 once the diff is printed, whether or not
 /// anything changed; 2 when either policy cannot be used.
-pub fn run(old: &Path, new: &Path, format: OutputFormat) -> ExitCode {
+pub(crate) fn run(old: &Path, new: &Path, format: OutputFormat) -> ExitCode {
     let loaded = policy::load(old).and_then(|(old, _)| Ok((old, policy::load(new)?.0)));
     let (old, new) = match loaded {
         Ok(pair) => pair,

@@ -23,7 +23,7 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet};
 
 use self::allowed::{Allowed, rule_changes};
-pub use self::cli::run;
+pub(crate) use self::cli::run;
 pub(crate) use self::{
     model::{
         BindAddress, Change, Effect, GuardDiff, Note, OldNew, Peer, PolicyDiff, Protos, Reason, Region,

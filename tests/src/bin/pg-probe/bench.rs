@@ -20,8 +20,8 @@ use crate::{
     sock::{bind_on, check, sockaddr, socket},
 };
 
-pub const LISTENER_PORT: u16 = 41000;
-pub const RECEIVER_PORT: u16 = 41001;
+pub(crate) const LISTENER_PORT: u16 = 41000;
+pub(crate) const RECEIVER_PORT: u16 = 41001;
 
 fn refused(r: io::Result<()>) -> io::Result<bool> {
     match r {
@@ -35,7 +35,7 @@ fn bind_to(fd: libc::c_int, port: u16) -> io::Result<()> {
     bind_on(fd, IpAddr::from([127, 0, 0, 1]), port)
 }
 
-pub fn run(workload: &str, port: u16, iterations: u64) -> io::Result<String> {
+pub(crate) fn run(workload: &str, port: u16, iterations: u64) -> io::Result<String> {
     let lo = IpAddr::from([127, 0, 0, 1]);
     let mut refusals = 0u64;
     let started;

@@ -62,7 +62,7 @@ fn attach_type(name: &str) -> Option<u32> {
 }
 
 /// `step` is `prog-load` or `link-create`; `hook` an attach type's name.
-pub fn run(step: &str, hook: &str, argv: &[&str]) -> ExitCode {
+pub(crate) fn run(step: &str, hook: &str, argv: &[&str]) -> ExitCode {
     let (cmd, offset) = match step {
         "prog-load" => (BPF_PROG_LOAD, PROG_LOAD_ATTACH_TYPE_AT),
         "link-create" => (BPF_LINK_CREATE, LINK_CREATE_ATTACH_TYPE_AT),
