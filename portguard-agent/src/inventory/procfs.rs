@@ -41,6 +41,24 @@ pub(crate) struct OpenPort {
     pub(crate) cookie: Option<u64>,
 }
 
+impl OpenPort {
+    /// What the socket table row says, nothing about who holds it.
+    fn in_table(netns: u64, proto: Transport, entry: &Entry) -> OpenPort {
+        OpenPort {
+            proto,
+            addr: entry.addr,
+            port: entry.port,
+            inode: entry.inode,
+            netns,
+            pid: None,
+            comm: String::new(),
+            cgroup: None,
+            cgroup_id: None,
+            cookie: None,
+        }
+    }
+}
+
 const TCP_LISTEN: u8 = 0x0A;
 /// An unconnected UDP socket reads as TCP_CLOSE in /proc/net/udp.
 const UDP_UNCONNECTED: u8 = 0x07;
@@ -70,16 +88,10 @@ pub(crate) fn open_ports() -> std::io::Result<Vec<OpenPort>> {
         .map(|(netns, proto, entry)| {
             let holder = holders.get(&entry.inode).copied();
             OpenPort {
-                proto,
-                addr: entry.addr,
-                port: entry.port,
-                inode: entry.inode,
-                netns,
                 pid: holder,
                 comm: holder.map(comm).unwrap_or_default(),
                 cgroup: holder.and_then(cgroup_of),
-                cgroup_id: None,
-                cookie: None,
+                ..OpenPort::in_table(netns, proto, &entry)
             }
         })
         .collect();
@@ -113,16 +125,10 @@ pub(crate) fn table_ports() -> std::io::Result<Vec<OpenPort>> {
                 _ => (None, None),
             };
             OpenPort {
-                proto,
-                addr: entry.addr,
-                port: entry.port,
-                inode: entry.inode,
-                netns,
-                pid: None,
-                comm: String::new(),
                 cgroup: if cgroup_id.is_some() { None } else { shared.get(&netns).cloned().flatten() },
                 cgroup_id,
                 cookie,
+                ..OpenPort::in_table(netns, proto, &entry)
             }
         })
         .collect();
