@@ -12,10 +12,12 @@
 //!   whole operation with that slot's entries. The agent writes a new policy
 //!   into the inactive slot and then bumps the generation: one 8-byte write
 //!   switches every guard and every rule at once.
-//! * `SK_STAMPS` (socket-local storage) remembers, per socket, the cgroup
-//!   the socket was created in and the guard that covers it (resolved once
-//!   per generation). The common, unguarded case costs one socket-storage
-//!   lookup per operation: a pointer walk, no hashing, no locks.
+//! * The programs are attached at guarded cgroups only: a socket no guard
+//!   covers runs none of them. `SK_STAMPS` (socket-local storage)
+//!   remembers, per socket of a guarded subtree, the cgroup the socket was
+//!   created in and the guard that covers it (resolved once per
+//!   generation), so an operation costs one socket-storage lookup (a
+//!   pointer walk, no hashing, no locks) plus its rule lookups.
 //! * `ANCESTRY` records each socket-creating cgroup's ancestor ids at the time
 //!   a socket is created there (the creating task is then in that cgroup), so
 //!   a socket can be re-resolved after a policy change even when the process

@@ -1,9 +1,11 @@
 //! portguard's kernel side.
 //!
-//! `cgroup/sock_create` stamps each new socket with the cgroup it was created
-//! in (socket-local storage, freed with the socket); the sock_addr hooks
-//! judge bind, connect and unconnected sends against the guard covering that
-//! cgroup. An unguarded socket costs one socket-storage lookup.
+//! The agent attaches these programs at each guarded cgroup only, so they
+//! run for the sockets created in a guarded subtree and for no other.
+//! `cgroup/sock_create` stamps each such socket with the cgroup it was
+//! created in (socket-local storage, freed with the socket); the sock_addr
+//! hooks judge bind, connect and unconnected sends against the nearest
+//! guard of that cgroup.
 //! A sock_addr program allows by returning 1 and denies (EPERM) with 0.
 #![no_std]
 #![no_main]
