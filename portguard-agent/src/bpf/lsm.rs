@@ -14,7 +14,7 @@ use aya::{
     programs::{Lsm, links::FdLink},
 };
 
-use super::{bpffs::PinLayout, hooks, loader::LoadError};
+use super::{bpffs::PinLayout, error::LoadError, hooks};
 
 const LSM_LIST: &str = "/sys/kernel/security/lsm";
 

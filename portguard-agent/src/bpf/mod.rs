@@ -2,6 +2,7 @@
 //! the policy maps, and the denial event stream.
 
 mod bpffs;
+mod error;
 mod events;
 mod hooks;
 mod link_update;
@@ -10,7 +11,8 @@ mod lsm;
 mod pinned;
 mod policy_maps;
 
+pub(crate) use error::LoadError;
 pub(crate) use events::{DecodedEvent, EventStream, EventsError, MAX_BATCH as MAX_EVENT_BATCH, PortChange};
-pub(crate) use loader::{Enforcer, LoadError, unload};
+pub(crate) use loader::{Enforcer, unload};
 pub(crate) use pinned::{DecisionCounters, GuardCounts, KernelCounters, LiveState, PinnedError};
 pub(crate) use policy_maps::{ApplyStats, GuardIds, KernelPolicy, MapsError, PolicyMaps};
