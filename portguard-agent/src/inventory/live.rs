@@ -68,6 +68,10 @@ pub(crate) struct Listeners {
     root_in_mount: String,
     live: HashMap<u64, Live>,
     pending: HashMap<u64, Pending>,
+    /// Ports the last socket-table read found that the kernel had not
+    /// reported: reported by the next read if still there and still not
+    /// the kernel's (see `scan_tables`).
+    unconfirmed: HashSet<u64>,
     /// A sample event and how many such ports opened and closed.
     brief: HashMap<BriefKey, (PortChange, u64)>,
     brief_since: Instant,
@@ -80,6 +84,7 @@ impl Listeners {
             root_in_mount,
             live: HashMap::new(),
             pending: HashMap::new(),
+            unconfirmed: HashSet::new(),
             brief: HashMap::new(),
             brief_since: Instant::now(),
         }
@@ -110,7 +115,11 @@ impl Listeners {
                     && r.port == e.port)
                     .then_some(*k)
             });
-            if let Some(l) = seeded.and_then(|k| self.live.remove(&k)) {
+            if let Some(mut l) = seeded.and_then(|k| self.live.remove(&k)) {
+                // The tables found it first (its event was lost, or it went
+                // live while no agent ran): the kernel now names its process.
+                l.record.pid = e.pid;
+                l.record.comm = e.comm.clone();
                 self.live.insert(cookie, l);
                 continue;
             }
@@ -167,7 +176,12 @@ impl Listeners {
     /// programs were attached. Run at start and every [`TABLE_SCAN`]; a port
     /// found this way that is gone from the tables is reported closed.
     /// Such ports carry no pid (that would need the fds) and are dated by
-    /// the scan that found them.
+    /// the scan that reports them.
+    ///
+    /// A port is reported only when two reads in a row find it and the
+    /// kernel has not reported it by the second: a guarded port's event may
+    /// still wait in the ring (drained every 250 ms) when the tables already
+    /// show it, and the kernel's report names the process.
     pub(crate) fn scan_tables(&mut self, policy: Option<&Policy>, out: &mut Vec<Record>) {
         let ports = match inventory::procfs::table_ports() {
             Ok(p) => p,
@@ -185,6 +199,7 @@ impl Listeners {
             .chain(self.pending.values().map(|p| (p.event.proto, canonical(p.event.addr), p.event.port)))
             .collect();
         let mut present = HashSet::new();
+        let seen_before = std::mem::take(&mut self.unconfirmed);
         for p in ports {
             let key = SCANNED | p.inode;
             present.insert(key);
@@ -192,6 +207,10 @@ impl Listeners {
                 p.cookie.is_some_and(|c| self.live.contains_key(&c) || self.pending.contains_key(&c))
                     || reported.contains(&(p.proto, canonical(p.addr), p.port));
             if by_kernel || self.live.contains_key(&key) {
+                continue;
+            }
+            if !seen_before.contains(&key) {
+                self.unconfirmed.insert(key);
                 continue;
             }
             let cgroup = match p.cgroup_id {
