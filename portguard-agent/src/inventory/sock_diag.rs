@@ -422,7 +422,10 @@ mod tests {
     fn port_below_ephemeral_range() -> u16 {
         let range = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
         let low: u16 = range.split_whitespace().next().and_then(|p| p.parse().ok()).expect("a port range");
-        (1024..low)
+        // Start from a place of this process's own, so that two test runs at
+        // once (other checkouts on one machine) do not pick the same port.
+        let start = low - 1 - (std::process::id() % 4096) as u16;
+        (1024..=start)
             .rev()
             .find(|&p| {
                 TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok()
