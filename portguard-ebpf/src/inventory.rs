@@ -118,8 +118,9 @@ pub(crate) fn pg_sock_release(ctx: SockContext) -> i32 {
     let Some(live) = PG_LIVE_PORTS.get_ptr(&cookie) else {
         return 1;
     };
-    // SAFETY: a value of this map, not preallocated: freed only after an RCU
-    // grace period, so it stays readable for this run even once deleted.
+    // SAFETY: a value of this map, read below before this program deletes
+    // it; another program deleting it meanwhile (the map is not
+    // preallocated) frees it only after an RCU grace period.
     let live = unsafe { &*live };
     // SAFETY: helper with no arguments, valid in every program type.
     let now = unsafe { bpf_ktime_get_boot_ns() };
