@@ -1,6 +1,8 @@
 //! What the kernel reports: decisions (counted, and the first of a kind
-//! per interval sent as a [`DecisionEvent`]) and ports going live or
-//! closing ([`PortEvent`]). One event type per ring buffer.
+//! per interval sent as a [`DecisionEvent`]), the live ports it keeps
+//! ([`LivePort`]), the closes of ports that lived long enough
+//! ([`PortEvent`]) and the brief ones it counts ([`BriefPortKey`]). One
+//! event type per ring buffer.
 
 /// Operations a guard judges, as counted and reported.
 #[repr(u8)]
@@ -98,35 +100,58 @@ pub struct DecisionEvent {
     pub addr: [u8; 16],
 }
 
-/// `PortEvent::change`.
-pub const PORT_OPENED: u8 = 1;
-pub const PORT_CLOSED: u8 = 2;
-
-/// A port going live (a TCP listen, a bound UDP socket) or closing, sent
-/// through `PG_PORT_EVENTS`.
+/// A live port of a guarded cgroup (a TCP listener, a bound UDP socket),
+/// as the kernel keeps it in `PG_LIVE_PORTS`, keyed by socket cookie, from
+/// the moment it goes live until its socket is released.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct PortEvent {
+pub struct LivePort {
     pub sock_cgroup: u64,
     /// 0 when no guard covers the socket.
     pub guard_cgroup: u64,
+    /// The task that made it live.
     pub pid_tgid: u64,
     pub generation: u64,
-    /// The socket cookie: pairs a close with its open (a close carries no
-    /// address: the release hook cannot read it).
+    /// The socket cookie (also the map key).
     pub cookie: u64,
-    /// When it happened: `bpf_ktime_get_boot_ns()` (CLOCK_BOOTTIME), so the
+    /// When it went live: `bpf_ktime_get_boot_ns()` (CLOCK_BOOTTIME), so the
     /// trail dates a port by the kernel, not by when the agent read it
     /// (the agent may have been down then).
-    pub boot_ns: u64,
+    pub opened_boot_ns: u64,
     /// `UNGUARDED_ID` when no guard covers the socket.
     pub guard_id: u32,
     pub port: u16,
-    /// `PORT_OPENED` or `PORT_CLOSED`.
-    pub change: u8,
     pub family: u8,
     pub proto: u8,
-    pub _pad: [u8; 7],
     pub comm: [u8; 16],
+    /// v4 addresses in the first 4 bytes.
+    pub addr: [u8; 16],
+}
+
+/// A port that lived at least `BRIEF_PORT_NS` closing, sent through
+/// `PG_PORT_EVENTS` with its whole `PG_LIVE_PORTS` entry (the release hook
+/// cannot read the address, the entry has it). Brief ports send nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PortEvent {
+    pub live: LivePort,
+    /// When the socket was released (CLOCK_BOOTTIME).
+    pub closed_boot_ns: u64,
+    /// The task that released it (it may differ from the one that opened).
+    pub pid_tgid: u64,
+    pub comm: [u8; 16],
+}
+
+/// `PG_BRIEF_PORTS` key: ports that closed within `BRIEF_PORT_NS`, counted
+/// per CPU (a `u64` per key and CPU), never sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(Hash))]
+pub struct BriefPortKey {
+    pub sock_cgroup: u64,
+    pub guard_id: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
     pub addr: [u8; 16],
 }

@@ -50,12 +50,14 @@ pub mod map_names {
     pub const PORT_EVENTS: &str = "PG_PORT_EVENTS";
     pub const DENIAL_COUNTS: &str = "PG_DENIAL_COUNTS";
     pub const PREFIX_MASKS: &str = "PG_PREFIX_MASKS";
+    pub const LIVE_PORTS: &str = "PG_LIVE_PORTS";
+    pub const BRIEF_PORTS: &str = "PG_BRIEF_PORTS";
 }
 
 /// Version of the map layouts below. Bump it with any change to a map's
 /// key, value or size: the agent then pins fresh maps instead of reusing
 /// the ones an older agent left behind.
-pub const MAP_ABI_VERSION: u32 = 4;
+pub const MAP_ABI_VERSION: u32 = 5;
 
 /// Number of policy slots (double buffering for atomic switches).
 pub const SLOTS: u32 = 2;
@@ -82,9 +84,21 @@ pub const EVENTS_BYTES: u32 = 1 << 20;
 /// event at most once per interval per CPU; the rest only bump exact
 /// counters. A flood then costs a map lookup per denial, not an event.
 pub const DENIAL_EVENT_INTERVAL_NS: u64 = 1_000_000_000;
-/// Port-lifecycle events have their own ring buffer, so a process that
-/// opens and closes ports in a loop can never crowd out denial events.
+/// Closes of ports that lived at least [`BRIEF_PORT_NS`] have their own
+/// ring buffer, so a process that opens and closes ports in a loop can
+/// never crowd out denial events.
 pub const PORT_EVENTS_BYTES: u32 = 1 << 18;
+/// Live ports of guarded cgroups the kernel keeps (`PG_LIVE_PORTS`); a port
+/// going live past this is counted in `stats::LIVE_PORTS_FULL` and left to
+/// the agent's socket-table reads.
+pub const LIVE_PORT_ENTRIES: u32 = 65_536;
+/// A port that closes sooner than this after going live is *brief*: the
+/// kernel only counts it (`PG_BRIEF_PORTS`), and the agent writes only
+/// ports live this long as `port_opened`. Shared by both sides.
+pub const BRIEF_PORT_NS: u64 = 1_000_000_000;
+/// Distinct (cgroup, guard, proto, port, address) brief-port counters kept;
+/// the least recently bumped is evicted past this.
+pub const BRIEF_PORT_ENTRIES: u32 = 16_384;
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -117,7 +131,7 @@ pub const STAMP_BOUND: u32 = 1;
 /// `SockStamp::flags`: the socket holds a live port (a TCP listener or a
 /// bound UDP socket) that was reported; its release is reported too.
 pub const STAMP_LIVE: u32 = 2;
-/// `Event::guard_id` of a port-lifecycle event on an unguarded socket.
+/// `LivePort::guard_id` of a port on an unguarded socket.
 pub const UNGUARDED_ID: u32 = u32::MAX;
 
 /// Counters per guard: one per (op, verdict).
@@ -144,7 +158,10 @@ pub mod stats {
     pub const STAMP_FAILURES: u32 = 3;
     /// Port-lifecycle events lost because their ring buffer was full.
     pub const PORT_EVENTS_LOST: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// Ports that went live while `PG_LIVE_PORTS` was full (or the kernel
+    /// had no memory for the entry): not tracked by the kernel.
+    pub const LIVE_PORTS_FULL: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// `PG_CONFIG[0]`: which policy is live.
@@ -191,6 +208,8 @@ mod user {
         PortSet,
         DecisionEvent,
         PortEvent,
+        LivePort,
+        BriefPortKey,
         DenialCount,
         DenialKey,
     );
@@ -214,7 +233,9 @@ mod tests {
         assert_eq!(size_of::<ConnectKey>(), 24);
         assert_eq!(size_of::<PortSet>(), 4 + 4 * MAX_PORT_RANGES);
         assert_eq!(size_of::<DecisionEvent>(), 88);
-        assert_eq!(size_of::<PortEvent>(), 96);
+        assert_eq!(size_of::<LivePort>(), 88);
+        assert_eq!(size_of::<PortEvent>(), 120);
+        assert_eq!(size_of::<BriefPortKey>(), 32);
         assert_eq!(size_of::<DenialCount>(), 24);
         assert_eq!(size_of::<DenialKey>(), 12);
     }

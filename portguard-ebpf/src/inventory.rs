@@ -1,31 +1,37 @@
-//! The port inventory: which ports are live, reported from the kernel the
-//! moment they open and close, for every socket (guarded or not).
+//! The port inventory: which ports of guarded cgroups are live, kept by
+//! the kernel in `PG_LIVE_PORTS` from the moment they go live.
 //!
 //! A TCP port goes live at listen(), not at bind(): a bound socket that
 //! only connects out serves nothing. sock_ops' TCP_LISTEN_CB fires right
 //! after the socket enters LISTEN, also for a listen() without bind(). A
-//! UDP port goes live at bind (post_bind). Either marks the socket's stamp
-//! live, and sock_release reports only marked sockets, so ordinary sockets
-//! pay one storage lookup on close.
+//! UDP port goes live at bind (post_bind). Either inserts the port in
+//! `PG_LIVE_PORTS` and marks the socket's stamp live, and sock_release
+//! looks only at marked sockets, so ordinary sockets pay one storage lookup
+//! on close. A port released within `BRIEF_PORT_NS` only bumps a per-CPU
+//! count: a bind-and-close loop costs the agent nothing per port.
 
 use core::{ffi::c_void, ptr::read_volatile};
 
 use aya_ebpf::{
     EbpfContext,
     bindings::BPF_SOCK_OPS_TCP_LISTEN_CB,
-    helpers::generated::bpf_get_socket_cookie,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid,
+        generated::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
+    },
     macros::{cgroup_sock, sock_ops},
     programs::{SockContext, SockOpsContext},
 };
 use portguard_common::{
-    AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, PORT_CLOSED, PORT_OPENED, STAMP_GUARDED, STAMP_LIVE,
-    UNGUARDED_ID,
+    AF_INET, AF_INET6, BRIEF_PORT_NS, BriefPortKey, IPPROTO_TCP, IPPROTO_UDP, LivePort, STAMP_GUARDED,
+    STAMP_LIVE, UNGUARDED_ID, stats,
 };
 
 use crate::{
-    identity::{Guarded, stamp_of_socket},
+    identity::stamp_of_socket,
+    maps::{PG_BRIEF_PORTS, PG_LIVE_PORTS, PG_STATS, bump},
     read_config,
-    report::{LifecycleEvent, record_lifecycle},
+    report::record_port_closed,
 };
 
 #[sock_ops]
@@ -107,22 +113,54 @@ pub(crate) fn pg_sock_release(ctx: SockContext) -> i32 {
     if stamp.flags & STAMP_LIVE == 0 {
         return 1;
     }
-    // SAFETY: reading a field this hook may read.
-    let protocol = unsafe { (*ctx.sock).protocol } as u8;
-    let guard_id = if stamp.guarded == STAMP_GUARDED { stamp.guard.guard_id } else { UNGUARDED_ID };
-    // The address is not readable here; the cookie pairs this with its open.
-    record_lifecycle(&LifecycleEvent {
-        change: PORT_CLOSED,
-        sock_cgroup: stamp.sock_cgroup,
-        guard_cgroup: stamp.guard_cgroup,
-        guard_id,
-        generation: stamp.generation,
-        proto: protocol,
-        addr: crate::addr::Addr { family: 0, bytes: [0; 16] },
-        port: 0,
-        cookie: socket_cookie(&ctx),
-    });
+    // The address is not readable here: the entry kept at open has it.
+    let cookie = socket_cookie(&ctx);
+    let Some(live) = PG_LIVE_PORTS.get_ptr(&cookie) else {
+        return 1;
+    };
+    // SAFETY: a value of this map, read below before this program deletes
+    // it; another program deleting it meanwhile (the map is not
+    // preallocated) frees it only after an RCU grace period.
+    let live = unsafe { &*live };
+    // SAFETY: helper with no arguments, valid in every program type.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if now.wrapping_sub(live.opened_boot_ns) < BRIEF_PORT_NS {
+        count_brief(live);
+        let _ = PG_LIVE_PORTS.remove(&cookie);
+    } else {
+        // Deleted before the event is sent: an agent that reads the entry
+        // has read it before the close it will then receive.
+        let closed = *live;
+        let _ = PG_LIVE_PORTS.remove(&cookie);
+        record_port_closed(&closed, now);
+    }
     1
+}
+
+/// Bumps this CPU's count of brief ports like `live` (exact, no atomics).
+#[inline(always)]
+fn count_brief(live: &LivePort) {
+    const BPF_NOEXIST: u64 = 1;
+    let key = BriefPortKey {
+        sock_cgroup: live.sock_cgroup,
+        guard_id: live.guard_id,
+        port: live.port,
+        proto: live.proto,
+        family: live.family,
+        addr: live.addr,
+    };
+    let mut slot = PG_BRIEF_PORTS.get_ptr_mut(&key);
+    if slot.is_none() {
+        // Another CPU may insert the key between our lookup and insert; then
+        // the insert fails and this CPU's copy (zeroed by the kernel) is there.
+        let _ = PG_BRIEF_PORTS.insert(&key, &0, BPF_NOEXIST);
+        slot = PG_BRIEF_PORTS.get_ptr_mut(&key);
+    }
+    if let Some(c) = slot {
+        // SAFETY: this CPU's copy of the value; nothing else writes it, and
+        // the program cannot migrate to another CPU mid-run.
+        unsafe { *c += 1 };
+    }
 }
 
 #[inline(always)]
@@ -138,28 +176,38 @@ fn port_opened(sk: *mut c_void, proto: u8, addr: crate::addr::Addr, port: u16, c
     let Some(stamp) = stamp_of_socket(sk, true) else {
         return;
     };
-    stamp.flags |= STAMP_LIVE;
-    let mut guarded = Guarded { sock_cgroup: stamp.sock_cgroup, guard_cgroup: 0, info: None };
+    let mut guard_cgroup = 0;
+    let mut guard_id = UNGUARDED_ID;
     let mut generation = 0;
     if let Some(cfg) = read_config() {
         crate::identity::refresh(stamp, cfg.active_slot(), &cfg);
         generation = cfg.generation;
         if stamp.guarded == STAMP_GUARDED {
-            guarded.guard_cgroup = stamp.guard_cgroup;
-            guarded.info = Some(stamp.guard);
+            guard_cgroup = stamp.guard_cgroup;
+            guard_id = stamp.guard.guard_id;
         }
     }
-    record_lifecycle(&LifecycleEvent {
-        change: PORT_OPENED,
-        sock_cgroup: guarded.sock_cgroup,
-        guard_cgroup: guarded.guard_cgroup,
-        guard_id: guarded.info.map_or(UNGUARDED_ID, |i| i.guard_id),
+    let live = LivePort {
+        sock_cgroup: stamp.sock_cgroup,
+        guard_cgroup,
+        pid_tgid: bpf_get_current_pid_tgid(),
         generation,
-        proto,
-        addr,
-        port,
         cookie,
-    });
+        // SAFETY: helper with no arguments, valid in every program type.
+        opened_boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+        guard_id,
+        port,
+        family: addr.family,
+        proto,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        addr: addr.bytes,
+    };
+    // The agent reads this map on a timer: going live wakes no one.
+    if PG_LIVE_PORTS.insert(&cookie, &live, 0).is_ok() {
+        stamp.flags |= STAMP_LIVE;
+    } else {
+        bump(&PG_STATS, stats::LIVE_PORTS_FULL);
+    }
 }
 
 /// The socket's local address, v4 in the first four bytes.

@@ -6,9 +6,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use portguard_common::{
-    Ancestry, BindKey, COUNTER_ENTRIES, Config, ConnectKey, DEFAULT_ANCESTRY_ENTRIES, DENIAL_COUNT_ENTRIES,
-    DenialCount, DenialKey, EVENTS_BYTES, GuardInfo, GuardKey, MAX_BIND_ENTRIES, MAX_CONNECT_ENTRIES,
-    MAX_GUARDS, PORT_EVENTS_BYTES, PortSet, RuleRef, SLOTS, SockStamp, stats,
+    Ancestry, BRIEF_PORT_ENTRIES, BindKey, BriefPortKey, COUNTER_ENTRIES, Config, ConnectKey,
+    DEFAULT_ANCESTRY_ENTRIES, DENIAL_COUNT_ENTRIES, DenialCount, DenialKey, EVENTS_BYTES, GuardInfo,
+    GuardKey, LIVE_PORT_ENTRIES, LivePort, MAX_BIND_ENTRIES, MAX_CONNECT_ENTRIES, MAX_GUARDS,
+    PORT_EVENTS_BYTES, PortSet, RuleRef, SLOTS, SockStamp, stats,
 };
 
 /// Policy maps are written while programs read them; without preallocation
@@ -64,6 +65,20 @@ pub(crate) static PG_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 #[map(name = "PG_PORT_EVENTS")]
 pub(crate) static PG_PORT_EVENTS: RingBuf = RingBuf::with_byte_size(PORT_EVENTS_BYTES, 0);
+
+/// Live ports of guarded cgroups by socket cookie: inserted when a port goes
+/// live, deleted when its socket is released. The agent reads it on a timer,
+/// so a port costs it nothing until it has lived `BRIEF_PORT_NS`. Not
+/// preallocated: a host with few listeners pays for few entries.
+#[map(name = "PG_LIVE_PORTS")]
+pub(crate) static PG_LIVE_PORTS: HashMap<u64, LivePort> =
+    HashMap::with_max_entries(LIVE_PORT_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Ports that closed within `BRIEF_PORT_NS`, counted per CPU (no atomics);
+/// the agent sums the CPUs and writes the difference since its last read.
+#[map(name = "PG_BRIEF_PORTS")]
+pub(crate) static PG_BRIEF_PORTS: LruPerCpuHashMap<BriefPortKey, u64> =
+    LruPerCpuHashMap::with_max_entries(BRIEF_PORT_ENTRIES, 0);
 
 #[inline(always)]
 pub(crate) fn bump(map: &PerCpuArray<u64>, index: u32) {

@@ -2,12 +2,10 @@
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_ktime_get_boot_ns,
-    },
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
 };
 use portguard_common::{
-    DENIAL_EVENT_INTERVAL_NS, DecisionEvent, DenialCount, DenialKey, GuardInfo, MODE_AUDIT, Op,
+    DENIAL_EVENT_INTERVAL_NS, DecisionEvent, DenialCount, DenialKey, GuardInfo, LivePort, MODE_AUDIT, Op,
     PORT_EVENTS_BYTES, PortEvent, Verdict, counter_index, stats,
 };
 
@@ -130,49 +128,25 @@ fn count_denial(d: &Decision) -> Option<u64> {
     Some(stands_for)
 }
 
-/// A port going live or closing (inventory, not a decision).
-pub(crate) struct LifecycleEvent {
-    /// `PORT_OPENED` or `PORT_CLOSED`.
-    pub(crate) change: u8,
-    pub(crate) sock_cgroup: u64,
-    pub(crate) guard_cgroup: u64,
-    pub(crate) guard_id: u32,
-    pub(crate) generation: u64,
-    pub(crate) proto: u8,
-    pub(crate) addr: Addr,
-    pub(crate) port: u16,
-    pub(crate) cookie: u64,
-}
-
-/// Queues a port-lifecycle event on its own ring buffer. Not counted per
-/// guard: the agent's inventory is the count. A full ring buffer loses the
-/// event (counted in `PORT_EVENTS_LOST`).
+/// Sends the close of a port that lived at least `BRIEF_PORT_NS` on its own
+/// ring buffer, with its whole `PG_LIVE_PORTS` entry. Not counted per guard:
+/// the agent's inventory is the count. A full ring buffer loses the event
+/// (counted in `PORT_EVENTS_LOST`).
 #[inline(always)]
-pub(crate) fn record_lifecycle(e: &LifecycleEvent) {
+pub(crate) fn record_port_closed(live: &LivePort, closed_boot_ns: u64) {
     let Some(mut entry) = PG_PORT_EVENTS.reserve::<PortEvent>(0) else {
         bump(&PG_STATS, stats::PORT_EVENTS_LOST);
         return;
     };
     entry.write(PortEvent {
-        sock_cgroup: e.sock_cgroup,
-        guard_cgroup: e.guard_cgroup,
+        live: *live,
+        closed_boot_ns,
         pid_tgid: bpf_get_current_pid_tgid(),
-        generation: e.generation,
-        cookie: e.cookie,
-        // SAFETY: helper with no arguments, valid in every program type.
-        boot_ns: unsafe { bpf_ktime_get_boot_ns() },
-        guard_id: e.guard_id,
-        port: e.port,
-        change: e.change,
-        family: e.addr.family,
-        proto: e.proto,
-        _pad: [0; 7],
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
-        addr: e.addr.bytes,
     });
     // Wake the agent only once the ring is a quarter full: it collects port
-    // events on a timer anyway, and a wake-up per event would cost a bind
-    // loop a context switch per bind.
+    // events on a timer anyway, and a wake-up per event would cost a loop
+    // of ports a context switch per close.
     let wake = if PG_PORT_EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= u64::from(PORT_EVENTS_BYTES / 4) {
         BPF_RB_FORCE_WAKEUP
     } else {

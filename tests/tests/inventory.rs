@@ -190,3 +190,35 @@ fn a_suggested_policy_allows_exactly_what_the_workload_did_in_audit_mode() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+/// The kernel keeps the ports of guarded cgroups while no agent runs: the
+/// next agent writes a port still live, dated by the kernel, and a port
+/// that lived over a second and closed meanwhile gets both its lines.
+#[test]
+fn ports_that_go_live_while_the_agent_is_down_reach_the_next_agent() {
+    require_root!();
+    let mut sb = Sandbox::enforcing("inventory-down", &["/web", "/cache"], POLICY);
+    sb.stop_agent();
+    let mut kept = sb.hold("/cache", "tcp", 18610);
+    let mut gone = sb.hold("/cache", "udp", 18611);
+    std::thread::sleep(Duration::from_millis(1200));
+    gone.kill().unwrap();
+    gone.wait().unwrap();
+    sb.start_agent_with(&[]);
+
+    let opened = sb.wait_for_audit_record("kept", |r| r["event"] == "port_opened" && r["port"] == 18610);
+    assert_eq!((opened["guard"].as_str(), opened["comm"].as_str()), (Some("cache"), Some("pg-probe")));
+    let gone_opened =
+        sb.wait_for_audit_record("gone opened", |r| r["event"] == "port_opened" && r["port"] == 18611);
+    let closed = sb.wait_for_audit_record("gone", |r| r["event"] == "port_closed" && r["port"] == 18611);
+    assert!(closed["open_seconds"].as_u64() >= Some(1), "{closed}");
+    // Dated by the kernel, not by the agent that read them later: the
+    // still-live port went live before the other one closed, before the
+    // agent started. (RFC 3339 UTC with millis compares as text.)
+    let time = |r: &Value| r["time"].as_str().unwrap().to_owned();
+    assert!(time(&gone_opened) < time(&closed), "{gone_opened} {closed}");
+    assert!(time(&opened) < time(&closed), "{opened} {closed}");
+    kept.kill().unwrap();
+    kept.wait().unwrap();
+    sb.wait_for_audit_record("kept close", |r| r["event"] == "port_closed" && r["port"] == 18610);
+}

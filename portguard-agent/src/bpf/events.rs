@@ -1,17 +1,13 @@
-//! The denial/audit event stream from the kernel's ring buffer.
+//! The event streams from the kernel's ring buffers: denials and audits,
+//! and closes of ports that lived long enough (`live_ports::PortClosed`).
 
-use std::{
-    io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-};
+use std::{io, net::IpAddr};
 
 use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
 };
-use portguard_common::{
-    AF_INET, DecisionEvent, Op, PORT_OPENED, PortEvent, Transport, UNGUARDED_ID, Verdict,
-};
+use portguard_common::{DecisionEvent, Op, Transport, Verdict};
 use tokio::io::unix::AsyncFd;
 
 /// A denial or audit-mode violation as the kernel reported it: the first
@@ -34,26 +30,6 @@ pub(crate) struct DecodedEvent {
     pub count: u64,
 }
 
-/// A port that went live or closed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct PortChange {
-    pub opened: bool,
-    pub sock_cgroup: u64,
-    /// `None` when no guard covers the socket.
-    pub guard: Option<(u32, u64)>,
-    pub pid: u32,
-    pub comm: String,
-    pub generation: u64,
-    pub proto: Transport,
-    /// Unspecified for a close (the release hook cannot read the address).
-    pub addr: IpAddr,
-    pub port: u16,
-    /// Pairs a close with its open.
-    pub cookie: u64,
-    /// When the kernel saw it, in wall-clock time.
-    pub at: std::time::SystemTime,
-}
-
 /// A record type one ring buffer carries.
 pub(crate) trait RingRecord: Sized {
     type Raw: Copy;
@@ -73,51 +49,14 @@ impl RingRecord for DecodedEvent {
             op: Op::from_u8(e.op),
             verdict: Verdict::from_u8(e.verdict),
             proto: Transport::from(e.proto),
-            addr: addr(e.family, e.addr),
+            addr: super::live_ports::addr(e.family, e.addr),
             port: e.port,
             count: e.count.max(1),
         }
     }
 }
 
-impl RingRecord for PortChange {
-    type Raw = PortEvent;
-    fn decode(e: &PortEvent) -> PortChange {
-        PortChange {
-            opened: e.change == PORT_OPENED,
-            sock_cgroup: e.sock_cgroup,
-            guard: (e.guard_id != UNGUARDED_ID).then_some((e.guard_id, e.guard_cgroup)),
-            pid: (e.pid_tgid >> 32) as u32,
-            comm: comm(&e.comm),
-            generation: e.generation,
-            proto: Transport::from(e.proto),
-            addr: addr(e.family, e.addr),
-            port: e.port,
-            cookie: e.cookie,
-            at: wall_clock(e.boot_ns),
-        }
-    }
-}
-
-fn addr(family: u8, bytes: [u8; 16]) -> IpAddr {
-    if family == AF_INET {
-        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(bytes))
-    }
-}
-
-/// The wall-clock time of a CLOCK_BOOTTIME reading.
-fn wall_clock(boot_ns: u64) -> std::time::SystemTime {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes one timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    let now_boot = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
-    let ago = std::time::Duration::from_nanos(now_boot.saturating_sub(boot_ns));
-    std::time::SystemTime::now() - ago
-}
-
-fn comm(raw: &[u8; 16]) -> String {
+pub(super) fn comm(raw: &[u8; 16]) -> String {
     let len = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
     String::from_utf8_lossy(&raw[..len]).into_owned()
 }
@@ -141,8 +80,8 @@ pub(crate) enum EventsError {
 }
 
 impl<T: RingRecord> EventStream<T> {
-    /// Denials and audits (`map_names::EVENTS`) or port-lifecycle events
-    /// (`map_names::PORT_EVENTS`).
+    /// Denials and audits (`map_names::EVENTS`) or closes of ports that
+    /// lived long enough (`map_names::PORT_EVENTS`).
     pub(crate) fn open(ebpf: &mut Ebpf, name: &'static str) -> Result<EventStream<T>, EventsError> {
         let map = ebpf.take_map(name).ok_or(EventsError::Missing { name })?;
         let ring = RingBuf::try_from(map)?;

@@ -76,9 +76,9 @@ pub(crate) fn of(program: &str) -> &'static Hook {
 }
 
 /// Maps pinned so that they outlive the agent: the policy, the socket
-/// stamps, the counters and the event rings. Scratch and lookup tables the
+/// stamps, the counters, the event rings and the live and brief ports. Scratch and lookup tables the
 /// agent refills at each load are not pinned.
-pub(crate) const PINNED_MAPS: [&str; 11] = [
+pub(crate) const PINNED_MAPS: [&str; 13] = [
     map_names::CONFIG,
     map_names::GUARDS,
     map_names::BIND_RULES,
@@ -90,6 +90,8 @@ pub(crate) const PINNED_MAPS: [&str; 11] = [
     map_names::EVENTS,
     map_names::PORT_EVENTS,
     map_names::DENIAL_COUNTS,
+    map_names::LIVE_PORTS,
+    map_names::BRIEF_PORTS,
 ];
 
 #[cfg(test)]

@@ -6,13 +6,15 @@ mod error;
 mod events;
 mod hooks;
 mod link_update;
+mod live_ports;
 mod loader;
 mod lsm;
 mod pinned;
 mod policy_maps;
 
 pub(crate) use error::LoadError;
-pub(crate) use events::{DecodedEvent, EventStream, EventsError, MAX_BATCH as MAX_EVENT_BATCH, PortChange};
+pub(crate) use events::{DecodedEvent, EventStream, EventsError, MAX_BATCH as MAX_EVENT_BATCH};
+pub(crate) use live_ports::{BriefKind, LivePortEntry, LivePorts, PortClosed, boot_ns};
 pub(crate) use loader::{Enforcer, unload};
 pub(crate) use pinned::{DecisionCounters, GuardCounts, KernelCounters, LiveState, PinnedError};
 pub(crate) use policy_maps::{ApplyStats, GuardIds, KernelPolicy, MapsError, PolicyMaps};

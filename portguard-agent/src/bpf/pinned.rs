@@ -65,6 +65,10 @@ impl DecisionCounters {
         Self::sum(&self.stats, stats::PORT_EVENTS_LOST)
     }
 
+    pub(crate) fn live_ports_full(&self) -> u64 {
+        Self::sum(&self.stats, stats::LIVE_PORTS_FULL)
+    }
+
     pub(crate) fn stamp_misses(&self) -> u64 {
         Self::sum(&self.stats, stats::STAMP_MISSES)
     }
@@ -136,7 +140,7 @@ impl LiveState {
     }
 }
 
-fn open(pins: &PinLayout, name: &'static str) -> Result<Map, PinnedError> {
+pub(super) fn open(pins: &PinLayout, name: &'static str) -> Result<Map, PinnedError> {
     let path = pins.map(name);
     if !path.exists() {
         return Err(PinnedError::NotLoaded(path.display().to_string()));

@@ -13,7 +13,7 @@ use super::{
     watches::{self, CgroupWatch},
 };
 use crate::{
-    bpf::{DecodedEvent, EventStream, MAX_EVENT_BATCH, PortChange},
+    bpf::{DecodedEvent, EventStream, MAX_EVENT_BATCH, PortClosed},
     cli::RunArgs,
     inventory::live::TABLE_SCAN,
     metrics::Metrics,
@@ -52,8 +52,9 @@ pub(crate) struct EventLoop<'a> {
     pub(crate) applied: &'a mut AppliedPolicy,
     /// Denials and audits.
     pub(crate) events: EventStream<DecodedEvent>,
-    /// Ports going live and closing.
-    pub(crate) port_events: EventStream<PortChange>,
+    /// Closes of ports that lived at least `SETTLE` (ports going live are
+    /// read from the kernel's table on the tick).
+    pub(crate) port_events: EventStream<PortClosed>,
     pub(crate) metrics: &'a Metrics,
     pub(crate) sinks: Sinks,
 }
@@ -90,12 +91,13 @@ impl EventLoop<'_> {
                 _ = watchdog.tick() => sd_notify::notify("WATCHDOG=1"),
                 _ = coalesce.tick() => {
                     self.sinks.flush_denials(self.applied, Some(std::time::Instant::now()));
-                    // Port events wake the agent only once their ring is a quarter
-                    // full (see record_lifecycle): collect the rest here.
+                    // Port closes wake the agent only once their ring is a quarter
+                    // full (see record_port_closed): collect the rest here,
+                    // before the kernel's live ports are read.
                     if let Err(e) = self.port_events.drain(&mut port_batch) {
                         return Err(DaemonError::Events(e.into()));
                     }
-                    self.sinks.take_port_events(&mut port_batch);
+                    self.sinks.take_port_events(&mut port_batch, self.applied);
                     self.sinks.settle_ports(self.applied);
                     self.sinks.flush(metrics);
                 }
@@ -114,7 +116,7 @@ impl EventLoop<'_> {
                 r = self.port_events.next_batch(&mut port_batch) => {
                     r.map_err(|e| DaemonError::Events(e.into()))?;
                     let full = port_batch.len() >= MAX_EVENT_BATCH;
-                    self.sinks.take_port_events(&mut port_batch);
+                    self.sinks.take_port_events(&mut port_batch, self.applied);
                     self.sinks.flush(metrics);
                     if full {
                         tokio::task::yield_now().await;

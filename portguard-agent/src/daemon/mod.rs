@@ -31,7 +31,7 @@ use self::{
     sinks::Sinks,
 };
 use crate::{
-    bpf::{self, DecodedEvent, Enforcer, EventStream, KernelCounters, PolicyMaps, PortChange},
+    bpf::{self, DecodedEvent, Enforcer, EventStream, KernelCounters, LivePorts, PolicyMaps, PortClosed},
     cgroup,
     cli::RunArgs,
     inventory::live::Listeners,
@@ -61,16 +61,17 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), DaemonError> {
     let opened = async {
         let maps = PolicyMaps::open(&mut enforcer.ebpf)?;
         let events = EventStream::<DecodedEvent>::open(&mut enforcer.ebpf, map_names::EVENTS)?;
-        let port_events = EventStream::<PortChange>::open(&mut enforcer.ebpf, map_names::PORT_EVENTS)?;
+        let port_events = EventStream::<PortClosed>::open(&mut enforcer.ebpf, map_names::PORT_EVENTS)?;
+        let live_ports = LivePorts::open(&args.bpffs)?;
         let metrics = Arc::new(Metrics::new(KernelCounters::open(&args.bpffs)?));
         let addr = metrics::serve(args.metrics_addr, Arc::clone(&metrics))
             .await
             .map_err(|source| DaemonError::MetricsAddr { addr: args.metrics_addr, source })?;
         tracing::info!(addr = %addr, "serving /metrics, /healthz and /readyz");
-        Ok::<_, DaemonError>((maps, events, port_events, metrics))
+        Ok::<_, DaemonError>((maps, events, port_events, live_ports, metrics))
     }
     .await;
-    let (maps, events, port_events, metrics) = match opened {
+    let (maps, events, port_events, live_ports, metrics) = match opened {
         Ok(v) => v,
         Err(e) => {
             enforcer.abandon();
@@ -123,7 +124,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), DaemonError> {
     // 5. The loop, with the ports live now as the inventory's start.
     let sinks = Sinks::new(
         trail,
-        Listeners::new(root.clone(), root_in_mount),
+        Listeners::new(root.clone(), root_in_mount, live_ports),
         DenialLog::new(root),
         &applied,
         &metrics,

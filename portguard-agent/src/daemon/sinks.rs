@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use super::{applied::AppliedPolicy, denials::DenialLog};
 use crate::{
-    bpf::{DecodedEvent, PortChange},
+    bpf::{DecodedEvent, PortClosed},
     inventory::live::Listeners,
     metrics::Metrics,
     trail::{AuditTrail, Record},
@@ -37,13 +37,10 @@ impl Sinks {
         sinks
     }
 
-    pub(crate) fn take_port_events(&mut self, batch: &mut Vec<PortChange>) {
+    /// Closes of ports that lived at least `SETTLE`.
+    pub(crate) fn take_port_events(&mut self, batch: &mut Vec<PortClosed>, applied: &AppliedPolicy) {
         for e in batch.drain(..) {
-            if e.opened {
-                self.listeners.port_opened(e);
-            } else {
-                self.listeners.port_closed(&e, &mut self.records);
-            }
+            self.listeners.port_closed(e, applied.policy(), applied.guard_names(), &mut self.records);
         }
     }
 
@@ -59,7 +56,8 @@ impl Sinks {
         self.denials.flush(applied.guard_names(), applied.guard_modes(), now);
     }
 
-    /// Classifies the ports that settled (see `Listeners::tick`).
+    /// Writes the kernel's ports that settled and the brief ones (see
+    /// `Listeners::tick`).
     pub(crate) fn settle_ports(&mut self, applied: &AppliedPolicy) {
         self.listeners.tick(applied.policy(), applied.guard_names(), &mut self.records);
     }

@@ -1,16 +1,17 @@
-//! The live port inventory: every port of a guarded cgroup that went live
-//! (from the kernel's port events, which carry the kernel's own time), plus
-//! the ports the kernel does not report, read from the socket tables every
-//! [`TABLE_SCAN`]: unguarded ones (portguard's programs run only in guarded
-//! cgroups) and the ones already live at start. Each is classified against
-//! the applied policy. It feeds
+//! The live port inventory: every port of a guarded cgroup the kernel
+//! keeps in `PG_LIVE_PORTS` (with the kernel's own time it went live),
+//! plus the ports the kernel does not keep, read from the socket tables
+//! every [`TABLE_SCAN`]: unguarded ones (portguard's programs run only in
+//! guarded cgroups) and the ones already live before the programs were
+//! attached. Each is classified against the applied policy. It feeds
 //! `portguard_listeners` and the port lifecycle records of the audit trail.
 //!
 //! A port is classified and written to the trail once it has been live for
-//! [`SETTLE`]: a process that binds and closes in a loop would otherwise
-//! cost a classification and two trail lines per iteration. Until then it
-//! is kept as the raw event; ports that close sooner are summed into one
-//! `port_brief` line per kind and second.
+//! [`SETTLE`]: the agent walks the kernel's table on its tick and takes only
+//! entries that old, so a port that closes sooner costs the agent nothing.
+//! The kernel counts those brief ports per CPU; once per [`SETTLE`] the
+//! agent writes one `port_brief` line per kind with the count since its
+//! previous read.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -18,132 +19,179 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use portguard_common::{Transport, UNGUARDED_ID};
+use portguard_common::{BRIEF_PORT_NS, Transport, UNGUARDED_ID};
 
 use crate::{
-    bpf::PortChange,
+    bpf::{BriefKind, LivePortEntry, LivePorts, PortClosed, boot_ns},
     cgroup::{CgroupNames, workload},
     inventory::{self, Approval, ListenerKey, Standing},
     policy::{Policy, eval::Action},
     trail::{Record, RecordKind, RecordOp},
 };
 
-/// Ports seen by /proc rather than by an event have no socket cookie; their
-/// inode, tagged with this bit, keys them apart from cookies.
+/// Ports seen by /proc rather than by the kernel have no socket cookie;
+/// their inode, tagged with this bit, keys them apart from cookies.
 const SCANNED: u64 = 1 << 63;
 
 /// How often the socket tables are read for the ports the kernel does not
-/// report (unguarded ones, and closes of those found this way).
+/// keep (unguarded ones, and closes of those found this way).
 pub(crate) const TABLE_SCAN: Duration = Duration::from_secs(2);
 
-/// How long a port must stay live to get its own trail lines.
-pub(crate) const SETTLE: Duration = Duration::from_secs(1);
+/// How long a port must stay live to get its own trail lines: the kernel's
+/// brief-port threshold.
+pub(crate) const SETTLE: Duration = Duration::from_nanos(BRIEF_PORT_NS);
 
-/// A port live for at least [`SETTLE`] (or found live at start-up).
+/// A port live for at least [`SETTLE`] (or found in the socket tables).
 struct Live {
     record: Record,
     proto: Transport,
-    opened: Instant,
-}
-
-/// A port that went live less than [`SETTLE`] ago, as the kernel said.
-struct Pending {
-    event: PortChange,
-    opened: Instant,
-    at: SystemTime,
-}
-
-/// Ports that closed before they settled, by what they were.
-#[derive(PartialEq, Eq, Hash)]
-struct BriefKey {
-    sock_cgroup: u64,
-    guard_id: u32,
-    proto: Transport,
-    addr: IpAddr,
-    port: u16,
+    /// When it went live, on CLOCK_BOOTTIME.
+    opened_boot_ns: u64,
 }
 
 pub(crate) struct Listeners {
     names: CgroupNames,
     root_in_mount: String,
+    kernel: LivePorts,
     live: HashMap<u64, Live>,
-    pending: HashMap<u64, Pending>,
-    /// Ports the last socket-table read found that the kernel had not
-    /// reported: reported by the next read if still there and still not
-    /// the kernel's (see `scan_tables`).
+    /// Reported ports the kernel's table no longer held at the last tick
+    /// with no close seen yet: gone from it again at the next tick, their
+    /// close was lost (full ring) and they are closed then.
+    missing: HashSet<u64>,
+    /// Ports the last socket-table read found that the kernel does not
+    /// keep: reported by the next read if still there and still not the
+    /// kernel's (see `scan_tables`).
     unconfirmed: HashSet<u64>,
-    /// A sample event and how many such ports opened and closed.
-    brief: HashMap<BriefKey, (PortChange, u64)>,
-    brief_since: Instant,
+    /// Brief ports per kind at the previous read, summed over CPUs.
+    brief_seen: HashMap<BriefKind, u64>,
+    brief_read: Instant,
 }
 
 impl Listeners {
-    pub(crate) fn new(root: std::path::PathBuf, root_in_mount: String) -> Listeners {
+    /// Starts from the kernel's brief-port counts as they are now: brief
+    /// ports counted before (reported by an earlier agent, or while none
+    /// ran) are not written again.
+    pub(crate) fn new(root: std::path::PathBuf, root_in_mount: String, kernel: LivePorts) -> Listeners {
+        let brief_seen = kernel.brief().into_iter().collect();
         Listeners {
             names: CgroupNames::new(root),
             root_in_mount,
+            kernel,
             live: HashMap::new(),
-            pending: HashMap::new(),
+            missing: HashSet::new(),
             unconfirmed: HashSet::new(),
-            brief: HashMap::new(),
-            brief_since: Instant::now(),
+            brief_seen,
+            brief_read: Instant::now(),
         }
     }
 
-    /// Classifies and writes the ports that have now settled, and the brief
-    /// ones summed once per [`SETTLE`]. Call it a few times per second.
+    /// Writes the kernel's ports that have now been live for [`SETTLE`]
+    /// (all of them at the first tick: those that went live while no agent
+    /// ran too), and the brief ones once per [`SETTLE`]. Call it a few
+    /// times per second.
     pub(crate) fn tick(
         &mut self,
         policy: Option<&Policy>,
         guard_names: &HashMap<u32, String>,
         out: &mut Vec<Record>,
     ) {
-        let settled: Vec<u64> =
-            self.pending.iter().filter(|(_, p)| p.opened.elapsed() >= SETTLE).map(|(k, _)| *k).collect();
-        for cookie in settled {
-            let Some(p) = self.pending.remove(&cookie) else { continue };
-            let e = &p.event;
-            let proto = e.proto;
-            // A port that went live between the attach and the start-up read
-            // of /proc was listed from there already: the event adopts that
-            // entry (now closable by its cookie) instead of opening it twice.
-            let seeded = self.live.iter().find_map(|(k, l)| {
-                let r = &l.record;
-                (k & SCANNED != 0
-                    && l.proto == proto
-                    && r.addr == crate::policy::eval::canonical(e.addr)
-                    && r.port == e.port)
-                    .then_some(*k)
-            });
-            if let Some(mut l) = seeded.and_then(|k| self.live.remove(&k)) {
-                // The tables found it first (its event was lost, or it went
-                // live while no agent ran): the kernel now names its process.
-                l.record.pid = e.pid;
-                l.record.comm = e.comm.clone();
-                self.live.insert(cookie, l);
-                continue;
+        let now = boot_ns();
+        let settle = SETTLE.as_nanos() as u64;
+        let mut present = HashSet::new();
+        for e in self.kernel.live() {
+            present.insert(e.cookie);
+            if now.saturating_sub(e.opened_boot_ns) >= settle && !self.live.contains_key(&e.cookie) {
+                self.opened(e, policy, guard_names, out);
             }
-            let record = self.classify(e, p.at, RecordKind::PortOpened, policy, guard_names);
-            out.push(record.clone());
-            self.live.insert(cookie, Live { record, proto, opened: p.opened });
         }
-        if self.brief_since.elapsed() >= SETTLE {
-            self.brief_since = Instant::now();
-            let brief: Vec<(PortChange, u64)> = self.brief.drain().map(|(_, v)| v).collect();
-            for (event, count) in brief {
-                let mut r =
-                    self.classify(&event, SystemTime::now(), RecordKind::PortBrief, policy, guard_names);
-                r.count = count;
-                r.open_seconds = Some(0);
-                out.push(r);
+        let gone: HashSet<u64> =
+            self.live.keys().filter(|k| **k & SCANNED == 0 && !present.contains(k)).copied().collect();
+        for cookie in gone.intersection(&self.missing) {
+            if let Some(l) = self.live.remove(cookie) {
+                out.push(closed(l.record, now.saturating_sub(l.opened_boot_ns), SystemTime::now()));
             }
+        }
+        self.missing = gone.difference(&self.missing).copied().collect();
+        if self.brief_read.elapsed() >= SETTLE {
+            self.brief_read = Instant::now();
+            self.write_brief(policy, guard_names, out);
         }
     }
 
-    /// The trail record for a port event: its cgroup, guard and standing.
+    /// One `port_brief` line per kind that had brief ports since the
+    /// previous read. The kernel's counts only grow (keys are never deleted
+    /// here, the kernel may be bumping them); a count below the previous
+    /// one is a key evicted and made anew.
+    fn write_brief(
+        &mut self,
+        policy: Option<&Policy>,
+        guard_names: &HashMap<u32, String>,
+        out: &mut Vec<Record>,
+    ) {
+        let counts: HashMap<BriefKind, u64> = self.kernel.brief().into_iter().collect();
+        for (kind, sum) in &counts {
+            let before = self.brief_seen.get(kind).copied().unwrap_or(0);
+            let count = if *sum >= before { sum - before } else { *sum };
+            if count == 0 {
+                continue;
+            }
+            let e = LivePortEntry {
+                sock_cgroup: kind.sock_cgroup,
+                guard: (kind.guard_id != UNGUARDED_ID).then_some((kind.guard_id, 0)),
+                pid: 0,
+                comm: String::new(),
+                generation: 0,
+                proto: kind.proto,
+                addr: kind.addr,
+                port: kind.port,
+                cookie: 0,
+                opened_boot_ns: 0,
+                opened_at: SystemTime::now(),
+            };
+            let mut r = self.classify(&e, SystemTime::now(), RecordKind::PortBrief, policy, guard_names);
+            r.count = count;
+            r.open_seconds = Some(0);
+            out.push(r);
+        }
+        self.brief_seen = counts;
+    }
+
+    /// A kernel port live for [`SETTLE`], reported once.
+    fn opened(
+        &mut self,
+        e: LivePortEntry,
+        policy: Option<&Policy>,
+        guard_names: &HashMap<u32, String>,
+        out: &mut Vec<Record>,
+    ) {
+        // A port that went live between the attach and a read of the socket
+        // tables may be listed from there already: the kernel's entry adopts
+        // that one (now closable by its cookie) instead of opening it twice.
+        if let Some(mut l) = self.take_scanned(e.proto, e.addr, e.port) {
+            // The kernel names its process, which the tables cannot.
+            l.record.pid = e.pid;
+            l.record.comm = e.comm.clone();
+            self.live.insert(e.cookie, l);
+            return;
+        }
+        let record = self.classify(&e, e.opened_at, RecordKind::PortOpened, policy, guard_names);
+        out.push(record.clone());
+        self.live.insert(e.cookie, Live { record, proto: e.proto, opened_boot_ns: e.opened_boot_ns });
+    }
+
+    fn take_scanned(&mut self, proto: Transport, addr: IpAddr, port: u16) -> Option<Live> {
+        let addr = crate::policy::eval::canonical(addr);
+        let key = self.live.iter().find_map(|(k, l)| {
+            (k & SCANNED != 0 && l.proto == proto && l.record.addr == addr && l.record.port == port)
+                .then_some(*k)
+        })?;
+        self.live.remove(&key)
+    }
+
+    /// The trail record for a kernel port: its cgroup, guard and standing.
     fn classify(
         &mut self,
-        e: &PortChange,
+        e: &LivePortEntry,
         at: SystemTime,
         kind: RecordKind,
         policy: Option<&Policy>,
@@ -170,7 +218,7 @@ impl Listeners {
         r
     }
 
-    /// Takes in the ports the kernel did not report, from the socket tables
+    /// Takes in the ports the kernel does not keep, from the socket tables
     /// (no other process's file is touched): every unguarded port (the
     /// programs run only in guarded cgroups) and any port live before the
     /// programs were attached. Run at start and every [`TABLE_SCAN`]; a port
@@ -190,13 +238,17 @@ impl Listeners {
                 return;
             }
         };
+        // Read after the tables: a port in both is the kernel's, even one
+        // younger than SETTLE that the tick has not written yet.
+        let kernel = self.kernel.live();
         let canonical = crate::policy::eval::canonical;
+        let kernel_cookies: HashSet<u64> = kernel.iter().map(|e| e.cookie).collect();
         let reported: HashSet<(Transport, IpAddr, u16)> = self
             .live
             .iter()
             .filter(|(k, _)| **k & SCANNED == 0)
             .map(|(_, l)| (l.proto, l.record.addr, l.record.port))
-            .chain(self.pending.values().map(|p| (p.event.proto, canonical(p.event.addr), p.event.port)))
+            .chain(kernel.iter().map(|e| (e.proto, canonical(e.addr), e.port)))
             .collect();
         let mut present = HashSet::new();
         let seen_before = std::mem::take(&mut self.unconfirmed);
@@ -204,7 +256,7 @@ impl Listeners {
             let key = SCANNED | p.inode;
             present.insert(key);
             let by_kernel =
-                p.cookie.is_some_and(|c| self.live.contains_key(&c) || self.pending.contains_key(&c))
+                p.cookie.is_some_and(|c| self.live.contains_key(&c) || kernel_cookies.contains(&c))
                     || reported.contains(&(p.proto, canonical(p.addr), p.port));
             if by_kernel || self.live.contains_key(&key) {
                 continue;
@@ -231,41 +283,46 @@ impl Listeners {
             };
             let record = record(RecordKind::PortOpened, port, &standing);
             out.push(record.clone());
-            self.live.insert(key, Live { record, proto: p.proto, opened: Instant::now() });
+            self.live.insert(key, Live { record, proto: p.proto, opened_boot_ns: boot_ns() });
         }
         let gone: Vec<u64> =
             self.live.keys().filter(|k| **k & SCANNED != 0 && !present.contains(k)).copied().collect();
+        let now = boot_ns();
         for key in gone {
             if let Some(l) = self.live.remove(&key) {
-                out.push(closed(l));
+                out.push(closed(l.record, now.saturating_sub(l.opened_boot_ns), SystemTime::now()));
             }
         }
     }
 
-    /// Kept raw until it settles (see the module's doc): this runs for
-    /// every port that opens, so it must stay cheap.
-    pub(crate) fn port_opened(&mut self, e: PortChange) {
-        self.pending.insert(e.cookie, Pending { opened: Instant::now(), at: e.at, event: e });
-    }
-
-    pub(crate) fn port_closed(&mut self, e: &PortChange, out: &mut Vec<Record>) {
-        if let Some(p) = self.pending.remove(&e.cookie) {
-            let o = p.event;
-            let key = BriefKey {
-                sock_cgroup: o.sock_cgroup,
-                guard_id: o.guard.map_or(UNGUARDED_ID, |g| g.0),
-                proto: o.proto,
-                addr: o.addr,
-                port: o.port,
-            };
-            self.brief.entry(key).or_insert((o, 0)).1 += 1;
-            return;
-        }
-        let Some(mut l) = self.live.remove(&e.cookie) else { return };
+    /// A port that lived at least [`SETTLE`] closed. One the agent has not
+    /// written yet (it went live while no agent ran, or closed between two
+    /// ticks) gets its `port_opened` line too, dated by the kernel.
+    pub(crate) fn port_closed(
+        &mut self,
+        c: PortClosed,
+        policy: Option<&Policy>,
+        guard_names: &HashMap<u32, String>,
+        out: &mut Vec<Record>,
+    ) {
+        let cookie = c.port.cookie;
+        self.missing.remove(&cookie);
+        let mut r = match self
+            .live
+            .remove(&cookie)
+            .or_else(|| self.take_scanned(c.port.proto, c.port.addr, c.port.port))
+        {
+            Some(l) => l.record,
+            None => {
+                let r = self.classify(&c.port, c.port.opened_at, RecordKind::PortOpened, policy, guard_names);
+                out.push(r.clone());
+                r
+            }
+        };
         // The process that closes may differ from the one that opened.
-        l.record.pid = e.pid;
-        l.record.comm = e.comm.clone();
-        out.push(closed(l));
+        r.pid = c.pid;
+        r.comm = c.comm;
+        out.push(closed(r, c.lived.as_nanos() as u64, c.closed_at));
     }
 
     /// Re-judges every live port under a newly applied policy.
@@ -293,11 +350,11 @@ impl Listeners {
     }
 }
 
-fn closed(l: Live) -> Record {
-    let mut r = l.record;
+/// The `port_closed` line of a port live for `lived_ns`.
+fn closed(mut r: Record, lived_ns: u64, at: SystemTime) -> Record {
     r.event = RecordKind::PortClosed;
-    r.time = crate::trail::now_rfc3339();
-    r.open_seconds = Some(l.opened.elapsed().as_secs());
+    r.time = crate::trail::rfc3339(at);
+    r.open_seconds = Some(Duration::from_nanos(lived_ns).as_secs());
     r
 }
 

@@ -106,8 +106,14 @@ impl Collector for Metrics {
         counter(
             &mut enc,
             "portguard_port_events_lost",
-            "Port open/close events the kernel could not queue (their ring buffer was full); the inventory may miss ports.",
+            "Closes of ports live 1 s or more the kernel could not queue (their ring buffer was full); the inventory keeps such a port until the agent restarts.",
             kernel.decisions.port_events_lost(),
+        )?;
+        counter(
+            &mut enc,
+            "portguard_live_ports_untracked",
+            "Ports of guarded cgroups that went live while the kernel's live-port table was full; the socket-table reads still find them.",
+            kernel.decisions.live_ports_full(),
         )?;
         counter(
             &mut enc,
