@@ -190,7 +190,8 @@ pub(super) fn reading(rows: &[Value]) -> String {
     let _ = writeln!(
         md,
         "- **New guarded sockets** pay for their stamp and, when a UDP bind or a listen puts a port live, for \
-         the port inventory (a post_bind event, a sock_release event, and the agent's bookkeeping): W4 (socket, \
+         the port inventory (an insert into the kernel's live-port table at post_bind, a delete and a \
+         per-CPU brief count at sock_release; nothing for the agent): W4 (socket, \
          UDP bind, close in a loop) costs {:.0} ns over nothing attached at 1,000 rules, and the first bind of \
          each socket resolves its guard ({:.0} ns per bind4 run).",
         f(cell("w4", true, "Portguard", Some(1000)), "overhead_ns"),
