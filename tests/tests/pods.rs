@@ -63,7 +63,16 @@ fn guards_the_selected_pods(driver: CgroupDriver, test: &str) {
     sb.cgroup(&sidecar);
     assert_eq!(bind(&sb, &sidecar, "8081"), "err EPERM");
 
-    let requests = api.requests();
+    // The watch follows the list; on a loaded machine it may not have been
+    // sent yet when the binds above are done.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let requests = loop {
+        let requests = api.requests();
+        if requests.iter().any(|r| r.contains("watch=true")) || std::time::Instant::now() > deadline {
+            break requests;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     assert!(
         requests.iter().all(|r| r.contains(&format!("fieldSelector=spec.nodeName={NODE}"))),
         "every list and watch asks for this node's pods only: {requests:?}"
