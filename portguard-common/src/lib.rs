@@ -112,11 +112,17 @@ pub const MODE_AUDIT: u32 = 2;
 
 /// `GuardInfo::flags`: the guard allows `bind()` to port 0 (kernel-chosen).
 pub const GUARD_ALLOW_EPHEMERAL_BIND: u32 = 1;
-/// `GuardInfo::flags`: the guard allows raw and SCTP sockets, whose
-/// bind/connect the sock_addr hooks never see.
+/// `GuardInfo::flags`: the guard allows raw, SCTP, packet and ICMP ping
+/// sockets, whose bind/connect/send the sock_addr hooks never see.
 pub const GUARD_ALLOW_OTHER_SOCKETS: u32 = 2;
+pub const SOCK_DGRAM: u32 = 2;
 pub const SOCK_RAW: u32 = 3;
+pub const IPPROTO_ICMP: u32 = 1;
+pub const IPPROTO_ICMPV6: u32 = 58;
 pub const IPPROTO_SCTP: u32 = 132;
+/// Multipath TCP: its own protocol number on the socket the application
+/// holds; its subflows are plain TCP sockets. Judged as TCP.
+pub const IPPROTO_MPTCP: u32 = 262;
 
 /// `BindKey::addr_kind`: the rule allows any local address, or one address.
 pub const BIND_ADDR_ANY: u8 = 1;
@@ -128,6 +134,9 @@ pub const STAMP_GUARDED: u32 = 1;
 pub const STAMP_UNGUARDED: u32 = 2;
 /// `SockStamp::flags`: the socket was bound through a judged bind.
 pub const STAMP_BOUND: u32 = 1;
+/// `SockStamp::flags`: an MPTCP socket. Its bind is judged on its first
+/// subflow (a socket of its own), so `STAMP_BOUND` lands there, not here.
+pub const STAMP_MPTCP: u32 = 4;
 /// `SockStamp::flags`: the socket holds a live port (a TCP listener or a
 /// bound UDP socket) that was reported; its release is reported too.
 pub const STAMP_LIVE: u32 = 2;

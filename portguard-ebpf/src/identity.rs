@@ -15,8 +15,8 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockContext},
 };
 use portguard_common::{
-    Ancestry, Config, GuardInfo, GuardKey, MAX_CGROUP_DEPTH, STAMP_BOUND, STAMP_GUARDED, STAMP_UNGUARDED,
-    STAMP_UNRESOLVED, SockStamp, stats,
+    Ancestry, Config, GuardInfo, GuardKey, MAX_CGROUP_DEPTH, STAMP_BOUND, STAMP_GUARDED, STAMP_MPTCP,
+    STAMP_UNGUARDED, STAMP_UNRESOLVED, SockStamp, stats,
 };
 
 use crate::maps::{PG_ANCESTRY, PG_GUARDS, PG_SCRATCH, PG_SK_STAMPS, PG_STATS, bump};
@@ -116,6 +116,14 @@ pub(crate) fn refresh(s: &mut SockStamp, slot: u32, cfg: &Config) {
             None => s.guarded = STAMP_UNGUARDED,
         }
         s.generation = cfg.generation;
+    }
+}
+
+/// Notes that a new socket is an MPTCP one (see `STAMP_MPTCP`).
+#[inline(always)]
+pub(crate) fn mark_mptcp(ctx: &SockContext) {
+    if let Some(stamp) = stamp_of_socket(ctx.as_ptr(), false) {
+        stamp.flags |= STAMP_MPTCP;
     }
 }
 

@@ -14,7 +14,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{helpers::generated::bpf_get_current_cgroup_id, macros::lsm, programs::LsmContext};
-use portguard_common::{AF_INET, IPPROTO_TCP, Op, STAMP_BOUND, STAMP_GUARDED, Verdict};
+use portguard_common::{AF_INET, IPPROTO_TCP, Op, STAMP_BOUND, STAMP_GUARDED, STAMP_MPTCP, Verdict};
 
 use crate::{
     identity::{refresh, stamp_of_sock},
@@ -43,7 +43,9 @@ pub(crate) fn pg_socket_listen(ctx: LsmContext) -> i32 {
     // (such a listener was bound, if at all, before anything was guarded).
     let Some(stamp) = stamp_of_sock(sk) else { return LSM_ALLOW };
     refresh(stamp, cfg.active_slot(), &cfg);
-    if stamp.guarded != STAMP_GUARDED || stamp.flags & STAMP_BOUND != 0 {
+    // An MPTCP socket's judged bind marked its subflow, not this socket; the
+    // subflow's listener is what the ingress program judges.
+    if stamp.guarded != STAMP_GUARDED || stamp.flags & (STAMP_BOUND | STAMP_MPTCP) != 0 {
         return LSM_ALLOW;
     }
     let verdict = record_violation(

@@ -28,14 +28,14 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockContext},
 };
 use portguard_common::{
-    AF_INET, AF_INET6, Config, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, MODE_AUDIT, ORPHAN_GUARD_ID, Op,
-    SOCK_RAW, Verdict,
+    AF_INET, AF_INET6, Config, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_MPTCP, IPPROTO_SCTP, IPPROTO_TCP,
+    IPPROTO_UDP, MODE_AUDIT, ORPHAN_GUARD_ID, Op, SOCK_DGRAM, SOCK_RAW, Verdict,
 };
 
 use crate::{
     addr::{Addr, user_addr4, user_addr6, user_port},
     decide::{bind_allowed, connect_allowed},
-    identity::{mark_bound, socket_guard, stamp_new_socket},
+    identity::{mark_bound, mark_mptcp, socket_guard, stamp_new_socket},
     maps::PG_CONFIG,
     report::{Decision, record},
     socket_kinds::creation_allowed,
@@ -55,9 +55,15 @@ pub(crate) fn pg_sock_create(ctx: SockContext) -> i32 {
     let cgroup = stamp_new_socket(&ctx);
     // SAFETY: reading the context's own fields.
     let (ty, protocol, family) = unsafe { ((*ctx.sock).type_, (*ctx.sock).protocol, (*ctx.sock).family) };
-    // Raw and SCTP sockets bind and connect without any sock_addr hook, so
-    // a guard refuses to create them unless its policy allows them.
-    if ty != SOCK_RAW && protocol != IPPROTO_SCTP {
+    if protocol == IPPROTO_MPTCP {
+        mark_mptcp(&ctx);
+        return ALLOW;
+    }
+    // Raw and SCTP sockets bind and connect without any sock_addr hook, and
+    // ICMP ping sockets send without one, so a guard refuses to create
+    // them unless its policy allows them.
+    let ping = ty == SOCK_DGRAM && (protocol == IPPROTO_ICMP || protocol == IPPROTO_ICMPV6);
+    if ty != SOCK_RAW && protocol != IPPROTO_SCTP && !ping {
         return ALLOW;
     }
     let family = if family == u32::from(AF_INET6) { AF_INET6 } else { AF_INET };
@@ -119,7 +125,12 @@ fn judge(ctx: &SockAddrContext, op: Op, addr: Addr) -> i32 {
     };
     let port = user_port(ctx.sock_addr);
     // SAFETY: reading the context's own field; the verifier checks the load.
-    let proto = unsafe { (*ctx.sock_addr).protocol } as u8;
+    let proto = match unsafe { (*ctx.sock_addr).protocol } {
+        IPPROTO_MPTCP => IPPROTO_TCP,
+        // Any other number is no protocol a rule names: 0 is refused below.
+        p if p > u32::from(u8::MAX) => 0,
+        p => p as u8,
+    };
     let addr = if op == Op::Bind { addr } else { addr.unspecified_as_loopback() };
     let slot = cfg.active_slot();
 

@@ -376,3 +376,55 @@ fn the_pinned_state_is_root_only() {
         .expect("setpriv");
     assert!(!out.status.success(), "nobody listed the pinned maps");
 }
+
+/// ICMP "ping" sockets (`SOCK_DGRAM` + `IPPROTO_ICMP`/`IPPROTO_ICMPV6`) send
+/// without any sock_addr hook on the way (only their connect() has one), and
+/// any user in `net.ipv4.ping_group_range` may open them. A guard refuses
+/// their creation unless `allow_raw_sockets`, as for raw sockets.
+#[test]
+fn ping_sockets_are_refused_in_guarded_cgroups_unless_allowed() {
+    require_root!();
+    let mut sb = Sandbox::new("ping");
+    sb.cgroup("/app");
+    sb.cgroup("/loose");
+    // Ping sockets are open to every group in this test's own namespace, as
+    // systemd sets it on most hosts.
+    let out = Command::new("ip")
+        .args(["netns", "exec", &sb.netns, "sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647"])
+        .output()
+        .expect("run ip netns exec sysctl");
+    assert!(out.status.success(), "set ping_group_range: {}", String::from_utf8_lossy(&out.stderr));
+    sb.start_agent(&format!(
+        "{}\n[[guard]]\nname = \"loose\"\ncgroup = \"/loose\"\nallow_raw_sockets = true\n",
+        policy("")
+    ));
+    for peer in ["127.0.0.2", "::1"] {
+        assert_eq!(sb.probe("/app", &["ping", peer]), "err EPERM", "ping {peer} from a guard");
+        assert_eq!(sb.probe("/loose", &["ping", peer]), "ok", "ping {peer} where raw sockets are allowed");
+        assert_eq!(sb.probe("/", &["ping", peer]), "ok", "ping {peer} unguarded");
+    }
+    let e = sb.agent().wait_for("ping socket event", |l| l["event"] == "denial" && l["op"] == "socket");
+    assert_eq!(e["guard"], "app");
+}
+
+/// Multipath TCP sockets (`IPPROTO_MPTCP`) are judged as TCP: an allowed
+/// peer and port work, others are refused, and so are binds.
+#[test]
+fn mptcp_sockets_are_judged_as_tcp() {
+    require_root!();
+    let mut sb = Sandbox::new("mptcp");
+    sb.cgroup("/app");
+    let (_l, port) = sb.tcp_listener("127.0.0.1");
+    sb.start_agent(&policy(&format!("[[guard.connect]]\npeer = \"127.0.0.1\"\nports = [{port}]\n")));
+    assert_eq!(sb.probe("/app", &["connect", "mptcp", "127.0.0.1", &port.to_string()]), "ok", "allowed peer");
+    assert_eq!(sb.probe("/app", &["connect", "mptcp", "127.0.0.1", "8081"]), "err EPERM", "denied port");
+    assert_eq!(sb.probe("/app", &["bind", "mptcp", "127.0.0.1", "8080"]), "ok port=8080", "allowed bind");
+    assert_eq!(sb.probe("/app", &["bind", "mptcp", "127.0.0.1", "8081"]), "err EPERM", "denied bind");
+    assert_eq!(sb.probe("/app", &["connect", "mptcp", "::1", "8081"]), "err EPERM", "denied v6");
+    assert_eq!(
+        sb.probe("/app", &["serve", "mptcp", "127.0.0.1", "8080"]),
+        "ok port=8080",
+        "allowed listener"
+    );
+    assert_eq!(sb.probe("/app", &["serve", "mptcp", "::", "8080"]), "ok port=8080", "allowed v6 listener");
+}

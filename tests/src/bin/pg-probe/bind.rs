@@ -26,8 +26,8 @@ pub(crate) fn bind_unspec(proto: &str, port: u16) -> io::Result<String> {
     Ok(format!("ok port={}", local_port(s.0)))
 }
 
-pub(crate) fn serve(ip: IpAddr, port: u16) -> io::Result<String> {
-    let s = socket(family_of(ip), "tcp")?;
+pub(crate) fn serve(proto: &str, ip: IpAddr, port: u16) -> io::Result<String> {
+    let s = socket(family_of(ip), proto)?;
     bind_on(s.0, ip, port)?;
     // SAFETY: listen on our own socket.
     check(unsafe { libc::listen(s.0, 1) })?;
@@ -39,7 +39,7 @@ pub(crate) fn serve(ip: IpAddr, port: u16) -> io::Result<String> {
 pub(crate) fn hold(proto: &str, ip: IpAddr, port: u16) -> io::Result<String> {
     let s = socket(family_of(ip), proto)?;
     bind_on(s.0, ip, port)?;
-    if proto == "tcp" {
+    if proto != "udp" {
         // SAFETY: listen on our own socket.
         check(unsafe { libc::listen(s.0, 1) })?;
     }

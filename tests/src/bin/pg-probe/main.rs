@@ -33,8 +33,9 @@
 //!       creates the socket, prints "ready", waits for FILE, then connects
 //!       (after moving itself into PROCS, when given)
 //!   pg-probe socket raw|sctp|packet        (just create one)
+//!   pg-probe ping IP                       (ICMP ping socket, one echo request to IP)
 //!   pg-probe listen-unbound                (TCP listen() without bind(): autobind)
-//!   pg-probe serve IP PORT                 (TCP bind() then listen())
+//!   pg-probe serve [tcp|mptcp] IP PORT     (bind() then listen())
 //!   pg-probe hold tcp|udp IP PORT          (bind(), listen() for TCP, print "ok port=N",
 //!                                           then keep the port until killed)
 //!   pg-probe uring-connect tcp|udp IP PORT (connect through io_uring)
@@ -48,7 +49,8 @@
 //!       prints "bind: err ..." or the connect's verdict
 //! ```
 //!
-//! An IPv6 IP (including ::ffff:a.b.c.d) uses an AF_INET6 socket.
+//! An IPv6 IP (including ::ffff:a.b.c.d) uses an AF_INET6 socket. Where a
+//! command takes tcp|udp, `mptcp` (IPPROTO_MPTCP) works as well.
 //!
 //! This file only dispatches; each family of operations has its file:
 //! bind.rs, connect.rs, datagram.rs, socket_kinds.rs, scm_rights.rs,
@@ -74,7 +76,7 @@ use datagram::{sendmsg_to, sendto, sendto_autobind};
 use repeat::{flood, hammer};
 use scm_rights::scm_pass;
 use sock::{errno_name, parse_ip};
-use socket_kinds::create_socket;
+use socket_kinds::{create_socket, ping};
 use uring::{uring_bind, uring_connect, uring_listen_unbound};
 
 fn main() -> ExitCode {
@@ -99,8 +101,10 @@ fn main() -> ExitCode {
             wait_then_connect(proto, parse_ip(ip), port(p), file, Some(procs))
         }
         ["socket", kind] => create_socket(kind),
+        ["ping", ip] => ping(parse_ip(ip)),
         ["listen-unbound"] => listen_unbound(),
-        ["serve", ip, p] => serve(parse_ip(ip), port(p)),
+        ["serve", ip, p] => serve("tcp", parse_ip(ip), port(p)),
+        ["serve", proto, ip, p] => serve(proto, parse_ip(ip), port(p)),
         ["hold", proto, ip, p] => hold(proto, parse_ip(ip), port(p)),
         ["uring-connect", proto, ip, p] => uring_connect(proto, parse_ip(ip), port(p)),
         ["uring-bind", proto, ip, p] => uring_bind(proto, parse_ip(ip), port(p)),

@@ -32,13 +32,15 @@ impl Drop for Sock {
 }
 
 pub(crate) fn socket(family: libc::c_int, proto: &str) -> io::Result<Sock> {
-    let ty = match proto {
-        "tcp" => libc::SOCK_STREAM,
-        "udp" => libc::SOCK_DGRAM,
+    let (ty, protocol) = match proto {
+        "tcp" => (libc::SOCK_STREAM, 0),
+        "udp" => (libc::SOCK_DGRAM, 0),
+        // Multipath TCP: a stream socket of its own protocol, judged as TCP.
+        "mptcp" => (libc::SOCK_STREAM, libc::IPPROTO_MPTCP),
         other => panic!("unknown protocol {other}"),
     };
     // SAFETY: plain socket(2).
-    check(unsafe { libc::socket(family, ty, 0) }).map(Sock)
+    check(unsafe { libc::socket(family, ty, protocol) }).map(Sock)
 }
 
 /// A sockaddr for `ip:port`, sized for sockaddr_in6.
