@@ -6,7 +6,9 @@
 //!   eleven), at the worker's cgroup: what any cgroup-BPF design pays;
 //! * C2: portguard running with a guard on a sibling cgroup, the caller's
 //!   cgroup unguarded (portguard attaches only at guarded cgroups);
-//! * C3: portguard guarding the caller with N rules;
+//! * C3: portguard guarding the caller with N rules, and at 1,000 rules
+//!   once more with the port-inventory programs (post_bind, sock_ops,
+//!   sock_release) detached: the inventory's kernel cost is the difference;
 //! * C4: nftables `socket cgroupv2` rules doing the same job, as a rule list
 //!   or as one set lookup (in the sandbox's own network namespace).
 
@@ -33,6 +35,8 @@ pub(super) enum Kind {
     Empty,
     Unguarded,
     Portguard,
+    /// Portguard with its port-inventory programs detached.
+    PortguardNoInventory,
     NftList,
     NftSet,
 }
@@ -88,6 +92,31 @@ fn nft_ruleset(cgroup_path: &str, rules: usize, as_set: bool) -> String {
     let _ = writeln!(s, "    {m} meta l4proto tcp reject with tcp reset");
     let _ = writeln!(s, "    {m} drop\n  }}\n}}");
     s
+}
+
+/// The policy size of the inventory-off configuration.
+pub(super) const INVENTORY_OFF_RULES: usize = 1000;
+
+/// The programs that only feed the port inventory.
+const INVENTORY_PROGRAMS: [&str; 4] = ["pg_post_bind4", "pg_post_bind6", "pg_sock_ops", "pg_sock_release"];
+
+/// Detaches the inventory programs' pinned links at the guarded cgroup, so
+/// that the configuration runs the same enforcement without the inventory.
+/// The agent keeps running; it only attaches again for a new cgroup.
+fn detach_inventory(sb: &Sandbox) -> anyhow::Result<()> {
+    let mut detached = 0;
+    for dir in std::fs::read_dir(sb.bpffs.join("links"))?.flatten() {
+        for program in INVENTORY_PROGRAMS {
+            super::prog_stats::detach_pinned_link(&dir.path().join(program))
+                .map_err(|e| anyhow::anyhow!("detach {program} in {}: {e}", dir.path().display()))?;
+            detached += 1;
+        }
+    }
+    anyhow::ensure!(
+        detached == INVENTORY_PROGRAMS.len(),
+        "expected one guarded cgroup, detached {detached} links"
+    );
+    Ok(())
 }
 
 fn load_nft(sb: &Sandbox, ruleset: &str) -> anyhow::Result<()> {
@@ -157,6 +186,16 @@ pub(super) fn build(sizes: &[usize], nft_sizes: &[usize]) -> anyhow::Result<Vec<
             cgroup: "/w",
         });
     }
+    let mut sb = plain("c3i");
+    sb.start_agent(&portguard_policy(INVENTORY_OFF_RULES));
+    detach_inventory(&sb)?;
+    out.push(Config {
+        label: format!("C3 portguard, {INVENTORY_OFF_RULES} rules, inventory off"),
+        kind: Kind::PortguardNoInventory,
+        rules: INVENTORY_OFF_RULES,
+        sandbox: sb,
+        cgroup: "/w",
+    });
     for &n in nft_sizes {
         for as_set in [false, true] {
             let sb = plain("c4");

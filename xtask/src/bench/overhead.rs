@@ -42,7 +42,7 @@ fn trial(cfg: &Config, w: &Workload, allowed: bool) -> f64 {
         .unwrap_or(0);
     let enforced = match cfg.kind {
         Kind::Floor | Kind::Empty | Kind::Unguarded => false,
-        Kind::Portguard => true,
+        Kind::Portguard | Kind::PortguardNoInventory => true,
         Kind::NftList | Kind::NftSet => w.nft_sees_it,
     };
     // Nothing listens on the denied port, so an unguarded TCP connect to it
@@ -82,7 +82,7 @@ pub(super) struct Results {
 pub(super) fn run() -> anyhow::Result<Results> {
     let sizes = [10usize, 1_000, 100_000];
     let nft_sizes = [10usize, 1_000, 10_000];
-    eprintln!("xtask: bench: setting up {} configurations", 3 + sizes.len() + 2 * nft_sizes.len());
+    eprintln!("xtask: bench: setting up {} configurations", 4 + sizes.len() + 2 * nft_sizes.len());
     let configs = configs::build(&sizes, &nft_sizes)?;
     let stats_was = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")?;

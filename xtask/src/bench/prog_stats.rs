@@ -1,4 +1,5 @@
-//! BPF run statistics read straight from the kernel by program id.
+//! BPF run statistics read straight from the kernel by program id, and
+//! the one link operation the benchmark needs (detaching a pinned link).
 //!
 //! `bpftool prog show` also lists which processes hold each program, and
 //! finds them with a task-file iterator that takes a reference on every
@@ -16,6 +17,7 @@ use std::{
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_DETACH: libc::c_long = 34;
 
 /// Offsets in `struct bpf_prog_info` (stable uapi, append-only).
 const RUN_TIME_NS: usize = 192;
@@ -62,6 +64,25 @@ pub(super) fn run_stats(id: u32) -> Option<(u64, u64)> {
     let mut buf = [0u8; 256];
     info(&fd, &mut buf).ok()?;
     Some((u64_at(&buf, RUN_TIME_NS), u64_at(&buf, RUN_CNT)))
+}
+
+/// Detaches the link pinned at `path` from its hook (the pin stays, its
+/// program no longer runs).
+pub(super) fn detach_pinned_link(path: &Path) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes())?;
+    // pathname: u64, bpf_fd: u32, file_flags: u32.
+    let link = bpf(BPF_OBJ_GET, &mut [c.as_ptr() as u64, 0, 0])?;
+    let mut attr = [u64::from(link.as_raw_fd() as u32)];
+    // SAFETY: as in `bpf`: link_detach.link_fd is the attr's first u32.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            attr.as_mut_ptr().cast::<libc::c_void>(),
+            size_of_val(&attr) as u32,
+        )
+    };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// The program behind the link pinned at `path`.

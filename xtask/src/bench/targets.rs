@@ -144,7 +144,21 @@ pub(super) fn assess(rows: &[Value]) -> String {
             verdict(ratio <= 1.10)
         );
     }
-    // 6. A denial costs at most 2x an allowed decision (program run time).
+    // 6. The inventory's kernel side: W4 with it within 20% of W4 without.
+    let rules = Some(super::configs::INVENTORY_OFF_RULES as u64);
+    if let (Some(on), Some(off)) =
+        (find(rows, "w4", true, "Portguard", rules), find(rows, "w4", true, "PortguardNoInventory", rules))
+    {
+        let ratio = f(on, "median_ns") / f(off, "median_ns");
+        let _ = writeln!(
+            md,
+            "| w4 at 1,000 rules: inventory on within 20% of off | {:.0} ns vs {:.0} ns = {ratio:.2}x | {} |",
+            f(on, "median_ns"),
+            f(off, "median_ns"),
+            verdict(ratio <= 1.20)
+        );
+    }
+    // 7. A denial costs at most 2x an allowed decision (program run time).
     for (w, prog) in [("w1", "connect4"), ("w4", "bind4")] {
         if let (Some(ok), Some(denied)) =
             (find(rows, w, true, "Portguard", Some(1000)), find(rows, w, false, "Portguard", Some(1000)))
