@@ -29,7 +29,7 @@ use aya_ebpf::{
 };
 use portguard_common::{
     AF_INET, AF_INET6, Config, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, MODE_AUDIT, ORPHAN_GUARD_ID, Op,
-    SOCK_RAW, Verdict,
+    REASON_NONE, SOCK_RAW, Verdict,
 };
 
 use crate::{
@@ -130,8 +130,8 @@ fn judge(ctx: &SockAddrContext, op: Op, addr: Addr) -> i32 {
                 && match op {
                     Op::Bind => bind_allowed(info, slot, proto, &addr, port),
                     Op::Connect | Op::Sendmsg => connect_allowed(info, slot, proto, &addr, port),
-                    // Judged in sock_create and the LSM hooks, never here.
-                    Op::Socket | Op::Listen => false,
+                    // Judged in sock_create, the LSM hooks and ingress, never here.
+                    Op::Socket | Op::Listen | Op::Accept | Op::Receive => false,
                 };
             (info.guard_id, allowed, info.mode == MODE_AUDIT)
         }
@@ -154,6 +154,8 @@ fn judge(ctx: &SockAddrContext, op: Op, addr: Addr) -> i32 {
         proto,
         addr: &addr,
         port,
+        peer_port: 0,
+        reason: REASON_NONE,
     });
     if verdict == Verdict::Denied {
         return DENY;
