@@ -17,13 +17,17 @@
 mod addr;
 mod decide;
 mod identity;
+mod inbound;
 mod inventory;
 mod lsm;
 mod maps;
 mod report;
 mod socket_kinds;
+mod udp_peers;
 
 use aya_ebpf::{
+    EbpfContext,
+    helpers::generated::bpf_get_socket_cookie,
     macros::{cgroup_sock, cgroup_sock_addr},
     programs::{SockAddrContext, SockContext},
 };
@@ -123,13 +127,22 @@ fn judge(ctx: &SockAddrContext, op: Op, addr: Addr) -> i32 {
     let addr = if op == Op::Bind { addr } else { addr.unspecified_as_loopback() };
     let slot = cfg.active_slot();
 
+    // A UDP send to a peer the socket heard from lately (see udp_peers.rs).
+    let udp_peer = (proto == IPPROTO_UDP && op != Op::Bind).then(|| {
+        // SAFETY: the sock_addr context is what the helper expects.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        udp_peers::key(cookie, &addr, port)
+    });
     let (guard_id, allowed, audit) = match &guarded.info {
         Some(info) => {
             let known_proto = proto == IPPROTO_TCP || proto == IPPROTO_UDP;
             let allowed = known_proto
                 && match op {
                     Op::Bind => bind_allowed(info, slot, proto, &addr, port),
-                    Op::Connect | Op::Sendmsg => connect_allowed(info, slot, proto, &addr, port),
+                    Op::Connect | Op::Sendmsg => {
+                        udp_peer.as_ref().is_some_and(udp_peers::heard_lately)
+                            || connect_allowed(info, slot, proto, &addr, port)
+                    }
                     // Judged in sock_create, the LSM hooks and ingress, never here.
                     Op::Socket | Op::Listen | Op::Accept | Op::Receive => false,
                 };
@@ -159,6 +172,9 @@ fn judge(ctx: &SockAddrContext, op: Op, addr: Addr) -> i32 {
     });
     if verdict == Verdict::Denied {
         return DENY;
+    }
+    if let Some(key) = &udp_peer {
+        udp_peers::note_sent(key);
     }
     if op == Op::Bind {
         mark_bound(ctx);

@@ -77,10 +77,19 @@ pub(crate) fn record(d: &Decision) {
         bump(&PG_STATS, stats::EVENTS_LOST);
         return;
     };
+    // A packet is judged in softirq context, where the current task is
+    // whoever was interrupted (on loopback often the sender): no task is
+    // named for inbound decisions. `op` is a constant at every call site,
+    // so the packet program never contains these helpers.
+    let (pid_tgid, comm) = if d.op.is_inbound() {
+        (0, [0; 16])
+    } else {
+        (bpf_get_current_pid_tgid(), bpf_get_current_comm().unwrap_or([0; 16]))
+    };
     entry.write(DecisionEvent {
         sock_cgroup: d.guarded.sock_cgroup,
         guard_cgroup: d.guarded.guard_cgroup,
-        pid_tgid: bpf_get_current_pid_tgid(),
+        pid_tgid,
         generation: d.generation,
         count,
         guard_id: d.guard_id,
@@ -92,7 +101,7 @@ pub(crate) fn record(d: &Decision) {
         peer_port: d.peer_port,
         reason: d.reason,
         _pad: [0; 3],
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        comm,
         addr: d.addr.bytes,
     });
     entry.submit(0);

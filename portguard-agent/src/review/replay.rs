@@ -171,6 +171,8 @@ fn op_str(op: RecordOp) -> &'static str {
         RecordOp::Sendmsg => "sendmsg",
         RecordOp::Socket => "socket",
         RecordOp::Listen => "listen",
+        RecordOp::Accept => "accept",
+        RecordOp::Receive => "receive",
     }
 }
 

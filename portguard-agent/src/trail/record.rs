@@ -36,6 +36,43 @@ pub(crate) enum RecordOp {
     Sendmsg,
     Socket,
     Listen,
+    /// An inbound TCP connection: `addr` is the peer's, `port` the local
+    /// (approved) port, `peer_port` the peer's.
+    Accept,
+    /// An inbound UDP datagram, fields as for `accept`.
+    Receive,
+}
+
+/// Why an inbound connection or datagram was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum InboundReason {
+    /// The source is not in the `from` of the rule approving the port.
+    NotFrom,
+    /// No bind rule approves the port: a TCP listener that went live
+    /// without a judged bind, or a UDP client socket hearing from a peer
+    /// it did not send to.
+    UnapprovedPort,
+}
+
+impl InboundReason {
+    pub(crate) fn from_kernel(reason: u8) -> Option<InboundReason> {
+        match reason {
+            portguard_common::REASON_NOT_FROM => Some(InboundReason::NotFrom),
+            portguard_common::REASON_UNAPPROVED_PORT => Some(InboundReason::UnapprovedPort),
+            _ => None,
+        }
+    }
+
+    /// As the log line says it.
+    pub(crate) fn explain(self) -> &'static str {
+        match self {
+            InboundReason::NotFrom => "the peer is not in the from of the rule approving the port",
+            InboundReason::UnapprovedPort => {
+                "no bind rule approves the port (a listener that went live without a judged bind, or a UDP client hearing from a peer it did not send to)"
+            }
+        }
+    }
 }
 
 impl RecordOp {
@@ -44,7 +81,7 @@ impl RecordOp {
         match self {
             RecordOp::Bind => Some(Action::Bind),
             RecordOp::Connect | RecordOp::Sendmsg => Some(Action::Connect),
-            RecordOp::Socket | RecordOp::Listen => None,
+            RecordOp::Socket | RecordOp::Listen | RecordOp::Accept | RecordOp::Receive => None,
         }
     }
 }
@@ -90,6 +127,12 @@ pub(crate) struct Record {
     /// For `port_closed`: seconds the port was live.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_seconds: Option<u64>,
+    /// For `accept` and `receive`: the peer's port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_port: Option<u16>,
+    /// For refused or audited `accept` and `receive`: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<InboundReason>,
 }
 
 fn one() -> u64 {
@@ -133,6 +176,8 @@ impl Record {
             status: None,
             rule: None,
             open_seconds: None,
+            peer_port: None,
+            reason: None,
         }
     }
 
