@@ -1,7 +1,8 @@
 //! `portguard replay --policy NEW --events TRAIL`: what a policy change
 //! would have done to operations a running agent recorded. Each distinct
 //! operation in the trail (ports that went live, refused and audited
-//! operations) is judged under NEW and compared with what happened.
+//! operations, inbound connections and datagrams refused or audited) is
+//! judged under NEW and compared with what happened.
 
 use std::{collections::BTreeMap, net::IpAddr, ops::RangeInclusive, path::Path, process::ExitCode};
 
@@ -11,7 +12,7 @@ use serde::Serialize;
 use crate::{
     EXIT_BAD_INPUT,
     cli::OutputFormat,
-    policy::{self, Policy},
+    policy::{self, Policy, Proto, eval::Judgement},
     trail::{self, Record, RecordKind, RecordOp},
 };
 
@@ -80,7 +81,7 @@ pub(crate) fn replay(policy: &Policy, records: &[Record], ephemeral: RangeInclus
                 continue;
             }
         };
-        if r.op.action().is_none() {
+        if r.op.action().is_none() && !r.op.is_inbound() {
             out.skipped += 1;
             continue;
         }
@@ -93,18 +94,33 @@ pub(crate) fn replay(policy: &Policy, records: &[Record], ephemeral: RangeInclus
         e.0 = e.0.min(recorded);
         e.1 += r.count;
     }
+    let locals = local_addresses(records);
     for (operation, (recorded, count, comm, went_live, reported)) in ops {
-        let action = operation.op.action().expect("filtered above");
         // Another protocol than TCP and UDP matches no rule: never TCP's.
         let transport = operation.proto.parse().unwrap_or(Transport::Other(0));
-        let judge = |port| {
-            let (cgroup, reported) = (&operation.cgroup, reported.as_deref());
-            policy.judge_observed(cgroup, reported, action, transport, operation.addr, port)
+        let (cgroup, reported) = (&operation.cgroup, reported.as_deref());
+        let j = match operation.op.action() {
+            Some(action) => {
+                let judge =
+                    |port| policy.judge_observed(cgroup, reported, action, transport, operation.addr, port);
+                let mut j = judge(operation.port);
+                if !j.allowed() && went_live && ephemeral.contains(&operation.port) {
+                    j = judge(0);
+                }
+                j
+            }
+            // Inbound: `addr` is the peer, `port` the local port. The
+            // kernel judges only TCP and UDP sockets' packets.
+            None => match Proto::of(transport) {
+                Some(proto) => {
+                    let local = locals.get(&(cgroup.clone(), transport, operation.port)).copied().flatten();
+                    policy
+                        .judge_inbound(cgroup, reported, proto, local, operation.port, operation.addr)
+                        .judgement
+                }
+                None => Judgement::Unguarded,
+            },
         };
-        let mut j = judge(operation.port);
-        if !j.allowed() && went_live && ephemeral.contains(&operation.port) {
-            j = judge(0);
-        }
         let new = if j.allowed() {
             Outcome::Allowed
         } else if j.passes() {
@@ -126,6 +142,24 @@ pub(crate) fn replay(policy: &Policy, records: &[Record], ephemeral: RangeInclus
     out
 }
 
+/// The local address of each (socket cgroup, protocol, port) that went
+/// live in the trail, for judging inbound records (which carry only the
+/// local port): `None` when it went live on more than one address.
+fn local_addresses(records: &[Record]) -> BTreeMap<(String, Transport, u16), Option<IpAddr>> {
+    let mut out: BTreeMap<(String, Transport, u16), Option<IpAddr>> = BTreeMap::new();
+    for r in records.iter().filter(|r| matches!(r.event, RecordKind::PortOpened | RecordKind::PortBrief)) {
+        let addr = crate::policy::eval::canonical(r.addr);
+        out.entry((r.cgroup.clone(), r.proto, r.port))
+            .and_modify(|seen| {
+                if *seen != Some(addr) {
+                    *seen = None;
+                }
+            })
+            .or_insert(Some(addr));
+    }
+    out
+}
+
 fn text(r: &Replay) -> String {
     let mut out = String::new();
     let mut section = |title: &str, changes: &[Change]| {
@@ -139,12 +173,18 @@ fn text(r: &Replay) -> String {
                 IpAddr::V6(a) => format!("[{a}]:{}", o.port),
                 a => format!("{a}:{}", o.port),
             };
+            let what = if o.op.is_inbound() {
+                // No process is named for a packet: the socket's cgroup is.
+                let peer = match o.addr {
+                    IpAddr::V6(a) => format!("[{a}]"),
+                    a => a.to_string(),
+                };
+                format!("{} {}/{} from {peer} in {}", op_str(o.op), o.port, o.proto, o.cgroup)
+            } else {
+                format!("{} {peer}/{} from {} ({})", op_str(o.op), o.proto, o.cgroup, c.comm)
+            };
             out.push_str(&format!(
-                "  {} {peer}/{} from {} ({}): guard {}, seen {} times, recorded {}\n",
-                op_str(o.op),
-                o.proto,
-                o.cgroup,
-                c.comm,
+                "  {what}: guard {}, seen {} times, recorded {}\n",
                 c.guard.as_deref().unwrap_or("(none)"),
                 c.count,
                 outcome_str(c.recorded)

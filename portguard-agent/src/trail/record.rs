@@ -76,6 +76,12 @@ impl InboundReason {
 }
 
 impl RecordOp {
+    /// A packet received (`accept`, `receive`): `addr` is the peer's and
+    /// `port` the local one.
+    pub(crate) fn is_inbound(self) -> bool {
+        matches!(self, RecordOp::Accept | RecordOp::Receive)
+    }
+
     /// The rule kind that decides it, if a rule can.
     pub(crate) fn action(self) -> Option<Action> {
         match self {
