@@ -219,3 +219,75 @@ cgroup = "/db"
     let r = replay::replay(&p, &without, 32768..=60999);
     assert!(peers(&r.newly_denied).contains(&("10.0.9.9".into(), 6432)), "{:?}", r.newly_denied);
 }
+
+#[test]
+fn suggest_drafts_from_out_of_the_peers_each_port_saw() {
+    let mut recs = inbound_records();
+    // Six clients of one /24 reach 5432: the network, not six hosts.
+    for host in 1..=6 {
+        let line = format!(
+            r#"{{"time":"t","event":"audited","guard":"db","guard_cgroup":"/db","mode":"audit","cgroup":"/db","pid":0,"comm":"","op":"accept","proto":"tcp","addr":"10.0.5.{host}","port":5432,"reason":"not_from"}}"#
+        );
+        recs.push(serde_json::from_str(&line).unwrap());
+    }
+    let current = load(
+        r#"
+[[guard]]
+name = "db"
+cgroup = "/db"
+mode = "audit"
+  [[guard.bind]]
+  ports = [5432]
+  from = "10.0.1.0/24"
+  [[guard.bind]]
+  ports = [6432]
+  address = "127.0.0.1"
+  from = "127.0.0.1"
+"#,
+    );
+    let opts = suggest::Options {
+        guard: None,
+        current: Some(current),
+        mode: Mode::Enforce,
+        ephemeral: 32768..=60999,
+    };
+    let text = suggest::suggest(&recs, &opts);
+    let p = load(&text);
+    let g = &p.guards[0];
+    let from_of = |port: u16| {
+        let rule = g
+            .bind
+            .iter()
+            .find(|r| r.ports.iter().any(|s| s.first == port))
+            .unwrap_or_else(|| panic!("{port}:\n{text}"));
+        rule.from.as_ref().map(|f| f.iter().map(ToString::to_string).collect::<Vec<_>>())
+    };
+    // The current from stays; the reported peers join it.
+    assert_eq!(
+        from_of(5432),
+        Some(vec!["10.0.1.0/24".into(), "10.0.2.7/32".into(), "10.0.3.9/32".into(), "10.0.5.0/24".into()]),
+        "{text}"
+    );
+    assert_eq!(from_of(6432), Some(vec!["10.0.9.9/32".into(), "127.0.0.1/32".into()]), "{text}");
+    // A UDP datagram to a port that never went live drafts no rule.
+    assert!(!text.contains("5353"), "{text}");
+    // Enforced, the draft lets in exactly what was reported and what the old from let in.
+    let j = |port, peer: &str| {
+        p.judge_inbound(
+            "/db",
+            None,
+            Proto::Tcp,
+            Some("127.0.0.1".parse().unwrap()),
+            port,
+            peer.parse().unwrap(),
+        )
+        .judgement
+        .allowed()
+    };
+    assert!(j(5432, "10.0.5.200") && j(5432, "10.0.1.9") && j(5432, "::ffff:10.0.2.7"));
+    assert!(!j(5432, "10.0.2.8") && !j(6432, "10.0.9.10"));
+    // Replayed, only that datagram is refused.
+    let r = replay::replay(&p, &recs, 32768..=60999);
+    let denied: Vec<u16> = r.newly_denied.iter().map(|c| c.operation.port).collect();
+    assert_eq!(denied, vec![5353], "{:?}", r.newly_denied);
+}
