@@ -335,6 +335,7 @@ fn a_syn_flood_at_a_denied_port_is_counted_exactly_and_reported_coalesced() {
     let mut server = hold_on(&sb, "/db", "tcp", "0.0.0.0", 6379);
     let before = sb.agent().metrics();
     let received_before = metric_sum(&before, "portguard_events_received_total", &[]);
+    let cpu_before = agent_cpu_ticks(sb.agent().pid());
     let start = Instant::now();
     let sent =
         b.probe(&["syn-flood", &b.v4.to_string(), &b.server_v4.to_string(), "6379", &SYNS.to_string()]);
@@ -348,14 +349,69 @@ fn a_syn_flood_at_a_denied_port_is_counted_exactly_and_reported_coalesced() {
     let events = metric_sum(&metrics, "portguard_events_received_total", &[]) - received_before;
     assert!(events >= 1 && events <= cpus * (seconds + 1), "{events} events for {SYNS} SYNs in {seconds} s");
     let agent_pid = sb.agent().pid();
+    let cpu_after = agent_cpu_ticks(agent_pid);
     let status = std::fs::read_to_string(format!("/proc/{agent_pid}/status")).expect("agent status");
     let rss = status.lines().find(|l| l.starts_with("VmRSS")).unwrap_or("VmRSS: ?");
-    let stat = std::fs::read_to_string(format!("/proc/{agent_pid}/stat")).expect("agent stat");
-    let f: Vec<&str> = stat.rsplit_once(") ").map_or(vec![], |(_, r)| r.split_whitespace().collect());
     eprintln!(
-        "SYN flood: {SYNS} SYNs, {events} events, agent utime+stime {} ticks, {rss}",
-        f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
-            + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+        "SYN flood: {SYNS} SYNs, {events} events, agent CPU {} ticks (1/100 s) during the flood, {rss}",
+        cpu_after - cpu_before
     );
     let _ = server.kill();
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn agent_cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("agent stat");
+    let fields: Vec<&str> = stat.rsplit_once(") ").map_or(vec![], |(_, r)| r.split_whitespace().collect());
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+#[test]
+fn a_kernel_chosen_port_is_a_client_and_refusing_one_says_why() {
+    require_root!();
+    let mut sb = Sandbox::new("inbound-ephemeral");
+    sb.cgroup("/app");
+    sb.cgroup("/strict");
+    let a = sb.add_host(1);
+    let b = sb.add_host(2);
+    sb.start_agent(&format!(
+        "[[guard]]\nname = \"app\"\ncgroup = \"/app\"\nallow_ephemeral_bind = true\n[[guard.connect]]\npeer = \"{}\"\nports = [5300]\nproto = \"udp\"\n\n[[guard]]\nname = \"strict\"\ncgroup = \"/strict\"\n",
+        a.v4
+    ));
+    // A client on a kernel-chosen port hears the server it asked...
+    let mut server = a.spawn_probe(&["udp-serve", "0.0.0.0", "5300"]);
+    let mut line = String::new();
+    BufReader::new(server.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("read");
+    assert_eq!(sb.probe("/app", &["udp-ask", &a.v4.to_string(), "5300", SHORT_MS]), "reply echo");
+    // ...but nobody else: its port is no approved server.
+    let mut waiting = sb.spawn_probe("/app", &["udp-wait", "0.0.0.0", "0", "1500"]);
+    let mut line = String::new();
+    BufReader::new(waiting.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("read");
+    let port = line.trim().strip_prefix("ok port=").expect("bound").to_owned();
+    assert_eq!(b.probe(&["udp-ask", &b.server_v4.to_string(), &port, "300"]), "timeout");
+    let mut rest = String::new();
+    BufReader::new(waiting.stdout.take().expect("stdout")).read_line(&mut rest).expect("read");
+    assert_eq!(rest.trim(), "timeout", "the unsolicited datagram never arrived");
+    let _ = waiting.wait();
+    let e = sb.agent().wait_for("receive denial", |l| l["event"] == "denial" && l["op"] == "receive");
+    assert_eq!(e["reason"], "unapproved_port");
+    // A TCP listener on a kernel-chosen port receives no connection.
+    let mut listener = hold_on_any(&sb, "/app");
+    let lport = listener.1.clone();
+    assert_eq!(b.probe(&["tcp-try", &b.server_v4.to_string(), &lport, SHORT_MS]), "timeout");
+
+    // Without the flag, port 0 is refused and the log says why in words.
+    assert_eq!(sb.probe("/strict", &["bind", "udp", "0.0.0.0", "0"]), "err EPERM");
+    let e = sb.agent().wait_for("port 0 refusal", |l| l["event"] == "denial" && l["guard"] == "strict");
+    assert_eq!(e["message"], "bind to port 0 refused: guard strict does not set allow_ephemeral_bind");
+    let _ = (server.kill(), listener.0.kill());
+}
+
+/// A TCP listener on a kernel-chosen port (bind to port 0) in `rel`.
+fn hold_on_any(sb: &Sandbox, rel: &str) -> (Child, String) {
+    let mut child = sb.spawn_probe(rel, &["hold", "tcp", "0.0.0.0", "0"]);
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("read");
+    let port = line.trim().strip_prefix("ok port=").expect("listening").to_owned();
+    (child, port)
 }
