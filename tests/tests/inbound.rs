@@ -6,6 +6,16 @@ use std::{io::BufRead as _, io::BufReader, path::Path, process::Child, time::Ins
 
 use portguard_tests::{Host, Sandbox, metric_sum, require_root};
 
+/// A child process killed and reaped when the test ends, however it ends.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A denied SYN is dropped: the client hears nothing and gives up here.
 const SHORT_MS: &str = "1000";
 
@@ -28,11 +38,11 @@ purpose = "session cache"
     )
 }
 
-fn start_redis(sb: &Sandbox, rel: &str, port: u16) -> Child {
+fn start_redis(sb: &Sandbox, rel: &str, port: u16) -> Running {
     let redis = Path::new("/usr/bin/redis-server");
     assert!(redis.exists(), "redis-server is installed by `cargo xtask setup`");
     let port = port.to_string();
-    let child = sb.spawn_in(
+    Running(sb.spawn_in(
         rel,
         redis,
         &[
@@ -49,8 +59,7 @@ fn start_redis(sb: &Sandbox, rel: &str, port: u16) -> Child {
             "--daemonize",
             "no",
         ],
-    );
-    child
+    ))
 }
 
 /// Waits until `program`'s TCP port is live in the sandbox (the agent
@@ -87,7 +96,7 @@ fn from_lets_only_listed_hosts_reach_a_real_server() {
     let a = sb.add_host(1);
     let b = sb.add_host(2);
     sb.start_agent(&redis_policy("enforce", &[a.v4.to_string(), a.v6.to_string()]));
-    let mut redis = start_redis(&sb, "/db", 6379);
+    let _redis = start_redis(&sb, "/db", 6379);
     wait_live(&sb, "tcp", 6379);
 
     assert_eq!(redis_ping(&a, &a.server_v4.to_string(), 6379), "PONG", "the listed host");
@@ -114,7 +123,6 @@ fn from_lets_only_listed_hosts_reach_a_real_server() {
         metric_sum(&metrics, "portguard_denials_total", &[]),
         accept_counter(&metrics, "portguard_denials_total", 6379)
     );
-    let _ = redis.kill();
 }
 
 #[test]
@@ -130,22 +138,21 @@ fn a_dual_stack_listener_is_judged_by_ipv4_and_ipv6_sources() {
     );
     sb.start_agent(&policy);
     // One socket on [::]:7000: IPv4 clients arrive v4-mapped.
-    let mut server = hold_on(&sb, "/db", "tcp", "::", 7000);
+    let _server = hold_on(&sb, "/db", "tcp", "::", 7000);
     let try_ = |h: &Host, ip: String| h.probe(&["tcp-try", &ip, "7000", SHORT_MS]);
     assert_eq!(try_(&a, a.server_v4.to_string()), "ok", "IPv4 (v4-mapped on the socket) from the listed /32");
     assert_eq!(try_(&a, a.server_v6.to_string()), "ok", "IPv6 from the listed /64");
     assert_eq!(try_(&b, b.server_v4.to_string()), "timeout", "IPv4 from elsewhere");
     assert_eq!(try_(&b, b.server_v6.to_string()), "timeout", "IPv6 from elsewhere");
-    let _ = server.kill();
 }
 
 /// `pg-probe hold PROTO IP PORT` in `rel`, once its port is live.
-fn hold_on(sb: &Sandbox, rel: &str, proto: &str, ip: &str, port: u16) -> Child {
+fn hold_on(sb: &Sandbox, rel: &str, proto: &str, ip: &str, port: u16) -> Running {
     let mut child = sb.spawn_probe(rel, &["hold", proto, ip, &port.to_string()]);
     let mut line = String::new();
     BufReader::new(child.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("read");
     assert_eq!(line.trim(), format!("ok port={port}"), "hold {proto} {ip} {port} in {rel}");
-    child
+    Running(child)
 }
 
 #[test]
@@ -156,7 +163,7 @@ fn audit_mode_lets_everyone_in_and_reports_the_unlisted() {
     let a = sb.add_host(1);
     let b = sb.add_host(2);
     sb.start_agent(&redis_policy("audit", &[a.v4.to_string()]));
-    let mut redis = start_redis(&sb, "/db", 6379);
+    let _redis = start_redis(&sb, "/db", 6379);
     wait_live(&sb, "tcp", 6379);
     assert_eq!(redis_ping(&a, &a.server_v4.to_string(), 6379), "PONG");
     assert_eq!(redis_ping(&b, &b.server_v4.to_string(), 6379), "PONG", "audit mode lets it through");
@@ -173,7 +180,6 @@ fn audit_mode_lets_everyone_in_and_reports_the_unlisted() {
         1,
         "one connection from the listed host: its SYN counts, not its ACK: {metrics}"
     );
-    let _ = redis.kill();
 }
 
 #[test]
@@ -184,9 +190,9 @@ fn a_live_reload_opens_and_closes_reach_at_once() {
     let a = sb.add_host(1);
     let b = sb.add_host(2);
     sb.start_agent(&redis_policy("enforce", &[a.v4.to_string()]));
-    let mut redis = start_redis(&sb, "/db", 6379);
+    let _redis = start_redis(&sb, "/db", 6379);
     // An unguarded server beside it, in the sandbox's root cgroup.
-    let mut free = start_redis(&sb, "/", 6380);
+    let _free = start_redis(&sb, "/", 6380);
     wait_live(&sb, "tcp", 6379);
     let b_server = b.server_v4.to_string();
     assert!(redis_ping(&b, &b_server, 6379).contains("timed out"));
@@ -198,7 +204,6 @@ fn a_live_reload_opens_and_closes_reach_at_once() {
     assert!(redis_ping(&b, &b_server, 6379).contains("timed out"), "removed: its next connection is refused");
     assert_eq!(redis_ping(&a, &a.server_v4.to_string(), 6379), "PONG");
     assert_eq!(redis_ping(&b, &b_server, 6380), "PONG");
-    let _ = (redis.kill(), free.kill());
 }
 
 #[test]
@@ -214,7 +219,7 @@ fn udp_datagrams_come_only_from_listed_hosts_and_replies_need_no_connect_rule() 
         a.v4, a.v6
     );
     sb.start_agent(&policy);
-    let mut server = hold_serve(&sb, "/svc", "::", 5353);
+    let _server = hold_serve(&sb, "/svc", "::", 5353);
     assert_eq!(a.probe(&["udp-ask", &a.server_v4.to_string(), "5353", SHORT_MS]), "reply echo", "IPv4");
     assert_eq!(a.probe(&["udp-ask", &a.server_v6.to_string(), "5353", SHORT_MS]), "reply echo", "IPv6");
     assert_eq!(b.probe(&["udp-ask", &b.server_v4.to_string(), "5353", SHORT_MS]), "timeout", "unlisted");
@@ -229,16 +234,15 @@ fn udp_datagrams_come_only_from_listed_hosts_and_replies_need_no_connect_rule() 
     assert_eq!(asked, "reply err EPERM", "no connect rule, no query from that peer");
     let out = waiting.wait_with_output().expect("udp-wait");
     assert!(String::from_utf8_lossy(&out.stdout).ends_with("timeout\n"), "{:?}", out);
-    let _ = server.kill();
 }
 
 /// `pg-probe udp-serve IP PORT` in `rel`, once bound.
-fn hold_serve(sb: &Sandbox, rel: &str, ip: &str, port: u16) -> Child {
+fn hold_serve(sb: &Sandbox, rel: &str, ip: &str, port: u16) -> Running {
     let mut child = sb.spawn_probe(rel, &["udp-serve", ip, &port.to_string()]);
     let mut line = String::new();
     BufReader::new(child.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("read");
     assert_eq!(line.trim(), format!("ok port={port}"));
-    child
+    Running(child)
 }
 
 #[test]
@@ -255,7 +259,7 @@ fn dnsmasq_answers_real_dig_clients_with_only_its_bind_rule() {
     );
     // Upstream for names it does not know: host b, which never queries it.
     let upstream = format!("--server={}", b.v4);
-    let mut dns = sb.spawn_in(
+    let _dns = Running(sb.spawn_in(
         "/dns",
         dnsmasq,
         &[
@@ -271,7 +275,7 @@ fn dnsmasq_answers_real_dig_clients_with_only_its_bind_rule() {
             &upstream,
             "--log-facility=-",
         ],
-    );
+    ));
     wait_live(&sb, "udp", 53);
     let dig = |h: &Host, server: String, name: &str, ty: &str| {
         h.run_text(
@@ -293,7 +297,6 @@ fn dnsmasq_answers_real_dig_clients_with_only_its_bind_rule() {
         l["event"] == "denial" && l["addr"] == b.v4.to_string() && l["port"] == 53 && l["comm"] == "dnsmasq"
     });
     assert!(matches!(e["op"].as_str(), Some("sendmsg" | "connect")), "{e}");
-    let _ = dns.kill();
 }
 
 #[test]
@@ -303,9 +306,9 @@ fn a_listener_that_went_live_without_bind_receives_nothing() {
     sb.cgroup("/app");
     let a = sb.add_host(1);
     sb.start_agent("[[guard]]\nname = \"app\"\ncgroup = \"/app\"\n[[guard.bind]]\nports = [8080]\n");
-    let mut child = sb.spawn_probe("/app", &["hold-unbound"]);
+    let mut child = Running(sb.spawn_probe("/app", &["hold-unbound"]));
     let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("read");
+    BufReader::new(child.0.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("read");
     let Some(port) = line.trim().strip_prefix("ok port=") else {
         // The BPF LSM refused the listen() itself: the stronger close.
         assert_eq!(line.trim(), "err EPERM");
@@ -315,12 +318,11 @@ fn a_listener_that_went_live_without_bind_receives_nothing() {
     let e = sb.agent().wait_for("unapproved listener", |l| l["event"] == "denial" && l["op"] == "accept");
     assert_eq!((e["reason"].as_str(), e["port"].as_u64()), (Some("unapproved_port"), port.parse().ok()));
     // The same listen() unguarded is reachable.
-    let mut free = sb.spawn_probe("/", &["hold-unbound"]);
+    let mut free = Running(sb.spawn_probe("/", &["hold-unbound"]));
     let mut line = String::new();
-    BufReader::new(free.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("read");
+    BufReader::new(free.0.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("read");
     let free_port = line.trim().strip_prefix("ok port=").expect("unguarded listen").to_owned();
     assert_eq!(a.probe(&["tcp-try", &a.server_v4.to_string(), &free_port, SHORT_MS]), "ok");
-    let _ = (child.kill(), free.kill());
 }
 
 #[test]
@@ -332,7 +334,7 @@ fn a_syn_flood_at_a_denied_port_is_counted_exactly_and_reported_coalesced() {
     let a = sb.add_host(1);
     let b = sb.add_host(2);
     sb.start_agent(&redis_policy("enforce", &[a.v4.to_string()]));
-    let mut server = hold_on(&sb, "/db", "tcp", "0.0.0.0", 6379);
+    let _server = hold_on(&sb, "/db", "tcp", "0.0.0.0", 6379);
     let before = sb.agent().metrics();
     let received_before = metric_sum(&before, "portguard_events_received_total", &[]);
     let cpu_before = agent_cpu_ticks(sb.agent().pid());
@@ -356,7 +358,6 @@ fn a_syn_flood_at_a_denied_port_is_counted_exactly_and_reported_coalesced() {
         "SYN flood: {SYNS} SYNs, {events} events, agent CPU {} ticks (1/100 s) during the flood, {rss}",
         cpu_after - cpu_before
     );
-    let _ = server.kill();
 }
 
 /// utime + stime of `pid`, in clock ticks.
@@ -379,9 +380,9 @@ fn a_kernel_chosen_port_is_a_client_and_refusing_one_says_why() {
         a.v4
     ));
     // A client on a kernel-chosen port hears the server it asked...
-    let mut server = a.spawn_probe(&["udp-serve", "0.0.0.0", "5300"]);
+    let mut server = Running(a.spawn_probe(&["udp-serve", "0.0.0.0", "5300"]));
     let mut line = String::new();
-    BufReader::new(server.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("read");
+    BufReader::new(server.0.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("read");
     assert_eq!(sb.probe("/app", &["udp-ask", &a.v4.to_string(), "5300", SHORT_MS]), "reply echo");
     // ...but nobody else: its port is no approved server.
     let mut waiting = sb.spawn_probe("/app", &["udp-wait", "0.0.0.0", "0", "1500"]);
@@ -396,22 +397,20 @@ fn a_kernel_chosen_port_is_a_client_and_refusing_one_says_why() {
     let e = sb.agent().wait_for("receive denial", |l| l["event"] == "denial" && l["op"] == "receive");
     assert_eq!(e["reason"], "unapproved_port");
     // A TCP listener on a kernel-chosen port receives no connection.
-    let mut listener = hold_on_any(&sb, "/app");
-    let lport = listener.1.clone();
+    let (_listener, lport) = hold_on_any(&sb, "/app");
     assert_eq!(b.probe(&["tcp-try", &b.server_v4.to_string(), &lport, SHORT_MS]), "timeout");
 
     // Without the flag, port 0 is refused and the log says why in words.
     assert_eq!(sb.probe("/strict", &["bind", "udp", "0.0.0.0", "0"]), "err EPERM");
     let e = sb.agent().wait_for("port 0 refusal", |l| l["event"] == "denial" && l["guard"] == "strict");
     assert_eq!(e["message"], "bind to port 0 refused: guard strict does not set allow_ephemeral_bind");
-    let _ = (server.kill(), listener.0.kill());
 }
 
 /// A TCP listener on a kernel-chosen port (bind to port 0) in `rel`.
-fn hold_on_any(sb: &Sandbox, rel: &str) -> (Child, String) {
+fn hold_on_any(sb: &Sandbox, rel: &str) -> (Running, String) {
     let mut child = sb.spawn_probe(rel, &["hold", "tcp", "0.0.0.0", "0"]);
     let mut line = String::new();
     BufReader::new(child.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("read");
     let port = line.trim().strip_prefix("ok port=").expect("listening").to_owned();
-    (child, port)
+    (Running(child), port)
 }
