@@ -151,8 +151,15 @@ impl DenialLog {
             format!("{peer}/{}", e.proto)
         };
         let why = reason.map_or(String::new(), |r| format!(": {}", r.explain()));
-        let what = match e.verdict {
-            Some(Verdict::Audited) => format!("audit: {op} {target} would be denied{why}"),
+        let what = match (e.verdict, e.op) {
+            // A kernel-chosen port: nothing in the address says why, so say it.
+            (Some(Verdict::Audited), Some(Op::Bind)) if e.port == 0 => format!(
+                "audit: bind to port 0 would be refused: guard {guard} does not set allow_ephemeral_bind"
+            ),
+            (_, Some(Op::Bind)) if e.port == 0 => {
+                format!("bind to port 0 refused: guard {guard} does not set allow_ephemeral_bind")
+            }
+            (Some(Verdict::Audited), _) => format!("audit: {op} {target} would be denied{why}"),
             _ => format!("denied {op} {target}{why}"),
         };
         // The kernel sends the first denial of a kind per interval and counts
