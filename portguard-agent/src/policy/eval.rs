@@ -293,11 +293,6 @@ impl GuardSpec {
             Some(_) => Inbound::refused(self, InboundReason::NotFrom),
         }
     }
-
-    /// Who may reach a port approved by bind rule `rule`: `None` for any peer.
-    pub(crate) fn audience(&self, rule: usize) -> Option<&[ipnet::IpNet]> {
-        self.bind[rule].from.as_deref()
-    }
 }
 
 /// `path` is `dir` or lies below it.

@@ -294,6 +294,7 @@ cgroup = "/api"
   approved_by = "sec-review"
   ticket = "SEC-42"
   expires = 2027-03-31
+  from = "any"
   [[guard.connect]]
   peer = "10.0.0.0/8"
   ports = [5432]
@@ -308,8 +309,8 @@ cgroup = "/api"
         assert_eq!(
             missing,
             vec![
-                ("connect", 0, 13, FindingKind::Missing { field: "owner" }),
-                ("connect", 0, 13, FindingKind::Missing { field: "purpose" }),
+                ("connect", 0, 14, FindingKind::Missing { field: "owner" }),
+                ("connect", 0, 14, FindingKind::Missing { field: "purpose" }),
             ]
         );
         assert!(f.iter().all(catalog::Finding::fails_strict));

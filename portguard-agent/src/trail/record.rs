@@ -7,7 +7,7 @@ use portguard_common::Transport;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    inventory::{Approval, RuleInfo},
+    inventory::{Approval, Audience, RuleInfo},
     policy::{Proto, eval::Action},
 };
 
@@ -130,6 +130,9 @@ pub(crate) struct Record {
     /// For approved ports: the rule, with its catalog entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<RuleInfo>,
+    /// For port events: who may reach the port (`inventory::Audience`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<Audience>,
     /// For `port_closed`: seconds the port was live.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_seconds: Option<u64>,
@@ -181,6 +184,7 @@ impl Record {
             count: 1,
             status: None,
             rule: None,
+            audience: None,
             open_seconds: None,
             peer_port: None,
             reason: None,
