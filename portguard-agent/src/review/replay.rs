@@ -13,7 +13,7 @@ use crate::{
     EXIT_BAD_INPUT,
     cli::OutputFormat,
     policy::{self, Policy, Proto, eval::Judgement},
-    trail::{self, Record, RecordKind, RecordOp},
+    trail::{self, InboundReason, Record, RecordKind, RecordOp},
 };
 
 /// What happened to an operation, or would under NEW.
@@ -45,6 +45,9 @@ pub(crate) struct Change {
     pub new: Outcome,
     /// The guard judging it under NEW.
     pub guard: Option<String>,
+    /// Inbound records NEW refuses: why (`not_from`, `unapproved_port`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_reason: Option<InboundReason>,
     /// Times it was recorded.
     pub count: u64,
     pub comm: String,
@@ -99,6 +102,7 @@ pub(crate) fn replay(policy: &Policy, records: &[Record], ephemeral: RangeInclus
         // Another protocol than TCP and UDP matches no rule: never TCP's.
         let transport = operation.proto.parse().unwrap_or(Transport::Other(0));
         let (cgroup, reported) = (&operation.cgroup, reported.as_deref());
+        let mut new_reason = None;
         let j = match operation.op.action() {
             Some(action) => {
                 let judge =
@@ -114,9 +118,10 @@ pub(crate) fn replay(policy: &Policy, records: &[Record], ephemeral: RangeInclus
             None => match Proto::of(transport) {
                 Some(proto) => {
                     let local = locals.get(&(cgroup.clone(), transport, operation.port)).copied().flatten();
-                    policy
-                        .judge_inbound(cgroup, reported, proto, local, operation.port, operation.addr)
-                        .judgement
+                    let inbound =
+                        policy.judge_inbound(cgroup, reported, proto, local, operation.port, operation.addr);
+                    new_reason = inbound.refused;
+                    inbound.judgement
                 }
                 None => Judgement::Unguarded,
             },
@@ -129,7 +134,7 @@ pub(crate) fn replay(policy: &Policy, records: &[Record], ephemeral: RangeInclus
             Outcome::Denied
         };
         let guard = j.guard().map(|g| g.name.clone());
-        let change = Change { operation, recorded, new, guard, count, comm };
+        let change = Change { operation, recorded, new, guard, new_reason, count, comm };
         match (recorded, new) {
             (a, b) if a == b => out.unchanged += 1,
             (Outcome::Allowed | Outcome::Audited, Outcome::Denied) => out.newly_denied.push(change),
@@ -183,8 +188,9 @@ fn text(r: &Replay) -> String {
             } else {
                 format!("{} {peer}/{} from {} ({})", op_str(o.op), o.proto, o.cgroup, c.comm)
             };
+            let why = c.new_reason.map_or(String::new(), |r| format!(" (now: {})", r.explain()));
             out.push_str(&format!(
-                "  {what}: guard {}, seen {} times, recorded {}\n",
+                "  {what}: guard {}, seen {} times, recorded {}{why}\n",
                 c.guard.as_deref().unwrap_or("(none)"),
                 c.count,
                 outcome_str(c.recorded)

@@ -211,6 +211,8 @@ cgroup = "/db"
     // The mapped peer is judged as 10.0.3.9: outside from, now refused.
     assert_eq!(peers(&r.newly_denied), vec![("10.0.3.9".into(), 5432)]);
     assert_eq!(r.newly_denied[0].new, replay::Outcome::Denied);
+    assert_eq!(r.newly_denied[0].new_reason, Some(crate::trail::InboundReason::NotFrom));
+    assert_eq!(r.newly_allowed[0].new_reason, None);
     assert_eq!(r.newly_allowed[0].count, 3);
     assert_eq!(r.unchanged, 1, "the port that went live");
     // Without the port_opened record, 6432's address is unknown: its rule

@@ -43,6 +43,10 @@
 //!       the io_uring modes print "unsupported ..." where the kernel lacks the op
 //!   pg-probe bpf-fault prog-load|link-create|link-update BPF_CGROUP_... -- PROGRAM ARGS...
 //!       runs PROGRAM as if the kernel lacked that cgroup hook (see bpf_fault.rs)
+//!   pg-probe accept-serve IP PORT          (TCP server: "ok port=N", accepts and closes until killed)
+//!   pg-probe reach tcp|udp SRC DST PORT MILLIS
+//!       from a socket bound to SRC: TCP connect, or UDP datagram and wait
+//!       for the answer (udp-serve): "ok" | "timeout" | "err .."
 //!   pg-probe tcp-try IP PORT MILLIS        (connect with a timeout: "ok" | "timeout" | "err ..")
 //!   pg-probe udp-serve IP PORT             (answers "echo"; "send-to IP PORT" makes it
 //!                                           send there from the same socket and say how it went)
@@ -58,7 +62,7 @@
 //! An IPv6 IP (including ::ffff:a.b.c.d) uses an AF_INET6 socket.
 //!
 //! This file only dispatches; each family of operations has its file:
-//! bind.rs, connect.rs, datagram.rs, inbound.rs, socket_kinds.rs, scm_rights.rs,
+//! bind.rs, connect.rs, datagram.rs, inbound.rs, reach.rs, socket_kinds.rs, scm_rights.rs,
 //! uring.rs, repeat.rs (hammer, flood), bench.rs and bpf_fault.rs, on the
 //! helpers of sock.rs.
 
@@ -68,6 +72,7 @@ mod bpf_fault;
 mod connect;
 mod datagram;
 mod inbound;
+mod reach;
 mod repeat;
 mod scm_rights;
 mod sock;
@@ -114,6 +119,10 @@ fn main() -> ExitCode {
         ["uring-bind", proto, ip, p] => uring_bind(proto, parse_ip(ip), port(p)),
         ["uring-listen-unbound"] => uring_listen_unbound(),
         ["bpf-fault", step, hook, "--", program @ ..] => return bpf_fault::run(step, hook, program),
+        ["accept-serve", ip, p] => reach::accept_serve(parse_ip(ip), port(p)),
+        ["reach", proto, src, dst, p, ms] => {
+            reach::reach(proto, parse_ip(src), parse_ip(dst), port(p), ms.parse().expect("millis"))
+        }
         ["tcp-try", ip, p, ms] => inbound::tcp_try(parse_ip(ip), port(p), ms.parse().expect("millis")),
         ["udp-serve", ip, p] => inbound::udp_serve(parse_ip(ip), port(p)),
         ["udp-ask", ip, p, ms] => {
