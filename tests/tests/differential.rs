@@ -368,6 +368,8 @@ fn kernel_verdicts_equal_the_reference_evaluator() {
     let strategy = (policy(), prop::collection::vec(op(), 25));
     let checked = std::cell::Cell::new(0usize);
     let allowed = std::cell::Cell::new(0usize);
+    // Inbound operations: (checked, allowed).
+    let inbound = std::cell::Cell::new((0usize, 0usize));
     let case = std::cell::Cell::new(0usize);
     runner
         .run(&strategy, |(policy, ops)| {
@@ -432,6 +434,10 @@ fn kernel_verdicts_equal_the_reference_evaluator() {
                 );
                 checked.set(checked.get() + 1);
                 allowed.set(allowed.get() + usize::from(reference));
+                if matches!(op, Op::Inbound { .. }) {
+                    let (c, a) = inbound.get();
+                    inbound.set((c + 1, a + usize::from(reference)));
+                }
             }
             Ok(())
         })
@@ -442,5 +448,14 @@ fn kernel_verdicts_equal_the_reference_evaluator() {
     }
     let (n, yes) = (checked.get(), allowed.get());
     eprintln!("differential: {n} operations ({yes} allowed, {} denied), kernel and reference agree", n - yes);
+    let (inbound_n, inbound_yes) = inbound.get();
+    eprintln!(
+        "differential: of them {inbound_n} inbound ({inbound_yes} reached, {} refused)",
+        inbound_n - inbound_yes
+    );
+    assert!(
+        inbound_yes > inbound_n / 20 && inbound_n - inbound_yes > inbound_n / 20,
+        "the random inbound cases must exercise both verdicts"
+    );
     assert!(yes > n / 20 && n - yes > n / 20, "the random cases must exercise both verdicts");
 }
