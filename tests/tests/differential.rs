@@ -177,8 +177,8 @@ fn one_audience_per_port(mut p: Policy) -> Policy {
         }
     }
     let roots: Vec<usize> = (0..n).map(|i| root(&group, i)).collect();
-    for i in 0..n {
-        p.bind[i].from = p.bind[roots[i]].from.clone();
+    for (i, &r) in roots.iter().enumerate() {
+        p.bind[i].from = p.bind[r].from.clone();
     }
     for r in 0..n {
         let members: Vec<usize> = (0..n).filter(|&i| roots[i] == r).collect();

@@ -141,21 +141,20 @@ fn write_guard(out: &mut String, name: &str, o: &Observed, opts: &Options) {
     }
     // Each port's draft `from`, then ports grouped by address and `from`;
     // same ports on tcp and udp read better as one rule.
-    let mut by_from: BTreeMap<(Option<IpAddr>, Vec<String>), BTreeMap<String, BTreeSet<u16>>> =
-        BTreeMap::new();
+    let mut by_from: BTreeMap<Audience, BTreeMap<String, BTreeSet<u16>>> = BTreeMap::new();
     for ((proto, addr), ports) in &observed {
         for &port in ports {
             let from = draft_from(o, opts, name, proto, *addr, port);
             by_from.entry((*addr, from)).or_default().entry(proto.clone()).or_default().insert(port);
         }
     }
-    let mut binds: BTreeMap<(Option<IpAddr>, Vec<String>, Vec<u16>), BTreeSet<String>> = BTreeMap::new();
+    let mut binds: BTreeMap<(Audience, Vec<u16>), BTreeSet<String>> = BTreeMap::new();
     for ((addr, from), by_proto) in by_from {
         for (proto, ports) in by_proto {
-            binds.entry((addr, from.clone(), ports.into_iter().collect())).or_default().insert(proto);
+            binds.entry(((addr, from.clone()), ports.into_iter().collect())).or_default().insert(proto);
         }
     }
-    for ((addr, from, ports), protos) in &binds {
+    for (((addr, from), ports), protos) in &binds {
         let _ = write!(out, "\n  [[guard.bind]]\n  ports = {}\n", ports_toml(ports));
         write_proto(out, protos);
         if let Some(a) = addr {
@@ -220,6 +219,9 @@ fn draft_from(
     }
     out.into_iter().collect()
 }
+
+/// A bind rule's local address (`None`: any) and draft `from`.
+type Audience = (Option<IpAddr>, Vec<String>);
 
 const TODO: &str = "  owner = \"TODO: who owns this\"\n  purpose = \"TODO: why it exists\"\n";
 
