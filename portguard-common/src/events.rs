@@ -17,12 +17,24 @@ pub enum Op {
     Socket = 3,
     /// listen() on a socket that no judged bind gave its port.
     Listen = 4,
+    /// An inbound TCP connection (its SYN) to a listener in a guarded
+    /// cgroup. `port` is the local port, the peer's port is `peer_port`.
+    Accept = 5,
+    /// An inbound UDP datagram to a socket in a guarded cgroup; ports as
+    /// for `Accept`.
+    Receive = 6,
 }
 /// Number of [`Op`] variants: the counter array has a row per op.
-pub const OP_COUNT: usize = 5;
+pub const OP_COUNT: usize = 7;
 
 impl Op {
-    pub const ALL: [Op; OP_COUNT] = [Op::Bind, Op::Connect, Op::Sendmsg, Op::Socket, Op::Listen];
+    pub const ALL: [Op; OP_COUNT] =
+        [Op::Bind, Op::Connect, Op::Sendmsg, Op::Socket, Op::Listen, Op::Accept, Op::Receive];
+
+    /// Inbound: the address is the peer's, the port the local one.
+    pub const fn is_inbound(self) -> bool {
+        matches!(self, Op::Accept | Op::Receive)
+    }
 
     pub fn from_u8(v: u8) -> Option<Op> {
         Op::ALL.into_iter().find(|op| *op as u8 == v)
@@ -35,6 +47,8 @@ impl Op {
             Op::Sendmsg => "sendmsg",
             Op::Socket => "socket",
             Op::Listen => "listen",
+            Op::Accept => "accept",
+            Op::Receive => "receive",
         }
     }
 }
@@ -94,7 +108,11 @@ pub struct DecisionEvent {
     pub proto: u8,
     /// A [`Verdict`].
     pub verdict: u8,
-    pub _pad: [u8; 6],
+    /// For inbound ops: the peer's port (then `port` is the local port).
+    pub peer_port: u16,
+    /// `REASON_*`: why an inbound packet was refused.
+    pub reason: u8,
+    pub _pad: [u8; 3],
     pub comm: [u8; 16],
     /// v4 addresses in the first 4 bytes.
     pub addr: [u8; 16],

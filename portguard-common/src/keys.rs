@@ -76,11 +76,60 @@ pub struct BindKey {
     pub addr: [u8; 16],
 }
 
-/// `PG_BIND_RULES` value: which policy rule allowed it (for reports).
+/// `PG_BIND_RULES` value: which policy rule allowed it (for reports), and
+/// who may reach the port. With `RULE_HAS_FROM` set, a packet's source
+/// must match a `PG_FROM_RULES` entry of this rule at one of the prefix
+/// lengths listed here (longest first); without it, any peer may.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RuleRef {
     pub rule_index: u32,
+    /// `RULE_HAS_FROM` or 0.
+    pub flags: u8,
+    pub v4_from_count: u8,
+    pub v6_from_count: u8,
+    pub _pad: u8,
+    pub v4_from_lens: [u8; MAX_PREFIX_LENS],
+    pub v6_from_lens: [u8; MAX_PREFIX_LENS],
+}
+
+/// `PG_FROM_RULES` key: one network of a bind rule's `from`, `addr`
+/// masked to `prefix_len` bits, v4 networks in the first 4 bytes. The
+/// value (a `u32`, always 1) only marks presence.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(Hash, PartialOrd, Ord))]
+pub struct FromKey {
+    pub guard_id: u32,
+    pub rule_index: u32,
+    pub slot: u8,
+    pub family: u8,
+    pub prefix_len: u8,
+    pub _pad: u8,
+    pub addr: [u8; 16],
+}
+
+/// `PG_UDP_PEERS` key: a UDP socket (by cookie) and a peer (address as
+/// judged, v4 in the first 4 bytes, and port, host order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(Hash))]
+pub struct UdpPeerKey {
+    pub cookie: u64,
+    pub port: u16,
+    pub family: u8,
+    pub _pad: [u8; 5],
+    pub addr: [u8; 16],
+}
+
+/// `PG_UDP_PEERS` value: when (`bpf_ktime_get_ns`) the peer last sent the
+/// socket an accepted datagram, and when the socket last sent to the peer;
+/// 0 for never. Written at most once per `UDP_PEER_REFRESH_NS` per field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UdpPeerSeen {
+    pub heard_ns: u64,
+    pub sent_ns: u64,
 }
 
 /// `PG_CONNECT_RULES` key; `addr` is masked to `prefix_len` bits, v4 peers
@@ -131,7 +180,9 @@ pub struct DenialKey {
     pub op: u8,
     pub proto: u8,
     pub verdict: u8,
-    pub _pad: [u8; 3],
+    /// `REASON_*`: inbound refusals of different causes count apart.
+    pub reason: u8,
+    pub _pad: [u8; 2],
 }
 
 /// `PG_DENIAL_COUNTS` value, one per CPU: the exact count of one kind of

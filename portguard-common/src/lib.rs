@@ -52,12 +52,14 @@ pub mod map_names {
     pub const PREFIX_MASKS: &str = "PG_PREFIX_MASKS";
     pub const LIVE_PORTS: &str = "PG_LIVE_PORTS";
     pub const BRIEF_PORTS: &str = "PG_BRIEF_PORTS";
+    pub const FROM_RULES: &str = "PG_FROM_RULES";
+    pub const UDP_PEERS: &str = "PG_UDP_PEERS";
 }
 
 /// Version of the map layouts below. Bump it with any change to a map's
 /// key, value or size: the agent then pins fresh maps instead of reusing
 /// the ones an older agent left behind.
-pub const MAP_ABI_VERSION: u32 = 5;
+pub const MAP_ABI_VERSION: u32 = 6;
 
 /// Number of policy slots (double buffering for atomic switches).
 pub const SLOTS: u32 = 2;
@@ -67,6 +69,19 @@ pub const MAX_GUARDS: u32 = 1024;
 pub const MAX_BIND_ENTRIES: u32 = 262_144;
 /// Connect entries one slot may hold (one per distinct peer prefix, proto).
 pub const MAX_CONNECT_ENTRIES: u32 = 262_144;
+/// `from` entries one slot may hold (one per network per bind rule).
+pub const MAX_FROM_ENTRIES: u32 = 262_144;
+/// (UDP socket, peer) pairs remembered for replies (LRU beyond this).
+pub const UDP_PEER_ENTRIES: u32 = 65_536;
+/// How long after a peer's accepted datagram the socket may answer it
+/// (and after the socket sent to a peer, the peer may answer): 30 s, the
+/// order of the UDP conntrack timeout (net.netfilter.nf_conntrack_udp_timeout)
+/// that stateful firewalls use for the same question, and far above any
+/// request/response round trip (DNS, NTP, SNMP answer within seconds).
+pub const UDP_REPLY_WINDOW_NS: u64 = 30_000_000_000;
+/// A `PG_UDP_PEERS` time is rewritten only when older than this, so a busy
+/// socket writes once per peer per second, not once per packet.
+pub const UDP_PEER_REFRESH_NS: u64 = 1_000_000_000;
 /// Cgroup levels recorded per cgroup; guards must sit above this depth.
 pub const MAX_CGROUP_DEPTH: usize = 32;
 /// Distinct port ranges one (guard, proto, peer prefix) may allow.
@@ -123,6 +138,19 @@ pub const IPPROTO_SCTP: u32 = 132;
 /// Multipath TCP: its own protocol number on the socket the application
 /// holds; its subflows are plain TCP sockets. Judged as TCP.
 pub const IPPROTO_MPTCP: u32 = 262;
+
+/// `RuleRef::flags`: the rule has a `from`: only listed peers reach it.
+pub const RULE_HAS_FROM: u8 = 1;
+
+/// `DecisionEvent::reason` of an inbound refusal (`Op::Accept`,
+/// `Op::Receive`); 0 for every other decision.
+pub const REASON_NONE: u8 = 0;
+/// The source is not in the `from` of the rule approving the port.
+pub const REASON_NOT_FROM: u8 = 1;
+/// No bind rule approves the port: a TCP listener that went live without
+/// a judged bind (listen() without bind(), io_uring), or a UDP socket on
+/// an unapproved port (a client) hearing from a peer it did not send to.
+pub const REASON_UNAPPROVED_PORT: u8 = 2;
 
 /// `BindKey::addr_kind`: the rule allows any local address, or one address.
 pub const BIND_ADDR_ANY: u8 = 1;
@@ -212,6 +240,9 @@ mod user {
         GuardInfo,
         BindKey,
         RuleRef,
+        FromKey,
+        UdpPeerKey,
+        UdpPeerSeen,
         ConnectKey,
         PortRange,
         PortSet,
@@ -239,6 +270,10 @@ mod tests {
         assert_eq!(size_of::<GuardKey>(), 16);
         assert_eq!(size_of::<GuardInfo>(), 16 + 2 * MAX_PREFIX_LENS);
         assert_eq!(size_of::<BindKey>(), 28);
+        assert_eq!(size_of::<RuleRef>(), 8 + 2 * MAX_PREFIX_LENS);
+        assert_eq!(size_of::<FromKey>(), 28);
+        assert_eq!(size_of::<UdpPeerKey>(), 32);
+        assert_eq!(size_of::<UdpPeerSeen>(), 16);
         assert_eq!(size_of::<ConnectKey>(), 24);
         assert_eq!(size_of::<PortSet>(), 4 + 4 * MAX_PORT_RANGES);
         assert_eq!(size_of::<DecisionEvent>(), 88);
@@ -251,7 +286,7 @@ mod tests {
 
     #[test]
     fn counter_indexes_do_not_collide() {
-        let last = counter_index(ORPHAN_GUARD_ID, Op::Listen, Verdict::Audited);
+        let last = counter_index(ORPHAN_GUARD_ID, Op::Receive, Verdict::Audited);
         assert!(last < COUNTER_ENTRIES);
         assert_ne!(
             counter_index(0, Op::Connect, Verdict::Allowed),

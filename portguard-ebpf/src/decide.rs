@@ -1,13 +1,13 @@
 //! Rule lookups: does a guard allow this bind or this connect?
 
 use portguard_common::{
-    AF_INET, BIND_ADDR_ANY, BIND_ADDR_EXACT, BindKey, ConnectKey, GUARD_ALLOW_EPHEMERAL_BIND, GuardInfo,
-    MAX_PORT_RANGES, MAX_PREFIX_LENS, PortSet,
+    AF_INET, BIND_ADDR_ANY, BIND_ADDR_EXACT, BindKey, ConnectKey, FromKey, GUARD_ALLOW_EPHEMERAL_BIND,
+    GuardInfo, MAX_PORT_RANGES, MAX_PREFIX_LENS, PortSet, RuleRef,
 };
 
 use crate::{
     addr::{Addr, masked},
-    maps::{PG_BIND_RULES, PG_CONNECT_RULES},
+    maps::{PG_BIND_RULES, PG_CONNECT_RULES, PG_FROM_RULES},
 };
 
 #[inline(always)]
@@ -15,6 +15,14 @@ pub(crate) fn bind_allowed(guard: &GuardInfo, slot: u32, proto: u8, local: &Addr
     if port == 0 {
         return guard.flags & GUARD_ALLOW_EPHEMERAL_BIND != 0;
     }
+    bind_rule(guard, slot, proto, local, port).is_some()
+}
+
+/// The bind rule approving (`proto`, `local`, `port`), any-address rules
+/// first: bind judges with it, and inbound packets to the port go to the
+/// rule's `from`.
+#[inline(always)]
+pub(crate) fn bind_rule(guard: &GuardInfo, slot: u32, proto: u8, local: &Addr, port: u16) -> Option<RuleRef> {
     let mut key = BindKey {
         guard_id: guard.guard_id,
         slot: slot as u8,
@@ -25,12 +33,49 @@ pub(crate) fn bind_allowed(guard: &GuardInfo, slot: u32, proto: u8, local: &Addr
         _pad2: 0,
         addr: [0; 16],
     };
-    if PG_BIND_RULES.get_ptr(&key).is_some() {
-        return true;
+    // SAFETY: not preallocated (see maps.rs): copied out at once.
+    if let Some(r) = unsafe { PG_BIND_RULES.get(&key) } {
+        return Some(*r);
     }
     key.addr_kind = BIND_ADDR_EXACT;
     key.addr = local.as_mapped();
-    PG_BIND_RULES.get_ptr(&key).is_some()
+    // SAFETY: as above.
+    unsafe { PG_BIND_RULES.get(&key) }.copied()
+}
+
+/// Whether `peer` is inside the `from` of `rule` (a rule with one): one
+/// exact-match lookup per prefix length the rule uses, as for connect
+/// rules, so the cost does not grow with the number of networks.
+#[inline(always)]
+pub(crate) fn from_allowed(guard_id: u32, slot: u32, rule: &RuleRef, peer: &Addr) -> bool {
+    let (count, lens) = if peer.family == AF_INET {
+        (rule.v4_from_count as usize, &rule.v4_from_lens)
+    } else {
+        (rule.v6_from_count as usize, &rule.v6_from_lens)
+    };
+    #[expect(
+        clippy::needless_range_loop,
+        reason = "a constant trip count with an early break is the shape the verifier bounds"
+    )]
+    for i in 0..MAX_PREFIX_LENS {
+        if i >= count {
+            break;
+        }
+        let prefix_len = lens[i];
+        let key = FromKey {
+            guard_id,
+            rule_index: rule.rule_index,
+            slot: slot as u8,
+            family: peer.family,
+            prefix_len,
+            _pad: 0,
+            addr: masked(&peer.bytes, prefix_len),
+        };
+        if PG_FROM_RULES.get_ptr(&key).is_some() {
+            return true;
+        }
+    }
+    false
 }
 
 #[inline(always)]

@@ -11,7 +11,10 @@ use core::ffi::c_void;
 use aya_ebpf::{
     EbpfContext,
     bindings::BPF_SK_STORAGE_GET_F_CREATE,
-    helpers::generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_sk_storage_get},
+    helpers::generated::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_sk_ancestor_cgroup_id,
+        bpf_sk_cgroup_id, bpf_sk_storage_get,
+    },
     programs::{SockAddrContext, SockContext},
 };
 use portguard_common::{
@@ -22,6 +25,52 @@ use portguard_common::{
 use crate::maps::{PG_ANCESTRY, PG_GUARDS, PG_SCRATCH, PG_SK_STAMPS, PG_STATS, bump};
 
 const BPF_NOEXIST: u64 = 1;
+
+/// Where a cgroup and its ancestry are read when a socket's recorded
+/// ancestry is missing: the calling task in process context (the sock_addr,
+/// sock and LSM hooks), the socket itself in packet context, where the
+/// current task is whoever the softirq interrupted. One generic loop serves
+/// both; each program instantiates only its own, so no helper a program
+/// type lacks ever reaches its verifier.
+pub(crate) trait Origin {
+    fn cgroup(&self) -> u64;
+    fn ancestor(&self, level: i32) -> u64;
+}
+
+/// The calling task (process context).
+pub(crate) struct Task;
+
+impl Origin for Task {
+    #[inline(always)]
+    fn cgroup(&self) -> u64 {
+        // SAFETY: helper with no arguments, valid in every program that calls this.
+        unsafe { bpf_get_current_cgroup_id() }
+    }
+
+    #[inline(always)]
+    fn ancestor(&self, level: i32) -> u64 {
+        // SAFETY: helper taking a plain level, valid in every program that calls this.
+        unsafe { bpf_get_current_ancestor_cgroup_id(level) }
+    }
+}
+
+/// A full socket the verifier knows (packet context): its own cgroup, the
+/// one it was created in.
+pub(crate) struct Socket(pub(crate) *mut c_void);
+
+impl Origin for Socket {
+    #[inline(always)]
+    fn cgroup(&self) -> u64 {
+        // SAFETY: a socket pointer the verifier checks.
+        unsafe { bpf_sk_cgroup_id(self.0) }
+    }
+
+    #[inline(always)]
+    fn ancestor(&self, level: i32) -> u64 {
+        // SAFETY: as above.
+        unsafe { bpf_sk_ancestor_cgroup_id(self.0, level) }
+    }
+}
 
 /// The guard covering a socket.
 pub(crate) struct Guarded {
@@ -44,7 +93,7 @@ fn stamps_map() -> *mut c_void {
 pub(crate) fn stamp_new_socket(ctx: &SockContext) -> u64 {
     // SAFETY: helper valid in cgroup_sock programs.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    record_current_ancestry(cgroup);
+    record_ancestry(cgroup, &Task);
     let mut stamp = SockStamp { sock_cgroup: cgroup, ..SockStamp::default() };
     // SAFETY: in cgroup_sock programs the socket argument is the context.
     unsafe {
@@ -61,8 +110,8 @@ pub(crate) fn stamp_new_socket(ctx: &SockContext) -> u64 {
 /// The guard covering `cgroup` (the calling task's own) under `cfg`.
 #[inline(always)]
 pub(crate) fn guard_of(cgroup: u64, cfg: &Config) -> Option<(u64, GuardInfo)> {
-    record_current_ancestry(cgroup);
-    resolve(cgroup, cfg.active_slot())
+    record_ancestry(cgroup, &Task);
+    resolve(cgroup, cfg.active_slot(), &Task)
 }
 
 /// The guard for the socket behind `ctx` under `cfg`, or `None` for an
@@ -83,7 +132,7 @@ pub(crate) fn socket_guard(ctx: &SockAddrContext, cfg: &Config) -> Option<Guarde
         // SAFETY: helper with no arguments, valid in sock_addr programs.
         let cgroup = unsafe { bpf_get_current_cgroup_id() };
         let mut fresh = SockStamp { sock_cgroup: cgroup, ..SockStamp::default() };
-        record_current_ancestry(fresh.sock_cgroup);
+        record_ancestry(fresh.sock_cgroup, &Task);
         // SAFETY: ctx.sock_addr->sk is the socket; `fresh` outlives the call, which
         // copies it into the new storage.
         stamp = unsafe { PG_SK_STAMPS.get_or_insert_ptr_mut(ctx, Some(&mut fresh)) };
@@ -96,7 +145,7 @@ pub(crate) fn socket_guard(ctx: &SockAddrContext, cfg: &Config) -> Option<Guarde
     }
     // SAFETY: socket storage owned by this socket, valid for this run.
     let s = unsafe { &mut *stamp };
-    refresh(s, slot, cfg);
+    refresh(s, slot, cfg, &Task);
     if s.guarded != STAMP_GUARDED {
         return None;
     }
@@ -105,9 +154,9 @@ pub(crate) fn socket_guard(ctx: &SockAddrContext, cfg: &Config) -> Option<Guarde
 
 /// Re-resolves a stamp made under another generation (or never resolved).
 #[inline(always)]
-pub(crate) fn refresh(s: &mut SockStamp, slot: u32, cfg: &Config) {
+pub(crate) fn refresh<O: Origin>(s: &mut SockStamp, slot: u32, cfg: &Config, origin: &O) {
     if s.generation != cfg.generation || s.guarded == STAMP_UNRESOLVED {
-        match resolve(s.sock_cgroup, slot) {
+        match resolve(s.sock_cgroup, slot, origin) {
             Some((guard_cgroup, info)) => {
                 s.guard_cgroup = guard_cgroup;
                 s.guard = info;
@@ -148,7 +197,7 @@ pub(crate) fn stamp_of_socket(sk: *mut c_void, create: bool) -> Option<&'static 
     if p.is_null() && create {
         // SAFETY: helper with no arguments, valid in every program that calls this.
         let cgroup = unsafe { bpf_get_current_cgroup_id() };
-        record_current_ancestry(cgroup);
+        record_ancestry(cgroup, &Task);
         let mut fresh = SockStamp { sock_cgroup: cgroup, ..SockStamp::default() };
         // SAFETY: `sk` as above; `fresh` outlives the call, which copies it.
         p = unsafe {
@@ -178,16 +227,15 @@ pub(crate) fn stamp_of_sock(sk: *mut c_void) -> Option<&'static mut SockStamp> {
 
 /// Nearest guarded ancestor (or the cgroup itself) of `cgroup`, with its
 /// guard, from the ancestry recorded when a socket was created there. If
-/// none is recorded (evicted from the LRU), the calling task's cgroup is the
-/// best identity left.
+/// none is recorded (evicted from the LRU), `origin`'s cgroup is the best
+/// identity left (in packet context, the socket's own: exact).
 #[inline(always)]
-fn resolve(cgroup: u64, slot: u32) -> Option<(u64, GuardInfo)> {
+fn resolve<O: Origin>(cgroup: u64, slot: u32, origin: &O) -> Option<(u64, GuardInfo)> {
     let mut key = cgroup;
     if PG_ANCESTRY.get_ptr(&key).is_none() {
         bump(&PG_STATS, stats::ANCESTRY_MISSES);
-        // SAFETY: helper with no arguments, valid in every program that calls this.
-        key = unsafe { bpf_get_current_cgroup_id() };
-        record_current_ancestry(key);
+        key = origin.cgroup();
+        record_ancestry(key, origin);
     }
     // SAFETY: LRU values can be recycled under a reader; a torn read can only
     // pick a wrong ancestor list, the same risk as the fallback above.
@@ -218,8 +266,10 @@ fn nearest_guard(ancestry: &Ancestry, slot: u32) -> Option<(u64, GuardInfo)> {
     None
 }
 
+/// Records `cgroup`'s ancestry as `origin` reports it (`origin` is in
+/// `cgroup`), unless it is recorded already.
 #[inline(always)]
-fn record_current_ancestry(cgroup: u64) {
+fn record_ancestry<O: Origin>(cgroup: u64, origin: &O) {
     if PG_ANCESTRY.get_ptr(&cgroup).is_some() {
         return;
     }
@@ -230,8 +280,7 @@ fn record_current_ancestry(cgroup: u64) {
     let a = unsafe { &mut *scratch };
     a.depth = 0;
     for level in 0..MAX_CGROUP_DEPTH {
-        // SAFETY: helper taking a plain level, valid in every program that calls this.
-        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        let id = origin.ancestor(level as i32);
         if id == 0 {
             break;
         }

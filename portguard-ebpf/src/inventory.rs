@@ -180,7 +180,7 @@ fn port_opened(sk: *mut c_void, proto: u8, addr: crate::addr::Addr, port: u16, c
     let mut guard_id = UNGUARDED_ID;
     let mut generation = 0;
     if let Some(cfg) = read_config() {
-        crate::identity::refresh(stamp, cfg.active_slot(), &cfg);
+        crate::identity::refresh(stamp, cfg.active_slot(), &cfg, &crate::identity::Task);
         generation = cfg.generation;
         if stamp.guarded == STAMP_GUARDED {
             guard_cgroup = stamp.guard_cgroup;

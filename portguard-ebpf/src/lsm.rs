@@ -17,7 +17,7 @@ use aya_ebpf::{helpers::generated::bpf_get_current_cgroup_id, macros::lsm, progr
 use portguard_common::{AF_INET, IPPROTO_TCP, Op, STAMP_BOUND, STAMP_GUARDED, STAMP_MPTCP, Verdict};
 
 use crate::{
-    identity::{refresh, stamp_of_sock},
+    identity::{Task, refresh, stamp_of_sock},
     read_config,
     report::record_violation,
     socket_kinds::creation_allowed,
@@ -42,7 +42,7 @@ pub(crate) fn pg_socket_listen(ctx: LsmContext) -> i32 {
     // No stamp: not an inet socket, or one from before portguard started
     // (such a listener was bound, if at all, before anything was guarded).
     let Some(stamp) = stamp_of_sock(sk) else { return LSM_ALLOW };
-    refresh(stamp, cfg.active_slot(), &cfg);
+    refresh(stamp, cfg.active_slot(), &cfg, &Task);
     // An MPTCP socket's judged bind marked its subflow, not this socket; the
     // subflow's listener is what the ingress program judges.
     if stamp.guarded != STAMP_GUARDED || stamp.flags & (STAMP_BOUND | STAMP_MPTCP) != 0 {

@@ -17,19 +17,23 @@
 mod addr;
 mod decide;
 mod identity;
+mod inbound;
 mod inventory;
 mod lsm;
 mod maps;
 mod report;
 mod socket_kinds;
+mod udp_peers;
 
 use aya_ebpf::{
+    EbpfContext,
+    helpers::generated::bpf_get_socket_cookie,
     macros::{cgroup_sock, cgroup_sock_addr},
     programs::{SockAddrContext, SockContext},
 };
 use portguard_common::{
     AF_INET, AF_INET6, Config, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_MPTCP, IPPROTO_SCTP, IPPROTO_TCP,
-    IPPROTO_UDP, MODE_AUDIT, ORPHAN_GUARD_ID, Op, SOCK_DGRAM, SOCK_RAW, Verdict,
+    IPPROTO_UDP, MODE_AUDIT, ORPHAN_GUARD_ID, Op, REASON_NONE, SOCK_DGRAM, SOCK_RAW, Verdict,
 };
 
 use crate::{
@@ -134,15 +138,24 @@ fn judge(ctx: &SockAddrContext, op: Op, addr: Addr) -> i32 {
     let addr = if op == Op::Bind { addr } else { addr.unspecified_as_loopback() };
     let slot = cfg.active_slot();
 
+    // A UDP send to a peer the socket heard from lately (see udp_peers.rs).
+    let udp_peer = (proto == IPPROTO_UDP && op != Op::Bind).then(|| {
+        // SAFETY: the sock_addr context is what the helper expects.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        udp_peers::key(cookie, &addr, port)
+    });
     let (guard_id, allowed, audit) = match &guarded.info {
         Some(info) => {
             let known_proto = proto == IPPROTO_TCP || proto == IPPROTO_UDP;
             let allowed = known_proto
                 && match op {
                     Op::Bind => bind_allowed(info, slot, proto, &addr, port),
-                    Op::Connect | Op::Sendmsg => connect_allowed(info, slot, proto, &addr, port),
-                    // Judged in sock_create and the LSM hooks, never here.
-                    Op::Socket | Op::Listen => false,
+                    Op::Connect | Op::Sendmsg => {
+                        udp_peer.as_ref().is_some_and(udp_peers::heard_lately)
+                            || connect_allowed(info, slot, proto, &addr, port)
+                    }
+                    // Judged in sock_create, the LSM hooks and ingress, never here.
+                    Op::Socket | Op::Listen | Op::Accept | Op::Receive => false,
                 };
             (info.guard_id, allowed, info.mode == MODE_AUDIT)
         }
@@ -165,9 +178,14 @@ fn judge(ctx: &SockAddrContext, op: Op, addr: Addr) -> i32 {
         proto,
         addr: &addr,
         port,
+        peer_port: 0,
+        reason: REASON_NONE,
     });
     if verdict == Verdict::Denied {
         return DENY;
+    }
+    if let Some(key) = &udp_peer {
+        udp_peers::note_sent(key);
     }
     if op == Op::Bind {
         mark_bound(ctx);

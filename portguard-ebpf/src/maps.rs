@@ -7,9 +7,10 @@ use aya_ebpf::{
 };
 use portguard_common::{
     Ancestry, BRIEF_PORT_ENTRIES, BindKey, BriefPortKey, COUNTER_ENTRIES, Config, ConnectKey,
-    DEFAULT_ANCESTRY_ENTRIES, DENIAL_COUNT_ENTRIES, DenialCount, DenialKey, EVENTS_BYTES, GuardInfo,
-    GuardKey, LIVE_PORT_ENTRIES, LivePort, MAX_BIND_ENTRIES, MAX_CONNECT_ENTRIES, MAX_GUARDS,
-    PORT_EVENTS_BYTES, PortSet, RuleRef, SLOTS, SockStamp, stats,
+    DEFAULT_ANCESTRY_ENTRIES, DENIAL_COUNT_ENTRIES, DenialCount, DenialKey, EVENTS_BYTES, FromKey, GuardInfo,
+    GuardKey, LIVE_PORT_ENTRIES, LivePort, MAX_BIND_ENTRIES, MAX_CONNECT_ENTRIES, MAX_FROM_ENTRIES,
+    MAX_GUARDS, PORT_EVENTS_BYTES, PortSet, RuleRef, SLOTS, SockStamp, UDP_PEER_ENTRIES, UdpPeerKey,
+    UdpPeerSeen, stats,
 };
 
 /// Policy maps are written while programs read them; without preallocation
@@ -27,6 +28,19 @@ pub(crate) static PG_GUARDS: HashMap<GuardKey, GuardInfo> =
 #[map(name = "PG_BIND_RULES")]
 pub(crate) static PG_BIND_RULES: HashMap<BindKey, RuleRef> =
     HashMap::with_max_entries(SLOTS * MAX_BIND_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[map(name = "PG_FROM_RULES")]
+pub(crate) static PG_FROM_RULES: HashMap<FromKey, u32> =
+    HashMap::with_max_entries(SLOTS * MAX_FROM_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// UDP peers per socket: when each last sent the socket an accepted
+/// datagram and when the socket last sent to it, for the reply window.
+/// LRU: a busy server's oldest peers make room; a peer evicted within its
+/// window is judged as a new one (rules, not the window), which can only
+/// refuse, never open.
+#[map(name = "PG_UDP_PEERS")]
+pub(crate) static PG_UDP_PEERS: LruHashMap<UdpPeerKey, UdpPeerSeen> =
+    LruHashMap::with_max_entries(UDP_PEER_ENTRIES, 0);
 
 #[map(name = "PG_CONNECT_RULES")]
 pub(crate) static PG_CONNECT_RULES: HashMap<ConnectKey, PortSet> =

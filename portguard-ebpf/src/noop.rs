@@ -4,8 +4,8 @@
 #![no_main]
 
 use aya_ebpf::{
-    macros::{cgroup_sock, cgroup_sock_addr, sock_ops},
-    programs::{SockAddrContext, SockContext, SockOpsContext},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, sock_ops},
+    programs::{SkBuffContext, SockAddrContext, SockContext, SockOpsContext},
 };
 
 #[cgroup_sock(sock_create)]
@@ -55,6 +55,11 @@ pub(crate) fn pg_post_bind6(_ctx: SockContext) -> i32 {
 
 #[cgroup_sock(sock_release)]
 pub(crate) fn pg_sock_release(_ctx: SockContext) -> i32 {
+    1
+}
+
+#[cgroup_skb(ingress)]
+pub(crate) fn pg_sock_ingress(_ctx: SkBuffContext) -> i32 {
     1
 }
 

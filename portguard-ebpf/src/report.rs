@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use portguard_common::{
     DENIAL_EVENT_INTERVAL_NS, DecisionEvent, DenialCount, DenialKey, GuardInfo, LivePort, MODE_AUDIT, Op,
-    PORT_EVENTS_BYTES, PortEvent, Verdict, counter_index, stats,
+    PORT_EVENTS_BYTES, PortEvent, REASON_NONE, Verdict, counter_index, stats,
 };
 
 use crate::{
@@ -24,6 +24,10 @@ pub(crate) struct Decision<'a> {
     pub(crate) proto: u8,
     pub(crate) addr: &'a Addr,
     pub(crate) port: u16,
+    /// Inbound ops only: the peer's port (`port` is then the local one).
+    pub(crate) peer_port: u16,
+    /// `REASON_*`; `REASON_NONE` outside inbound ops.
+    pub(crate) reason: u8,
 }
 
 /// A violation of `info`'s guard by a socket-level operation (no peer, no
@@ -49,6 +53,8 @@ pub(crate) fn record_violation(
         proto,
         addr: &Addr { family, bytes: [0; 16] },
         port: 0,
+        peer_port: 0,
+        reason: REASON_NONE,
     });
     verdict
 }
@@ -71,10 +77,19 @@ pub(crate) fn record(d: &Decision) {
         bump(&PG_STATS, stats::EVENTS_LOST);
         return;
     };
+    // A packet is judged in softirq context, where the current task is
+    // whoever was interrupted (on loopback often the sender): no task is
+    // named for inbound decisions. `op` is a constant at every call site,
+    // so the packet program never contains these helpers.
+    let (pid_tgid, comm) = if d.op.is_inbound() {
+        (0, [0; 16])
+    } else {
+        (bpf_get_current_pid_tgid(), bpf_get_current_comm().unwrap_or([0; 16]))
+    };
     entry.write(DecisionEvent {
         sock_cgroup: d.guarded.sock_cgroup,
         guard_cgroup: d.guarded.guard_cgroup,
-        pid_tgid: bpf_get_current_pid_tgid(),
+        pid_tgid,
         generation: d.generation,
         count,
         guard_id: d.guard_id,
@@ -83,8 +98,10 @@ pub(crate) fn record(d: &Decision) {
         family: d.addr.family,
         proto: d.proto,
         verdict: d.verdict as u8,
-        _pad: [0; 6],
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        peer_port: d.peer_port,
+        reason: d.reason,
+        _pad: [0; 3],
+        comm,
         addr: d.addr.bytes,
     });
     entry.submit(0);
@@ -103,7 +120,8 @@ fn count_denial(d: &Decision) -> Option<u64> {
         op: d.op as u8,
         proto: d.proto,
         verdict: d.verdict as u8,
-        _pad: [0; 3],
+        reason: d.reason,
+        _pad: [0; 2],
     };
     let mut slot = PG_DENIAL_COUNTS.get_ptr_mut(&key);
     if slot.is_none() {

@@ -11,12 +11,15 @@
 //! - `agent`: the `portguard` binary: the [`Agent`] in a sandbox, its log
 //!   and audit trail, its subcommands.
 //! - `probe`: pg-probe run in a sandbox's cgroups, and [`Hammer`] counts.
+//! - `hosts`: other [`Host`]s (network namespaces joined by veth pairs)
+//!   that reach the sandbox's servers as other machines would.
 //! - `metrics`: the metrics endpoint and a real [`Prometheus`].
 //! - `kubelet`, [`kube_api`]: pod cgroups as the kubelet lays them out, and
 //!   a stand-in Kubernetes API server.
 //! - `prerequisites`: [`require_root!`] and [`skip_test!`].
 
 mod agent;
+mod hosts;
 pub mod kube_api;
 mod kubelet;
 mod metrics;
@@ -26,6 +29,7 @@ mod probe;
 mod sandbox;
 
 pub use agent::{Agent, agent_bin, portguard};
+pub use hosts::Host;
 pub use kubelet::CgroupDriver;
 pub use metrics::{Prometheus, http_get, metric_sum};
 pub use probe::{Hammer, probe_bin};

@@ -179,7 +179,7 @@ impl Drop for Sandbox {
     }
 }
 
-fn ip(args: &[&str]) {
+pub(crate) fn ip(args: &[&str]) {
     let out = Command::new("ip")
         .args(args)
         .output()

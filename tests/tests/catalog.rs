@@ -129,6 +129,7 @@ cgroup = "/db"
   approved_by = "sec-review"
   ticket = "SEC-1"
   expires = 2999-12-31
+  from = "any"
 "#;
 
 #[test]

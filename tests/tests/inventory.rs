@@ -30,6 +30,7 @@ cgroup = "/web"
   purpose = "frontend"
   approved_by = "sec-review"
   ticket = "SEC-7"
+  from = ["127.0.0.1", "10.0.0.0/8"]
 
 [[guard]]
 name = "cache"
@@ -60,14 +61,18 @@ fn scan_and_the_live_inventory_classify_real_listeners() {
     );
     assert_eq!(r["rule"]["approved_by"], "sec-review");
     assert_eq!(r["rule"]["ticket"], "SEC-7");
+    // Who may reach it: its rule's from.
+    assert_eq!(r["audience"], serde_json::json!({"from": ["10.0.0.0/8", "127.0.0.1/32"]}));
     assert_eq!(r["cgroup"], "/web");
     assert_eq!(r["comm"], "pg-probe");
     let r = sb.wait_for_audit_record("redis listener", |r| r["event"] == "port_opened" && r["port"] == 16390);
     assert_eq!((r["status"].as_str(), r["guard"].as_str()), (Some("unapproved"), Some("cache")));
     assert_eq!(r["comm"], "redis-server");
+    assert_eq!(r["audience"], "nobody", "no rule approves it: it receives no connection once enforced");
     let r = sb.wait_for_audit_record("udp socket", |r| r["event"] == "port_opened" && r["port"] == 17070);
     assert_eq!((r["status"].as_str(), r["proto"].as_str()), (Some("unguarded"), Some("udp")));
     assert!(r.get("guard").is_none());
+    assert_eq!(r["audience"], "any");
 
     let metrics = sb.agent().metrics();
     let listeners = |port: &str, approved: &str| {
@@ -85,9 +90,14 @@ fn scan_and_the_live_inventory_classify_real_listeners() {
     assert_eq!((p["status"].as_str(), p["guard"].as_str()), (Some("approved"), Some("web")));
     assert_eq!(p["rule"]["owner"], "web-team");
     assert_eq!(p["pid"], web.id());
+    assert_eq!(p["audience"], serde_json::json!({"from": ["10.0.0.0/8", "127.0.0.1/32"]}));
     let p = scanned(&report, "tcp", 16390);
     assert_eq!((p["status"].as_str(), p["comm"].as_str()), (Some("unapproved"), Some("redis-server")));
     assert_eq!(scanned(&report, "udp", 17070)["status"], "unguarded");
+    assert_eq!(
+        (p["audience"].as_str(), scanned(&report, "udp", 17070)["audience"].as_str()),
+        (Some("nobody"), Some("any"))
+    );
     let (code, out, _) = sb.scan(&["--fail-on-unapproved"]);
     assert_eq!(code, 1, "an unapproved port fails the gate:\n{out}");
     assert!(out.contains("unapproved tcp   127.0.0.1:16390"), "{out}");

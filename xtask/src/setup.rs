@@ -30,8 +30,13 @@ pub(crate) fn all() -> anyhow::Result<()> {
         "bpftool",
         // `systemd-analyze verify` checks the shipped unit.
         "systemd",
-        // A real server for the port-inventory tests (scan, audit trail).
+        // A real server for the port-inventory tests (scan, audit trail)
+        // and the inbound tests (redis-cli is its client).
         "redis-server",
+        // A real UDP server and real DNS clients for the inbound tests'
+        // reply window.
+        "dnsmasq-base",
+        "bind9-dnsutils",
     ])?;
     bpf_linker()?;
     kubernetes_validate()?;

@@ -23,8 +23,14 @@ pub(crate) struct DecodedEvent {
     pub op: Option<Op>,
     pub verdict: Option<Verdict>,
     pub proto: Transport,
+    /// The peer's address (for inbound ops too).
     pub addr: IpAddr,
+    /// The peer's port; for inbound ops (`Op::is_inbound`), the local port.
     pub port: u16,
+    /// Inbound ops: the peer's port (0 when the packet did not show it).
+    pub peer_port: u16,
+    /// Inbound ops: why the packet was refused (`REASON_*`).
+    pub reason: u8,
     /// Decisions of this kind this event stands for (>= 1): the kernel
     /// sends one event per kind, CPU and interval and counts the rest.
     pub count: u64,
@@ -51,6 +57,8 @@ impl RingRecord for DecodedEvent {
             proto: Transport::from(e.proto),
             addr: super::live_ports::addr(e.family, e.addr),
             port: e.port,
+            peer_port: e.peer_port,
+            reason: e.reason,
             count: e.count.max(1),
         }
     }

@@ -13,6 +13,8 @@ pub(crate) enum Kind {
     /// `cgroup/bind*`, `connect*`, `sendmsg*`.
     CgroupSockAddr,
     SockOps,
+    /// `cgroup_skb/ingress`: packets received by the cgroup's sockets.
+    CgroupSkbIngress,
     /// A BPF LSM program on the named LSM hook: optional, and attached to
     /// the hook itself, not to a cgroup.
     Lsm(&'static str),
@@ -38,9 +40,10 @@ const fn hook(program: &'static str, section: &'static str, attach_type: &'stati
 
 /// In attach order. `sock_create` comes first, so that a guarded cgroup's
 /// sockets are stamped before any hook that reads stamps runs there; the
-/// port-inventory programs (post_bind, sock_ops, sock_release) come last:
-/// they only report.
-pub(crate) const HOOKS: [Hook; 13] = [
+/// port-inventory programs (post_bind, sock_ops, sock_release) come after
+/// them: they only report. The inbound filter comes last: until it is
+/// attached, inbound traffic flows as it did before the cgroup was guarded.
+pub(crate) const HOOKS: [Hook; 14] = [
     hook("pg_sock_create", "cgroup/sock_create", "BPF_CGROUP_INET_SOCK_CREATE", Kind::CgroupSock),
     hook("pg_bind4", "cgroup/bind4", "BPF_CGROUP_INET4_BIND", Kind::CgroupSockAddr),
     hook("pg_bind6", "cgroup/bind6", "BPF_CGROUP_INET6_BIND", Kind::CgroupSockAddr),
@@ -52,6 +55,7 @@ pub(crate) const HOOKS: [Hook; 13] = [
     hook("pg_post_bind6", "cgroup/post_bind6", "BPF_CGROUP_INET6_POST_BIND", Kind::CgroupSock),
     hook("pg_sock_ops", "sockops", "BPF_CGROUP_SOCK_OPS", Kind::SockOps),
     hook("pg_sock_release", "cgroup/sock_release", "BPF_CGROUP_INET_SOCK_RELEASE", Kind::CgroupSock),
+    hook("pg_sock_ingress", "cgroup_skb/ingress", "BPF_CGROUP_INET_INGRESS", Kind::CgroupSkbIngress),
     hook("pg_socket_listen", "lsm/socket_listen", "BPF_LSM_MAC", Kind::Lsm("socket_listen")),
     hook("pg_socket_create", "lsm/socket_create", "BPF_LSM_MAC", Kind::Lsm("socket_create")),
 ];
@@ -76,13 +80,16 @@ pub(crate) fn of(program: &str) -> &'static Hook {
 }
 
 /// Maps pinned so that they outlive the agent: the policy, the socket
-/// stamps, the counters, the event rings and the live and brief ports. Scratch and lookup tables the
+/// stamps, the UDP reply window, the counters, the event rings and the
+/// live and brief ports. Scratch and lookup tables the
 /// agent refills at each load are not pinned.
-pub(crate) const PINNED_MAPS: [&str; 13] = [
+pub(crate) const PINNED_MAPS: [&str; 15] = [
     map_names::CONFIG,
     map_names::GUARDS,
     map_names::BIND_RULES,
     map_names::CONNECT_RULES,
+    map_names::FROM_RULES,
+    map_names::UDP_PEERS,
     map_names::SK_STAMPS,
     map_names::ANCESTRY,
     map_names::COUNTERS,

@@ -10,7 +10,9 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps, links::FdLink},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, SockOps, links::FdLink,
+    },
 };
 
 use super::{
@@ -151,12 +153,17 @@ impl Enforcer {
     /// socket created meanwhile is already stamped.
     pub(crate) fn guard(&mut self, cgroups: &BTreeMap<u64, PathBuf>) -> Result<(), LoadError> {
         for (id, path) in cgroups {
-            if self.guarded.contains_key(id) {
+            // A cgroup adopted from an older agent may lack the links of
+            // hooks that agent did not have: attach just those.
+            if self.guarded.contains_key(id) && !self.lacks_links(*id) {
                 continue;
             }
+            let new = !self.guarded.contains_key(id);
             self.attach_at(*id, path)?;
             self.guarded.insert(*id, path.clone());
-            self.made.push(*id);
+            if new {
+                self.made.push(*id);
+            }
         }
         Ok(())
     }
@@ -189,12 +196,22 @@ impl Enforcer {
         self.guarded.keys().copied()
     }
 
+    fn lacks_links(&self, cgroup_id: u64) -> bool {
+        let dir = self.pins.cgroup_links_dir(cgroup_id);
+        hooks::cgroup_hooks().any(|h| !dir.join(h.program).exists())
+    }
+
+    /// Attaches every hook whose link is not pinned for the cgroup yet.
     fn attach_at(&mut self, cgroup_id: u64, cgroup_path: &Path) -> Result<(), LoadError> {
         let cgroup = fs::File::open(cgroup_path)
             .map_err(|source| LoadError::Cgroup { cgroup: cgroup_path.to_owned(), source })?;
         let mut new_links: Vec<(&'static str, FdLink)> = Vec::new();
+        let pinned = self.pins.cgroup_links_dir(cgroup_id);
         for hook in hooks::cgroup_hooks() {
             let name = hook.program;
+            if pinned.join(name).exists() {
+                continue;
+            }
             let program = self.ebpf.program_mut(name).ok_or(LoadError::MissingProgram { name })?;
             let prog_err = |source| LoadError::Program { name, source };
             let attach_err = |source| LoadError::Attach { name, cgroup: cgroup_path.to_owned(), source };
@@ -214,6 +231,13 @@ impl Enforcer {
                 Kind::CgroupSock => {
                     let p = <&mut CgroupSock>::try_from(&mut *program).map_err(prog_err)?;
                     let id = p.attach(&cgroup, CgroupAttachMode::Single).map_err(attach_err)?;
+                    p.take_link(id).map_err(prog_err)?.try_into()
+                }
+                Kind::CgroupSkbIngress => {
+                    let p = <&mut CgroupSkb>::try_from(&mut *program).map_err(prog_err)?;
+                    let id = p
+                        .attach(&cgroup, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
+                        .map_err(attach_err)?;
                     p.take_link(id).map_err(prog_err)?.try_into()
                 }
                 Kind::Lsm(_) => continue,
@@ -285,6 +309,7 @@ fn load_object(pins: &PinLayout, object: &[u8]) -> Result<Ebpf, LoadError> {
             Kind::CgroupSockAddr => <&mut CgroupSockAddr>::try_from(&mut *program).map_err(prog_err)?.load(),
             Kind::SockOps => <&mut SockOps>::try_from(&mut *program).map_err(prog_err)?.load(),
             Kind::CgroupSock => <&mut CgroupSock>::try_from(&mut *program).map_err(prog_err)?.load(),
+            Kind::CgroupSkbIngress => <&mut CgroupSkb>::try_from(&mut *program).map_err(prog_err)?.load(),
             Kind::Lsm(_) => continue,
         }
         .map_err(|e| load_error(name, e))?;

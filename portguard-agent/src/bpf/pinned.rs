@@ -98,12 +98,15 @@ impl KernelCounters {
 
     /// Exact denial and audit-violation counts per (guard, op, proto, port,
     /// verdict), summed over CPUs.
+    /// Inbound refusals of different reasons are kept apart in the kernel
+    /// (so each reason's first event is sent) and summed here, reason 0.
     pub(crate) fn denials(&self) -> Vec<(DenialKey, u64)> {
-        self.denial_counts
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(k, per_cpu)| (k, per_cpu.iter().map(|c| c.count).sum()))
-            .collect()
+        let mut out: BTreeMap<DenialKey, u64> = BTreeMap::new();
+        for (k, per_cpu) in self.denial_counts.iter().filter_map(Result::ok) {
+            *out.entry(DenialKey { reason: 0, ..k }).or_default() +=
+                per_cpu.iter().map(|c| c.count).sum::<u64>();
+        }
+        out.into_iter().collect()
     }
 }
 

@@ -18,8 +18,8 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, MapError},
 };
 use portguard_common::{
-    BindKey, Config, ConnectKey, GuardInfo, GuardKey, MAX_GUARDS, MAX_PREFIX_LENS, MODE_AUDIT, MODE_ENFORCE,
-    PortSet, RuleRef, map_names,
+    BindKey, Config, ConnectKey, FromKey, GuardInfo, GuardKey, MAX_GUARDS, MAX_PREFIX_LENS, MODE_AUDIT,
+    MODE_ENFORCE, PortSet, RuleRef, map_names,
 };
 
 use crate::policy::{CompiledPolicy, Mode};
@@ -72,6 +72,7 @@ impl GuardIds {
 pub(crate) struct KernelPolicy {
     pub guards: FxHashMap<u64, GuardInfo>,
     pub bind: FxHashMap<BindKey, RuleRef>,
+    pub from: FxHashMap<FromKey, u32>,
     pub connect: FxHashMap<ConnectKey, PortSet>,
 }
 
@@ -88,6 +89,7 @@ impl KernelPolicy {
     ) -> KernelPolicy {
         let mut out = KernelPolicy {
             bind: FxHashMap::with_capacity_and_hasher(policy.bind_entries(), Default::default()),
+            from: FxHashMap::with_capacity_and_hasher(policy.from_entries(), Default::default()),
             connect: FxHashMap::with_capacity_and_hasher(policy.connect_entries(), Default::default()),
             ..KernelPolicy::default()
         };
@@ -112,6 +114,7 @@ impl KernelPolicy {
                 out.guards.extend(cgroups.iter().map(|&cgroup| (cgroup, info)));
             }
             out.bind.extend(g.bind.iter().map(|(k, v)| (BindKey { guard_id, ..*k }, *v)));
+            out.from.extend(g.from.iter().map(|(k, v)| (FromKey { guard_id, ..*k }, *v)));
             out.connect.extend(g.connect.iter().map(|(k, v)| (ConnectKey { guard_id, ..*k }, *v)));
         }
         out
@@ -130,6 +133,7 @@ pub(crate) struct PolicyMaps {
     config: Array<MapData, Config>,
     guards: BpfHashMap<MapData, GuardKey, GuardInfo>,
     bind: BpfHashMap<MapData, BindKey, RuleRef>,
+    from: BpfHashMap<MapData, FromKey, u32>,
     connect: BpfHashMap<MapData, ConnectKey, PortSet>,
     generation: u64,
     slots: [KernelPolicy; 2],
@@ -151,6 +155,8 @@ impl PolicyMaps {
         let guards = BpfHashMap::try_from(take(map_names::GUARDS)?).map_err(map_err(map_names::GUARDS))?;
         let bind =
             BpfHashMap::try_from(take(map_names::BIND_RULES)?).map_err(map_err(map_names::BIND_RULES))?;
+        let from =
+            BpfHashMap::try_from(take(map_names::FROM_RULES)?).map_err(map_err(map_names::FROM_RULES))?;
         let connect = BpfHashMap::try_from(take(map_names::CONNECT_RULES)?)
             .map_err(map_err(map_names::CONNECT_RULES))?;
         let generation = config.get(&0, 0).map_err(map_err(map_names::CONFIG))?.generation;
@@ -159,6 +165,7 @@ impl PolicyMaps {
             config,
             guards,
             bind,
+            from,
             connect,
             generation,
             slots: Default::default(),
@@ -174,10 +181,11 @@ impl PolicyMaps {
         self.generation
     }
 
-    /// Entries in the guard, bind and connect maps, both slots.
+    /// Entries in the guard, bind (with their `from` networks) and connect
+    /// maps, both slots.
     pub(crate) fn entry_counts(&self) -> (usize, usize, usize) {
         let sum = |f: fn(&KernelPolicy) -> usize| self.slots.iter().map(f).sum();
-        (sum(|k| k.guards.len()), sum(|k| k.bind.len()), sum(|k| k.connect.len()))
+        (sum(|k| k.guards.len()), sum(|k| k.bind.len() + k.from.len()), sum(|k| k.connect.len()))
     }
 
     fn read_slot(&self, slot: u8) -> Result<KernelPolicy, MapsError> {
@@ -192,6 +200,12 @@ impl PolicyMaps {
             let (k, v) = item.map_err(map_err(map_names::BIND_RULES))?;
             if k.slot == slot {
                 out.bind.insert(BindKey { slot: 0, ..k }, v);
+            }
+        }
+        for item in self.from.iter() {
+            let (k, v) = item.map_err(map_err(map_names::FROM_RULES))?;
+            if k.slot == slot {
+                out.from.insert(FromKey { slot: 0, ..k }, v);
             }
         }
         for item in self.connect.iter() {
@@ -246,9 +260,17 @@ impl PolicyMaps {
             remove(&mut self.bind, &BindKey { slot, ..*k }, map_names::BIND_RULES)?;
             deleted += 1;
         }
+        for k in old.from.keys().filter(|k| !new.from.contains_key(k)) {
+            remove(&mut self.from, &FromKey { slot, ..*k }, map_names::FROM_RULES)?;
+            deleted += 1;
+        }
         for k in old.connect.keys().filter(|k| !new.connect.contains_key(k)) {
             remove(&mut self.connect, &ConnectKey { slot, ..*k }, map_names::CONNECT_RULES)?;
             deleted += 1;
+        }
+        for (k, v) in new.from.iter().filter(|(k, v)| old.from.get(k) != Some(v)) {
+            self.from.insert(FromKey { slot, ..*k }, v, 0).map_err(map_err(map_names::FROM_RULES))?;
+            written += 1;
         }
         for (k, v) in new.bind.iter().filter(|(k, v)| old.bind.get(k) != Some(v)) {
             self.bind.insert(BindKey { slot, ..*k }, v, 0).map_err(map_err(map_names::BIND_RULES))?;

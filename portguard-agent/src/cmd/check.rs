@@ -93,8 +93,13 @@ fn describe(policy: &Policy) -> String {
         for r in &g.bind {
             let ports: Vec<String> = r.ports.iter().map(ToString::to_string).collect();
             let addr = r.address.map(|a| format!(" on {a}")).unwrap_or_default();
+            // Who may reach the ports is part of the rule's catalog entry.
+            let from = match &r.from {
+                None => "any".to_owned(),
+                Some(nets) => nets.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+            };
             out.push_str(&format!(
-                "  bind {} {}{addr}{}\n",
+                "  bind {} {}{addr} from {from}{}\n",
                 r.proto.as_str(),
                 ports.join(","),
                 describe_catalog(&r.catalog)

@@ -95,6 +95,8 @@ fn text(rows: &[(OpenPort, Standing)]) -> String {
         if let Some(pod) = &w.pod_uid {
             detail.push_str(&format!(" pod={pod}"));
         }
+        // Who may reach it: always shown, since "any" is news too.
+        detail.push_str(&format!(" from={}", s.audience));
         if let Some(r) = &s.rule {
             detail.push_str(&format!(
                 " rule=#{} owner={} approved_by={}",
@@ -145,6 +147,7 @@ fn json(rows: &[(OpenPort, Standing)]) -> serde_json::Value {
                 "guard": s.guard,
                 "mode": s.mode.map(|m| m.as_str()),
                 "rule": s.rule,
+                "audience": s.audience,
             })
         })
         .collect();

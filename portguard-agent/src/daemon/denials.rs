@@ -20,7 +20,7 @@ use crate::{
     bpf::DecodedEvent,
     cgroup::{CgroupNames, workload},
     policy::Mode,
-    trail::{Record, RecordKind, RecordOp},
+    trail::{InboundReason, Record, RecordKind, RecordOp},
 };
 
 pub(crate) const WINDOW: Duration = Duration::from_secs(1);
@@ -38,6 +38,9 @@ struct Kind {
     proto: Transport,
     addr: IpAddr,
     port: u16,
+    /// Inbound refusals of different causes are logged apart; the peer's
+    /// port is not part of the kind (each connection has its own).
+    reason: u8,
 }
 
 struct Seen {
@@ -71,6 +74,7 @@ impl DenialLog {
             proto: e.proto,
             addr: e.addr,
             port: e.port,
+            reason: e.reason,
         };
         if let Some(seen) = self.seen.get_mut(&kind) {
             seen.repeats += 1;
@@ -133,13 +137,30 @@ impl DenialLog {
         let mode = modes.get(&e.guard_id).map_or("?", |m| m.as_str());
         let op = e.op.map_or("?", |o| o.as_str());
         let verdict = e.verdict.map_or("?", |v| v.as_str());
+        let inbound = e.op.is_some_and(Op::is_inbound);
+        // Inbound: the peer's address and port, then the local port.
+        let peer_port = if inbound { e.peer_port } else { e.port };
         let peer = match e.addr {
-            IpAddr::V4(a) => format!("{a}:{}", e.port),
-            IpAddr::V6(a) => format!("[{a}]:{}", e.port),
+            IpAddr::V4(a) => format!("{a}:{peer_port}"),
+            IpAddr::V6(a) => format!("[{a}]:{peer_port}"),
         };
-        let what = match e.verdict {
-            Some(Verdict::Audited) => format!("audit: {op} {peer}/{} would be denied", e.proto),
-            _ => format!("denied {op} {peer}/{}", e.proto),
+        let reason = InboundReason::from_kernel(e.reason).filter(|_| inbound);
+        let target = if inbound {
+            format!("{peer} -> port {}/{}", e.port, e.proto)
+        } else {
+            format!("{peer}/{}", e.proto)
+        };
+        let why = reason.map_or(String::new(), |r| format!(": {}", r.explain()));
+        let what = match (e.verdict, e.op) {
+            // A kernel-chosen port: nothing in the address says why, so say it.
+            (Some(Verdict::Audited), Some(Op::Bind)) if e.port == 0 => format!(
+                "audit: bind to port 0 would be refused: guard {guard} does not set allow_ephemeral_bind"
+            ),
+            (_, Some(Op::Bind)) if e.port == 0 => {
+                format!("bind to port 0 refused: guard {guard} does not set allow_ephemeral_bind")
+            }
+            (Some(Verdict::Audited), _) => format!("audit: {op} {target} would be denied{why}"),
+            _ => format!("denied {op} {target}{why}"),
         };
         // The kernel sends the first denial of a kind per interval and counts
         // the rest; an event may stand for several.
@@ -154,7 +175,9 @@ impl DenialLog {
             Some(Op::Sendmsg) => Some(RecordOp::Sendmsg),
             Some(Op::Socket) => Some(RecordOp::Socket),
             Some(Op::Listen) => Some(RecordOp::Listen),
-            _ => None,
+            Some(Op::Accept) => Some(RecordOp::Accept),
+            Some(Op::Receive) => Some(RecordOp::Receive),
+            None => None,
         };
         if let Some(op) = record_op {
             self.records.push(Record {
@@ -162,6 +185,8 @@ impl DenialLog {
                 guard_cgroup: Some(guard_cgroup.clone()),
                 mode: Some(mode.to_owned()),
                 count: count.max(1),
+                peer_port: inbound.then_some(e.peer_port),
+                reason,
                 ..Record::new(
                     if e.verdict == Some(Verdict::Audited) {
                         RecordKind::Audited
@@ -196,6 +221,11 @@ impl DenialLog {
             proto = %e.proto,
             addr = %e.addr,
             port = e.port,
+            peer_port = if inbound { e.peer_port } else { 0 },
+            reason = reason.map_or("", |r| match r {
+                InboundReason::NotFrom => "not_from",
+                InboundReason::UnapprovedPort => "unapproved_port",
+            }),
             verdict,
             repeats,
             count,

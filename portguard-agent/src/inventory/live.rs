@@ -364,6 +364,7 @@ fn apply_standing(r: &mut Record, s: &Standing) {
     r.mode = s.mode.map(|m| m.as_str().to_owned());
     r.status = Some(s.status);
     r.rule = s.rule.clone();
+    r.audience = Some(s.audience.clone());
 }
 
 /// What a port record says about the port, before its standing.

@@ -81,6 +81,32 @@ impl RuleInfo {
     }
 }
 
+/// Who may reach a live port under the policy (README, Semantics): in
+/// the trail and `scan` as `"any"`, `{"from": [...]}` or `"nobody"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Audience {
+    /// Every peer: a rule without `from`, or no guard.
+    Any,
+    /// The `from` of the rule approving the port.
+    From(Vec<ipnet::IpNet>),
+    /// No rule approves the port: a TCP listener receives no connection,
+    /// a UDP socket hears only the peers it sent to (the reply window).
+    Nobody,
+}
+
+impl std::fmt::Display for Audience {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Audience::Any => f.write_str("any"),
+            Audience::Nobody => f.write_str("nobody"),
+            Audience::From(nets) => {
+                f.write_str(&nets.iter().map(ToString::to_string).collect::<Vec<_>>().join(","))
+            }
+        }
+    }
+}
+
 /// A live port's standing under a policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Standing {
@@ -89,6 +115,8 @@ pub(crate) struct Standing {
     pub(crate) guard_cgroup: Option<String>,
     pub(crate) mode: Option<Mode>,
     pub(crate) rule: Option<RuleInfo>,
+    /// Who may reach it; in audit mode, who could without being reported.
+    pub(crate) audience: Audience,
 }
 
 /// How `policy` sees a port live in `cgroup` (relative to the attach root;
@@ -111,13 +139,18 @@ pub(crate) fn standing(
 
 pub(crate) fn standing_of(judgement: Judgement<'_>) -> Standing {
     let guard = judgement.guard();
-    let (status, rule) = match judgement {
-        Judgement::Unguarded => (Approval::Unguarded, None),
-        Judgement::Allowed { guard, rule } => {
-            (Approval::Approved, Some(RuleInfo::new(rule, &guard.bind[rule].catalog)))
+    let (status, rule, audience) = match judgement {
+        Judgement::Unguarded => (Approval::Unguarded, None, Audience::Any),
+        Judgement::Allowed { guard, rule } => (
+            Approval::Approved,
+            Some(RuleInfo::new(rule, &guard.bind[rule].catalog)),
+            guard.bind[rule].from.clone().map_or(Audience::Any, Audience::From),
+        ),
+        // A kernel-chosen port is allowed but was never catalogued, and
+        // no rule names who may reach it.
+        Judgement::AllowedEphemeral { .. } | Judgement::Violation { .. } => {
+            (Approval::Unapproved, None, Audience::Nobody)
         }
-        // A kernel-chosen port is allowed but was never catalogued.
-        Judgement::AllowedEphemeral { .. } | Judgement::Violation { .. } => (Approval::Unapproved, None),
     };
     Standing {
         status,
@@ -125,6 +158,7 @@ pub(crate) fn standing_of(judgement: Judgement<'_>) -> Standing {
         guard_cgroup: guard.and_then(|g| g.target.cgroup().map(str::to_owned)),
         mode: guard.map(|g| g.mode),
         rule,
+        audience,
     }
 }
 
@@ -155,6 +189,30 @@ pub(crate) fn relative_to_root(path: &str, root_in_mount: &str) -> Option<String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_live_port_s_audience_is_the_from_of_its_rule() {
+        let (p, _) = crate::policy::parse_and_compile(
+            "p.toml",
+            "[[guard]]\nname = \"db\"\ncgroup = \"/db\"\nallow_ephemeral_bind = true\n[[guard.bind]]\nports = [5432]\nfrom = [\"10.0.1.0/24\", \"::1\"]\n[[guard.bind]]\nports = [80]\n",
+        )
+        .unwrap();
+        let any: IpAddr = "0.0.0.0".parse().unwrap();
+        let at = |cg: &str, port| standing(&p, Some(cg), None, Transport::Tcp, any, port).audience;
+        assert_eq!(
+            at("/db", 5432),
+            Audience::From(vec!["10.0.1.0/24".parse().unwrap(), "::1/128".parse().unwrap()])
+        );
+        assert_eq!(at("/db", 5432).to_string(), "10.0.1.0/24,::1/128");
+        assert_eq!(at("/db", 80), Audience::Any);
+        assert_eq!(at("/db", 81), Audience::Nobody, "a listener no rule approves receives nothing");
+        assert_eq!(at("/web", 81), Audience::Any, "unguarded");
+        assert_eq!(
+            serde_json::to_value(at("/db", 5432)).unwrap(),
+            serde_json::json!({"from": ["10.0.1.0/24", "::1/128"]})
+        );
+        assert_eq!(serde_json::to_value(Audience::Nobody).unwrap(), serde_json::json!("nobody"));
+    }
 
     #[test]
     fn paths_are_taken_relative_to_the_attach_root() {

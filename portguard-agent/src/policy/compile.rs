@@ -13,9 +13,9 @@ use rustc_hash::FxHashMap as HashMap;
 
 use ipnet::IpNet;
 use portguard_common::{
-    AF_INET, AF_INET6, BIND_ADDR_ANY, BIND_ADDR_EXACT, BindKey, ConnectKey, GUARD_ALLOW_EPHEMERAL_BIND,
-    GUARD_ALLOW_OTHER_SOCKETS, MAX_BIND_ENTRIES, MAX_CONNECT_ENTRIES, MAX_PORT_RANGES, MAX_PREFIX_LENS,
-    PortRange, PortSet, RuleRef,
+    AF_INET, AF_INET6, BIND_ADDR_ANY, BIND_ADDR_EXACT, BindKey, ConnectKey, FromKey,
+    GUARD_ALLOW_EPHEMERAL_BIND, GUARD_ALLOW_OTHER_SOCKETS, MAX_BIND_ENTRIES, MAX_CONNECT_ENTRIES,
+    MAX_FROM_ENTRIES, MAX_PORT_RANGES, MAX_PREFIX_LENS, PortRange, PortSet, RULE_HAS_FROM, RuleRef,
 };
 
 use super::{
@@ -31,6 +31,12 @@ pub struct CompiledGuard {
     pub flags: u32,
     /// Keys with `guard_id` and `slot` left zero.
     pub bind: HashMap<BindKey, RuleRef>,
+    /// Who may reach each bind rule's ports, by rule index: `None` for any
+    /// peer, else the rule's `from` networks (v4-mapped ones as IPv4,
+    /// sorted, deduplicated). What the kernel holds in `from`.
+    pub bind_from: Vec<Option<Vec<IpNet>>>,
+    /// `PG_FROM_RULES` keys (`guard_id`, `slot` left zero).
+    pub from: HashMap<FromKey, u32>,
     pub connect: HashMap<ConnectKey, PortSet>,
     /// Prefix lengths with connect entries, longest first.
     pub v4_prefix_lens: Vec<u8>,
@@ -47,6 +53,10 @@ impl CompiledPolicy {
         self.guards.iter().map(|g| g.bind.len()).sum()
     }
 
+    pub fn from_entries(&self) -> usize {
+        self.guards.iter().map(|g| g.from.len()).sum()
+    }
+
     pub fn connect_entries(&self) -> usize {
         self.guards.iter().map(|g| g.connect.len()).sum()
     }
@@ -59,20 +69,25 @@ impl CompiledPolicy {
 
 pub(super) fn compile(src: &Source, policy: &Policy) -> Result<CompiledPolicy, PolicyError> {
     let mut guards = Vec::with_capacity(policy.guards.len());
-    let (mut bind_total, mut connect_total) = (0usize, 0usize);
+    let (mut bind_total, mut connect_total, mut from_total) = (0usize, 0usize, 0usize);
     for g in &policy.guards {
         let mut bind = HashMap::default();
+        let mut from = HashMap::default();
+        let mut bind_from = Vec::with_capacity(g.bind.len());
         for (index, rule) in g.bind.iter().enumerate() {
             let (addr_kind, addr) = match rule.address {
                 None => (BIND_ADDR_ANY, [0u8; 16]),
                 Some(IpAddr::V4(a)) => (BIND_ADDR_EXACT, a.to_ipv6_mapped().octets()),
                 Some(IpAddr::V6(a)) => (BIND_ADDR_EXACT, a.octets()),
             };
+            let rule_ref = from_entries(src, g, index, &mut from)?;
+            bind_from.push(rule.from.clone());
             for &proto in rule.proto.ip_protocols() {
                 for spec in &rule.ports {
                     for port in spec.first..=spec.last {
                         let key = BindKey { proto, addr_kind, port, addr, ..BindKey::default() };
-                        bind.entry(key).or_insert(RuleRef { rule_index: index as u32 });
+                        let first = *bind.entry(key).or_insert(rule_ref);
+                        same_audience(src, g, first.rule_index as usize, index, proto, port)?;
                     }
                 }
             }
@@ -87,6 +102,23 @@ pub(super) fn compile(src: &Source, policy: &Policy) -> Result<CompiledPolicy, P
             }
         }
         bind_total += bind.len();
+        // A port reachable on every address and also through a rule for one
+        // address: the kernel consults the any-address rule first, so both
+        // must name the same audience.
+        for key in bind.keys().filter(|k| k.addr_kind == BIND_ADDR_EXACT) {
+            let any = BindKey { addr_kind: BIND_ADDR_ANY, addr: [0; 16], ..*key };
+            if let Some(r) = bind.get(&any) {
+                let exact = bind[key].rule_index as usize;
+                same_audience(src, g, r.rule_index as usize, exact, key.proto, key.port)?;
+            }
+        }
+        from_total += from.len();
+        if from_total > MAX_FROM_ENTRIES as usize {
+            return Err(src.error_at(
+                g.bind.first().map(|r| r.span.clone()),
+                format!("guard {:?}: the policy needs more than {MAX_FROM_ENTRIES} from entries", g.name),
+            ));
+        }
 
         // Ports per (proto, family, prefix), merged across rules.
         let mut ports: HashMap<ConnectKey, (Vec<PortRange>, std::ops::Range<usize>)> = HashMap::default();
@@ -152,12 +184,87 @@ pub(super) fn compile(src: &Source, policy: &Policy) -> Result<CompiledPolicy, P
             flags: (if g.allow_ephemeral_bind { GUARD_ALLOW_EPHEMERAL_BIND } else { 0 })
                 | (if g.allow_raw_sockets { GUARD_ALLOW_OTHER_SOCKETS } else { 0 }),
             bind,
+            bind_from,
+            from,
             connect,
             v4_prefix_lens: v4.into_iter().rev().collect(),
             v6_prefix_lens: v6.into_iter().rev().collect(),
         });
     }
     Ok(CompiledPolicy { guards })
+}
+
+/// Adds the `PG_FROM_RULES` entries of bind rule `index` of `g` to `from`
+/// and returns the rule's `PG_BIND_RULES` value.
+fn from_entries(
+    src: &Source,
+    g: &super::GuardSpec,
+    index: usize,
+    from: &mut HashMap<FromKey, u32>,
+) -> Result<RuleRef, PolicyError> {
+    let rule = &g.bind[index];
+    let mut rule_ref = RuleRef { rule_index: index as u32, ..RuleRef::default() };
+    let Some(nets) = &rule.from else { return Ok(rule_ref) };
+    rule_ref.flags = RULE_HAS_FROM;
+    let (mut v4, mut v6) = (BTreeSet::new(), BTreeSet::new());
+    for net in nets {
+        let (family, prefix_len, addr) = connect_prefix(net);
+        if family == AF_INET {
+            v4.insert(prefix_len)
+        } else {
+            v6.insert(prefix_len)
+        };
+        let key = FromKey { rule_index: index as u32, family, prefix_len, addr, ..FromKey::default() };
+        from.insert(key, 1);
+    }
+    for (family, lens, count, out) in [
+        ("IPv4", &v4, &mut rule_ref.v4_from_count, &mut rule_ref.v4_from_lens),
+        ("IPv6", &v6, &mut rule_ref.v6_from_count, &mut rule_ref.v6_from_lens),
+    ] {
+        if lens.len() > MAX_PREFIX_LENS {
+            return Err(src.error_at(
+                Some(rule.span.clone()),
+                format!(
+                    "guard {:?}: from uses {} distinct {family} prefix lengths; portguard supports at most {MAX_PREFIX_LENS} per bind rule",
+                    g.name,
+                    lens.len()
+                ),
+            ));
+        }
+        // Longest first, as for connect rules.
+        for (slot, len) in out.iter_mut().zip(lens.iter().rev()) {
+            *slot = *len;
+        }
+        *count = lens.len() as u8;
+    }
+    Ok(rule_ref)
+}
+
+/// Two bind rules approving the same port must let the same peers reach
+/// it: the kernel keeps one rule per port, and a reviewer reading either
+/// rule must not be misled about who can reach it.
+fn same_audience(
+    src: &Source,
+    g: &super::GuardSpec,
+    first: usize,
+    other: usize,
+    proto: u8,
+    port: u16,
+) -> Result<(), PolicyError> {
+    if first == other || g.bind[first].from == g.bind[other].from {
+        return Ok(());
+    }
+    // Point at the later rule, naming the earlier one.
+    let (first, other) = (first.min(other), first.max(other));
+    let line = super::line_col(src.text, g.bind[first].span.start).0;
+    Err(src.error_at(
+        Some(g.bind[other].span.clone()),
+        format!(
+            "guard {:?}: port {port}/{} is also approved by the bind rule at line {line} with a different from; give the port one rule (or the same from)",
+            g.name,
+            portguard_common::Transport::from(proto)
+        ),
+    ))
 }
 
 /// (family, prefix length, address bytes) as the kernel keys a peer; v4

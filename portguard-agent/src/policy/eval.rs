@@ -185,6 +185,116 @@ impl GuardSpec {
     }
 }
 
+/// Why an inbound connection or datagram is refused: the trail's (and the
+/// kernel's) reasons, one spelling.
+pub(crate) use crate::trail::InboundReason;
+
+/// What a policy says about an inbound TCP connection (its SYN) or UDP
+/// datagram: the judgement (`Allowed` names the bind rule whose `from`
+/// admitted the peer), and why it is refused when it is.
+#[derive(Debug, Clone, Copy)]
+pub struct Inbound<'p> {
+    pub judgement: Judgement<'p>,
+    pub(crate) refused: Option<InboundReason>,
+}
+
+impl<'p> Inbound<'p> {
+    fn allowed(guard: &'p GuardSpec, rule: usize) -> Inbound<'p> {
+        Inbound { judgement: Judgement::Allowed { guard, rule }, refused: None }
+    }
+
+    fn refused(guard: &'p GuardSpec, reason: InboundReason) -> Inbound<'p> {
+        Inbound { judgement: Judgement::Violation { guard }, refused: Some(reason) }
+    }
+}
+
+impl Policy {
+    /// An inbound TCP SYN or UDP datagram from `peer` (its port does not
+    /// matter) to a socket of `cgroup` bound to local `proto`, `local`,
+    /// `port`: judged by the socket's guard (see `GuardSpec::judge_inbound`).
+    /// `reported` as for `judge_reported`.
+    pub fn judge_inbound(
+        &self,
+        cgroup: &str,
+        reported: Option<&str>,
+        proto: Proto,
+        local: Option<IpAddr>,
+        port: u16,
+        peer: IpAddr,
+    ) -> Inbound<'_> {
+        match self.guard_covering(cgroup, reported) {
+            None => Inbound { judgement: Judgement::Unguarded, refused: None },
+            Some(guard) => guard.judge_inbound(proto, local, port, peer),
+        }
+    }
+}
+
+impl GuardSpec {
+    /// The bind rule approving a socket bound to (`proto`, `local`,
+    /// `port`), as the kernel finds it: an address-less rule first, then
+    /// one for the address. Whichever it finds, the audience is the same
+    /// (compile refuses rules that approve one port with different `from`).
+    pub(crate) fn approving_rule(&self, proto: Proto, local: IpAddr, port: u16) -> Option<usize> {
+        let local = canonical(local);
+        let covers = |r: &super::BindRuleSpec| {
+            (r.proto == proto || r.proto == Proto::Both)
+                && r.ports.iter().any(|s| (s.first..=s.last).contains(&port))
+        };
+        (self.bind.iter().position(|r| covers(r) && r.address.is_none())).or_else(|| {
+            self.bind.iter().position(|r| covers(r) && r.address.is_some_and(|a| canonical(a) == local))
+        })
+    }
+
+    /// An inbound TCP SYN or UDP datagram from `peer` to a socket of this
+    /// guard bound to (`proto`, `local`, `port`), as README's Semantics
+    /// say: accepted when the rule approving the port has no `from`, or
+    /// `from` holds the peer (a v4-mapped peer judged as IPv4); refused
+    /// when it does not, and when no rule approves the port (a listener
+    /// that went live without a judged bind receives nothing). Audit mode
+    /// lets a refusal through (`Judgement::passes`).
+    ///
+    /// Judged as a first packet: a UDP socket also hears, for 30 s, the
+    /// peers it sent to (the kernel's reply window), which is state, not
+    /// policy, and not modelled here. Established connections are never
+    /// judged. `local` is `None` when the socket's address is unknown (an
+    /// inbound trail record carries only the port): the port's rules at
+    /// any address then decide, and the peer is admitted only when every
+    /// one of them admits it.
+    pub(crate) fn judge_inbound(
+        &self,
+        proto: Proto,
+        local: Option<IpAddr>,
+        port: u16,
+        peer: IpAddr,
+    ) -> Inbound<'_> {
+        let peer = canonical(peer);
+        let admits = |rule: usize| {
+            self.bind[rule].from.as_ref().is_none_or(|nets| nets.iter().any(|n| n.contains(&peer)))
+        };
+        let rule = match local {
+            Some(local) => self.approving_rule(proto, local, port),
+            None => {
+                let approving: Vec<usize> = (0..self.bind.len())
+                    .filter(|&i| {
+                        let r = &self.bind[i];
+                        (r.proto == proto || r.proto == Proto::Both)
+                            && r.ports.iter().any(|s| (s.first..=s.last).contains(&port))
+                    })
+                    .collect();
+                match approving.iter().find(|&&i| !admits(i)) {
+                    Some(&refusing) => Some(refusing),
+                    None => approving.first().copied(),
+                }
+            }
+        };
+        match rule {
+            None => Inbound::refused(self, InboundReason::UnapprovedPort),
+            Some(rule) if admits(rule) => Inbound::allowed(self, rule),
+            Some(_) => Inbound::refused(self, InboundReason::NotFrom),
+        }
+    }
+}
+
 /// `path` is `dir` or lies below it.
 pub(crate) fn is_within(path: &str, dir: &str) -> bool {
     dir == "/" || path == dir || path.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'))
@@ -269,5 +379,90 @@ allow_ephemeral_bind = true
         assert!(j("/app/db", Action::Connect, Proto::Udp, "10.9.9.9", 5005).allowed());
         assert!(!j("/app/db", Action::Connect, Proto::Tcp, "10.9.9.9", 5011).allowed());
         assert!(matches!(j("/elsewhere", Action::Connect, Proto::Tcp, "1.1.1.1", 443), Judgement::Unguarded));
+    }
+
+    const INBOUND: &str = r#"
+[[guard]]
+name = "db"
+cgroup = "/db"
+  [[guard.bind]]
+  ports = [5432]
+  from = ["10.0.1.0/24", "fd00:1::/64", "127.0.0.1"]
+  [[guard.bind]]
+  ports = [8080]
+  proto = "both"
+  [[guard.bind]]
+  ports = [9000]
+  address = "127.0.0.1"
+  from = "127.0.0.0/8"
+  [[guard.bind]]
+  ports = [9000]
+  address = "::1"
+[[guard]]
+name = "audit"
+cgroup = "/audit"
+mode = "audit"
+  [[guard.bind]]
+  ports = [53]
+  proto = "udp"
+  from = "10.0.0.0/8"
+"#;
+
+    #[test]
+    fn inbound_follows_the_from_of_the_rule_approving_the_port() {
+        let p = super::super::parse_and_compile("p.toml", INBOUND).unwrap().0;
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let j = |cg, proto, local: &str, port, peer: &str| {
+            p.judge_inbound(cg, None, proto, Some(ip(local)), port, ip(peer))
+        };
+        let reason = |i: Inbound<'_>| (i.judgement.allowed(), i.judgement.passes(), i.refused);
+        use InboundReason::*;
+        // Inside from, v4-mapped judged as IPv4, IPv6 inside from.
+        assert_eq!(reason(j("/db/x", Proto::Tcp, "0.0.0.0", 5432, "10.0.1.7")), (true, true, None));
+        assert_eq!(reason(j("/db", Proto::Tcp, "::", 5432, "::ffff:10.0.1.7")), (true, true, None));
+        assert_eq!(reason(j("/db", Proto::Tcp, "::", 5432, "fd00:1::9")), (true, true, None));
+        // Loopback is an ordinary address: listed 127.0.0.1 yes, ::1 no.
+        assert_eq!(reason(j("/db", Proto::Tcp, "0.0.0.0", 5432, "127.0.0.1")), (true, true, None));
+        assert_eq!(reason(j("/db", Proto::Tcp, "::", 5432, "::1")), (false, false, Some(NotFrom)));
+        assert_eq!(reason(j("/db", Proto::Tcp, "0.0.0.0", 5432, "10.0.2.1")), (false, false, Some(NotFrom)));
+        // The rule is tcp only: a UDP socket on 5432 has no rule.
+        assert_eq!(
+            reason(j("/db", Proto::Udp, "0.0.0.0", 5432, "10.0.1.7")),
+            (false, false, Some(UnapprovedPort))
+        );
+        // No from: any peer, both protocols.
+        assert!(j("/db", Proto::Udp, "0.0.0.0", 8080, "192.0.2.1").judgement.allowed());
+        // A listener on a port no rule approves (listen() without bind()) receives nothing.
+        assert_eq!(
+            reason(j("/db", Proto::Tcp, "0.0.0.0", 41000, "127.0.0.1")),
+            (false, false, Some(UnapprovedPort))
+        );
+        // The socket's address picks the rule.
+        assert!(!j("/db", Proto::Tcp, "127.0.0.1", 9000, "10.0.1.7").judgement.allowed());
+        assert!(j("/db", Proto::Tcp, "::ffff:127.0.0.1", 9000, "127.0.0.5").judgement.allowed());
+        assert!(j("/db", Proto::Tcp, "::1", 9000, "fd00::5").judgement.allowed());
+        assert_eq!(
+            reason(j("/db", Proto::Tcp, "10.0.0.1", 9000, "127.0.0.1")),
+            (false, false, Some(UnapprovedPort))
+        );
+        // Audit mode accepts and reports.
+        assert_eq!(reason(j("/audit", Proto::Udp, "0.0.0.0", 53, "192.0.2.1")), (false, true, Some(NotFrom)));
+        // Unguarded sockets are never judged.
+        assert!(matches!(
+            j("/web", Proto::Tcp, "0.0.0.0", 5432, "192.0.2.1").judgement,
+            Judgement::Unguarded
+        ));
+    }
+
+    #[test]
+    fn an_unknown_local_address_admits_only_what_every_rule_for_the_port_admits() {
+        let p = super::super::parse_and_compile("p.toml", INBOUND).unwrap().0;
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let j = |port, peer: &str| p.judge_inbound("/db", None, Proto::Tcp, None, port, ip(peer));
+        // 9000: 127.0.0.1's rule admits 127.0.0.0/8 only, ::1's rule any peer.
+        assert!(j(9000, "127.0.0.9").judgement.allowed());
+        assert_eq!(j(9000, "10.0.0.1").refused, Some(InboundReason::NotFrom));
+        assert!(j(5432, "10.0.1.1").judgement.allowed());
+        assert_eq!(j(5433, "10.0.1.1").refused, Some(InboundReason::UnapprovedPort));
     }
 }

@@ -251,6 +251,11 @@ pub(super) struct BindRule {
     /// Only this local address; default: any address.
     #[serde(default)]
     pub address: Option<Spanned<IpAddr>>,
+    /// Peers that may reach these ports (a TCP connection's SYN, a UDP
+    /// datagram), in the shapes a connect rule's `peer` takes; default:
+    /// any peer.
+    #[serde(default)]
+    pub from: Option<Spanned<Peers>>,
     /// Catalog metadata (`validate::Catalog`). Spelled out in each rule
     /// rather than flattened: serde's flatten drops deny_unknown_fields and
     /// the TOML spans that errors point with.

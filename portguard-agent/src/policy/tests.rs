@@ -294,6 +294,7 @@ cgroup = "/api"
   approved_by = "sec-review"
   ticket = "SEC-42"
   expires = 2027-03-31
+  from = "any"
   [[guard.connect]]
   peer = "10.0.0.0/8"
   ports = [5432]
@@ -308,8 +309,8 @@ cgroup = "/api"
         assert_eq!(
             missing,
             vec![
-                ("connect", 0, 13, FindingKind::Missing { field: "owner" }),
-                ("connect", 0, 13, FindingKind::Missing { field: "purpose" }),
+                ("connect", 0, 14, FindingKind::Missing { field: "owner" }),
+                ("connect", 0, 14, FindingKind::Missing { field: "purpose" }),
             ]
         );
         assert!(f.iter().all(catalog::Finding::fails_strict));
@@ -348,4 +349,72 @@ cgroup = "/api"
         refused(&with("2027-03-31T10:00:00Z"), 7, "without a time");
         refused(&with("20270331"), 7, "without a time");
     }
+}
+
+#[test]
+fn from_compiles_to_prefixes_per_bind_rule() {
+    let (p, c) = ok(&(MINIMAL.to_owned()
+        + r#"
+[[guard.bind]]
+ports = [5432]
+from = ["10.0.1.0/24", "fd00:1::/64", "127.0.0.1", "::ffff:10.9.0.0/112"]
+[[guard.bind]]
+ports = [6379]
+proto = "both"
+from = "any"
+[[guard.bind]]
+ports = [80]
+"#));
+    let g = &c.guards[0];
+    assert_eq!(p.guards[0].bind[2].from, None, "no from: any peer");
+    let nets = |v: &[&str]| Some(v.iter().map(|n| n.parse().unwrap()).collect::<Vec<ipnet::IpNet>>());
+    assert_eq!(g.bind_from[0], nets(&["10.0.1.0/24", "10.9.0.0/16", "127.0.0.1/32", "fd00:1::/64"]));
+    assert_eq!(g.bind_from[1], nets(&["0.0.0.0/0", "::/0"]));
+    assert_eq!(g.bind_from[2], None);
+    // 4 networks of rule 0, 2 of rule 1 (shared by its two protocols).
+    assert_eq!(g.from.len(), 6);
+    let r = g.bind.iter().find(|(k, _)| k.port == 5432).map(|(_, v)| *v).unwrap();
+    assert_eq!(r.flags, portguard_common::RULE_HAS_FROM);
+    assert_eq!((r.v4_from_count, r.v6_from_count), (3, 1));
+    assert_eq!(r.v4_from_lens[..3], [32, 24, 16], "longest first");
+    assert_eq!(r.v6_from_lens[0], 64);
+    let mapped = portguard_common::FromKey {
+        rule_index: 0,
+        family: AF_INET,
+        prefix_len: 16,
+        addr: [10, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        ..Default::default()
+    };
+    assert!(g.from.contains_key(&mapped), "v4-mapped networks are judged as IPv4");
+    let plain = g.bind.iter().find(|(k, _)| k.port == 80).map(|(_, v)| *v).unwrap();
+    assert_eq!(plain.flags, 0);
+    assert!(g.bind.iter().filter(|(k, _)| k.port == 6379).all(|(_, v)| v.rule_index == 1 && v.flags != 0));
+    let _ = AF_INET6;
+}
+
+#[test]
+fn bad_from_is_refused() {
+    let rule = |from: &str| format!("{MINIMAL}[[guard.bind]]\nports = [5432]\nfrom = {from}\n");
+    refused(&rule("[]"), 7, "empty from list");
+    refused(&rule("\"10.0.0.1/8\""), 7, "host bits");
+    refused(&rule("[\"10.0.0.0/33\"]"), 7, "not an IP address");
+    refused(&rule("[\"db.example\"]"), 7, "not an IP address");
+    let bound = |addr: &str, from: &str| {
+        format!("{MINIMAL}[[guard.bind]]\nports = [5432]\naddress = \"{addr}\"\nfrom = {from}\n")
+    };
+    refused(&bound("10.0.0.5", "[\"fd00::/8\"]"), 8, "could never be reached");
+    refused(&bound("fd00::5", "[\"10.0.0.0/8\"]"), 8, "could never be reached");
+    ok(&bound("::ffff:10.0.0.5", "[\"10.0.0.0/8\"]"));
+    ok(&bound("10.0.0.5", "[\"10.0.0.0/8\", \"fd00::/8\"]"));
+    // Two rules for one port must agree on who may reach it.
+    let two = format!(
+        "{MINIMAL}[[guard.bind]]\nports = [5432]\nfrom = \"10.0.0.0/8\"\n[[guard.bind]]\nports = [\"5000-6000\"]\n"
+    );
+    refused(&two, 9, "also approved by the bind rule at line 6");
+    let exact = format!(
+        "{MINIMAL}[[guard.bind]]\nports = [5432]\naddress = \"10.0.0.1\"\n[[guard.bind]]\nports = [5432]\nfrom = \"10.0.0.0/8\"\n"
+    );
+    refused(&exact, 9, "different from");
+    let many: Vec<String> = (16..=25).map(|l| format!("\"10.0.0.0/{l}\"")).collect();
+    refused(&rule(&format!("[{}]", many.join(", "))), 6, "distinct IPv4 prefix lengths");
 }

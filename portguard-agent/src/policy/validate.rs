@@ -81,6 +81,9 @@ pub struct BindRuleSpec {
     pub ports: Vec<PortSpec>,
     pub proto: Proto,
     pub address: Option<IpAddr>,
+    /// Peers that may reach the rule's ports; `None`: any peer. Never an
+    /// empty list (refused), so "nobody" cannot be written by accident.
+    pub from: Option<Vec<IpNet>>,
     pub catalog: Catalog,
     /// Where the rule is, for compile-time errors and catalog findings.
     pub span: std::ops::Range<usize>,
@@ -266,15 +269,86 @@ fn bind_rules(
                     src.error_at(Some(span), format!("guard {name:?}: bind rule with an empty ports list"))
                 );
             }
+            let address = r.address.map(|a| a.into_inner());
+            let from = match r.from {
+                None => None,
+                Some(from) => Some(from_peers(src, name, address, from)?),
+            };
             Ok(BindRuleSpec {
                 ports: r.ports.into_inner(),
                 proto: r.proto,
-                address: r.address.map(|a| a.into_inner()),
+                address,
+                from,
                 catalog: catalog(r.owner, r.purpose, r.approved_by, r.ticket, r.expires),
                 span,
             })
         })
         .collect()
+}
+
+/// A bind rule's `from`: at least one peer, and at least one that can
+/// reach the rule's address. A socket bound to an IPv4 address receives
+/// only IPv4 packets, one bound to an IPv6 address (not v4-mapped) only
+/// IPv6 ones; a `from` that lists only the other family describes a rule
+/// that can never receive, which is a mistake, not a policy. Every bind
+/// rule can receive otherwise (a TCP port listens, a UDP port receives),
+/// so no other rule is refused.
+fn from_peers(
+    src: &Source,
+    name: &str,
+    address: Option<IpAddr>,
+    from: toml::Spanned<model::Peers>,
+) -> Result<Vec<IpNet>, PolicyError> {
+    let span = from.span();
+    // v4-mapped networks are judged as the IPv4 networks they stand for,
+    // as the kernel judges a v4 packet to a dual-stack socket.
+    let mut peers: Vec<IpNet> = from.into_inner().0.into_iter().map(|p| unmap(p.0)).collect();
+    peers.sort();
+    peers.dedup();
+    if peers.is_empty() {
+        return Err(src.error_at(
+            Some(span),
+            format!(
+                "guard {name:?}: bind rule with an empty from list (leave from out to let any peer reach the port)"
+            ),
+        ));
+    }
+    let only_v4 = match address.map(canonical_ip) {
+        Some(IpAddr::V4(_)) => Some(true),
+        Some(IpAddr::V6(_)) => Some(false),
+        None => None,
+    };
+    if let Some(v4) = only_v4
+        && !peers.iter().any(|p| matches!(p, IpNet::V4(_)) == v4)
+    {
+        let (bound, listed) = if v4 { ("IPv4", "IPv6") } else { ("IPv6", "IPv4") };
+        return Err(src.error_at(
+            Some(span),
+            format!(
+                "guard {name:?}: from lists only {listed} peers, but the rule's address is {bound}: the port could never be reached"
+            ),
+        ));
+    }
+    Ok(peers)
+}
+
+/// `::ffff:a.b.c.d/n` (n >= 96) as `a.b.c.d/(n - 96)`.
+fn unmap(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(n) if n.prefix_len() >= 96 => match n.network().to_ipv4_mapped() {
+            Some(v4) => IpNet::V4(ipnet::Ipv4Net::new(v4, n.prefix_len() - 96).expect("prefix <= 32")),
+            None => net,
+        },
+        _ => net,
+    }
+}
+
+/// A v4-mapped IPv6 address as the IPv4 address it stands for.
+fn canonical_ip(a: IpAddr) -> IpAddr {
+    match a {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a, IpAddr::V4),
+        v4 => v4,
+    }
 }
 
 /// Connect rules, each with at least one peer and one port.

@@ -1,7 +1,8 @@
 //! `portguard replay --policy NEW --events TRAIL`: what a policy change
 //! would have done to operations a running agent recorded. Each distinct
 //! operation in the trail (ports that went live, refused and audited
-//! operations) is judged under NEW and compared with what happened.
+//! operations, inbound connections and datagrams refused or audited) is
+//! judged under NEW and compared with what happened.
 
 use std::{collections::BTreeMap, net::IpAddr, ops::RangeInclusive, path::Path, process::ExitCode};
 
@@ -11,8 +12,8 @@ use serde::Serialize;
 use crate::{
     EXIT_BAD_INPUT,
     cli::OutputFormat,
-    policy::{self, Policy},
-    trail::{self, Record, RecordKind, RecordOp},
+    policy::{self, Policy, Proto, eval::Judgement},
+    trail::{self, InboundReason, Record, RecordKind, RecordOp},
 };
 
 /// What happened to an operation, or would under NEW.
@@ -44,6 +45,9 @@ pub(crate) struct Change {
     pub new: Outcome,
     /// The guard judging it under NEW.
     pub guard: Option<String>,
+    /// Inbound records NEW refuses: why (`not_from`, `unapproved_port`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_reason: Option<InboundReason>,
     /// Times it was recorded.
     pub count: u64,
     pub comm: String,
@@ -80,7 +84,7 @@ pub(crate) fn replay(policy: &Policy, records: &[Record], ephemeral: RangeInclus
                 continue;
             }
         };
-        if r.op.action().is_none() {
+        if r.op.action().is_none() && !r.op.is_inbound() {
             out.skipped += 1;
             continue;
         }
@@ -93,18 +97,35 @@ pub(crate) fn replay(policy: &Policy, records: &[Record], ephemeral: RangeInclus
         e.0 = e.0.min(recorded);
         e.1 += r.count;
     }
+    let locals = local_addresses(records);
     for (operation, (recorded, count, comm, went_live, reported)) in ops {
-        let action = operation.op.action().expect("filtered above");
         // Another protocol than TCP and UDP matches no rule: never TCP's.
         let transport = operation.proto.parse().unwrap_or(Transport::Other(0));
-        let judge = |port| {
-            let (cgroup, reported) = (&operation.cgroup, reported.as_deref());
-            policy.judge_observed(cgroup, reported, action, transport, operation.addr, port)
+        let (cgroup, reported) = (&operation.cgroup, reported.as_deref());
+        let mut new_reason = None;
+        let j = match operation.op.action() {
+            Some(action) => {
+                let judge =
+                    |port| policy.judge_observed(cgroup, reported, action, transport, operation.addr, port);
+                let mut j = judge(operation.port);
+                if !j.allowed() && went_live && ephemeral.contains(&operation.port) {
+                    j = judge(0);
+                }
+                j
+            }
+            // Inbound: `addr` is the peer, `port` the local port. The
+            // kernel judges only TCP and UDP sockets' packets.
+            None => match Proto::of(transport) {
+                Some(proto) => {
+                    let local = locals.get(&(cgroup.clone(), transport, operation.port)).copied().flatten();
+                    let inbound =
+                        policy.judge_inbound(cgroup, reported, proto, local, operation.port, operation.addr);
+                    new_reason = inbound.refused;
+                    inbound.judgement
+                }
+                None => Judgement::Unguarded,
+            },
         };
-        let mut j = judge(operation.port);
-        if !j.allowed() && went_live && ephemeral.contains(&operation.port) {
-            j = judge(0);
-        }
         let new = if j.allowed() {
             Outcome::Allowed
         } else if j.passes() {
@@ -113,7 +134,7 @@ pub(crate) fn replay(policy: &Policy, records: &[Record], ephemeral: RangeInclus
             Outcome::Denied
         };
         let guard = j.guard().map(|g| g.name.clone());
-        let change = Change { operation, recorded, new, guard, count, comm };
+        let change = Change { operation, recorded, new, guard, new_reason, count, comm };
         match (recorded, new) {
             (a, b) if a == b => out.unchanged += 1,
             (Outcome::Allowed | Outcome::Audited, Outcome::Denied) => out.newly_denied.push(change),
@@ -122,6 +143,24 @@ pub(crate) fn replay(policy: &Policy, records: &[Record], ephemeral: RangeInclus
             // Denied before, audited now: it goes through again, reported.
             _ => out.newly_allowed.push(change),
         }
+    }
+    out
+}
+
+/// The local address of each (socket cgroup, protocol, port) that went
+/// live in the trail, for judging inbound records (which carry only the
+/// local port): `None` when it went live on more than one address.
+fn local_addresses(records: &[Record]) -> BTreeMap<(String, Transport, u16), Option<IpAddr>> {
+    let mut out: BTreeMap<(String, Transport, u16), Option<IpAddr>> = BTreeMap::new();
+    for r in records.iter().filter(|r| matches!(r.event, RecordKind::PortOpened | RecordKind::PortBrief)) {
+        let addr = crate::policy::eval::canonical(r.addr);
+        out.entry((r.cgroup.clone(), r.proto, r.port))
+            .and_modify(|seen| {
+                if *seen != Some(addr) {
+                    *seen = None;
+                }
+            })
+            .or_insert(Some(addr));
     }
     out
 }
@@ -139,12 +178,19 @@ fn text(r: &Replay) -> String {
                 IpAddr::V6(a) => format!("[{a}]:{}", o.port),
                 a => format!("{a}:{}", o.port),
             };
+            let what = if o.op.is_inbound() {
+                // No process is named for a packet: the socket's cgroup is.
+                let peer = match o.addr {
+                    IpAddr::V6(a) => format!("[{a}]"),
+                    a => a.to_string(),
+                };
+                format!("{} {}/{} from {peer} in {}", op_str(o.op), o.port, o.proto, o.cgroup)
+            } else {
+                format!("{} {peer}/{} from {} ({})", op_str(o.op), o.proto, o.cgroup, c.comm)
+            };
+            let why = c.new_reason.map_or(String::new(), |r| format!(" (now: {})", r.explain()));
             out.push_str(&format!(
-                "  {} {peer}/{} from {} ({}): guard {}, seen {} times, recorded {}\n",
-                op_str(o.op),
-                o.proto,
-                o.cgroup,
-                c.comm,
+                "  {what}: guard {}, seen {} times, recorded {}{why}\n",
                 c.guard.as_deref().unwrap_or("(none)"),
                 c.count,
                 outcome_str(c.recorded)
@@ -171,6 +217,8 @@ fn op_str(op: RecordOp) -> &'static str {
         RecordOp::Sendmsg => "sendmsg",
         RecordOp::Socket => "socket",
         RecordOp::Listen => "listen",
+        RecordOp::Accept => "accept",
+        RecordOp::Receive => "receive",
     }
 }
 

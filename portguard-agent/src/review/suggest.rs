@@ -34,6 +34,11 @@ struct Observed {
     binds: BTreeMap<(String, Option<IpAddr>), BTreeSet<u16>>,
     /// (proto, port) -> peers.
     connects: BTreeMap<(String, u16), BTreeSet<IpAddr>>,
+    /// (proto, local port) -> peers the kernel reported reaching it
+    /// (audited or refused inbound connections and datagrams).
+    inbound: BTreeMap<(String, u16), BTreeSet<IpAddr>>,
+    /// (proto, port) of listeners seen only by their inbound connections.
+    listeners: BTreeSet<(String, u16)>,
     records: u64,
 }
 
@@ -80,6 +85,18 @@ pub(crate) fn suggest(records: &[Record], opts: &Options) -> String {
                     o.binds.entry((r.proto.to_string(), addr)).or_default().insert(r.port);
                 }
             }
+            (RecordKind::Denied | RecordKind::Audited, RecordOp::Accept | RecordOp::Receive) => {
+                // A TCP connection to a port no rule approves shows a
+                // listener; a UDP datagram shows no server (a client hears
+                // from peers too), only where a port went live.
+                if r.op == RecordOp::Accept && !opts.ephemeral.contains(&r.port) {
+                    o.listeners.insert((r.proto.to_string(), r.port));
+                }
+                o.inbound
+                    .entry((r.proto.to_string(), r.port))
+                    .or_default()
+                    .insert(crate::policy::eval::canonical(r.addr));
+            }
             (RecordKind::Denied | RecordKind::Audited, RecordOp::Connect | RecordOp::Sendmsg) => {
                 o.connects
                     .entry((r.proto.to_string(), r.port))
@@ -114,16 +131,42 @@ fn write_guard(out: &mut String, name: &str, o: &Observed, opts: &Options) {
             "# It bound kernel-chosen ports (port 0 or the local port range).\nallow_ephemeral_bind = true\n",
         );
     }
-    // Same ports on tcp and udp read better as one rule.
-    let mut binds: BTreeMap<(Option<IpAddr>, Vec<u16>), BTreeSet<String>> = BTreeMap::new();
-    for ((proto, addr), ports) in &o.binds {
-        binds.entry((*addr, ports.iter().copied().collect())).or_default().insert(proto.clone());
+    // A listener seen only by the connections it was offered listens on
+    // every address, as far as the trail tells.
+    let mut observed = o.binds.clone();
+    for (proto, port) in &o.listeners {
+        if !o.binds.iter().any(|((p, _), ports)| p == proto && ports.contains(port)) {
+            observed.entry((proto.clone(), None)).or_default().insert(*port);
+        }
     }
-    for ((addr, ports), protos) in &binds {
+    // Each port's draft `from`, then ports grouped by address and `from`;
+    // same ports on tcp and udp read better as one rule.
+    let mut by_from: BTreeMap<Audience, BTreeMap<String, BTreeSet<u16>>> = BTreeMap::new();
+    for ((proto, addr), ports) in &observed {
+        for &port in ports {
+            let from = draft_from(o, opts, name, proto, *addr, port);
+            by_from.entry((*addr, from)).or_default().entry(proto.clone()).or_default().insert(port);
+        }
+    }
+    let mut binds: BTreeMap<(Audience, Vec<u16>), BTreeSet<String>> = BTreeMap::new();
+    for ((addr, from), by_proto) in by_from {
+        for (proto, ports) in by_proto {
+            binds.entry(((addr, from.clone()), ports.into_iter().collect())).or_default().insert(proto);
+        }
+    }
+    for (((addr, from), ports), protos) in &binds {
         let _ = write!(out, "\n  [[guard.bind]]\n  ports = {}\n", ports_toml(ports));
         write_proto(out, protos);
         if let Some(a) = addr {
             let _ = writeln!(out, "  address = \"{a}\"");
+        }
+        if !from.is_empty() {
+            let list: Vec<String> = from.iter().map(|p| quote(p)).collect();
+            let _ = writeln!(
+                out,
+                "  # The peers seen reaching it (and its current from); review before enforcing.\n  from = [{}]",
+                list.join(", ")
+            );
         }
         out.push_str(TODO);
     }
@@ -150,6 +193,35 @@ fn write_guard(out: &mut String, name: &str, o: &Observed, opts: &Options) {
         }
     }
 }
+
+/// The draft `from` of a port: the peers the kernel reported reaching
+/// it, with the networks of the `from` it has in the current policy (whose
+/// peers were let in unreported), coalesced as connect peers are. Empty
+/// (no `from`: any peer) when no peer was reported: an audited port
+/// without `from` reports none, so the trail cannot tell its audience.
+fn draft_from(
+    o: &Observed,
+    opts: &Options,
+    guard: &str,
+    proto: &str,
+    addr: Option<IpAddr>,
+    port: u16,
+) -> Vec<String> {
+    let Some(peers) = o.inbound.get(&(proto.to_owned(), port)) else { return Vec::new() };
+    let mut out: BTreeSet<String> = aggregate(peers).into_iter().collect();
+    let rule_proto = if proto == "udp" { crate::policy::Proto::Udp } else { crate::policy::Proto::Tcp };
+    let current = opts.current.as_ref().and_then(|p| p.guards.iter().find(|g| g.name == guard));
+    if let Some(g) = current {
+        let local = addr.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        if let Some(nets) = g.approving_rule(rule_proto, local, port).and_then(|r| g.bind[r].from.as_ref()) {
+            out.extend(nets.iter().map(ToString::to_string));
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// A bind rule's local address (`None`: any) and draft `from`.
+type Audience = (Option<IpAddr>, Vec<String>);
 
 const TODO: &str = "  owner = \"TODO: who owns this\"\n  purpose = \"TODO: why it exists\"\n";
 

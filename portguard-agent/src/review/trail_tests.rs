@@ -158,3 +158,138 @@ unit = "batch.service"
     let without = suggest::suggest(&recs, &suggest::Options { current: None, ..opts });
     assert!(!without.contains("[[guard]]"), "{without}");
 }
+
+/// A database audited with `from` on its port: the kernel reported the
+/// peers outside it (accept) and a UDP datagram to a port no rule
+/// approves (receive). Judged under NEW by NEW's `from`.
+const INBOUND_TRAIL: &str = r#"
+{"time":"t","event":"port_opened","guard":"db","guard_cgroup":"/db","mode":"audit","cgroup":"/db","pid":1,"comm":"postgres","op":"bind","proto":"tcp","addr":"127.0.0.1","port":6432,"status":"approved"}
+{"time":"t","event":"audited","guard":"db","guard_cgroup":"/db","mode":"audit","cgroup":"/db","pid":0,"comm":"","op":"accept","proto":"tcp","addr":"10.0.2.7","port":5432,"peer_port":40000,"reason":"not_from","count":3}
+{"time":"t","event":"audited","guard":"db","guard_cgroup":"/db","mode":"audit","cgroup":"/db","pid":0,"comm":"","op":"accept","proto":"tcp","addr":"::ffff:10.0.3.9","port":5432,"peer_port":40001,"reason":"not_from"}
+{"time":"t","event":"audited","guard":"db","guard_cgroup":"/db","mode":"audit","cgroup":"/db","pid":0,"comm":"","op":"accept","proto":"tcp","addr":"10.0.9.9","port":6432,"peer_port":40002,"reason":"not_from"}
+{"time":"t","event":"audited","guard":"db","guard_cgroup":"/db","mode":"audit","cgroup":"/db","pid":0,"comm":"","op":"receive","proto":"udp","addr":"fd00:1::5","port":5353,"peer_port":5353,"reason":"unapproved_port"}
+"#;
+
+fn inbound_records() -> Vec<Record> {
+    INBOUND_TRAIL.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn replay_judges_inbound_records_by_the_new_from() {
+    let p = load(
+        r#"
+[[guard]]
+name = "db"
+cgroup = "/db"
+  [[guard.bind]]
+  ports = [5432]
+  from = ["10.0.1.0/24", "10.0.2.0/24"]
+  [[guard.bind]]
+  ports = [6432]
+  address = "127.0.0.1"
+  from = "10.0.9.0/24"
+  [[guard.bind]]
+  ports = [6432]
+  address = "::1"
+  from = "fd00::/8"
+  [[guard.bind]]
+  ports = [5353]
+  proto = "udp"
+  from = "fd00:1::/64"
+"#,
+    );
+    let r = replay::replay(&p, &inbound_records(), 32768..=60999);
+    let peers = |v: &[replay::Change]| {
+        v.iter().map(|c| (c.operation.addr.to_string(), c.operation.port)).collect::<Vec<_>>()
+    };
+    // 10.0.2.7 is now listed; 6432 went live on 127.0.0.1, whose rule lists
+    // 10.0.9.0/24; fd00:1::5 is in the new UDP rule's from.
+    assert_eq!(
+        peers(&r.newly_allowed),
+        vec![("10.0.2.7".into(), 5432), ("10.0.9.9".into(), 6432), ("fd00:1::5".into(), 5353)]
+    );
+    // The mapped peer is judged as 10.0.3.9: outside from, now refused.
+    assert_eq!(peers(&r.newly_denied), vec![("10.0.3.9".into(), 5432)]);
+    assert_eq!(r.newly_denied[0].new, replay::Outcome::Denied);
+    assert_eq!(r.newly_denied[0].new_reason, Some(crate::trail::InboundReason::NotFrom));
+    assert_eq!(r.newly_allowed[0].new_reason, None);
+    assert_eq!(r.newly_allowed[0].count, 3);
+    assert_eq!(r.unchanged, 1, "the port that went live");
+    // Without the port_opened record, 6432's address is unknown: its rule
+    // for 127.0.0.1 admits the peer, ::1's does not, so it is refused.
+    let without: Vec<Record> = inbound_records().into_iter().skip(1).collect();
+    let r = replay::replay(&p, &without, 32768..=60999);
+    assert!(peers(&r.newly_denied).contains(&("10.0.9.9".into(), 6432)), "{:?}", r.newly_denied);
+}
+
+#[test]
+fn suggest_drafts_from_out_of_the_peers_each_port_saw() {
+    let mut recs = inbound_records();
+    // Six clients of one /24 reach 5432: the network, not six hosts.
+    for host in 1..=6 {
+        let line = format!(
+            r#"{{"time":"t","event":"audited","guard":"db","guard_cgroup":"/db","mode":"audit","cgroup":"/db","pid":0,"comm":"","op":"accept","proto":"tcp","addr":"10.0.5.{host}","port":5432,"reason":"not_from"}}"#
+        );
+        recs.push(serde_json::from_str(&line).unwrap());
+    }
+    let current = load(
+        r#"
+[[guard]]
+name = "db"
+cgroup = "/db"
+mode = "audit"
+  [[guard.bind]]
+  ports = [5432]
+  from = "10.0.1.0/24"
+  [[guard.bind]]
+  ports = [6432]
+  address = "127.0.0.1"
+  from = "127.0.0.1"
+"#,
+    );
+    let opts = suggest::Options {
+        guard: None,
+        current: Some(current),
+        mode: Mode::Enforce,
+        ephemeral: 32768..=60999,
+    };
+    let text = suggest::suggest(&recs, &opts);
+    let p = load(&text);
+    let g = &p.guards[0];
+    let from_of = |port: u16| {
+        let rule = g
+            .bind
+            .iter()
+            .find(|r| r.ports.iter().any(|s| s.first == port))
+            .unwrap_or_else(|| panic!("{port}:\n{text}"));
+        rule.from.as_ref().map(|f| f.iter().map(ToString::to_string).collect::<Vec<_>>())
+    };
+    // The current from stays; the reported peers join it.
+    assert_eq!(
+        from_of(5432),
+        Some(vec!["10.0.1.0/24".into(), "10.0.2.7/32".into(), "10.0.3.9/32".into(), "10.0.5.0/24".into()]),
+        "{text}"
+    );
+    assert_eq!(from_of(6432), Some(vec!["10.0.9.9/32".into(), "127.0.0.1/32".into()]), "{text}");
+    // A UDP datagram to a port that never went live drafts no rule.
+    assert!(!text.contains("5353"), "{text}");
+    // Enforced, the draft lets in exactly what was reported and what the old from let in.
+    let j = |port, peer: &str| {
+        p.judge_inbound(
+            "/db",
+            None,
+            Proto::Tcp,
+            Some("127.0.0.1".parse().unwrap()),
+            port,
+            peer.parse().unwrap(),
+        )
+        .judgement
+        .allowed()
+    };
+    assert!(j(5432, "10.0.5.200") && j(5432, "10.0.1.9") && j(5432, "::ffff:10.0.2.7"));
+    assert!(!j(5432, "10.0.2.8") && !j(6432, "10.0.9.10"));
+    // Replayed, only that datagram is refused.
+    let r = replay::replay(&p, &recs, 32768..=60999);
+    let denied: Vec<u16> = r.newly_denied.iter().map(|c| c.operation.port).collect();
+    assert_eq!(denied, vec![5353], "{:?}", r.newly_denied);
+}

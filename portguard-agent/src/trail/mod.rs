@@ -11,7 +11,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-pub(crate) use record::{Record, RecordKind, RecordOp, read_records};
+pub(crate) use record::{InboundReason, Record, RecordKind, RecordOp, read_records};
 
 pub(crate) struct AuditTrail {
     path: PathBuf,

@@ -7,7 +7,7 @@ use portguard_common::Transport;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    inventory::{Approval, RuleInfo},
+    inventory::{Approval, Audience, RuleInfo},
     policy::{Proto, eval::Action},
 };
 
@@ -36,15 +36,58 @@ pub(crate) enum RecordOp {
     Sendmsg,
     Socket,
     Listen,
+    /// An inbound TCP connection: `addr` is the peer's, `port` the local
+    /// (approved) port, `peer_port` the peer's.
+    Accept,
+    /// An inbound UDP datagram, fields as for `accept`.
+    Receive,
+}
+
+/// Why an inbound connection or datagram was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum InboundReason {
+    /// The source is not in the `from` of the rule approving the port.
+    NotFrom,
+    /// No bind rule approves the port: a TCP listener that went live
+    /// without a judged bind, or a UDP client socket hearing from a peer
+    /// it did not send to.
+    UnapprovedPort,
+}
+
+impl InboundReason {
+    pub(crate) fn from_kernel(reason: u8) -> Option<InboundReason> {
+        match reason {
+            portguard_common::REASON_NOT_FROM => Some(InboundReason::NotFrom),
+            portguard_common::REASON_UNAPPROVED_PORT => Some(InboundReason::UnapprovedPort),
+            _ => None,
+        }
+    }
+
+    /// As the log line says it.
+    pub(crate) fn explain(self) -> &'static str {
+        match self {
+            InboundReason::NotFrom => "the peer is not in the from of the rule approving the port",
+            InboundReason::UnapprovedPort => {
+                "no bind rule approves the port (a listener that went live without a judged bind, or a UDP client hearing from a peer it did not send to)"
+            }
+        }
+    }
 }
 
 impl RecordOp {
+    /// A packet received (`accept`, `receive`): `addr` is the peer's and
+    /// `port` the local one.
+    pub(crate) fn is_inbound(self) -> bool {
+        matches!(self, RecordOp::Accept | RecordOp::Receive)
+    }
+
     /// The rule kind that decides it, if a rule can.
     pub(crate) fn action(self) -> Option<Action> {
         match self {
             RecordOp::Bind => Some(Action::Bind),
             RecordOp::Connect | RecordOp::Sendmsg => Some(Action::Connect),
-            RecordOp::Socket | RecordOp::Listen => None,
+            RecordOp::Socket | RecordOp::Listen | RecordOp::Accept | RecordOp::Receive => None,
         }
     }
 }
@@ -87,9 +130,18 @@ pub(crate) struct Record {
     /// For approved ports: the rule, with its catalog entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<RuleInfo>,
+    /// For port events: who may reach the port (`inventory::Audience`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<Audience>,
     /// For `port_closed`: seconds the port was live.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_seconds: Option<u64>,
+    /// For `accept` and `receive`: the peer's port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_port: Option<u16>,
+    /// For refused or audited `accept` and `receive`: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<InboundReason>,
 }
 
 fn one() -> u64 {
@@ -132,7 +184,10 @@ impl Record {
             count: 1,
             status: None,
             rule: None,
+            audience: None,
             open_seconds: None,
+            peer_port: None,
+            reason: None,
         }
     }
 

@@ -12,6 +12,7 @@ use ipnet::IpNet;
 
 use super::{
     BindAddress, Effect, Note, Peer, Ports, Protos, Region,
+    inbound::{self, ReachTable},
     tidy::{tidy, tidy_notes},
 };
 use crate::policy::{GuardSpec, Proto, eval::canonical};
@@ -49,6 +50,7 @@ impl Transport {
 pub(super) struct Allowed {
     bind: [BindTable; 2],
     connect: [PeerTable; 2],
+    reach: [ReachTable; 2],
     ephemeral_bind: bool,
     raw_sockets: bool,
 }
@@ -68,6 +70,7 @@ impl Allowed {
                     None => table.any.add(&ports),
                     Some(ip) => table.at.entry(canonical(ip)).or_default().add(&ports),
                 }
+                a.reach[t as usize].add(rule.address.map(canonical), rule.from.as_deref(), &ports);
             }
         }
         for rule in &g.connect {
@@ -188,6 +191,7 @@ pub(super) fn rule_changes(old: &Allowed, new: &Allowed) -> RuleChanges {
     for t in TRANSPORTS {
         bind_changes(t, &old.bind[t as usize], &new.bind[t as usize], &mut c);
         connect_changes(t, &old.connect[t as usize], &new.connect[t as usize], &mut c);
+        inbound::changes(t, &old.reach[t as usize], &new.reach[t as usize], &mut c);
     }
     c.opens = tidy(c.opens);
     c.closes = tidy(c.closes);

@@ -12,6 +12,7 @@
 
 mod allowed;
 mod cli;
+mod inbound;
 mod model;
 mod ports;
 mod text;

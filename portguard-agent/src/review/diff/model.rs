@@ -85,6 +85,17 @@ pub(crate) enum Effect {
         /// allowed (in opens) or still allowed (in closes).
         except: Vec<Region>,
     },
+    /// Peers that may reach ports the guard approves (a TCP connection,
+    /// a UDP datagram), by the bind rules' `from` (see `inbound`).
+    Inbound {
+        /// The socket's address: `Any` for address-less rules.
+        address: BindAddress,
+        from: Peer,
+        proto: Protos,
+        ports: Ports,
+        /// Narrower peers where these ports do not change.
+        except: Vec<Region>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

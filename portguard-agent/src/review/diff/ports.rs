@@ -22,7 +22,7 @@ impl Ports {
         Ports::from_ranges(specs.iter().map(|s| (s.first, s.last)).collect())
     }
 
-    fn from_ranges(ranges: Vec<(u16, u16)>) -> Ports {
+    pub(crate) fn from_ranges(ranges: Vec<(u16, u16)>) -> Ports {
         let ranges = ranges.into_iter().map(|(first, last)| PortRange { first, last }).collect();
         Ports(merge_ranges(ranges).into_iter().map(|r| (r.first, r.last)).collect())
     }
@@ -71,6 +71,15 @@ impl Ports {
 
     pub(crate) fn overlaps(&self, other: &Ports) -> bool {
         !self.intersect(other).is_empty()
+    }
+
+    /// The ranges, first and last port of each.
+    pub(crate) fn bounds(&self) -> impl Iterator<Item = (u16, u16)> + '_ {
+        self.0.iter().copied()
+    }
+
+    pub(crate) fn contains(&self, port: u16) -> bool {
+        self.0.iter().any(|&(first, last)| (first..=last).contains(&port))
     }
 
     /// Each range in the policy's own syntax: "9090", "8000-8100".

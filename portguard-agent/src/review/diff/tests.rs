@@ -337,6 +337,81 @@ fn json_follows_the_documented_schema() {
     );
 }
 
+#[test]
+fn from_opens_and_closes_inbound_reach() {
+    let db = |from: &str| api(&bind("[5432]", &format!("from = {from}")));
+    assert_eq!(
+        report(&db("\"10.0.1.0/24\""), &db("[\"10.0.1.0/24\", \"10.0.2.0/24\"]")),
+        "guard \"api\" (cgroup /api, enforce):\n\
+         \x20 opens   accept tcp 5432 from 10.0.2.0/24\n\
+         summary: 1 open, 0 closes across 1 guard\n"
+    );
+    assert_eq!(
+        report(&db("\"10.0.0.0/16\""), &db("\"10.0.1.0/24\"")),
+        "guard \"api\" (cgroup /api, enforce):\n\
+         \x20 closes  accept tcp 5432 from 10.0.0.0/16 (10.0.1.0/24 still allowed)\n\
+         summary: 0 opens, 1 close across 1 guard\n"
+    );
+    // Dropping from opens the port to every peer; adding one closes the rest.
+    assert_eq!(
+        report(&db("\"10.0.1.0/24\""), &api(&bind("[5432]", ""))),
+        "guard \"api\" (cgroup /api, enforce):\n\
+         \x20 opens   accept tcp 5432 from any (10.0.1.0/24 already allowed)\n\
+         summary: 1 open, 0 closes across 1 guard\n"
+    );
+    assert_eq!(
+        report(
+            &api(&bind("[5432, 5433]", "proto = \"both\"")),
+            &api(&(bind("[5432]", "proto = \"both\"\nfrom = \"fd00::/8\"")
+                + &bind("[5433]", "proto = \"both\"")))
+        ),
+        "guard \"api\" (cgroup /api, enforce):\n\
+         \x20 closes  accept/receive tcp+udp 5432 from any (fd00::/8 still allowed)\n\
+         summary: 0 opens, 1 close across 1 guard\n"
+    );
+    // A new port with from names its audience; a new port without from is its bind line.
+    assert_eq!(
+        report(
+            &api(""),
+            &api(&(bind("[5432]", "from = [\"10.0.2.0/24\", \"10.0.2.7\"]") + &bind("[80]", "")))
+        ),
+        "guard \"api\" (cgroup /api, enforce):\n\
+         \x20 opens   bind tcp 80, 5432 on any address\n\
+         \x20 opens   accept tcp 5432 from 10.0.2.0/24\n\
+         summary: 2 opens, 0 closes across 1 guard\n"
+    );
+    assert_eq!(
+        report(&db("\"10.0.1.0/24\""), &api("")),
+        "guard \"api\" (cgroup /api, enforce):\n\
+         \x20 closes  bind tcp 5432 on any address\n\
+         \x20 closes  accept tcp 5432 from 10.0.1.0/24\n\
+         summary: 0 opens, 2 closes across 1 guard\n"
+    );
+    // The same audience written another way, and from = "any", change nothing.
+    assert_eq!(
+        report(&db("[\"10.0.0.0/8\", \"10.1.0.0/16\"]"), &db("\"10.0.0.0/8\"")),
+        "no change in what is allowed\n"
+    );
+    assert_eq!(report(&db("\"any\""), &api(&bind("[5432]", ""))), "no change in what is allowed\n");
+    // An address rule's own port.
+    let lo = |from: &str| api(&bind("[9000]", &format!("address = \"127.0.0.1\"\nfrom = {from}")));
+    assert_eq!(
+        report(&lo("\"127.0.0.1\""), &lo("\"127.0.0.0/8\"")),
+        "guard \"api\" (cgroup /api, enforce):\n\
+         \x20 opens   accept tcp 9000 on 127.0.0.1 from 127.0.0.0/8 (127.0.0.1/32 already allowed)\n\
+         summary: 1 open, 0 closes across 1 guard\n"
+    );
+    let json =
+        serde_json::to_value(diff_of(&db("\"10.0.1.0/24\""), &db("\"10.0.0.0/16\""))).expect("serialises");
+    assert_eq!(
+        json["guards"][0]["opens"],
+        serde_json::json!([{
+            "op": "inbound", "address": "any", "from": "10.0.0.0/16", "proto": "tcp", "ports": ["5432"],
+            "except": [{"at": "10.0.1.0/24", "ports": ["5432"]}],
+        }])
+    );
+}
+
 /// Random rule sets over nested networks, checked point by point against
 /// the README's semantics: every (address, port) that NEW allows and OLD
 /// does not is in exactly the opens (minus their `except` parts), and the
@@ -359,6 +434,19 @@ fn opens_and_closes_match_a_reference_evaluator() {
     const BIND_ADDRESSES: [&str; 2] = ["127.0.0.1", "::1"];
     const PROBE_ADDRESSES: [&str; 4] = ["127.0.0.1", "::1", "0.0.0.0", "10.9.9.9"];
     const PROTOS: [&str; 3] = ["tcp", "udp", "both"];
+    const FROMS: [&str; 8] =
+        ["10.0.0.0/8", "10.0.1.0/24", "10.0.1.5", "127.0.0.1", "fd00::/8", "::1", "any", "0.0.0.0/0"];
+    const INBOUND_PEERS: [&str; 9] = [
+        "10.0.1.5",
+        "10.0.1.6",
+        "10.0.2.1",
+        "11.0.0.1",
+        "127.0.0.1",
+        "::1",
+        "fd00::1",
+        "2001:db8::1",
+        "::ffff:10.0.1.5",
+    ];
 
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
     let mut next = move |n: usize| {
@@ -377,8 +465,14 @@ fn opens_and_closes_match_a_reference_evaluator() {
                 _ => String::new(),
             };
             let proto = PROTOS[next(3)];
-            rules +=
-                &bind(&format!("[\"{first}-{}\"]", first + len), &format!("proto = \"{proto}\"\n{address}"));
+            let from = match next(3) {
+                0 => String::new(),
+                _ => format!("from = [\"{}\", \"{}\"]", FROMS[next(FROMS.len())], FROMS[next(FROMS.len())]),
+            };
+            rules += &bind(
+                &format!("[\"{first}-{}\"]", first + len),
+                &format!("proto = \"{proto}\"\n{address}\n{from}"),
+            );
         }
         for _ in 0..next(6) {
             let (first, len) = (1 + next(10), next(3));
@@ -445,9 +539,61 @@ fn opens_and_closes_match_a_reference_evaluator() {
         })
     };
 
+    // Random bind rules that approve one port with different `from`, or
+    // list only the other family's peers for their address, are refused:
+    // draw again.
+    let mut valid_guard = || loop {
+        let text = random_guard();
+        if let Ok((p, _)) = parse_and_compile("t.toml", &text) {
+            return (text, p);
+        }
+    };
+
+    // Inbound reach, from the validated rules: the rule approving the
+    // socket's port (one audience whichever matches), and its `from`.
+    let approving = |g: &GuardSpec, t: Transport, local: IpAddr, port: u16| {
+        g.bind
+            .iter()
+            .find(|r| {
+                Transport::of(r.proto).contains(&t)
+                    && r.address.is_none_or(|a| a == local)
+                    && r.ports.iter().any(|s| (s.first..=s.last).contains(&port))
+            })
+            .map(|r| r.from.clone())
+    };
+    let v4 = |ip: IpAddr| match ip {
+        IpAddr::V6(a) => a.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        a => a,
+    };
+    let reach = |g: &GuardSpec, t, local, port, peer: IpAddr| {
+        approving(g, t, local, port)
+            .is_some_and(|from| from.is_none_or(|f| f.iter().any(|n| n.contains(&v4(peer)))))
+    };
+    let everyone = |from: Option<Vec<IpNet>>| {
+        from.is_none_or(|f| ["0.0.0.0/0", "::/0"].iter().all(|n| f.contains(&n.parse().expect("net"))))
+    };
+    // Whether `local`'s own rules decide `port` (no address-less rule does).
+    let own = |g: &GuardSpec, t: Transport, local: IpAddr, port: u16| {
+        let approves = |r: &crate::policy::BindRuleSpec| {
+            Transport::of(r.proto).contains(&t) && r.ports.iter().any(|s| (s.first..=s.last).contains(&port))
+        };
+        !g.bind.iter().any(|r| approves(r) && r.address.is_none())
+            && g.bind.iter().any(|r| approves(r) && r.address == Some(local))
+    };
+    let reported_inbound = |effects: &[Effect], t: Transport, at: BindAddress, port: u16, peer: IpAddr| {
+        effects.iter().any(|e| {
+            let Effect::Inbound { address, from, proto, ports, except } = e else { return false };
+            let inside = |n: &str| n.parse::<IpNet>().is_ok_and(|n| n.contains(&v4(peer)));
+            protos_cover(*proto, t)
+                && port_in(port, ports)
+                && *address == at
+                && (*from == Peer::Any || inside(&from.to_string()))
+                && !except.iter().any(|r| inside(&r.at) && port_in(port, &r.ports))
+        })
+    };
+
     for round in 0..300 {
-        let (old_text, new_text) = (random_guard(), random_guard());
-        let (old, new) = (policy(&old_text), policy(&new_text));
+        let ((old_text, old), (new_text, new)) = (valid_guard(), valid_guard());
         let d = diff(&old, &new);
         let g = &d.guards[0];
         let (o, n) = (&old.guards[0], &new.guards[0]);
@@ -477,6 +623,44 @@ fn opens_and_closes_match_a_reference_evaluator() {
                         was && !is,
                         "closes, {what}\n{old_text}\n---\n{new_text}\n{g:#?}"
                     );
+                }
+                for local in PROBE_ADDRESSES {
+                    let local: IpAddr = local.parse().expect("probe address");
+                    let at = if own(o, t, local, port) || own(n, t, local, port) {
+                        BindAddress::Ip(local)
+                    } else {
+                        BindAddress::Any
+                    };
+                    let (bound_o, bound_n) = (approving(o, t, local, port), approving(n, t, local, port));
+                    // A port newly approved (or no longer approved) for
+                    // every peer is its bind line's business.
+                    let opened_to_all = bound_o.is_none() && bound_n.clone().is_some_and(everyone);
+                    let closed_to_all = bound_n.is_none() && bound_o.clone().is_some_and(everyone);
+                    for peer in INBOUND_PEERS {
+                        let peer: IpAddr = peer.parse().expect("probe peer");
+                        let (was, is) = (reach(o, t, local, port, peer), reach(n, t, local, port, peer));
+                        let what = format!("round {round}: inbound {t:?} {local} port {port} from {peer}");
+                        assert_eq!(
+                            reported_inbound(&g.opens, t, at, port, peer),
+                            is && !was && !opened_to_all,
+                            "opens, {what}\n{old_text}\n---\n{new_text}\n{g:#?}"
+                        );
+                        assert_eq!(
+                            reported_inbound(&g.closes, t, at, port, peer),
+                            was && !is && !closed_to_all,
+                            "closes, {what}\n{old_text}\n---\n{new_text}\n{g:#?}"
+                        );
+                        // And no line at the other kind of address claims it.
+                        let other =
+                            if at == BindAddress::Any { BindAddress::Ip(local) } else { BindAddress::Any };
+                        if matches!(other, BindAddress::Ip(_)) {
+                            assert!(
+                                !reported_inbound(&g.opens, t, other, port, peer)
+                                    && !reported_inbound(&g.closes, t, other, port, peer),
+                                "{what}: reported on its own address\n{old_text}\n---\n{new_text}\n{g:#?}"
+                            );
+                        }
+                    }
                 }
             }
         }

@@ -3,7 +3,9 @@
 
 use std::fmt::Write as _;
 
-use super::{BindAddress, Change, Effect, GuardDiff, Note, OldNew, PolicyDiff, Ports, Reason, Region};
+use super::{
+    BindAddress, Change, Effect, GuardDiff, Note, OldNew, PolicyDiff, Ports, Protos, Reason, Region,
+};
 
 pub(crate) fn render(diff: &PolicyDiff) -> String {
     let mut out = String::new();
@@ -86,6 +88,20 @@ fn effect(e: &Effect, unchanged: &str) -> String {
         }
         Effect::Connect { peer, proto, ports, except: ex } => {
             format!("connect {proto} {peer} ports {ports}{}", except(ports, ex))
+        }
+        Effect::Inbound { address, from, proto, ports, except: ex } => {
+            // The kernel's op names: a TCP connection is accepted, a UDP
+            // datagram received.
+            let op = match proto {
+                Protos::Tcp => "accept",
+                Protos::Udp => "receive",
+                Protos::Both => "accept/receive",
+            };
+            let on = match address {
+                BindAddress::Any => String::new(),
+                BindAddress::Ip(ip) => format!(" on {ip}"),
+            };
+            format!("{op} {proto} {ports}{on} from {from}{}", except(ports, ex))
         }
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use ipnet::IpNet;
 
-use super::{Effect, Note, Peer, Protos};
+use super::{Effect, Note, Peer, Protos, Region};
 
 /// Sorts effects and folds pairs that read better as one: the same effect
 /// on 0.0.0.0/0 and ::/0 is one on `any` peer, and the same effect for tcp
@@ -34,14 +34,17 @@ pub(super) fn tidy_notes(notes: Vec<Note>) -> Vec<Note> {
 
 fn effect_proto(e: &Effect) -> Option<Protos> {
     match e {
-        Effect::Bind { proto, .. } | Effect::Connect { proto, .. } => Some(*proto),
+        Effect::Bind { proto, .. } | Effect::Connect { proto, .. } | Effect::Inbound { proto, .. } => {
+            Some(*proto)
+        }
         _ => None,
     }
 }
 
 fn with_proto(e: &Effect, p: Protos) -> Effect {
     let mut e = e.clone();
-    if let Effect::Bind { proto, .. } | Effect::Connect { proto, .. } = &mut e {
+    if let Effect::Bind { proto, .. } | Effect::Connect { proto, .. } | Effect::Inbound { proto, .. } = &mut e
+    {
         *proto = p;
     }
     e
@@ -72,8 +75,8 @@ fn merge_protocols<T: Clone + Ord>(
     out
 }
 
-/// Folds a connect effect on 0.0.0.0/0 and one on ::/0 with the same
-/// protocol and ports into one on `any` (what `peer = "any"` writes).
+/// Folds a connect (or inbound) effect on 0.0.0.0/0 and one on ::/0 that
+/// are otherwise the same into one on `any` (what `peer = "any"` writes).
 fn merge_any_peer(effects: Vec<Effect>) -> Vec<Effect> {
     let v4_any: IpNet = "0.0.0.0/0".parse().expect("a valid network");
     let v6_any: IpNet = "::/0".parse().expect("a valid network");
@@ -81,27 +84,50 @@ fn merge_any_peer(effects: Vec<Effect>) -> Vec<Effect> {
     let mut v6_halves: Vec<Effect> = Vec::new();
     let mut rest = Vec::new();
     for e in effects {
-        match &e {
-            Effect::Connect { peer: Peer::Net(n), .. } if *n == v6_any => v6_halves.push(e),
+        match peer_of(&e) {
+            Some(n) if n == v6_any => v6_halves.push(e),
             _ => rest.push(e),
         }
     }
     for e in rest {
-        if let Effect::Connect { peer: Peer::Net(n), proto, ports, except } = &e
-            && *n == v4_any
-            && let Some(i) = v6_halves.iter().position(
-                |v6| matches!(v6, Effect::Connect { proto: p6, ports: ports6, .. } if p6 == proto && ports6 == ports),
-            )
-            && let Effect::Connect { except: except6, .. } = v6_halves.remove(i)
+        if peer_of(&e) == Some(v4_any)
+            && let Some(i) = v6_halves.iter().position(|v6| on_any(v6).0 == on_any(&e).0)
         {
-            let mut except = except.clone();
-            except.extend(except6);
+            let (mut merged, mut except) = on_any(&e);
+            except.extend(on_any(&v6_halves.remove(i)).1);
             except.sort();
-            out.push(Effect::Connect { peer: Peer::Any, proto: *proto, ports: ports.clone(), except });
+            set_except(&mut merged, except);
+            out.push(merged);
             continue;
         }
         out.push(e);
     }
     out.extend(v6_halves);
     out
+}
+
+fn peer_of(e: &Effect) -> Option<IpNet> {
+    match e {
+        Effect::Connect { peer: Peer::Net(n), .. } | Effect::Inbound { from: Peer::Net(n), .. } => Some(*n),
+        _ => None,
+    }
+}
+
+/// `e` on `any` peer without its `except`, and that `except`.
+fn on_any(e: &Effect) -> (Effect, Vec<Region>) {
+    let mut e = e.clone();
+    let except = match &mut e {
+        Effect::Connect { peer, except, .. } | Effect::Inbound { from: peer, except, .. } => {
+            *peer = Peer::Any;
+            std::mem::take(except)
+        }
+        _ => Vec::new(),
+    };
+    (e, except)
+}
+
+fn set_except(e: &mut Effect, regions: Vec<Region>) {
+    if let Effect::Connect { except, .. } | Effect::Inbound { except, .. } = e {
+        *except = regions;
+    }
 }

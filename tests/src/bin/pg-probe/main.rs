@@ -44,6 +44,17 @@
 //!       the io_uring modes print "unsupported ..." where the kernel lacks the op
 //!   pg-probe bpf-fault prog-load|link-create|link-update BPF_CGROUP_... -- PROGRAM ARGS...
 //!       runs PROGRAM as if the kernel lacked that cgroup hook (see bpf_fault.rs)
+//!   pg-probe accept-serve IP PORT          (TCP server: "ok port=N", accepts and closes until killed)
+//!   pg-probe reach tcp|udp SRC DST PORT MILLIS
+//!       from a socket bound to SRC: TCP connect, or UDP datagram and wait
+//!       for the answer (udp-serve): "ok" | "timeout" | "err .."
+//!   pg-probe tcp-try IP PORT MILLIS        (connect with a timeout: "ok" | "timeout" | "err ..")
+//!   pg-probe udp-serve IP PORT             (answers "echo"; "send-to IP PORT" makes it
+//!                                           send there from the same socket and say how it went)
+//!   pg-probe udp-ask IP PORT MILLIS [TEXT] (one datagram, one answer: "reply ..." | "timeout")
+//!   pg-probe udp-wait IP PORT MILLIS       (bind, print "ok port=N", wait: "got IP" | "timeout")
+//!   pg-probe hold-unbound                  (TCP listen() without bind(), kept until killed)
+//!   pg-probe syn-flood SRC DST PORT COUNT  (raw IPv4 SYNs from SRC: "sent=N")
 //!   pg-probe bind-no-port-connect IP PORT
 //!       TCP: IP_BIND_ADDRESS_NO_PORT, bind(IP, 0), then connect(IP, PORT);
 //!       prints "bind: err ..." or the connect's verdict
@@ -53,7 +64,7 @@
 //! command takes tcp|udp, `mptcp` (IPPROTO_MPTCP) works as well.
 //!
 //! This file only dispatches; each family of operations has its file:
-//! bind.rs, connect.rs, datagram.rs, socket_kinds.rs, scm_rights.rs,
+//! bind.rs, connect.rs, datagram.rs, inbound.rs, reach.rs, socket_kinds.rs, scm_rights.rs,
 //! uring.rs, repeat.rs (hammer, flood), bench.rs and bpf_fault.rs, on the
 //! helpers of sock.rs.
 
@@ -62,6 +73,8 @@ mod bind;
 mod bpf_fault;
 mod connect;
 mod datagram;
+mod inbound;
+mod reach;
 mod repeat;
 mod scm_rights;
 mod sock;
@@ -110,6 +123,23 @@ fn main() -> ExitCode {
         ["uring-bind", proto, ip, p] => uring_bind(proto, parse_ip(ip), port(p)),
         ["uring-listen-unbound"] => uring_listen_unbound(),
         ["bpf-fault", step, hook, "--", program @ ..] => return bpf_fault::run(step, hook, program),
+        ["accept-serve", ip, p] => reach::accept_serve(parse_ip(ip), port(p)),
+        ["reach", proto, src, dst, p, ms] => {
+            reach::reach(proto, parse_ip(src), parse_ip(dst), port(p), ms.parse().expect("millis"))
+        }
+        ["tcp-try", ip, p, ms] => inbound::tcp_try(parse_ip(ip), port(p), ms.parse().expect("millis")),
+        ["udp-serve", ip, p] => inbound::udp_serve(parse_ip(ip), port(p)),
+        ["udp-ask", ip, p, ms] => {
+            inbound::udp_ask(parse_ip(ip), port(p), ms.parse().expect("millis"), "hello")
+        }
+        ["udp-ask", ip, p, ms, text @ ..] => {
+            inbound::udp_ask(parse_ip(ip), port(p), ms.parse().expect("millis"), &text.join(" "))
+        }
+        ["udp-wait", ip, p, ms] => inbound::udp_wait(parse_ip(ip), port(p), ms.parse().expect("millis")),
+        ["hold-unbound"] => inbound::hold_unbound(),
+        ["syn-flood", src, dst, p, n] => {
+            inbound::syn_flood(parse_ip(src), parse_ip(dst), port(p), n.parse().expect("count"))
+        }
         ["bind-no-port-connect", ip, p] => bind_no_port_connect(parse_ip(ip), port(p)),
         ["bench", workload, p, n] => bench::run(workload, port(p), n.parse().expect("iterations")),
         ["flood", proto, ip, p, count] => flood(proto, parse_ip(ip), port(p), count.parse().expect("count")),
