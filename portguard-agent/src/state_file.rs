@@ -28,6 +28,9 @@ pub(crate) struct AgentState {
     pub(crate) applied_at: u64,
     pub(crate) cgroup_root: PathBuf,
     pub(crate) bpffs: PathBuf,
+    /// The kernel's id of each cgroup program the agent loaded, by name.
+    #[serde(default)]
+    pub(crate) programs: std::collections::BTreeMap<String, u32>,
     pub(crate) guards: Vec<GuardState>,
 }
 
