@@ -205,6 +205,11 @@ pub struct RunArgs {
     /// policy anyway (pod guards then apply as pods become known).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub kube_sync_timeout: std::time::Duration,
+    /// How often every guard is verified (as `portguard verify` does:
+    /// kernel state and a probe per guarded cgroup), besides after start-up
+    /// and after each reload. 0 turns periodic verification off.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub verify_interval: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

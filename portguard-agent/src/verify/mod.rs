@@ -19,7 +19,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub(crate) use probe::PROBE_CGROUP_PREFIX;
 pub(crate) use report::{Check, GuardReport, Outcome, Report};
 
 use crate::{

@@ -591,7 +591,11 @@ fn describe(code: i32) -> String {
     };
     let text = io::Error::from_raw_os_error(errno).to_string();
     let text = text.split(" (os error").next().unwrap_or_default();
-    if name.is_empty() { format!("{prefix}errno {errno} ({text})") } else { format!("{prefix}{name} ({text})") }
+    if name.is_empty() {
+        format!("{prefix}errno {errno} ({text})")
+    } else {
+        format!("{prefix}{name} ({text})")
+    }
 }
 
 fn refused(code: i32) -> bool {
