@@ -34,7 +34,7 @@ use crate::{
 /// Ports IANA leaves unassigned, tried in order for the refused attempts:
 /// low and fixed, so the per-port denial metrics gain a label or two, not
 /// one per verification.
-const PROBE_PORTS: [u16; 12] = [4, 6, 8, 10, 12, 14, 16, 26, 28, 30, 32, 34];
+const PROBE_PORTS: [u16; 15] = [4, 6, 8, 10, 12, 14, 16, 26, 28, 30, 32, 34, 36, 40, 60];
 /// The child writes one result per attempt; a probe makes at most this many.
 const MAX_ATTEMPTS: usize = 32;
 /// `socket()` itself failed: the result is this plus its errno.
