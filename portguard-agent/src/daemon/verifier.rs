@@ -79,7 +79,17 @@ pub(crate) fn spawn(args: &RunArgs, metrics: Arc<Metrics>) -> Verifier {
         Paths { state_dir: args.state_dir.clone(), bpffs: args.bpffs.clone(), policy: args.policy.clone() };
     let probe_ids = Arc::clone(&probes);
     tokio::spawn(async move {
-        let mut last: HashMap<String, bool> = HashMap::new();
+        // The previous agent's last results: a guard it found broken and a
+        // restart repaired is a recovery, written as one.
+        let mut last: HashMap<String, bool> = state_file::read_verification(&paths.state_dir)
+            .and_then(|v| {
+                v["guards"].as_array().map(|gs| {
+                    gs.iter()
+                        .filter_map(|g| Some((g["guard"].as_str()?.to_owned(), g["verified"].as_bool()?)))
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
         // A period of zero turns the timer off; requests still run.
         let mut tick =
             tokio::time::interval(if interval.is_zero() { Duration::from_secs(3600) } else { interval });
