@@ -116,6 +116,28 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
     },
+    /// Prove that every guard holds, against the running agent's pinned
+    /// state: the kernel holds exactly the policy, portguard's programs run
+    /// at every hook of every guarded cgroup, and a probe process in a
+    /// short-lived child cgroup is refused what the rules refuse and allowed
+    /// what they allow (loopback only; no packet leaves the host). Exit
+    /// status: 0 every guard holds, 1 one does not, 2 cannot verify.
+    Verify {
+        /// Only this guard.
+        #[arg(long)]
+        guard: Option<String>,
+        /// The policy the kernel must hold (default: the agent's policy file).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+        /// The running agent's state directory.
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// The agent's bpffs directory (default: from its state).
+        #[arg(long)]
+        bpffs: Option<PathBuf>,
+    },
     /// Attach empty always-allow programs at the same hooks and exit
     /// (benchmark baseline; remove with `unload`).
     #[command(hide = true)]
@@ -183,6 +205,11 @@ pub struct RunArgs {
     /// policy anyway (pod guards then apply as pods become known).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub kube_sync_timeout: std::time::Duration,
+    /// How often every guard is verified (as `portguard verify` does:
+    /// kernel state and a probe per guarded cgroup), besides after start-up
+    /// and after each reload. 0 turns periodic verification off.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub verify_interval: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

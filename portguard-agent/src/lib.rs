@@ -16,6 +16,7 @@ mod pods;
 mod review;
 mod state_file;
 mod trail;
+mod verify;
 
 /// For `review`'s commands, which still pick their own exit status; goes
 /// when their CLI glue moves into `cmd`.

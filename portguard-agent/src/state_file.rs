@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 
 pub(crate) const STATE_FILE: &str = "state.json";
 pub(crate) const PID_FILE: &str = "portguard.pid";
+/// The agent's last verification of every guard, for `portguard status`.
+pub(crate) const VERIFY_FILE: &str = "verify.json";
 /// The pods of this node last heard from the API, for a start-up while the
 /// API is unreachable.
 pub(crate) const PODS_FILE: &str = "pods.json";
@@ -28,6 +30,9 @@ pub(crate) struct AgentState {
     pub(crate) applied_at: u64,
     pub(crate) cgroup_root: PathBuf,
     pub(crate) bpffs: PathBuf,
+    /// The kernel's id of each cgroup program the agent loaded, by name.
+    #[serde(default)]
+    pub(crate) programs: std::collections::BTreeMap<String, u32>,
     pub(crate) guards: Vec<GuardState>,
 }
 
@@ -73,6 +78,15 @@ pub(crate) fn write_state(dir: &Path, state: &AgentState) -> io::Result<()> {
 pub(crate) fn read_state(dir: &Path) -> io::Result<AgentState> {
     let text = fs::read(dir.join(STATE_FILE))?;
     serde_json::from_slice(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+pub(crate) fn write_verification(dir: &Path, report: &serde_json::Value) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    write_atomic(&dir.join(VERIFY_FILE), &serde_json::to_vec(report).map_err(io::Error::other)?)
+}
+
+pub(crate) fn read_verification(dir: &Path) -> Option<serde_json::Value> {
+    serde_json::from_slice(&fs::read(dir.join(VERIFY_FILE)).ok()?).ok()
 }
 
 pub(crate) fn write_pods(dir: &Path, pods: &[crate::pods::PodInfo]) -> io::Result<()> {

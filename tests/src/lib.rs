@@ -16,6 +16,8 @@
 //! - `metrics`: the metrics endpoint and a real [`Prometheus`].
 //! - `kubelet`, [`kube_api`]: pod cgroups as the kubelet lays them out, and
 //!   a stand-in Kubernetes API server.
+//! - `tamper`: raw bpf() on the pinned maps and links, to break
+//!   enforcement on purpose (the tests of `portguard verify`).
 //! - `prerequisites`: [`require_root!`] and [`skip_test!`].
 
 mod agent;
@@ -27,6 +29,7 @@ mod metrics;
 pub mod prerequisites;
 mod probe;
 mod sandbox;
+pub mod tamper;
 
 pub use agent::{Agent, agent_bin, portguard};
 pub use hosts::Host;

@@ -92,14 +92,20 @@ impl Enforcer {
     /// (BPF_LINK_UPDATE swaps a link's program atomically, so no hook is
     /// ever empty) and attaches the LSM programs. Call it once, after the
     /// first policy is in the maps. Returns the cgroups found guarded.
-    pub(crate) fn adopt_pinned(&mut self) -> Result<Vec<u64>, LoadError> {
+    ///
+    /// `paths` names the cgroups the policy guards; a hook of one of them
+    /// whose pinned link is missing (detached behind the agent's back) is
+    /// attached again.
+    pub(crate) fn adopt_pinned(&mut self, paths: &BTreeMap<u64, PathBuf>) -> Result<Vec<u64>, LoadError> {
         let mut adopted = Vec::new();
         for (cgroup_id, dir) in self.pins.guarded_link_dirs() {
             let mut gone = false;
+            let mut missing = Vec::new();
             for hook in hooks::cgroup_hooks() {
                 let name = hook.program;
                 let path = dir.join(name);
                 if !path.exists() {
+                    missing.push(hook);
                     continue;
                 }
                 let link = link_update::open_pinned(&path)
@@ -123,6 +129,14 @@ impl Enforcer {
                 let _ = fs::remove_dir(&dir);
                 self.guarded.remove(&cgroup_id);
                 continue;
+            }
+            if let Some(path) = paths.get(&cgroup_id).filter(|_| !missing.is_empty()) {
+                tracing::warn!(
+                    cgroup_id,
+                    hooks = %missing.iter().map(|h| h.program).collect::<Vec<_>>().join(","),
+                    "attaching again the hooks whose pinned links were removed"
+                );
+                self.attach_hooks(cgroup_id, path, &missing)?;
             }
             // Links of programs this object no longer has (an older
             // agent's): unpinning detaches them.
@@ -201,13 +215,32 @@ impl Enforcer {
         hooks::cgroup_hooks().any(|h| !dir.join(h.program).exists())
     }
 
-    /// Attaches every hook whose link is not pinned for the cgroup yet.
+    /// The kernel's id of each cgroup program this agent loaded, by name:
+    /// what every guarded hook must run (`portguard verify` checks it).
+    pub(crate) fn program_ids(&self) -> BTreeMap<String, u32> {
+        hooks::cgroup_hooks()
+            .filter_map(|h| Some((h.program.to_owned(), self.ebpf.program(h.program)?.info().ok()?.id())))
+            .collect()
+    }
+
     fn attach_at(&mut self, cgroup_id: u64, cgroup_path: &Path) -> Result<(), LoadError> {
+        let all: Vec<&'static hooks::Hook> = hooks::cgroup_hooks().collect();
+        self.attach_hooks(cgroup_id, cgroup_path, &all)
+    }
+
+    /// Attaches `which` hooks at one cgroup and pins their links; on a
+    /// failure the cgroup's links are dropped (see [`Enforcer::guard`]).
+    fn attach_hooks(
+        &mut self,
+        cgroup_id: u64,
+        cgroup_path: &Path,
+        which: &[&'static hooks::Hook],
+    ) -> Result<(), LoadError> {
         let cgroup = fs::File::open(cgroup_path)
             .map_err(|source| LoadError::Cgroup { cgroup: cgroup_path.to_owned(), source })?;
         let mut new_links: Vec<(&'static str, FdLink)> = Vec::new();
         let pinned = self.pins.cgroup_links_dir(cgroup_id);
-        for hook in hooks::cgroup_hooks() {
+        for hook in which.iter().copied() {
             let name = hook.program;
             if pinned.join(name).exists() {
                 continue;
@@ -253,10 +286,13 @@ impl Enforcer {
         {
             return Err(LoadError::Bpffs(BpffsError::Io { path: dir, source }));
         }
+        let names: Vec<&str> = new_links.iter().map(|(n, _)| *n).collect();
         for (name, link) in new_links {
             let path = dir.join(name);
             if let Err(source) = link.pin(&path) {
-                remove_foreign_links(&dir, |_| false);
+                // Only this call's links: a repair that fails leaves the
+                // hooks that were still attached as they were.
+                remove_foreign_links(&dir, |n| !names.contains(&n));
                 let _ = fs::remove_dir(&dir);
                 return Err(LoadError::Pin { path, source });
             }

@@ -5,6 +5,7 @@ mod bpffs;
 mod error;
 mod events;
 mod hooks;
+mod inspect;
 mod link_update;
 mod live_ports;
 mod loader;
@@ -14,6 +15,10 @@ mod policy_maps;
 
 pub(crate) use error::LoadError;
 pub(crate) use events::{DecodedEvent, EventStream, EventsError, MAX_BATCH as MAX_EVENT_BATCH};
+pub(crate) use hooks::cgroup_hooks;
+pub(crate) use inspect::{
+    DenialCounters, attach_type_number, cgroup_link, cgroup_programs, link_pin, live_generation, live_policy,
+};
 pub(crate) use live_ports::{BriefKind, LivePortEntry, LivePorts, PortClosed, boot_ns};
 pub(crate) use loader::{Enforcer, unload};
 pub(crate) use pinned::{DecisionCounters, GuardCounts, KernelCounters, LiveState, PinnedError};

@@ -11,6 +11,7 @@ mod scan;
 mod status;
 mod suggest;
 mod unload;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -20,7 +21,8 @@ use crate::cli::Command;
 /// no privileges, unsupported kernel): nothing was changed.
 pub(crate) const EXIT_BAD_INPUT: u8 = 2;
 /// Exit status for findings a gate asked for: `check --strict` catalog
-/// findings, `scan --fail-on-unapproved` unapproved ports.
+/// findings, `scan --fail-on-unapproved` unapproved ports, `verify` a guard
+/// that does not hold.
 pub(crate) const EXIT_FINDINGS: u8 = 1;
 
 /// Why a command failed. `main` prints it (`portguard: <message>` on
@@ -77,6 +79,13 @@ pub fn run(command: Command) -> Result<(), CmdError> {
         Command::Status { bpffs, state_dir, format } => status::run(&bpffs, &state_dir, format),
         Command::BenchNoop { cgroup_root, bpffs } => bench_noop::run(&cgroup_root, &bpffs),
         Command::Unload { bpffs } => unload::run(&bpffs),
+        Command::Verify { guard, policy, format, state_dir, bpffs } => verify::run(&verify::VerifyArgs {
+            state_dir: &state_dir,
+            bpffs: bpffs.as_deref(),
+            policy: policy.as_deref(),
+            guard: guard.as_deref(),
+            format,
+        }),
     }
 }
 

@@ -42,6 +42,34 @@ pub(super) fn run(bpffs: &Path, state_dir: &Path, format: OutputFormat) -> Resul
         })
     };
 
+    let verification = state::read_verification(state_dir);
+    let verified_at = verification.as_ref().and_then(|v| v["started_at"].as_u64()).map(|t| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t))
+            .to_string()
+    });
+    let verification_of = |name: Option<&str>| -> serde_json::Value {
+        let Some(g) = verification.as_ref().and_then(|v| {
+            v["guards"].as_array()?.iter().find(|g| name.is_some() && g["guard"].as_str() == name).cloned()
+        }) else {
+            return serde_json::Value::Null;
+        };
+        let failed: Vec<String> = g["checks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["outcome"] == "fail")
+            .map(|c| {
+                format!(
+                    "{} {}: expected {}, got {}",
+                    c["check"].as_str().unwrap_or("?"),
+                    c["subject"].as_str().unwrap_or("?"),
+                    c["expected"].as_str().unwrap_or("?"),
+                    c["got"].as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        json!({ "at": verified_at, "verified": g["verified"], "failed": failed })
+    };
     let guards: Vec<serde_json::Value> = live
         .guards
         .iter()
@@ -55,6 +83,7 @@ pub(super) fn run(bpffs: &Path, state_dir: &Path, format: OutputFormat) -> Resul
                 "guard_id": info.guard_id,
                 "mode": if info.mode == MODE_AUDIT { "audit" } else { "enforce" },
                 "decisions": counters.as_ref().map(|c| counts_json(&c.guard(info.guard_id))),
+                "verification": verification_of(named.as_ref().map(|(g, _, _)| g.name.as_str())),
             })
         })
         .collect();
@@ -125,6 +154,22 @@ fn render_text(r: &serde_json::Value, bpffs: &Path) -> String {
             g["cgroup"].as_str().unwrap_or("?"),
             g["cgroup_id"]
         ));
+        match g["verification"]["verified"].as_bool() {
+            Some(true) => out.push_str(&format!(
+                "    verified at {}: every check holds\n",
+                g["verification"]["at"].as_str().unwrap_or("?")
+            )),
+            Some(false) => {
+                out.push_str(&format!(
+                    "    NOT VERIFIED at {}:\n",
+                    g["verification"]["at"].as_str().unwrap_or("?")
+                ));
+                for f in g["verification"]["failed"].as_array().into_iter().flatten() {
+                    out.push_str(&format!("      {}\n", f.as_str().unwrap_or("?")));
+                }
+            }
+            None => out.push_str("    not verified by the agent yet\n"),
+        }
         if let Some(d) = g["decisions"].as_object() {
             for (op, v) in d {
                 out.push_str(&format!(

@@ -278,7 +278,14 @@ impl AppliedPolicy {
 
     /// Swaps this agent's programs into the links an earlier agent pinned.
     pub(crate) fn adopt_pinned(&mut self) -> Result<(), DaemonError> {
-        let adopted = self.enforcer.adopt_pinned()?;
+        let root = self.resolver.root();
+        let paths: std::collections::BTreeMap<u64, PathBuf> = self
+            .current
+            .iter()
+            .flat_map(|a| a.cgroups.coverage.values().flatten())
+            .map(|c| (c.id, root.join(c.path.trim_start_matches('/'))))
+            .collect();
+        let adopted = self.enforcer.adopt_pinned(&paths)?;
         if !adopted.is_empty() {
             tracing::info!(cgroups = adopted.len(), "took over the pinned links of the previous agent");
         }
@@ -307,6 +314,7 @@ impl AppliedPolicy {
             applied_at: a.applied_at,
             cgroup_root: self.resolver.root().to_owned(),
             bpffs: self.bpffs.clone(),
+            programs: self.enforcer.program_ids(),
             guards: a
                 .compiled
                 .guards

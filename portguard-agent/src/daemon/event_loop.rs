@@ -10,6 +10,7 @@ use super::{
     applied::AppliedPolicy,
     denials, sd_notify,
     sinks::Sinks,
+    verifier::Verifier,
     watches::{self, CgroupWatch},
 };
 use crate::{
@@ -57,6 +58,7 @@ pub(crate) struct EventLoop<'a> {
     pub(crate) port_events: EventStream<PortClosed>,
     pub(crate) metrics: &'a Metrics,
     pub(crate) sinks: Sinks,
+    pub(crate) verifier: Verifier,
 }
 
 impl EventLoop<'_> {
@@ -89,6 +91,7 @@ impl EventLoop<'_> {
                 update = self.applied.next_pod_update() => self.applied.on_pod_update(update, &mut cgroups),
                 _ = rescan.tick() => self.applied.rescan_guards(&mut cgroups),
                 _ = watchdog.tick() => sd_notify::notify("WATCHDOG=1"),
+                Some(record) = self.verifier.records.recv() => self.sinks.write_verification(&record),
                 _ = coalesce.tick() => {
                     self.sinks.flush_denials(self.applied, Some(std::time::Instant::now()));
                     // Port closes wake the agent only once their ring is a quarter
@@ -133,6 +136,7 @@ impl EventLoop<'_> {
     fn reload(&mut self, why: &str, force: bool) {
         if self.applied.reload(why, force) {
             self.sinks.reclassify(self.applied, self.metrics);
+            self.verifier.request("reload");
         }
     }
 }

@@ -15,6 +15,7 @@ mod pods;
 mod privileges;
 mod sd_notify;
 mod sinks;
+mod verifier;
 mod watches;
 
 use std::sync::{Arc, atomic::Ordering};
@@ -120,17 +121,21 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), DaemonError> {
         "portguard is enforcing"
     );
     sd_notify::notify("READY=1");
+    let verifier = verifier::spawn(&args, Arc::clone(&metrics));
+    verifier.request("start");
 
     // 5. The loop, with the ports live now as the inventory's start.
-    let sinks = Sinks::new(
+    let mut sinks = Sinks::new(
         trail,
         Listeners::new(root.clone(), root_in_mount, live_ports),
         DenialLog::new(root),
         &applied,
         &metrics,
     );
-    let result =
-        EventLoop { applied: &mut applied, events, port_events, metrics: &metrics, sinks }.run(inputs).await;
+    sinks.skip_probes_of(Arc::clone(&verifier.probes));
+    let result = EventLoop { applied: &mut applied, events, port_events, metrics: &metrics, sinks, verifier }
+        .run(inputs)
+        .await;
 
     // 6. Stopping: enforcement stays pinned unless --unload-on-exit.
     sd_notify::notify("STOPPING=1");

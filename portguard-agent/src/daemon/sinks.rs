@@ -8,7 +8,7 @@ use crate::{
     bpf::{DecodedEvent, PortClosed},
     inventory::live::Listeners,
     metrics::Metrics,
-    trail::{AuditTrail, Record},
+    trail::{AuditTrail, Record, VerifyRecord},
 };
 
 pub(crate) struct Sinks {
@@ -17,6 +17,8 @@ pub(crate) struct Sinks {
     denials: DenialLog,
     /// Trail records not yet written.
     records: Vec<Record>,
+    /// The agent's own verification probes, left out of the denial log.
+    probes: Option<std::sync::Arc<super::verifier::ProbeCgroups>>,
 }
 
 impl Sinks {
@@ -32,7 +34,7 @@ impl Sinks {
         if let Some(p) = applied.policy() {
             listeners.scan_tables(Some(p), &mut records);
         }
-        let mut sinks = Sinks { trail, listeners, denials, records };
+        let mut sinks = Sinks { trail, listeners, denials, records, probes: None };
         sinks.flush(metrics);
         sinks
     }
@@ -44,8 +46,20 @@ impl Sinks {
         }
     }
 
+    pub(crate) fn skip_probes_of(&mut self, probes: std::sync::Arc<super::verifier::ProbeCgroups>) {
+        self.probes = Some(probes);
+    }
+
+    /// A verification failure or recovery, written at once.
+    pub(crate) fn write_verification(&mut self, record: &VerifyRecord) {
+        if let Err(e) = self.trail.append(record) {
+            tracing::error!(path = %self.trail.path().display(), "cannot write the audit trail: {e}");
+        }
+    }
+
     pub(crate) fn log_denials(&mut self, batch: &mut Vec<DecodedEvent>, applied: &AppliedPolicy) {
-        for e in batch.drain(..) {
+        let probes = self.probes.as_deref();
+        for e in batch.drain(..).filter(|e| !probes.is_some_and(|p| p.contains(e.sock_cgroup))) {
             self.denials.log(&e, applied.guard_names(), applied.guard_modes());
         }
     }

@@ -186,6 +186,34 @@ impl Collector for Metrics {
             "Entries in each policy map (both slots).",
             policy.map_entries.iter().map(|(m, n)| (vec![("map", (*m).to_owned())], *n as i64)),
         )?;
+        let verification = self.verification.lock().expect("metrics lock").clone();
+        gauges(
+            &mut enc,
+            "portguard_guard_verified",
+            "1 when the last verification found the guard holding (kernel state and probes), 0 when not.",
+            verification.guards.iter().map(|(g, ok)| (vec![("guard", g.clone())], i64::from(*ok))),
+        )?;
+        counters(
+            &mut enc,
+            "portguard_verify_checks",
+            "Verification checks run, by result (pass, fail, skip).",
+            ["pass", "fail", "skip"]
+                .map(|r| (vec![("result", r.to_owned())], verification.checks.get(r).copied().unwrap_or(0))),
+        )?;
+        if let Some(at) = verification.last_full {
+            gauge(
+                &mut enc,
+                "portguard_verify_last_full_timestamp_seconds",
+                "When the last verification of every guard ended (Unix time).",
+                at as i64,
+            )?;
+            gauge(
+                &mut enc,
+                "portguard_verify_duration_milliseconds",
+                "How long the last verification of every guard took.",
+                verification.last_duration_ms as i64,
+            )?;
+        }
         gauge(
             &mut enc,
             "portguard_ready",

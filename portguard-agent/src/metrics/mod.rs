@@ -36,6 +36,18 @@ pub(crate) struct PolicySummary {
     pub(crate) map_entries: Vec<(&'static str, usize)>,
 }
 
+/// What the agent's last verifications found.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct VerifySummary {
+    /// Each guard of the last full verification: whether it holds.
+    pub(crate) guards: std::collections::BTreeMap<String, bool>,
+    /// Checks run since start, by result (pass, fail, skip).
+    pub(crate) checks: std::collections::BTreeMap<&'static str, u64>,
+    /// Seconds since the Unix epoch when the last full verification ended.
+    pub(crate) last_full: Option<u64>,
+    pub(crate) last_duration_ms: u64,
+}
+
 #[derive(Debug)]
 pub(crate) struct Metrics {
     pub(crate) ready: AtomicBool,
@@ -49,6 +61,7 @@ pub(crate) struct Metrics {
     /// The live port inventory, counted.
     pub(crate) listeners: Mutex<std::collections::BTreeMap<ListenerKey, i64>>,
     kernel: Mutex<KernelCounters>,
+    pub(crate) verification: Mutex<VerifySummary>,
 }
 
 impl Metrics {
@@ -62,6 +75,7 @@ impl Metrics {
             policy: Mutex::new(PolicySummary::default()),
             listeners: Mutex::new(Default::default()),
             kernel: Mutex::new(kernel),
+            verification: Mutex::new(VerifySummary::default()),
         }
     }
 

@@ -12,8 +12,8 @@ mod validate;
 
 use std::{fmt, ops::Range, path::Path};
 
-pub use compile::CompiledPolicy;
 pub(crate) use compile::merge_ranges;
+pub use compile::{CompiledGuard, CompiledPolicy};
 pub use model::{Expiry, Mode, PodSelector, PortSpec, Proto};
 pub use validate::{BindRuleSpec, Catalog, ConnectRuleSpec, GuardSpec, Policy, Target};
 

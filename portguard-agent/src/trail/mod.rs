@@ -3,6 +3,7 @@
 //! size. `portguard replay` and `portguard suggest` read it back.
 
 pub(crate) mod record;
+mod verification;
 
 use std::{
     fs::{File, OpenOptions},
@@ -12,6 +13,7 @@ use std::{
 };
 
 pub(crate) use record::{InboundReason, Record, RecordKind, RecordOp, read_records};
+pub(crate) use verification::{VerifyEvent, VerifyRecord};
 
 pub(crate) struct AuditTrail {
     path: PathBuf,
@@ -41,7 +43,7 @@ impl AuditTrail {
 
     /// Appends one line in a single write, so a reader never sees half a
     /// record, and rotates first when the line would pass the size limit.
-    pub(crate) fn append(&mut self, record: &Record) -> io::Result<()> {
+    pub(crate) fn append(&mut self, record: &impl serde::Serialize) -> io::Result<()> {
         let mut line = serde_json::to_vec(record).map_err(io::Error::other)?;
         line.push(b'\n');
         if self.size > 0 && self.size + line.len() as u64 > self.max_bytes {

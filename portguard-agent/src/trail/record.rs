@@ -220,7 +220,7 @@ pub(crate) fn read_records(path: &std::path::Path) -> Result<Vec<Record>, String
         std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read events: {e}", path.display()))?;
     text.lines()
         .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
+        .filter(|(_, l)| !l.trim().is_empty() && !super::verification::is_verification(l))
         .map(|(i, l)| {
             serde_json::from_str(l)
                 .map_err(|e| format!("{}:{}: not a portguard event: {e}", path.display(), i + 1))

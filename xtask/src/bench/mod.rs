@@ -8,6 +8,7 @@ mod overhead;
 mod plot;
 mod prog_stats;
 mod targets;
+mod verify;
 mod workloads;
 
 use std::fmt::Write as _;
@@ -40,7 +41,7 @@ pub(crate) fn quantile(mut v: Vec<f64>, q: f64) -> f64 {
 }
 
 pub(crate) fn run() -> anyhow::Result<()> {
-    let sections = vec![overhead::run()?.section, apply::run(), flood::run()];
+    let sections = vec![overhead::run()?.section, apply::run(), flood::run(), verify::run()];
     let mut md = String::from("# portguard benchmarks\n\n");
     let _ = writeln!(
         md,

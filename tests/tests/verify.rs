@@ -1,0 +1,350 @@
+//! `portguard verify` and the agent's own verification, against the real
+//! kernel: a clean agent verifies green, and each way of breaking
+//! enforcement behind the agent's back is caught, by the kernel checks, by
+//! the probe, or both; `portguard_guard_verified` says so in a real scrape
+//! of /metrics, and says so again once a restart repaired it.
+
+use std::time::{Duration, Instant};
+
+use portguard_tests::{Sandbox, portguard, require_root, tamper};
+use serde_json::Value;
+
+/// Like the example policy's demo guard.
+fn policy(mode: &str) -> String {
+    format!(
+        r#"
+[[guard]]
+name = "app"
+cgroup = "/app"
+mode = "{mode}"
+
+  [[guard.bind]]
+  ports = [8080]
+
+  [[guard.bind]]
+  ports = [9090]
+  address = "127.0.0.1"
+  proto = "both"
+
+  [[guard.connect]]
+  peer = ["127.0.0.0/8", "::1"]
+  ports = [8080, 9090]
+
+  [[guard.connect]]
+  peer = "any"
+  ports = [53]
+  proto = "both"
+"#
+    )
+}
+
+/// The ports the probe picks its refused attempts from (verify/probe.rs).
+const PROBE_PORTS: [u16; 15] = [4, 6, 8, 10, 12, 14, 16, 26, 28, 30, 32, 34, 36, 40, 60];
+
+fn start(test: &str, mode: &str) -> Sandbox {
+    let mut sb = Sandbox::new(test);
+    sb.cgroup("/app");
+    sb.write_policy(&policy(mode));
+    sb.start_agent_with(&["--verify-interval", "1s"]);
+    sb
+}
+
+/// `portguard verify --format json` on the sandbox's agent: (exit, report).
+fn verify(sb: &Sandbox) -> (i32, Value) {
+    let state = sb.state_dir().display().to_string();
+    let (code, out, err) = portguard(&["verify", "--state-dir", &state, "--format", "json"]);
+    let v =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("verify output is not JSON ({e}): {out}{err}"));
+    (code, v)
+}
+
+/// Failed checks as "check | subject | got".
+fn failures(report: &Value) -> Vec<String> {
+    report["guards"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["checks"].as_array().cloned().unwrap_or_default())
+        .chain(report["host"].as_array().cloned().unwrap_or_default())
+        .filter(|c| c["outcome"] == "fail")
+        .map(|c| {
+            format!(
+                "{} | {} | {}",
+                c["check"].as_str().unwrap(),
+                c["subject"].as_str().unwrap(),
+                c["got"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+fn assert_green(sb: &Sandbox) {
+    let (code, report) = verify(sb);
+    assert_eq!(code, 0, "verify failed: {:#?}", failures(&report));
+    assert_eq!(report["verified"], true);
+}
+
+/// Verify fails, and some failure line contains each of `needles`.
+fn assert_caught(sb: &Sandbox, needles: &[&str]) -> Vec<String> {
+    let (code, report) = verify(sb);
+    let failed = failures(&report);
+    assert_eq!(code, 1, "verify should fail: {report:#}");
+    for n in needles {
+        assert!(failed.iter().any(|f| f.contains(n)), "no failure mentions {n:?}: {failed:#?}");
+    }
+    failed
+}
+
+/// Waits until a scrape of /metrics shows `portguard_guard_verified{guard="app"} want`.
+fn wait_verified_metric(sb: &mut Sandbox, want: u8) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let line = format!("portguard_guard_verified{{guard=\"app\"}} {want}");
+    loop {
+        let metrics = sb.agent().metrics();
+        if metrics.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {line:?} in /metrics: {:?}",
+            metrics.lines().filter(|l| l.contains("verif")).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn restart(sb: &mut Sandbox) {
+    sb.stop_agent();
+    sb.start_agent_with(&["--verify-interval", "1s"]);
+}
+
+fn state(sb: &Sandbox) -> Value {
+    let text = std::fs::read_to_string(sb.state_dir().join("state.json")).expect("state.json");
+    serde_json::from_str(&text).expect("state.json is JSON")
+}
+
+fn guard_id(sb: &Sandbox) -> u32 {
+    state(sb)["guards"][0]["id"].as_u64().expect("guard id") as u32
+}
+
+fn generation(sb: &Sandbox) -> u64 {
+    let config = sb.pinned_map("PG_CONFIG");
+    let v = tamper::map_lookup(&config, &0u32.to_ne_bytes(), 8).expect("PG_CONFIG[0]");
+    u64::from_ne_bytes(v.try_into().expect("8 bytes"))
+}
+
+/// A `PG_BIND_RULES` key: any-address tcp `port` of guard `id` in `slot`.
+fn bind_key(id: u32, slot: u8, port: u16) -> Vec<u8> {
+    let mut k = Vec::with_capacity(28);
+    k.extend(id.to_ne_bytes());
+    k.extend([slot, 6, 1, 0]);
+    k.extend(port.to_ne_bytes());
+    k.extend([0u8; 2]);
+    k.extend([0u8; 16]);
+    k
+}
+
+#[test]
+fn a_clean_agent_verifies_green() {
+    require_root!();
+    let mut sb = start("verify-clean", "enforce");
+    let (code, report) = verify(&sb);
+    assert_eq!(code, 0, "{:#?}", failures(&report));
+    let checks = report["guards"][0]["checks"].as_array().expect("checks").clone();
+    let passed = |kind: &str| checks.iter().filter(|c| c["check"] == kind && c["outcome"] == "pass").count();
+    assert_eq!(passed("hooks"), 1, "{checks:#?}");
+    let hooks = checks.iter().find(|c| c["check"] == "hooks").unwrap();
+    assert!(hooks["got"].as_str().unwrap().contains("pg_bind4="), "program ids named: {hooks}");
+    // bind and connect, tcp and udp, v4 and v6, sendto, port 0, raw sockets.
+    assert!(passed("probe refused") >= 8, "{checks:#?}");
+    assert_eq!(passed("probe allowed"), 2, "{checks:#?}");
+    for kind in ["map PG_GUARDS", "map PG_BIND_RULES", "map PG_CONNECT_RULES", "generation", "cgroup"] {
+        assert_eq!(passed(kind), 1, "{kind}: {checks:#?}");
+    }
+    // The probe leaves no cgroup behind.
+    let left: Vec<_> = std::fs::read_dir(sb.cgroup("/app"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    wait_verified_metric(&mut sb, 1);
+    let status = sb.status();
+    assert_eq!(status["guards"][0]["verification"]["verified"], true, "{status:#}");
+    // Text output names the result; --guard of an unknown guard cannot verify.
+    let st = sb.state_dir().display().to_string();
+    let (code, out, _) = portguard(&["verify", "--state-dir", &st]);
+    assert_eq!(code, 0);
+    assert!(out.contains("result: every guard holds"), "{out}");
+    let (code, _, err) = portguard(&["verify", "--state-dir", &st, "--guard", "nope"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = portguard(&["verify", "--state-dir", "/nonexistent-portguard-state"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn a_detached_hook_is_caught_and_a_restart_repairs_it() {
+    require_root!();
+    let mut sb = start("verify-detach", "enforce");
+    wait_verified_metric(&mut sb, 1);
+    std::fs::remove_file(sb.link_pin("/app", "pg_connect4")).expect("unpin the link");
+    // The kernel frees an unpinned link from a work queue.
+    std::thread::sleep(Duration::from_millis(200));
+    let failed = assert_caught(&sb, &["pg_connect4", "connect tcp 127.0.0.1:"]);
+    assert!(failed.iter().any(|f| f.starts_with("hooks | /app")), "{failed:#?}");
+    wait_verified_metric(&mut sb, 0);
+    restart(&mut sb);
+    assert_green(&sb);
+    wait_verified_metric(&mut sb, 1);
+}
+
+#[test]
+fn an_allow_added_or_deleted_in_the_rule_map_is_caught() {
+    require_root!();
+    let mut sb = start("verify-entries", "enforce");
+    wait_verified_metric(&mut sb, 1);
+    let (id, slot) = (guard_id(&sb), (generation(&sb) & 1) as u8);
+    let rules = sb.pinned_map("PG_BIND_RULES");
+    // Allow every port the probe could pick for its refused tcp bind.
+    for port in PROBE_PORTS {
+        tamper::map_update(&rules, &bind_key(id, slot, port), &0u32.to_ne_bytes());
+    }
+    let failed = assert_caught(&sb, &["extra 15: bind tcp port 10 any address"]);
+    // The probe catches it on its own: the refused tcp bind went through.
+    assert!(
+        failed.iter().any(|f| f.starts_with("probe refused | /app: bind tcp 127.0.0.1:")),
+        "the probe missed the added allow: {failed:#?}"
+    );
+    wait_verified_metric(&mut sb, 0);
+    for port in PROBE_PORTS {
+        tamper::map_delete(&rules, &bind_key(id, slot, port));
+    }
+    assert_green(&sb);
+    wait_verified_metric(&mut sb, 1);
+
+    tamper::map_delete(&rules, &bind_key(id, slot, 8080));
+    assert_caught(
+        &sb,
+        &["missing 1: bind tcp port 8080 any address", "probe allowed | /app: bind tcp 127.0.0.1:8080"],
+    );
+    wait_verified_metric(&mut sb, 0);
+    restart(&mut sb);
+    assert_green(&sb);
+    wait_verified_metric(&mut sb, 1);
+}
+
+#[test]
+fn an_always_allow_program_swapped_into_a_link_is_caught_by_the_probe() {
+    require_root!();
+    let mut sb = start("verify-noop", "enforce");
+    wait_verified_metric(&mut sb, 1);
+    // The benchmark's empty programs, attached at a cgroup of their own.
+    let noop_cgroup = sb.cgroup("/noop");
+    let noop_bpffs = std::path::PathBuf::from(format!("{}-noop", sb.bpffs.display()));
+    let (code, out, err) = portguard(&[
+        "bench-noop",
+        "--cgroup-root",
+        noop_cgroup.to_str().unwrap(),
+        "--bpffs",
+        noop_bpffs.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let unload = || portguard(&["unload", "--bpffs", noop_bpffs.to_str().unwrap()]);
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let noop_id = std::fs::metadata(&noop_cgroup).unwrap().ino();
+        let noop_link = tamper::obj_get(&noop_bpffs.join("links").join(noop_id.to_string()).join("pg_bind4"));
+        let agent_link = tamper::obj_get(&sb.link_pin("/app", "pg_bind4"));
+        tamper::link_update(&agent_link, tamper::link_prog_id(&noop_link));
+    }
+    let failed = assert_caught(
+        &sb,
+        &["probe refused | /app: bind tcp 127.0.0.1:", "probe refused | /app: bind udp 127.0.0.1:0"],
+    );
+    assert!(
+        failed.iter().any(|f| f.contains("pg_bind4: link")),
+        "the hook check names the program: {failed:#?}"
+    );
+    wait_verified_metric(&mut sb, 0);
+    restart(&mut sb);
+    let (code, _, err) = unload();
+    assert_eq!(code, 0, "{err}");
+    assert_green(&sb);
+    wait_verified_metric(&mut sb, 1);
+}
+
+#[test]
+fn a_generation_bumped_behind_the_agents_back_is_caught() {
+    require_root!();
+    let mut sb = start("verify-gen", "enforce");
+    wait_verified_metric(&mut sb, 1);
+    let config = sb.pinned_map("PG_CONFIG");
+    // +2 keeps the live slot: enforcement is unchanged, only the number lies.
+    let bumped = generation(&sb) + 2;
+    tamper::map_update(&config, &0u32.to_ne_bytes(), &bumped.to_ne_bytes());
+    assert_caught(&sb, &[&format!("generation | PG_CONFIG | generation {bumped} in the kernel")]);
+    wait_verified_metric(&mut sb, 0);
+    restart(&mut sb);
+    assert_green(&sb);
+    wait_verified_metric(&mut sb, 1);
+}
+
+#[test]
+fn a_recreated_cgroup_not_yet_guarded_is_caught() {
+    require_root!();
+    let mut sb = start("verify-recreate", "enforce");
+    wait_verified_metric(&mut sb, 1);
+    // Hold the window open: the agent would re-guard the new cgroup within
+    // its 200 ms rescan.
+    sb.agent().signal(libc::SIGSTOP);
+    let app = sb.cgroup("/app");
+    std::fs::remove_dir(&app).expect("remove /app");
+    std::fs::create_dir(&app).expect("recreate /app");
+    let failed = assert_caught(&sb, &["cgroup | /app | cgroup id", "map PG_GUARDS"]);
+    assert!(
+        failed.iter().any(|f| f.starts_with("probe refused")),
+        "the probe in the new cgroup got through: {failed:#?}"
+    );
+    sb.agent().signal(libc::SIGCONT);
+    // The agent re-guards the new cgroup, and its next verification holds.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while verify(&sb).0 != 0 {
+        assert!(Instant::now() < deadline, "not re-guarded: {:#?}", failures(&verify(&sb).1));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_verified_metric(&mut sb, 1);
+}
+
+#[test]
+fn audit_mode_passes_and_counters_that_do_not_move_fail() {
+    require_root!();
+    let mut sb = start("verify-audit", "audit");
+    let (code, report) = verify(&sb);
+    assert_eq!(code, 0, "{:#?}", failures(&report));
+    let checks = report["guards"][0]["checks"].as_array().unwrap().clone();
+    let bind = checks
+        .iter()
+        .find(|c| {
+            c["check"] == "probe refused" && c["subject"].as_str().unwrap().contains("bind tcp 127.0.0.1:")
+        })
+        .unwrap();
+    assert!(bind["got"].as_str().unwrap().contains("audited counter +1"), "{bind}");
+    wait_verified_metric(&mut sb, 1);
+    // Detach every program: what audit mode lets through still goes
+    // through, but nothing counts it any more.
+    let dir = sb.link_pin("/app", "pg_bind4").parent().unwrap().to_owned();
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        std::fs::remove_file(e.path()).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_caught(&sb, &["audited counter +0", "hooks | /app"]);
+    wait_verified_metric(&mut sb, 0);
+    restart(&mut sb);
+    assert_green(&sb);
+    wait_verified_metric(&mut sb, 1);
+    // The audit trail has the failure and the recovery.
+    let events: Vec<Value> = sb.audit_records();
+    assert!(events.iter().any(|r| r["event"] == "verify_failed" && r["guard"] == "app"), "{events:#?}");
+    assert!(events.iter().any(|r| r["event"] == "verify_recovered" && r["guard"] == "app"), "{events:#?}");
+}
