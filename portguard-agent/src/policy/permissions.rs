@@ -185,7 +185,8 @@ fn steps(path: &Path) -> Vec<Step> {
 /// Checks one entry of the walk (lstat, so a symlink is judged as itself);
 /// `last` is the entry the path ends at, which must be a regular file.
 fn examine(path: &Path, agent_uid: u32, last: bool) -> Result<Entry, (Entry, Problem)> {
-    let meta = fs::symlink_metadata(path).map_err(|e| (Entry::Other, Problem::Unexaminable(e.to_string())))?;
+    let meta =
+        fs::symlink_metadata(path).map_err(|e| (Entry::Other, Problem::Unexaminable(e.to_string())))?;
     let t = meta.file_type();
     let what = if t.is_symlink() {
         Entry::Symlink

@@ -19,8 +19,11 @@ struct Scratch(PathBuf);
 impl Scratch {
     fn new() -> Scratch {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir()
-            .join(format!("pg-perm-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst)));
+        let dir = std::env::temp_dir().join(format!(
+            "pg-perm-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
         fs::create_dir(&dir).unwrap();
         chmod(&dir, 0o755);
         Scratch(dir)
@@ -96,7 +99,10 @@ fn a_group_writable_parent_directory_is_refused() {
     let s = Scratch::new();
     let d = s.dir("conf", 0o775);
     let p = s.file("conf/policy.toml", 0o644);
-    assert_eq!(refusal(&p), Some((d.clone(), Entry::Directory, Problem::GroupWritable { mode: 0o775, gid: 0 })));
+    assert_eq!(
+        refusal(&p),
+        Some((d.clone(), Entry::Directory, Problem::GroupWritable { mode: 0o775, gid: 0 }))
+    );
     assert!(check_for(&p, 0).unwrap_err().to_string().contains("without the sticky bit"));
 }
 
