@@ -246,3 +246,93 @@ fn check_warns_about_permissions_but_still_validates() {
         serde_json::Value::Null
     );
 }
+
+/// The trail files of `base`, oldest first.
+fn trail_series(base: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> =
+        (1..).map(|n| PathBuf::from(format!("{}.{n}", base.display()))).take_while(|p| p.exists()).collect();
+    files.reverse();
+    files.push(base.to_owned());
+    files
+}
+
+fn denied_records(base: &Path) -> usize {
+    trail_series(base)
+        .iter()
+        .flat_map(|f| {
+            fs::read_to_string(f).unwrap_or_default().lines().map(str::to_owned).collect::<Vec<_>>()
+        })
+        .filter(|l| l.contains("\"event\":\"denied\""))
+        .count()
+}
+
+/// Binds `ports` (all refused) and waits until the trail has `total` denials.
+fn deny(sb: &Sandbox, ports: std::ops::Range<u16>, total: usize) {
+    for port in ports {
+        assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", &port.to_string()]), "err EPERM");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while denied_records(&sb.audit_trail()) < total {
+        assert!(std::time::Instant::now() < deadline, "the trail never reached {total} denials");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn trail_verify(base: &Path) -> (i32, String) {
+    let (code, out, err) = portguard(&["trail", "verify", base.to_str().expect("utf8")]);
+    (code, out + &err)
+}
+
+#[test]
+fn the_agents_trail_chain_holds_across_rotation_and_restart_and_tampering_is_located() {
+    require_root!();
+    let mut sb = Sandbox::new("trusttrail");
+    sb.cgroup("/app");
+    sb.write_policy(&policy(7000));
+    // About three records to a file.
+    let flags = ["--audit-trail-max-bytes", "1400", "--audit-trail-keep", "20"];
+    sb.start_agent_with(&flags);
+    deny(&sb, 7100..7109, 9);
+    sb.stop_agent();
+    sb.start_agent_with(&flags);
+    deny(&sb, 7109..7118, 18);
+    sb.stop_agent();
+
+    let base = sb.audit_trail();
+    let files = trail_series(&base);
+    assert!(files.len() >= 4, "rotated: {files:?}");
+    let (code, out) = trail_verify(&base);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with(&format!("intact: {} files", files.len())), "{out}");
+    // The agent logged the head the files end with when it stopped.
+    let last = fs::read_to_string(&base).expect("trail");
+    let head: serde_json::Value = serde_json::from_str(last.lines().last().expect("a line")).expect("json");
+    assert!(out.contains(&format!("head {}", head["hash"].as_str().expect("hash"))), "{out}");
+
+    // Each tampering, on a copy, in the middle of a rotated file.
+    let middle = files[files.len() / 2].clone();
+    let name = middle.file_name().expect("name").to_string_lossy().into_owned();
+    let tamper = |what: &str, change: &dyn Fn(&mut Vec<String>), expected: &str| {
+        let copy = sb.dir.join(format!("copy-{what}"));
+        fs::create_dir_all(&copy).expect("mkdir");
+        for f in &files {
+            fs::copy(f, copy.join(f.file_name().expect("name"))).expect("copy");
+        }
+        let target = copy.join(&name);
+        let mut lines: Vec<String> =
+            fs::read_to_string(&target).expect("read").lines().map(str::to_owned).collect();
+        assert!(lines.len() >= 3, "{what}: {lines:?}");
+        change(&mut lines);
+        fs::write(&target, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).expect("write");
+        let (code, out) = trail_verify(&copy.join(base.file_name().expect("name")));
+        assert_eq!(code, 1, "{what}: {out}");
+        let first = out.lines().next().unwrap_or_default();
+        let at = format!("{}:2: {expected}", target.display());
+        assert!(first.starts_with(&at), "{what}: expected {at:?}, got:\n{out}");
+        assert!(out.lines().last().is_some_and(|l| l.starts_with("broken:")), "{what}: {out}");
+    };
+    // Another pid on one line: what a cover-up of who did it looks like.
+    tamper("edit", &|l| l[1] = l[1].replacen("\"pid\":", "\"pid\":9", 1), "edited");
+    tamper("delete", &|l| drop(l.remove(1)), "deleted: 1 record(s) missing");
+    tamper("reorder", &|l| l.swap(1, 2), "reordered");
+}
