@@ -9,7 +9,7 @@ use std::{
     process::Command,
 };
 
-use portguard_tests::{Sandbox, metric_sum, portguard, require_root};
+use portguard_tests::{Sandbox, metric_sum, portguard, probe_bin, require_root};
 
 fn policy(port: u16) -> String {
     format!(
@@ -335,4 +335,75 @@ fn the_agents_trail_chain_holds_across_rotation_and_restart_and_tampering_is_loc
     tamper("edit", &|l| l[1] = l[1].replacen("\"pid\":", "\"pid\":9", 1), "edited");
     tamper("delete", &|l| drop(l.remove(1)), "deleted: 1 record(s) missing");
     tamper("reorder", &|l| l.swap(1, 2), "reordered");
+}
+
+/// Runs pg-probe as `nobody` (no capabilities) inside the cgroup `rel`.
+fn as_nobody(sb: &Sandbox, rel: &str, args: &[&str]) -> String {
+    let probe = probe_bin();
+    let mut argv = vec![
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--",
+        probe.to_str().expect("utf8"),
+    ];
+    argv.extend_from_slice(args);
+    sb.run_in(rel, Path::new("/usr/bin/setpriv"), &argv)
+}
+
+#[test]
+fn an_unprivileged_workload_cannot_leave_its_guard_reach_the_maps_or_stop_the_agent() {
+    require_root!();
+    let mut sb = Sandbox::enforcing("trustbound", &["/app", "/other"], &policy(7000));
+    // The probe is in the guard, as nobody.
+    assert_eq!(as_nobody(&sb, "/app", &["bind", "udp", "127.0.0.1", "7000"]), "ok port=7000");
+    assert_eq!(as_nobody(&sb, "/app", &["bind", "udp", "127.0.0.1", "7001"]), "err EPERM");
+
+    // Moving out: to a sibling, to the guard's parent, to the cgroup2 root.
+    let mount_root = portguard_tests::cgroup2_mount().join("cgroup.procs");
+    for procs in [sb.procs("/other"), sb.root.join("cgroup.procs"), mount_root] {
+        let procs = procs.to_str().expect("utf8").to_owned();
+        assert_eq!(as_nobody(&sb, "/app", &["write", &procs, "0"]), "err EACCES", "{procs}");
+    }
+
+    // The pinned maps: not readable through bpffs, not openable with BPF_OBJ_GET.
+    let maps = fs::read_dir(&sb.bpffs)
+        .expect("bpffs")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("maps-v")))
+        .expect("a maps directory");
+    let map = fs::read_dir(&maps).expect("maps").flatten().next().expect("a pinned map").path();
+    let map = map.to_str().expect("utf8");
+    assert_eq!(as_nobody(&sb, "/app", &["read", map]), "err EACCES");
+    let got = as_nobody(&sb, "/app", &["obj-get", map]);
+    assert!(got == "err EACCES" || got == "err EPERM", "BPF_OBJ_GET as nobody: {got}");
+    // (Root can: the probe itself works.)
+    assert_eq!(sb.probe("/app", &["obj-get", map]), "ok");
+
+    // The agent: no signal, no ptrace.
+    let pid = sb.agent().pid().to_string();
+    assert_eq!(as_nobody(&sb, "/app", &["kill", &pid, "0"]), "err EPERM");
+    assert_eq!(as_nobody(&sb, "/app", &["kill", &pid, &libc::SIGKILL.to_string()]), "err EPERM");
+    assert_eq!(as_nobody(&sb, "/app", &["ptrace", &pid]), "err EPERM");
+    // Still enforcing.
+    assert_eq!(as_nobody(&sb, "/app", &["bind", "udp", "127.0.0.1", "7001"]), "err EPERM");
+    assert!(fs::metadata(format!("/proc/{pid}")).is_ok(), "the agent is gone");
+}
+
+/// The escape the README's threat model calls inherent: root inside a
+/// guarded cgroup moves itself out, and its next socket is unguarded.
+#[test]
+fn root_inside_a_guarded_cgroup_can_leave_it_which_is_why_workloads_must_not_be_root() {
+    require_root!();
+    let sb = Sandbox::enforcing("trustroot", &["/app", "/other"], &policy(7000));
+    assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "7001"]), "err EPERM");
+    let script = format!(
+        "echo $$ > {} && exec {} bind udp 127.0.0.1 7001",
+        sb.procs("/other").display(),
+        probe_bin().display()
+    );
+    assert_eq!(sb.run_in("/app", Path::new("/bin/sh"), &["-c", &script]), "ok port=7001");
 }

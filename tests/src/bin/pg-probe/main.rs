@@ -43,6 +43,8 @@
 //!       the io_uring modes print "unsupported ..." where the kernel lacks the op
 //!   pg-probe bpf-fault prog-load|link-create|link-update BPF_CGROUP_... -- PROGRAM ARGS...
 //!       runs PROGRAM as if the kernel lacked that cgroup hook (see bpf_fault.rs)
+//!   pg-probe write PATH TEXT | read PATH | obj-get PATH | kill PID SIG | ptrace PID
+//!       what a workload would try against its guard (see escape.rs)
 //!   pg-probe bind-no-port-connect IP PORT
 //!       TCP: IP_BIND_ADDRESS_NO_PORT, bind(IP, 0), then connect(IP, PORT);
 //!       prints "bind: err ..." or the connect's verdict
@@ -60,6 +62,7 @@ mod bind;
 mod bpf_fault;
 mod connect;
 mod datagram;
+mod escape;
 mod repeat;
 mod scm_rights;
 mod sock;
@@ -106,6 +109,11 @@ fn main() -> ExitCode {
         ["uring-bind", proto, ip, p] => uring_bind(proto, parse_ip(ip), port(p)),
         ["uring-listen-unbound"] => uring_listen_unbound(),
         ["bpf-fault", step, hook, "--", program @ ..] => return bpf_fault::run(step, hook, program),
+        ["write", path, text] => escape::write_file(path, text),
+        ["read", path] => escape::read_file(path),
+        ["obj-get", path] => escape::obj_get(path),
+        ["kill", pid, sig] => escape::kill(pid, sig),
+        ["ptrace", pid] => escape::ptrace_attach(pid),
         ["bind-no-port-connect", ip, p] => bind_no_port_connect(parse_ip(ip), port(p)),
         ["bench", workload, p, n] => bench::run(workload, port(p), n.parse().expect("iterations")),
         ["flood", proto, ip, p, count] => flood(proto, parse_ip(ip), port(p), count.parse().expect("count")),
