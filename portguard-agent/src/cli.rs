@@ -147,11 +147,30 @@ pub enum Command {
         #[arg(long)]
         bpffs: PathBuf,
     },
+    /// Work with the audit trail.
+    #[command(subcommand)]
+    Trail(TrailCommand),
     /// Detach portguard's programs and remove its pinned maps.
     Unload {
         /// bpffs directory portguard pinned its objects under.
         #[arg(long, default_value = DEFAULT_BPFFS)]
         bpffs: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrailCommand {
+    /// Check the audit trail's hash chain: intact, or where it breaks
+    /// (file, line, and whether a record was edited, deleted, reordered or
+    /// the trail cut at its start). Exit status: 0 intact, 1 broken, 2
+    /// unreadable.
+    Verify {
+        /// Trail files, oldest first. One file stands for itself and its
+        /// rotated files (FILE.N .. FILE.1, FILE).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
     },
 }
 

@@ -30,11 +30,18 @@ pub(super) fn run(path: &Path, strict: bool, format: OutputFormat) -> Result<(),
             });
         }
     };
+    // A warning, not an error: `check` runs on drafts and CI checkouts,
+    // whose owners and modes say nothing about the file the agent will
+    // read. Run as root on the live file, it says what the agent refuses.
+    let permissions = policy::permissions::check(path).err().map(|e| e.to_string());
     let findings = catalog::findings(&Source { file: &file, text: &text }, &policy, catalog::today());
     let failing = strict && findings.iter().any(catalog::Finding::fails_strict);
     match format {
         OutputFormat::Text => {
             print!("{}", describe(&policy));
+            if let Some(p) = &permissions {
+                eprintln!("warning: {p} (`portguard run` would refuse it)");
+            }
             for f in &findings {
                 let level = if strict && f.fails_strict() { "error" } else { "warning" };
                 eprintln!("{file}:{}:{}: {level}: {}", f.line, f.column, f.message());
@@ -53,6 +60,7 @@ pub(super) fn run(path: &Path, strict: bool, format: OutputFormat) -> Result<(),
                 "ok": !failing,
                 "file": file,
                 "strict": strict,
+                "permissions": permissions,
                 "guards": policy.guards.len(),
                 "bind_entries": compiled.bind_entries(),
                 "connect_entries": compiled.connect_entries(),

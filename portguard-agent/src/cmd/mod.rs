@@ -10,6 +10,7 @@ mod run;
 mod scan;
 mod status;
 mod suggest;
+mod trail;
 mod unload;
 mod verify;
 
@@ -78,6 +79,7 @@ pub fn run(command: Command) -> Result<(), CmdError> {
         Command::Reload { state_dir } => reload::run(&state_dir),
         Command::Status { bpffs, state_dir, format } => status::run(&bpffs, &state_dir, format),
         Command::BenchNoop { cgroup_root, bpffs } => bench_noop::run(&cgroup_root, &bpffs),
+        Command::Trail(command) => trail::run(command),
         Command::Unload { bpffs } => unload::run(&bpffs),
         Command::Verify { guard, policy, format, state_dir, bpffs } => verify::run(&verify::VerifyArgs {
             state_dir: &state_dir,

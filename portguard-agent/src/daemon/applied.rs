@@ -54,9 +54,17 @@ pub(crate) struct AppliedPolicy {
 }
 
 pub(crate) fn read_policy(path: &Path) -> Result<(String, Policy, CompiledPolicy), DaemonError> {
-    let text = policy::read(path)?;
+    let text = read_trusted(path)?;
     let (policy, compiled) = policy::parse_and_compile(&path.display().to_string(), &text)?;
     Ok((text, policy, compiled))
+}
+
+/// The policy file's text, if only root (or the agent's user) can change it.
+/// Read first, so a missing file keeps its plain "cannot read" error.
+fn read_trusted(path: &Path) -> Result<String, DaemonError> {
+    let text = policy::read(path)?;
+    policy::permissions::check(path)?;
+    Ok(text)
 }
 
 impl AppliedPolicy {
@@ -190,7 +198,7 @@ impl AppliedPolicy {
     /// the live one stays. Returns whether a new policy was applied.
     pub(crate) fn reload(&mut self, why: &str, force: bool) -> bool {
         // Read once: the hash check and the parse see the same bytes.
-        let text = match policy::read(&self.policy_path) {
+        let text = match read_trusted(&self.policy_path) {
             Ok(t) => t,
             Err(e) => {
                 self.metrics.reloads_rejected.fetch_add(1, Ordering::Relaxed);

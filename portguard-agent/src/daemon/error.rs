@@ -8,6 +8,8 @@ use crate::{bpf, cgroup, cmd::EXIT_BAD_INPUT, pods, policy};
 pub(crate) enum DaemonError {
     #[error("{0}")]
     Policy(#[from] policy::PolicyError),
+    #[error("{0}")]
+    PolicyPermissions(#[from] policy::PermissionError),
     #[error("cgroup root: {0}")]
     Cgroup(#[from] cgroup::CgroupError),
     #[error("{0}")]
@@ -60,6 +62,7 @@ impl DaemonError {
     pub(crate) fn exit_code(&self) -> u8 {
         match self {
             DaemonError::Policy(_)
+            | DaemonError::PolicyPermissions(_)
             | DaemonError::Cgroup(_)
             | DaemonError::Guard(_)
             | DaemonError::Kube(_)

@@ -8,6 +8,7 @@ pub mod catalog;
 mod compile;
 pub mod eval;
 mod model;
+pub mod permissions;
 mod validate;
 
 use std::{fmt, ops::Range, path::Path};
@@ -15,6 +16,7 @@ use std::{fmt, ops::Range, path::Path};
 pub(crate) use compile::merge_ranges;
 pub use compile::{CompiledGuard, CompiledPolicy};
 pub use model::{Expiry, Mode, PodSelector, PortSpec, Proto};
+pub use permissions::PermissionError;
 pub use validate::{BindRuleSpec, Catalog, ConnectRuleSpec, GuardSpec, Policy, Target};
 
 /// A policy that cannot be used, and where.

@@ -1,7 +1,10 @@
 //! The audit trail: a JSON-lines file of ports going live and closing and of
 //! every refused or audited operation (coalesced), append-only, rotated by
-//! size. `portguard replay` and `portguard suggest` read it back.
+//! size. `portguard replay` and `portguard suggest` read it back. Each line
+//! is chained to the one before by a hash (`chain`), across rotations and
+//! restarts, and `portguard trail verify` checks the chain.
 
+pub(crate) mod chain;
 pub(crate) mod record;
 mod verification;
 
@@ -21,6 +24,8 @@ pub(crate) struct AuditTrail {
     keep: usize,
     file: File,
     size: u64,
+    /// The last line written, which the next links to.
+    head: chain::Head,
 }
 
 impl AuditTrail {
@@ -32,9 +37,21 @@ impl AuditTrail {
         {
             std::fs::create_dir_all(dir)?;
         }
+        // The chain continues from the last line on disk, so a restart
+        // does not break it; a trail that ends in a line without a hash
+        // (an older agent's, or a cut one) starts a new chain.
+        let head = chain::head_on_disk(path)?.unwrap_or_else(|| {
+            if path.exists() && std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
+                tracing::warn!(
+                    path = %path.display(),
+                    "the audit trail's last line carries no hash: starting a new hash chain"
+                );
+            }
+            chain::Head::genesis()
+        });
         let file = open_append(path)?;
         let size = file.metadata()?.len();
-        Ok(AuditTrail { path: path.to_owned(), max_bytes, keep, file, size })
+        Ok(AuditTrail { path: path.to_owned(), max_bytes, keep, file, size, head })
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -44,17 +61,27 @@ impl AuditTrail {
     /// Appends one line in a single write, so a reader never sees half a
     /// record, and rotates first when the line would pass the size limit.
     pub(crate) fn append(&mut self, record: &impl serde::Serialize) -> io::Result<()> {
-        let mut line = serde_json::to_vec(record).map_err(io::Error::other)?;
-        line.push(b'\n');
+        let json = serde_json::to_vec(record).map_err(io::Error::other)?;
+        let (mut line, mut head) = chain::seal(&json, &self.head, self.size == 0);
         if self.size > 0 && self.size + line.len() as u64 > self.max_bytes {
             self.rotate()?;
+            (line, head) = chain::seal(&json, &self.head, true);
         }
         self.file.write_all(&line)?;
         self.size += line.len() as u64;
+        self.head = head;
         Ok(())
     }
 
     fn rotate(&mut self) -> io::Result<()> {
+        // Logged before the files move: a copy of the log kept elsewhere
+        // pins the chain's head, which the files alone cannot.
+        tracing::info!(
+            path = %self.path.display(),
+            seq = self.head.seq,
+            hash = %self.head.hash,
+            "rotating the audit trail; chain head"
+        );
         let numbered = |n: usize| PathBuf::from(format!("{}.{n}", self.path.display()));
         if self.keep == 0 {
             std::fs::remove_file(&self.path)?;
@@ -71,6 +98,17 @@ impl AuditTrail {
         self.file = open_append(&self.path)?;
         self.size = 0;
         Ok(())
+    }
+}
+
+impl Drop for AuditTrail {
+    fn drop(&mut self) {
+        tracing::info!(
+            path = %self.path.display(),
+            seq = self.head.seq,
+            hash = %self.head.hash,
+            "audit trail closed; chain head"
+        );
     }
 }
 
@@ -120,8 +158,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("pg-trail-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let path = dir.join("audit.jsonl");
-        let line_len = serde_json::to_vec(&record(1)).unwrap().len() as u64 + 1;
-        let mut trail = AuditTrail::open(&path, line_len * 3, 2).unwrap();
+        // Three lines per file: the first carries `"file_start":true` (18
+        // bytes), and ports and seq numbers of two digits add up to 2 each.
+        let line_len = chain::seal(&serde_json::to_vec(&record(1)).unwrap(), &chain::Head::genesis(), false)
+            .0
+            .len() as u64;
+        let max = line_len * 3 + 18 + 3 * 2;
+        let mut trail = AuditTrail::open(&path, max, 2).unwrap();
         for port in 1..=10 {
             trail.append(&record(port)).unwrap();
         }
@@ -132,7 +175,7 @@ mod tests {
         assert!(!dir.join("audit.jsonl.3").exists());
         // Reopening appends; it never truncates.
         drop(trail);
-        let mut trail = AuditTrail::open(&path, line_len * 3, 2).unwrap();
+        let mut trail = AuditTrail::open(&path, max, 2).unwrap();
         trail.append(&record(11)).unwrap();
         assert_eq!(ports(&path), vec![10, 11]);
         std::fs::remove_dir_all(&dir).unwrap();

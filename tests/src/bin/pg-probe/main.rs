@@ -55,6 +55,8 @@
 //!   pg-probe udp-wait IP PORT MILLIS       (bind, print "ok port=N", wait: "got IP" | "timeout")
 //!   pg-probe hold-unbound                  (TCP listen() without bind(), kept until killed)
 //!   pg-probe syn-flood SRC DST PORT COUNT  (raw IPv4 SYNs from SRC: "sent=N")
+//!   pg-probe write PATH TEXT | read PATH | obj-get PATH | kill PID SIG | ptrace PID
+//!       what a workload would try against its guard (see escape.rs)
 //!   pg-probe bind-no-port-connect IP PORT
 //!       TCP: IP_BIND_ADDRESS_NO_PORT, bind(IP, 0), then connect(IP, PORT);
 //!       prints "bind: err ..." or the connect's verdict
@@ -75,6 +77,7 @@ mod connect;
 mod datagram;
 mod inbound;
 mod reach;
+mod escape;
 mod repeat;
 mod scm_rights;
 mod sock;
@@ -140,6 +143,11 @@ fn main() -> ExitCode {
         ["syn-flood", src, dst, p, n] => {
             inbound::syn_flood(parse_ip(src), parse_ip(dst), port(p), n.parse().expect("count"))
         }
+        ["write", path, text] => escape::write_file(path, text),
+        ["read", path] => escape::read_file(path),
+        ["obj-get", path] => escape::obj_get(path),
+        ["kill", pid, sig] => escape::kill(pid, sig),
+        ["ptrace", pid] => escape::ptrace_attach(pid),
         ["bind-no-port-connect", ip, p] => bind_no_port_connect(parse_ip(ip), port(p)),
         ["bench", workload, p, n] => bench::run(workload, port(p), n.parse().expect("iterations")),
         ["flood", proto, ip, p, count] => flood(proto, parse_ip(ip), port(p), count.parse().expect("count")),

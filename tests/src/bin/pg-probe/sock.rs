@@ -11,6 +11,7 @@ pub(crate) fn errno_name(e: &io::Error) -> String {
         Some(libc::ECONNREFUSED) => "ECONNREFUSED".into(),
         Some(libc::EADDRINUSE) => "EADDRINUSE".into(),
         Some(libc::EINVAL) => "EINVAL".into(),
+        Some(libc::ESRCH) => "ESRCH".into(),
         Some(libc::EAFNOSUPPORT) => "EAFNOSUPPORT".into(),
         Some(libc::ENETUNREACH) => "ENETUNREACH".into(),
         Some(n) => format!("errno{n}"),
