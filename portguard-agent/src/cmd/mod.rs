@@ -3,7 +3,9 @@
 
 mod bench_noop;
 mod check;
+mod completions;
 mod diff;
+mod man;
 mod reload;
 mod replay;
 mod run;
@@ -77,6 +79,8 @@ pub fn run(command: Command) -> Result<(), CmdError> {
         Command::Status { bpffs, state_dir, format } => status::run(&bpffs, &state_dir, format),
         Command::BenchNoop { cgroup_root, bpffs } => bench_noop::run(&cgroup_root, &bpffs),
         Command::Unload { bpffs } => unload::run(&bpffs),
+        Command::Completions { shell } => completions::run(shell),
+        Command::Man { out } => man::run(out.as_deref()),
     }
 }
 
