@@ -63,8 +63,10 @@ pub enum Command {
     /// The agent itself never does this.
     #[command(after_help = "Example:\n  portguard scan --fail-on-unapproved --format json")]
     Scan {
-        #[arg(long, default_value = DEFAULT_POLICY)]
-        policy: PathBuf,
+        /// The policy (default: /etc/portguard/policy.toml when it exists;
+        /// without a policy every port is listed as unguarded).
+        #[arg(long)]
+        policy: Option<PathBuf>,
         /// The cgroup guard paths are relative to (as for `run`).
         #[arg(long)]
         cgroup_root: Option<PathBuf>,

@@ -113,3 +113,42 @@ fn plain(text: &str) -> String {
     }
     out
 }
+
+#[test]
+fn a_bpffs_path_with_a_dot_is_refused_before_the_kernel_is_asked() {
+    let path = format!("/sys/fs/bpf/pgtest.dots.{}", std::process::id());
+    let (code, out, err) = portguard(&["run", "--bpffs", &path, "--policy", "/nonexistent/policy.toml"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains(&format!("--bpffs {path}: bpffs refuses names that contain a dot")) && err.lines().count() == 1,
+        "{err}"
+    );
+    assert!(!std::path::Path::new(&path).exists(), "{path} was created");
+}
+
+#[test]
+fn scan_without_a_policy_lists_every_port_as_unguarded() {
+    portguard_tests::require_root!();
+    // A port of this process, in the host's namespace (port chosen by the kernel).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // No /etc/portguard/policy.toml: an empty /etc in a private mount namespace.
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", "mount -t tmpfs tmpfs /etc && exec \"$0\" scan"])
+        .arg(agent_bin())
+        .output()
+        .expect("unshare");
+    let (text, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}{err}");
+    assert_eq!(
+        err.trim(),
+        "portguard: no policy given and /etc/portguard/policy.toml does not exist: every port is listed as unguarded"
+    );
+    let row = text
+        .lines()
+        .find(|l| l.contains(&format!(":{port} ")) || l.contains(&format!(" {port} ")))
+        .unwrap_or_else(|| panic!("port {port} not listed:\n{text}"));
+    assert!(row.contains("unguarded"), "{row}");
+    assert!(!text.contains("unapproved") && !text.contains(" approved"), "{text}");
+    drop(listener);
+}

@@ -63,7 +63,7 @@ pub fn run(command: Command) -> Result<(), CmdError> {
         Command::Check { policy, strict, format } => check::run(&policy, strict, format),
         Command::Scan { policy, cgroup_root, state_dir, format, fail_on_unapproved } => {
             scan::run(&scan::ScanArgs {
-                policy: &policy,
+                policy: policy.as_deref(),
                 state_dir: &state_dir,
                 cgroup_root: cgroup_root.as_deref(),
                 format,
