@@ -276,7 +276,11 @@ mod tests {
         let v = Cli::command().render_version();
         assert_eq!(
             v.trim(),
-            format!("portguard {} (map ABI {})", env!("CARGO_PKG_VERSION"), portguard_common::MAP_ABI_VERSION)
+            format!(
+                "portguard {} (map ABI {})",
+                env!("CARGO_PKG_VERSION"),
+                portguard_common::MAP_ABI_VERSION
+            )
         );
     }
 

@@ -88,14 +88,14 @@ fn man_writes_a_page_per_command_and_man_renders_each() {
     let mut pages = vec!["portguard.1".to_owned()];
     pages.extend(commands().iter().map(|c| format!("portguard-{c}.1")));
     for page in &pages {
-        let out = Command::new("man")
-            .arg("-l")
-            .arg(dir.join(page))
-            .env("MANWIDTH", "80")
-            .output()
-            .expect("man");
+        let out =
+            Command::new("man").arg("-l").arg(dir.join(page)).env("MANWIDTH", "80").output().expect("man");
         let text = plain(&String::from_utf8_lossy(&out.stdout));
-        assert!(out.status.success() && out.stderr.is_empty(), "{page}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{page}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(text.contains("SYNOPSIS") && text.contains("Example:"), "{page}: {text}");
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -120,7 +120,8 @@ fn a_bpffs_path_with_a_dot_is_refused_before_the_kernel_is_asked() {
     let (code, out, err) = portguard(&["run", "--bpffs", &path, "--policy", "/nonexistent/policy.toml"]);
     assert_eq!(code, 2, "{out}{err}");
     assert!(
-        err.contains(&format!("--bpffs {path}: bpffs refuses names that contain a dot")) && err.lines().count() == 1,
+        err.contains(&format!("--bpffs {path}: bpffs refuses names that contain a dot"))
+            && err.lines().count() == 1,
         "{err}"
     );
     assert!(!std::path::Path::new(&path).exists(), "{path} was created");
@@ -134,7 +135,14 @@ fn scan_without_a_policy_lists_every_port_as_unguarded() {
     let port = listener.local_addr().unwrap().port();
     // No /etc/portguard/policy.toml: an empty /etc in a private mount namespace.
     let out = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", "mount -t tmpfs tmpfs /etc && exec \"$0\" scan"])
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount -t tmpfs tmpfs /etc && exec \"$0\" scan",
+        ])
         .arg(agent_bin())
         .output()
         .expect("unshare");

@@ -67,7 +67,12 @@ fn manifest() -> Security {
             let host_path = if v["configMap"].is_object() {
                 None
             } else {
-                Some(v["hostPath"]["path"].as_str().unwrap_or_else(|| panic!("volume {name}: not a hostPath")).to_owned())
+                Some(
+                    v["hostPath"]["path"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("volume {name}: not a hostPath"))
+                        .to_owned(),
+                )
             };
             Mount {
                 path: m["mountPath"].as_str().expect("mountPath").to_owned(),
@@ -86,7 +91,10 @@ fn manifest() -> Security {
         run_as_user: sc["runAsUser"].as_i64().expect("runAsUser"),
         caps_drop: strings(&sc["capabilities"]["drop"]),
         caps_add: strings(&sc["capabilities"]["add"]),
-        seccomp_localhost: sc["seccompProfile"]["localhostProfile"].as_str().expect("localhostProfile").to_owned(),
+        seccomp_localhost: sc["seccompProfile"]["localhostProfile"]
+            .as_str()
+            .expect("localhostProfile")
+            .to_owned(),
         mounts,
     }
 }
@@ -121,7 +129,8 @@ fn the_daemonset_security_context_and_mounts_are_the_tested_ones() {
             ],
         }
     );
-    let profile = Path::new(K8S).join("seccomp").join(Path::new(&manifest().seccomp_localhost).file_name().unwrap());
+    let profile =
+        Path::new(K8S).join("seccomp").join(Path::new(&manifest().seccomp_localhost).file_name().unwrap());
     assert!(profile.is_file(), "{} is not shipped", profile.display());
 }
 
@@ -135,8 +144,10 @@ fn the_seccomp_profile_is_the_runtime_default_plus_bpf() {
     let default: Value = serde_json::from_str(&default).unwrap();
     let caps = manifest().caps_add.iter().map(|c| format!("CAP_{c}")).collect::<Vec<_>>();
     let allowed_by_default = allowed(&default, &caps);
-    let ours: Value =
-        serde_json::from_str(&std::fs::read_to_string(Path::new(K8S).join("seccomp/portguard.json")).unwrap()).unwrap();
+    let ours: Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(K8S).join("seccomp/portguard.json")).unwrap(),
+    )
+    .unwrap();
     let allowed_by_ours = allowed(&ours, &caps);
     let added: Vec<_> = allowed_by_ours.difference(&allowed_by_default).collect();
     let removed: Vec<_> = allowed_by_default.difference(&allowed_by_ours).collect();
@@ -151,7 +162,9 @@ fn allowed(profile: &Value, caps: &[String]) -> std::collections::BTreeSet<Strin
     let mut out = std::collections::BTreeSet::new();
     for rule in profile["syscalls"].as_array().expect("syscalls") {
         let list = |v: &Value| -> Vec<String> {
-            v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()).unwrap_or_default()
+            v.as_array()
+                .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default()
         };
         let (inc_caps, exc_caps) = (list(&rule["includes"]["caps"]), list(&rule["excludes"]["caps"]));
         let arches = list(&rule["includes"]["arches"]);
@@ -217,7 +230,12 @@ impl ConfigMapDir {
 
 /// `podman run` flags for the manifest's security context and mounts, with
 /// the hostPaths the test owns in place of the node's.
-fn podman_run(sec: &Security, name: &str, seccomp: Option<&Path>, host_dir: impl Fn(&str) -> PathBuf) -> Command {
+fn podman_run(
+    sec: &Security,
+    name: &str,
+    seccomp: Option<&Path>,
+    host_dir: impl Fn(&str) -> PathBuf,
+) -> Command {
     let mut cmd = Command::new("podman");
     // runc: crun refuses this machine's hybrid cgroup layout; explicit
     // ulimits: without them the runtime's setrlimit fails here.
@@ -341,7 +359,12 @@ fn the_image_enforces_as_the_daemonset_runs_it_and_fails_clearly_under_the_runti
     };
     let agent_args = |cmd: &mut Command| {
         cmd.arg(&image.0)
-            .args(["run", "--policy=/etc/portguard/policy.toml", "--log-format=json", "--metrics-addr=127.0.0.1:0"])
+            .args([
+                "run",
+                "--policy=/etc/portguard/policy.toml",
+                "--log-format=json",
+                "--metrics-addr=127.0.0.1:0",
+            ])
             .arg(format!("--cgroup-root={}", cgroup_root.display()))
             .arg(format!("--bpffs={}", bpffs.display()));
     };
@@ -354,7 +377,8 @@ fn the_image_enforces_as_the_daemonset_runs_it_and_fails_clearly_under_the_runti
     let _ = Command::new("podman").args(["rm", "--force", &name("default")]).output();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the agent ran under the default seccomp profile: {log}");
-    let error = log.lines().find(|l| l.contains("\"level\":\"ERROR\"")).unwrap_or_else(|| panic!("no error: {log}"));
+    let error =
+        log.lines().find(|l| l.contains("\"level\":\"ERROR\"")).unwrap_or_else(|| panic!("no error: {log}"));
     assert!(error.contains("seccomp") && error.contains("bpf()"), "{error}");
     assert!(!Path::new(&sb.bpffs).join("links").exists(), "it attached something: {log}");
 
@@ -366,7 +390,8 @@ fn the_image_enforces_as_the_daemonset_runs_it_and_fails_clearly_under_the_runti
     c.wait_for(0, "enforcing", |l| l["message"] == "portguard is enforcing");
     assert_eq!(sb.probe("/app", &["bind", "tcp", "127.0.0.1", "8080"]), "ok port=8080");
     assert_eq!(sb.probe("/app", &["bind", "tcp", "127.0.0.1", "8081"]), "err EPERM");
-    let addr = c.wait_for(0, "metrics address", |l| l["message"] == "serving /metrics, /healthz and /readyz")["addr"]
+    let addr = c.wait_for(0, "metrics address", |l| l["message"] == "serving /metrics, /healthz and /readyz")
+        ["addr"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -384,7 +409,11 @@ fn the_image_enforces_as_the_daemonset_runs_it_and_fails_clearly_under_the_runti
     let out = Command::new("podman").args(["kill", "--signal", "KILL", &c.name]).output().unwrap();
     assert!(out.status.success(), "podman kill: {}", String::from_utf8_lossy(&out.stderr));
     let _ = c.child.wait();
-    assert_eq!(sb.probe("/app", &["bind", "tcp", "127.0.0.1", "8082"]), "err EPERM", "the guard went with the container");
+    assert_eq!(
+        sb.probe("/app", &["bind", "tcp", "127.0.0.1", "8082"]),
+        "err EPERM",
+        "the guard went with the container"
+    );
     assert_eq!(sb.probe("/app", &["bind", "tcp", "127.0.0.1", "8081"]), "ok port=8081");
     drop(c);
     drop(image);

@@ -50,7 +50,8 @@ fn portguard_paths() -> BTreeSet<PathBuf> {
 }
 
 fn installed_version() -> Option<String> {
-    let out = Command::new("dpkg-query").args(["-W", "-f=${Status} ${Version}", "portguard"]).output().ok()?;
+    let out =
+        Command::new("dpkg-query").args(["-W", "-f=${Status} ${Version}", "portguard"]).output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.strip_prefix("install ok installed ").map(str::to_owned)
 }
@@ -62,7 +63,11 @@ fn the_package_passes_lintian_installs_upgrades_and_purges_without_a_trace() {
         skip_test!("PORTGUARD_DEB not set (`cargo xtask test` builds the package and sets it)");
     };
     for tool in ["lintian", "dpkg-deb", "cargo-deb"] {
-        if Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| !o.status.success())
+        if Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .output()
+            .is_ok_and(|o| !o.status.success())
         {
             skip_test!("{tool} not installed (`cargo xtask setup` installs it)");
         }
@@ -76,7 +81,8 @@ fn the_package_passes_lintian_installs_upgrades_and_purges_without_a_trace() {
     let before = portguard_paths();
 
     // lintian: no error, and no warning that an override does not justify.
-    let out = Command::new("lintian").args(["--info", "--display-level", ">=pedantic"]).arg(&deb).output().unwrap();
+    let out =
+        Command::new("lintian").args(["--info", "--display-level", ">=pedantic"]).arg(&deb).output().unwrap();
     let report = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     eprintln!("lintian {}:\n{report}", deb.display());
     let bad: Vec<&str> = report.lines().filter(|l| l.starts_with("E: ") || l.starts_with("W: ")).collect();
@@ -91,10 +97,17 @@ fn the_package_passes_lintian_installs_upgrades_and_purges_without_a_trace() {
     assert!(conffiles.contains("/etc/portguard/policy.toml"), "not a conffile: {conffiles}");
     for page in files.lines().filter(|l| l.starts_with("/usr/share/man/man1/")) {
         let out = Command::new("man").arg("-l").arg(page).env("MANWIDTH", "80").output().expect("man");
-        assert!(out.status.success() && out.stderr.is_empty(), "man -l {page}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "man -l {page}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     for cmd in ["run", "check", "scan", "status", "unload"] {
-        assert!(files.contains(&format!("/usr/share/man/man1/portguard-{cmd}.1.gz")), "no page for {cmd}: {files}");
+        assert!(
+            files.contains(&format!("/usr/share/man/man1/portguard-{cmd}.1.gz")),
+            "no page for {cmd}: {files}"
+        );
     }
     for f in [
         "/usr/share/zsh/vendor-completions/_portguard",
@@ -107,7 +120,10 @@ fn the_package_passes_lintian_installs_upgrades_and_purges_without_a_trace() {
     // bash-completion's loader finds the script by the command's name.
     let complete = sh(
         "bash",
-        &["-c", "source /usr/share/bash-completion/bash_completion; _completion_loader portguard; complete -p portguard"],
+        &[
+            "-c",
+            "source /usr/share/bash-completion/bash_completion; _completion_loader portguard; complete -p portguard",
+        ],
     );
     assert!(complete.contains("_portguard"), "{complete}");
     let unit = "/usr/lib/systemd/system/portguard.service";
@@ -121,7 +137,7 @@ fn the_package_passes_lintian_installs_upgrades_and_purges_without_a_trace() {
     );
 
     // The agent writes its state and trail where the unit has them.
-    let mut sb = Sandbox::new("package");
+    let sb = Sandbox::new("package");
     sb.cgroup("/app");
     sb.write_policy("[[guard]]\nname = \"app\"\ncgroup = \"/app\"\n");
     let mut agent = Command::new("/usr/bin/portguard")
@@ -138,7 +154,10 @@ fn the_package_passes_lintian_installs_upgrades_and_purges_without_a_trace() {
         .expect("installed agent");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while !Path::new("/run/portguard/state.json").exists() {
-        assert!(std::time::Instant::now() < deadline, "the installed agent wrote no /run/portguard/state.json");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the installed agent wrote no /run/portguard/state.json"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     // SAFETY: signalling our own child.
@@ -165,7 +184,11 @@ fn the_package_passes_lintian_installs_upgrades_and_purges_without_a_trace() {
     let newer_deb = String::from_utf8_lossy(&out.stdout).lines().last().expect("deb path").to_owned();
     sh("dpkg", &["-i", &newer_deb]);
     assert_eq!(installed_version().as_deref(), Some(newer.as_str()));
-    assert_eq!(fs::read_to_string("/etc/portguard/policy.toml").unwrap(), edited, "the upgrade replaced the policy");
+    assert_eq!(
+        fs::read_to_string("/etc/portguard/policy.toml").unwrap(),
+        edited,
+        "the upgrade replaced the policy"
+    );
 
     sh("dpkg", &["--purge", "portguard"]);
     let _ = fs::remove_dir_all(&dir);

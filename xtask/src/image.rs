@@ -16,7 +16,9 @@ pub(crate) fn context() -> anyhow::Result<PathBuf> {
     let rootfs = context.join("rootfs");
     let _ = std::fs::remove_dir_all(&rootfs);
     std::fs::create_dir_all(&context)?;
-    run(Command::new(root.join("deploy/kubernetes/rootfs.sh")).arg(root.join("target/release/portguard")).arg(&rootfs))?;
+    run(Command::new(root.join("deploy/kubernetes/rootfs.sh"))
+        .arg(root.join("target/release/portguard"))
+        .arg(&rootfs))?;
     Ok(context)
 }
 

@@ -21,7 +21,10 @@ pub(super) fn run(shell: CompletionShell) -> Result<(), CmdError> {
 pub(super) fn write_stdout(bytes: &[u8]) -> Result<(), CmdError> {
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
-    stdout.write_all(bytes).and_then(|()| stdout.flush()).map_err(|e| CmdError::Failed(format!("stdout: {e}")))
+    stdout
+        .write_all(bytes)
+        .and_then(|()| stdout.flush())
+        .map_err(|e| CmdError::Failed(format!("stdout: {e}")))
 }
 
 #[cfg(test)]
