@@ -157,6 +157,12 @@ fn scan_without_a_policy_lists_every_port_as_unguarded() {
         .find(|l| l.contains(&format!(":{port} ")) || l.contains(&format!(" {port} ")))
         .unwrap_or_else(|| panic!("port {port} not listed:\n{text}"));
     assert!(row.contains("unguarded"), "{row}");
-    assert!(!text.contains("unapproved") && !text.contains(" approved"), "{text}");
+    let rows: Vec<&str> =
+        text.lines().skip(1).take_while(|l| !l.trim().is_empty() && !l.contains("live ports")).collect();
+    assert!(rows.iter().all(|r| r.starts_with("unguarded ")), "{text}");
+    assert!(
+        text.contains(&format!("{} live ports: 0 approved, 0 unapproved, {0} unguarded", rows.len())),
+        "{text}"
+    );
     drop(listener);
 }
