@@ -142,13 +142,32 @@ fn the_seccomp_profile_is_the_runtime_default_plus_bpf() {
         skip_test!("podman's default seccomp profile is not installed (`cargo xtask setup` installs podman)");
     };
     let default: Value = serde_json::from_str(&default).unwrap();
-    let caps = manifest().caps_add.iter().map(|c| format!("CAP_{c}")).collect::<Vec<_>>();
-    let allowed_by_default = allowed(&default, &caps);
     let ours: Value = serde_json::from_str(
         &std::fs::read_to_string(Path::new(K8S).join("seccomp/portguard.json")).unwrap(),
     )
     .unwrap();
-    let allowed_by_ours = allowed(&ours, &caps);
+    let caps = manifest().caps_add.iter().map(|c| format!("CAP_{c}")).collect::<Vec<_>>();
+    // The shipped profile serves every architecture it lists, so the
+    // default's rules for those architectures count as the default's.
+    let arches: Vec<String> = ours["architectures"]
+        .as_array()
+        .expect("architectures")
+        .iter()
+        .map(|a| match a.as_str().expect("a string") {
+            "SCMP_ARCH_X86_64" => "amd64".to_owned(),
+            "SCMP_ARCH_X86" => "x86".to_owned(),
+            "SCMP_ARCH_X32" => "x32".to_owned(),
+            "SCMP_ARCH_AARCH64" => "arm64".to_owned(),
+            "SCMP_ARCH_ARM" => "arm".to_owned(),
+            other => panic!("architecture {other}: add it here"),
+        })
+        .collect();
+    let allowed_by_default = allowed(&default, &caps, &arches);
+    let ours: Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(K8S).join("seccomp/portguard.json")).unwrap(),
+    )
+    .unwrap();
+    let allowed_by_ours = allowed(&ours, &caps, &arches);
     let added: Vec<_> = allowed_by_ours.difference(&allowed_by_default).collect();
     let removed: Vec<_> = allowed_by_default.difference(&allowed_by_ours).collect();
     assert_eq!(added, ["bpf"], "added to the default");
@@ -157,8 +176,8 @@ fn the_seccomp_profile_is_the_runtime_default_plus_bpf() {
 }
 
 /// Syscalls a profile allows unconditionally (any arguments) for a
-/// process holding `caps` on x86-64.
-fn allowed(profile: &Value, caps: &[String]) -> std::collections::BTreeSet<String> {
+/// process holding `caps` on any of `arches`.
+fn allowed(profile: &Value, caps: &[String], arches: &[String]) -> std::collections::BTreeSet<String> {
     let mut out = std::collections::BTreeSet::new();
     for rule in profile["syscalls"].as_array().expect("syscalls") {
         let list = |v: &Value| -> Vec<String> {
@@ -167,10 +186,10 @@ fn allowed(profile: &Value, caps: &[String]) -> std::collections::BTreeSet<Strin
                 .unwrap_or_default()
         };
         let (inc_caps, exc_caps) = (list(&rule["includes"]["caps"]), list(&rule["excludes"]["caps"]));
-        let arches = list(&rule["includes"]["arches"]);
+        let rule_arches = list(&rule["includes"]["arches"]);
         let applies = inc_caps.iter().all(|c| caps.contains(c))
             && !exc_caps.iter().any(|c| caps.contains(c))
-            && (arches.is_empty() || arches.iter().any(|a| a == "amd64"));
+            && (rule_arches.is_empty() || rule_arches.iter().any(|a| arches.contains(a)));
         let unconditional = rule["args"].as_array().is_none_or(Vec::is_empty);
         if applies && unconditional && rule["action"] == "SCMP_ACT_ALLOW" {
             out.extend(list(&rule["names"]));
