@@ -253,7 +253,7 @@ fn podman_run(
     sec: &Security,
     name: &str,
     seccomp: Option<&Path>,
-    host_dir: impl Fn(&str) -> PathBuf,
+    host_dir: &dyn Fn(&str) -> PathBuf,
 ) -> Command {
     let mut cmd = Command::new("podman");
     // runc: crun refuses this machine's hybrid cgroup layout; explicit
