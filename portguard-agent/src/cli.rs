@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use std::sync::LazyLock;
 
 pub const DEFAULT_POLICY: &str = "/etc/portguard/policy.toml";
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/portguard";
@@ -10,11 +11,20 @@ pub const DEFAULT_STATE_DIR: &str = "/run/portguard";
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 pub const DEFAULT_AUDIT_TRAIL: &str = "/var/lib/portguard/audit.jsonl";
 
+/// `--version`: the release, and the layout of the pinned maps, which
+/// decides whether a new agent adopts the maps the running one pinned.
+static VERSION: LazyLock<String> = LazyLock::new(|| {
+    format!("{} (map ABI {})", env!("CARGO_PKG_VERSION"), portguard_common::MAP_ABI_VERSION)
+});
+
 #[derive(Debug, Parser)]
 #[command(
     name = "portguard",
-    version,
-    about = "Kernel-enforced allowlists for the ports each workload binds and the peers it reaches"
+    version = VERSION.as_str(),
+    propagate_version = true,
+    about = "Kernel-enforced allowlists for the ports each workload binds and the peers it reaches",
+    after_help = "Example:\n  portguard check /etc/portguard/policy.toml && portguard run\n\n\
+                  `portguard <command> --help` shows each command's options and an example."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -23,11 +33,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Load the eBPF programs, apply the policy and report denials until stopped.
+    /// Enforce the policy: load the eBPF programs, apply it, report denials until stopped.
+    #[command(after_help = "Example:\n  portguard run --policy /etc/portguard/policy.toml --log-format json")]
     Run(RunArgs),
-    /// Validate a policy, print what it would enforce and check its catalog
-    /// (owner, purpose, approval expiry), without loading anything. Exit
-    /// status: 0 ok, 1 catalog findings with --strict, 2 invalid policy.
+    /// Validate a policy and check its catalog, without loading anything.
+    ///
+    /// Prints what the policy would enforce and checks its catalog (owner,
+    /// purpose, approval expiry). Exit status: 0 ok, 1 catalog findings with
+    /// --strict, 2 invalid policy.
+    #[command(after_help = "Example:\n  portguard check --strict /etc/portguard/policy.toml")]
     Check {
         /// The policy file.
         policy: PathBuf,
@@ -37,17 +51,22 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
     },
-    /// List every listening TCP and bound UDP port on the host (all network
-    /// namespaces) with its process, cgroup and status against the policy:
-    /// approved, unapproved (guarded but no rule) or unguarded.
+    /// List every live port on the host with its process, cgroup and status against the policy.
+    ///
+    /// Every listening TCP and bound UDP port (all network namespaces), and
+    /// its status: approved, unapproved (guarded but no rule) or unguarded.
+    /// Without a policy file every port is unguarded.
     ///
     /// To name each port's process, scan reads every process's fd links, as
     /// `ss -p` and `lsof` do; that holds each socket for a moment, so a
     /// program closing and re-binding a port right then may see EADDRINUSE.
     /// The agent itself never does this.
+    #[command(after_help = "Example:\n  portguard scan --fail-on-unapproved --format json")]
     Scan {
-        #[arg(long, default_value = DEFAULT_POLICY)]
-        policy: PathBuf,
+        /// The policy (default: /etc/portguard/policy.toml when it exists;
+        /// without a policy every port is listed as unguarded).
+        #[arg(long)]
+        policy: Option<PathBuf>,
         /// The cgroup guard paths are relative to (as for `run`).
         #[arg(long)]
         cgroup_root: Option<PathBuf>,
@@ -62,6 +81,7 @@ pub enum Command {
         fail_on_unapproved: bool,
     },
     /// Show what a policy change opens and closes, guard by guard.
+    #[command(after_help = "Example:\n  portguard diff /etc/portguard/policy.toml policy.new.toml")]
     Diff {
         /// The policy before the change.
         old: PathBuf,
@@ -70,8 +90,13 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
     },
-    /// Judge the operations in an audit trail under a new policy: which
-    /// would now be denied, which newly allowed.
+    /// Judge the operations in an audit trail under a new policy.
+    ///
+    /// Lists which recorded operations would now be denied, which newly
+    /// allowed.
+    #[command(
+        after_help = "Example:\n  portguard replay --policy policy.new.toml --events /var/lib/portguard/audit.jsonl"
+    )]
     Replay {
         /// The policy to judge with.
         #[arg(long)]
@@ -83,6 +108,9 @@ pub enum Command {
         format: OutputFormat,
     },
     /// Write a draft policy from what workloads did in audit mode.
+    #[command(
+        after_help = "Example:\n  portguard suggest --events /var/lib/portguard/audit.jsonl --guard web --output draft.toml"
+    )]
     Suggest {
         /// An audit trail written by `portguard run --audit-trail`.
         #[arg(long)]
@@ -101,13 +129,16 @@ pub enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
-    /// Ask the running agent to re-read its policy (SIGHUP to the pid in
-    /// the state directory's pid file).
+    /// Ask the running agent to re-read its policy.
+    ///
+    /// Sends SIGHUP to the pid in the state directory's pid file.
+    #[command(after_help = "Example:\n  portguard reload --state-dir /run/portguard")]
     Reload {
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
-    /// Show what is enforced, from the pinned maps (works whether or not the agent runs).
+    /// Show what is enforced, from the pinned maps (whether or not the agent runs).
+    #[command(after_help = "Example:\n  portguard status --format json")]
     Status {
         #[arg(long, default_value = DEFAULT_BPFFS)]
         bpffs: PathBuf,
@@ -151,10 +182,26 @@ pub enum Command {
     #[command(subcommand)]
     Trail(TrailCommand),
     /// Detach portguard's programs and remove its pinned maps.
+    #[command(after_help = "Example:\n  systemctl stop portguard && portguard unload")]
     Unload {
         /// bpffs directory portguard pinned its objects under.
         #[arg(long, default_value = DEFAULT_BPFFS)]
         bpffs: PathBuf,
+    },
+    /// Print a shell completion script for bash, zsh or fish.
+    #[command(after_help = "Example:\n  portguard completions bash > /etc/bash_completion.d/portguard")]
+    Completions {
+        /// The shell to complete for.
+        shell: CompletionShell,
+    },
+    /// Write the manual pages: one for portguard and one per command.
+    ///
+    /// Without --out, prints the page for portguard itself.
+    #[command(after_help = "Example:\n  portguard man --out /usr/local/share/man/man1 && man portguard-run")]
+    Man {
+        /// Write portguard.1 and portguard-<command>.1 into this directory.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
 }
 
@@ -239,6 +286,14 @@ pub enum LogFormat {
     Json,
 }
 
+/// The shells `completions` writes for (clap_complete's generators).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
     Text,
@@ -249,4 +304,44 @@ pub enum OutputFormat {
 pub enum DraftMode {
     Audit,
     Enforce,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn the_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn version_names_the_release_and_the_map_abi() {
+        let v = Cli::command().render_version();
+        assert_eq!(
+            v.trim(),
+            format!(
+                "portguard {} (map ABI {})",
+                env!("CARGO_PKG_VERSION"),
+                portguard_common::MAP_ABI_VERSION
+            )
+        );
+    }
+
+    #[test]
+    fn every_command_has_a_one_line_purpose_and_an_example() {
+        let cli = Cli::command();
+        for cmd in cli.get_subcommands().filter(|c| !c.is_hide_set()) {
+            let about = cmd.get_about().map(ToString::to_string).unwrap_or_default();
+            assert!(!about.is_empty() && !about.contains('\n'), "{}: about {about:?}", cmd.get_name());
+            let after = cmd.get_after_help().map(ToString::to_string).unwrap_or_default();
+            assert!(
+                after.starts_with("Example:\n  ") && after.contains("portguard"),
+                "{}: no example in --help: {after:?}",
+                cmd.get_name()
+            );
+        }
+    }
 }

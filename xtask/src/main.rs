@@ -5,9 +5,13 @@
 //!   cargo xtask test    set up, check format and lints, build, and run every test
 //!   cargo xtask bench   set up, build (release), and write BENCHMARKS.md
 //!   cargo xtask install build (release) and install the agent, unit and policy
+//!   cargo xtask package build (release) the Debian package into target/debian
+//!   cargo xtask image   build (release) the container image with podman
 
 mod bench;
+mod image;
 mod install;
+mod package;
 mod setup;
 
 use std::{
@@ -55,6 +59,15 @@ enum Cmd {
         #[arg(long)]
         binary: Option<PathBuf>,
     },
+    /// Build (release) the Debian package into target/debian/ (cargo-deb).
+    Package {
+        /// The package version (with revision) instead of the crate's.
+        #[arg(long)]
+        deb_version: Option<String>,
+    },
+    /// Build (release) the container image `localhost/portguard:<version>`
+    /// with podman, without a registry.
+    Image,
     /// Set up, check formatting and lints, build, and run all tests,
     /// including those that need root.
     Test {
@@ -173,6 +186,15 @@ fn main() -> anyhow::Result<()> {
             };
             install::install(&install::Install { destdir, binary })
         }
+        Cmd::Package { deb_version } => {
+            setup::all()?;
+            package::package(deb_version.as_deref()).map(drop)
+        }
+        Cmd::Image => {
+            setup::all()?;
+            package::package(None)?;
+            image::build()
+        }
         Cmd::Fuzz { seconds } => {
             setup::all()?;
             setup::cargo_fuzz()?;
@@ -186,12 +208,21 @@ fn main() -> anyhow::Result<()> {
             setup::all()?;
             lint()?;
             let bin = build()?;
+            // The package and container tests install and run what users get.
+            let deb = package::package(None)?;
+            let container = image::context()?;
             if !is_root() {
                 eprintln!("xtask: not root: the kernel tests will skip (CI=true makes them fail instead)");
             }
             // Default members: every crate but the eBPF one, which only
             // builds for the BPF target (the agent's build.rs builds it).
-            run(cargo().arg("test").env("PORTGUARD_BIN", &bin).env("RUST_BACKTRACE", "1").args(args))
+            run(cargo()
+                .arg("test")
+                .env("PORTGUARD_BIN", &bin)
+                .env("PORTGUARD_DEB", &deb)
+                .env("PORTGUARD_CONTAINER_CONTEXT", &container)
+                .env("RUST_BACKTRACE", "1")
+                .args(args))
         }
     }
 }

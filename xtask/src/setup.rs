@@ -37,8 +37,23 @@ pub(crate) fn all() -> anyhow::Result<()> {
         // reply window.
         "dnsmasq-base",
         "bind9-dnsutils",
+        // The Debian package: cargo-deb's dependency scan (dpkg-shlibdeps),
+        // Debian's own checker, and what the package test installs it
+        // with and checks it by (deb-systemd-helper, man, bash-completion).
+        "dpkg-dev",
+        "lintian",
+        "debhelper",
+        "init-system-helpers",
+        "man-db",
+        "bash-completion",
+        // The container image: built with buildah, run with podman on runc
+        // (crun refuses this machine's hybrid cgroup layout).
+        "podman",
+        "buildah",
+        "runc",
     ])?;
     bpf_linker()?;
+    cargo_deb()?;
     kubernetes_validate()?;
     Ok(())
 }
@@ -175,4 +190,14 @@ pub(crate) fn cargo_fuzz() -> anyhow::Result<()> {
     }
     step("cargo-fuzz (runs the policy fuzzer): installing");
     run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
+}
+
+/// cargo-deb builds the Debian package (`cargo xtask package`).
+fn cargo_deb() -> anyhow::Result<()> {
+    if let Some(v) = output(Command::new("cargo").args(["deb", "--version"])) {
+        step(&format!("cargo-deb (builds the Debian package): present ({})", v.trim()));
+        return Ok(());
+    }
+    step("cargo-deb (builds the Debian package): cargo install --locked cargo-deb");
+    run(Command::new("cargo").args(["install", "--locked", "cargo-deb"]))
 }

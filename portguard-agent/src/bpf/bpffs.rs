@@ -21,12 +21,31 @@ pub(crate) enum BpffsError {
     },
     #[error("{path} is not on a bpf filesystem (mount bpffs there, or pass --bpffs DIR on one)")]
     NotBpffs { path: PathBuf },
+    #[error("--bpffs {path}: bpffs refuses names that contain a dot ({name:?}); pick a name without one")]
+    Dotted { path: PathBuf, name: String },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Refuses a pin directory the agent would have to create with a dot in a
+/// name, which bpffs refuses (EPERM) once the kernel is asked; directories
+/// that already exist are fine whatever their names.
+pub(crate) fn check_pin_dir(path: &Path) -> Result<(), BpffsError> {
+    let mut at = PathBuf::new();
+    for component in path.components() {
+        at.push(component);
+        if let std::path::Component::Normal(name) = component {
+            let name = name.to_string_lossy();
+            if name.contains('.') && !at.exists() {
+                return Err(BpffsError::Dotted { path: path.to_owned(), name: name.into_owned() });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Where each pinned object lives under the pin directory.
@@ -145,5 +164,21 @@ pub(super) fn ensure_bpffs(pin_dir: &Path) -> Result<(), BpffsError> {
     match statfs::magic(parent) {
         Ok(magic) if magic == statfs::BPF_FS_MAGIC => Ok(()),
         _ => Err(BpffsError::NotBpffs { path: parent.to_owned() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dot_in_a_name_to_be_created_is_refused_and_an_existing_one_is_not() {
+        let existing = std::env::temp_dir().join(format!("pg.bpffs.{}", std::process::id()));
+        fs::create_dir_all(&existing).unwrap();
+        assert!(check_pin_dir(&existing.join("portguard")).is_ok());
+        let e = check_pin_dir(&existing.join("name.with.dots")).unwrap_err().to_string();
+        assert!(e.contains("bpffs refuses names that contain a dot (\"name.with.dots\")"), "{e}");
+        assert!(check_pin_dir(Path::new("/sys/fs/bpf/portguard")).is_ok());
+        fs::remove_dir_all(&existing).unwrap();
     }
 }

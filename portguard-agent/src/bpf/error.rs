@@ -22,6 +22,16 @@ pub(crate) enum LoadError {
     Bpffs(#[from] BpffsError),
     #[error("loading the eBPF object failed (is this run as root, with CAP_BPF and CAP_NET_ADMIN?): {0}")]
     Load(#[source] aya::EbpfError),
+    /// bpf() answered EPERM to a process under a seccomp filter: in a
+    /// container, the runtime's default profile admits bpf() only with
+    /// CAP_SYS_ADMIN (podman < 5.2, CRI-O < 1.31, containerd < 1.6.9).
+    #[error(
+        "bpf() was refused with EPERM under a seccomp filter (Seccomp: 2 in /proc/self/status): the container \
+         runtime's default seccomp profile blocks bpf() without CAP_SYS_ADMIN; run the agent with the seccomp \
+         profile deploy/kubernetes/seccomp/portguard.json (seccompProfile type Localhost; see README, \
+         \"Running on Kubernetes\"); nothing was attached ({0})"
+    )]
+    Seccomp(#[source] aya::EbpfError),
     #[error("cannot read the kernel's BTF (/sys/kernel/btf/vmlinux): {0}")]
     Btf(String),
     #[error("program {name} is missing from the eBPF object")]
@@ -105,6 +115,29 @@ pub(crate) enum LoadError {
     },
 }
 
+/// Loading the object failed: a seccomp filter that refuses bpf() gets
+/// its own error, since the capabilities are then not the problem.
+pub(super) fn object_load_error(e: aya::EbpfError) -> LoadError {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if is_eperm(&e) && seccomp_filtered(&status) { LoadError::Seccomp(e) } else { LoadError::Load(e) }
+}
+
+fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error) == Some(libc::EPERM) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// `Seccomp: 2` in /proc/self/status: a filter is installed (0 none, 1 strict).
+fn seccomp_filtered(status: &str) -> bool {
+    status.lines().find_map(|l| l.strip_prefix("Seccomp:")).is_some_and(|v| v.trim() == "2")
+}
+
 /// One line that says which hook failed and why; aya's own message ends in
 /// the whole multi-line verifier log.
 pub(super) fn load_error(name: &'static str, e: aya::programs::ProgramError) -> LoadError {
@@ -148,5 +181,31 @@ fn program_error_text(e: &aya::programs::ProgramError) -> String {
             format!("{} returned {}", s.call, errno_text(&s.io_error))
         }
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod seccomp_tests {
+    use super::*;
+
+    #[test]
+    fn only_a_filter_counts_as_seccomp() {
+        assert!(seccomp_filtered("Name:\tportguard\nSeccomp:\t2\nSeccomp_filters:\t1\n"));
+        assert!(!seccomp_filtered("Seccomp:\t0\nSeccomp_filters:\t0\n"));
+        assert!(!seccomp_filtered("Name:\tportguard\n"));
+    }
+
+    #[test]
+    fn eperm_is_found_below_aya_s_wrappers() {
+        let eperm = aya::maps::MapError::CreateError {
+            name: "PG_PREFIX_MASKS".into(),
+            io_error: std::io::Error::from_raw_os_error(libc::EPERM),
+        };
+        assert!(is_eperm(&aya::EbpfError::MapError(eperm)));
+        let einval = aya::maps::MapError::CreateError {
+            name: "PG_PREFIX_MASKS".into(),
+            io_error: std::io::Error::from_raw_os_error(libc::EINVAL),
+        };
+        assert!(!is_eperm(&aya::EbpfError::MapError(einval)));
     }
 }

@@ -17,7 +17,14 @@ pub(crate) struct DecodedEvent {
     pub sock_cgroup: u64,
     pub guard_cgroup: u64,
     pub pid: u32,
+    /// The calling thread's name, from the kernel.
     pub comm: String,
+    /// The process's name (its main thread's), read when the event is
+    /// read; empty when the process is gone by then.
+    pub process: String,
+    /// The process's executable (`/proc/<pid>/exe`), read when the event
+    /// is read; empty when the process is gone by then.
+    pub exe: String,
     pub generation: u64,
     pub guard_id: u32,
     pub op: Option<Op>,
@@ -45,11 +52,22 @@ pub(crate) trait RingRecord: Sized {
 impl RingRecord for DecodedEvent {
     type Raw = DecisionEvent;
     fn decode(e: &DecisionEvent) -> DecodedEvent {
+        let pid = (e.pid_tgid >> 32) as u32;
+        // Now, as early as userspace can: a short-lived process (curl, nc)
+        // is often gone by the time the line is written.
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let process = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|c| c.trim_end().to_owned())
+            .unwrap_or_default();
         DecodedEvent {
             sock_cgroup: e.sock_cgroup,
             guard_cgroup: e.guard_cgroup,
-            pid: (e.pid_tgid >> 32) as u32,
+            pid,
             comm: comm(&e.comm),
+            process,
+            exe,
             generation: e.generation,
             guard_id: e.guard_id,
             op: Op::from_u8(e.op),

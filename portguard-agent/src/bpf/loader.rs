@@ -336,7 +336,7 @@ fn load_object(pins: &PinLayout, object: &[u8]) -> Result<Ebpf, LoadError> {
     for (name, path) in &map_paths {
         loader.map_pin_path(name, path.as_path());
     }
-    let mut ebpf = loader.load(object).map_err(LoadError::Load)?;
+    let mut ebpf = loader.load(object).map_err(super::error::object_load_error)?;
     for hook in hooks::cgroup_hooks() {
         let name = hook.program;
         let program = ebpf.program_mut(name).ok_or(LoadError::MissingProgram { name })?;

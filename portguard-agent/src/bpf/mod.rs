@@ -13,6 +13,7 @@ mod lsm;
 mod pinned;
 mod policy_maps;
 
+pub(crate) use bpffs::check_pin_dir;
 pub(crate) use error::LoadError;
 pub(crate) use events::{DecodedEvent, EventStream, EventsError, MAX_BATCH as MAX_EVENT_BATCH};
 pub(crate) use hooks::cgroup_hooks;

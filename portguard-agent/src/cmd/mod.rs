@@ -3,7 +3,9 @@
 
 mod bench_noop;
 mod check;
+mod completions;
 mod diff;
+mod man;
 mod reload;
 mod replay;
 mod run;
@@ -64,7 +66,7 @@ pub fn run(command: Command) -> Result<(), CmdError> {
         Command::Check { policy, strict, format } => check::run(&policy, strict, format),
         Command::Scan { policy, cgroup_root, state_dir, format, fail_on_unapproved } => {
             scan::run(&scan::ScanArgs {
-                policy: &policy,
+                policy: policy.as_deref(),
                 state_dir: &state_dir,
                 cgroup_root: cgroup_root.as_deref(),
                 format,
@@ -88,6 +90,8 @@ pub fn run(command: Command) -> Result<(), CmdError> {
             guard: guard.as_deref(),
             format,
         }),
+        Command::Completions { shell } => completions::run(shell),
+        Command::Man { out } => man::run(out.as_deref()),
     }
 }
 

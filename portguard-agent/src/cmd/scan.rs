@@ -18,7 +18,8 @@ use crate::{
 };
 
 pub(super) struct ScanArgs<'a> {
-    pub(super) policy: &'a Path,
+    /// None: the default policy when it exists, else none at all.
+    pub(super) policy: Option<&'a Path>,
     /// The running agent's state directory, for the pods each pod guard
     /// covers now (a pod guard cannot be found from a path).
     pub(super) state_dir: &'a Path,
@@ -41,7 +42,20 @@ pub(super) fn run(args: &ScanArgs) -> Result<(), CmdError> {
 }
 
 fn scan(args: &ScanArgs) -> Result<Vec<(OpenPort, Standing)>, String> {
-    let (policy, _) = policy::load(args.policy).map_err(|e| e.to_string())?;
+    let default = Path::new(crate::cli::DEFAULT_POLICY);
+    let (policy, _) = match args.policy {
+        Some(path) => policy::load(path),
+        None if default.exists() => policy::load(default),
+        None => {
+            // Someone looking at a host before writing a policy: show what is open.
+            eprintln!(
+                "portguard: no policy given and {} does not exist: every port is listed as unguarded",
+                default.display()
+            );
+            policy::parse_and_compile("(no policy)", "version = 1\n")
+        }
+    }
+    .map_err(|e| e.to_string())?;
     let mount = cgroup::cgroup2_mount().map_err(|e| e.to_string())?;
     let root = args.cgroup_root.map_or_else(|| mount.clone(), Path::to_path_buf);
     let root_in_mount = root.strip_prefix(&mount).map(|r| format!("/{}", r.display())).map_err(|_| {

@@ -130,10 +130,9 @@ impl DenialLog {
         let cgroup = self.names.name(e.sock_cgroup);
         let guard_cgroup = self.names.name(e.guard_cgroup);
         let w = workload::parse(&cgroup);
-        // Best effort: the process may be gone by the time we look.
-        let exe = std::fs::read_link(format!("/proc/{}/exe", e.pid))
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
+        // The thread's name says less than the process's (`isc-net-0000`
+        // in `named`): both are logged when they differ.
+        let process = if e.process == e.comm { "" } else { e.process.as_str() };
         let mode = modes.get(&e.guard_id).map_or("?", |m| m.as_str());
         let op = e.op.map_or("?", |o| o.as_str());
         let verdict = e.verdict.map_or("?", |v| v.as_str());
@@ -216,7 +215,8 @@ impl DenialLog {
             container_id = w.container_id.as_deref().unwrap_or(""),
             pid = e.pid,
             comm = %e.comm,
-            exe = %exe,
+            process,
+            exe = %e.exe,
             op,
             proto = %e.proto,
             addr = %e.addr,

@@ -42,7 +42,9 @@ use crate::{
 };
 
 pub(crate) async fn run(args: RunArgs) -> Result<(), DaemonError> {
-    // 1. The input: policy, cgroup root, privileges, Kubernetes API, trail.
+    // 1. The input: pin directory, policy, cgroup root, privileges,
+    //    Kubernetes API, trail.
+    bpf::check_pin_dir(&args.bpffs).map_err(|e| DaemonError::Load(e.into()))?;
     let (text, policy, compiled) = applied::read_policy(&args.policy)?;
     let mount = cgroup::cgroup2_mount()?;
     let root = args.cgroup_root.clone().unwrap_or_else(|| mount.clone());
