@@ -2,11 +2,12 @@
 //!
 //!   cargo xtask setup   install what building and testing need (idempotent)
 //!   cargo xtask run     set up, build, and run the agent on ./policy.toml
-//!   cargo xtask test    set up, check format and lints, build, and run every test
+//!   cargo xtask test    set up, check format and lints, build, check the book, and run every test
 //!   cargo xtask bench   set up, build (release), and write BENCHMARKS.md
 //!   cargo xtask install build (release) and install the agent, unit and policy
 
 mod bench;
+mod docs;
 mod install;
 mod setup;
 
@@ -186,6 +187,7 @@ fn main() -> anyhow::Result<()> {
             setup::all()?;
             lint()?;
             let bin = build()?;
+            docs::check(&bin)?;
             if !is_root() {
                 eprintln!("xtask: not root: the kernel tests will skip (CI=true makes them fail instead)");
             }
