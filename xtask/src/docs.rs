@@ -139,7 +139,8 @@ fn check_markdown_links(md: &Path, text: &str, problems: &mut Vec<String>) {
         let rest = &text[at + 2..];
         let Some(end) = rest.find(')') else { continue };
         let link = &rest[..end];
-        if link.contains("://") || link.starts_with('#') || link.starts_with("mailto:") || link.contains(' ') {
+        if link.contains("://") || link.starts_with('#') || link.starts_with("mailto:") || link.contains(' ')
+        {
             continue;
         }
         let file = link.split_once('#').map_or(link, |(f, _)| f);
@@ -164,7 +165,8 @@ fn check_examples(md: &Path, text: &str, portguard: &Path, problems: &mut Vec<St
             let _ = fs::remove_file(&file);
             if !out.status.success() {
                 let err = String::from_utf8_lossy(&out.stderr);
-                problems.push(format!("{place}: policy example refused by `portguard check`: {}", err.trim()));
+                problems
+                    .push(format!("{place}: policy example refused by `portguard check`: {}", err.trim()));
             }
         }
         if matches!(lang.as_str(), "sh" | "bash" | "console" | "shell") {
@@ -185,7 +187,8 @@ fn check_command_line(
 ) {
     let line = line.trim_start_matches("$ ").trim_start_matches("sudo ").trim();
     let Some(rest) = line.strip_prefix("portguard ") else { return };
-    let words: Vec<&str> = rest.split_whitespace().take_while(|w| !matches!(*w, "|" | ">" | "&&" | "#")).collect();
+    let words: Vec<&str> =
+        rest.split_whitespace().take_while(|w| !matches!(*w, "|" | ">" | "&&" | "#")).collect();
     let Some(sub) = words.first().filter(|w| !w.starts_with('-')) else { return };
     let help = help_cache
         .entry((*sub).to_owned())
