@@ -208,7 +208,29 @@ fn a_suggested_policy_allows_exactly_what_the_workload_did_in_audit_mode() {
 fn ports_that_go_live_while_the_agent_is_down_reach_the_next_agent() {
     require_root!();
     let mut sb = Sandbox::enforcing("inventory-down", &["/web", "/cache"], POLICY);
+    // Brief ports with the agent up, then more while it is down: the trail
+    // holds each of them once.
+    let brief_loop = |sb: &Sandbox| {
+        let p = sb.spawn_probe("/cache", &["hammer", "bind", "udp", "127.0.0.1", "18612", "18613", "300"]);
+        portguard_tests::Hammer::wait(p).allowed_ok
+    };
+    let brief_total = |sb: &Sandbox| -> u64 {
+        let records = sb.audit_records();
+        records
+            .iter()
+            .filter(|r| r["event"] == "port_brief" && r["port"] == 18612)
+            .map(|r| r["count"].as_u64().unwrap())
+            .sum()
+    };
+    let before = brief_loop(&sb);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while brief_total(&sb) < before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(brief_total(&sb), before, "brief ports with the agent up");
     sb.stop_agent();
+    let while_down = brief_loop(&sb);
+    assert!(while_down > 0);
     let mut kept = sb.hold("/cache", "tcp", 18610);
     let mut gone = sb.hold("/cache", "udp", 18611);
     std::thread::sleep(Duration::from_millis(1200));
@@ -228,6 +250,11 @@ fn ports_that_go_live_while_the_agent_is_down_reach_the_next_agent() {
     let time = |r: &Value| r["time"].as_str().unwrap().to_owned();
     assert!(time(&gone_opened) < time(&closed), "{gone_opened} {closed}");
     assert!(time(&opened) < time(&closed), "{opened} {closed}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while brief_total(&sb) < before + while_down && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(brief_total(&sb), before + while_down, "brief ports while the agent was down, written once");
     kept.kill().unwrap();
     kept.wait().unwrap();
     sb.wait_for_audit_record("kept close", |r| r["event"] == "port_closed" && r["port"] == 18610);

@@ -2,13 +2,14 @@
 //!
 //!   cargo xtask setup   install what building and testing need (idempotent)
 //!   cargo xtask run     set up, build, and run the agent on ./policy.toml
-//!   cargo xtask test    set up, check format and lints, build, and run every test
+//!   cargo xtask test    set up, check format and lints, build, check the book, and run every test
 //!   cargo xtask bench   set up, build (release), and write BENCHMARKS.md
 //!   cargo xtask install build (release) and install the agent, unit and policy
 //!   cargo xtask package build (release) the Debian package into target/debian
 //!   cargo xtask image   build (release) the container image with podman
 
 mod bench;
+mod docs;
 mod image;
 mod install;
 mod package;
@@ -211,6 +212,7 @@ fn main() -> anyhow::Result<()> {
             // The package and container tests install and run what users get.
             let deb = package::package(None)?;
             let container = image::context()?;
+            docs::check(&bin)?;
             if !is_root() {
                 eprintln!("xtask: not root: the kernel tests will skip (CI=true makes them fail instead)");
             }

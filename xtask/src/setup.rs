@@ -55,7 +55,20 @@ pub(crate) fn all() -> anyhow::Result<()> {
     bpf_linker()?;
     cargo_deb()?;
     kubernetes_validate()?;
+    mdbook()?;
     Ok(())
+}
+
+const MDBOOK_VERSION: &str = "0.4.52";
+
+/// mdBook builds the book under docs/ (the tests check its links).
+fn mdbook() -> anyhow::Result<()> {
+    if let Some(v) = output(Command::new("mdbook").arg("--version")) {
+        step(&format!("mdbook (builds docs/): present ({})", v.trim()));
+        return Ok(());
+    }
+    step(&format!("mdbook (builds docs/): installing {MDBOOK_VERSION} from crates.io (a few minutes)"));
+    run(Command::new("cargo").args(["install", "mdbook", "--locked", "--version", MDBOOK_VERSION]))
 }
 
 /// kubernetes-validate (PyPI) checks the shipped manifests in the tests.

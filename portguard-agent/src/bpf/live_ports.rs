@@ -98,6 +98,8 @@ pub(crate) struct BriefKind {
 pub(crate) struct LivePorts {
     live: BpfHashMap<MapData, u64, LivePort>,
     brief: PerCpuHashMap<MapData, BriefPortKey, u64>,
+    /// The kernel's id of this instance of `PG_BRIEF_PORTS`.
+    brief_map_id: Option<u32>,
 }
 
 impl LivePorts {
@@ -108,7 +110,17 @@ impl LivePorts {
                 .map_err(|source| PinnedError::Map { name: map_names::LIVE_PORTS, source })?,
             brief: PerCpuHashMap::try_from(open(&pins, map_names::BRIEF_PORTS)?)
                 .map_err(|source| PinnedError::Map { name: map_names::BRIEF_PORTS, source })?,
+            brief_map_id: MapData::from_pin(pins.map(map_names::BRIEF_PORTS))
+                .and_then(|m| m.info())
+                .map(|info| info.id())
+                .ok(),
         })
+    }
+
+    /// Which instance of the brief-port map the counts come from: a new
+    /// one (after an unload) starts from zero.
+    pub(crate) fn brief_map_id(&self) -> Option<u32> {
+        self.brief_map_id
     }
 
     /// Every live port the kernel keeps now, each once. When the entry the

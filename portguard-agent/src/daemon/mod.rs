@@ -129,7 +129,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), DaemonError> {
     // 5. The loop, with the ports live now as the inventory's start.
     let mut sinks = Sinks::new(
         trail,
-        Listeners::new(root.clone(), root_in_mount, live_ports),
+        Listeners::new(root.clone(), root_in_mount, live_ports, &args.state_dir),
         DenialLog::new(root),
         &applied,
         &metrics,

@@ -11,7 +11,8 @@
 //! entries that old, so a port that closes sooner costs the agent nothing.
 //! The kernel counts those brief ports per CPU; once per [`SETTLE`] the
 //! agent writes one `port_brief` line per kind with the count since its
-//! previous read.
+//! previous read, and keeps what it wrote in the state directory
+//! ([`BriefBaseline`]) so that the next agent starts from there.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -24,7 +25,7 @@ use portguard_common::{BRIEF_PORT_NS, Transport, UNGUARDED_ID};
 use crate::{
     bpf::{BriefKind, LivePortEntry, LivePorts, PortClosed, boot_ns},
     cgroup::{CgroupNames, workload},
-    inventory::{self, Approval, ListenerKey, Standing},
+    inventory::{self, Approval, ListenerKey, Standing, brief_baseline::BriefBaseline},
     policy::{Policy, eval::Action},
     trail::{Record, RecordKind, RecordOp},
 };
@@ -65,14 +66,23 @@ pub(crate) struct Listeners {
     /// Brief ports per kind at the previous read, summed over CPUs.
     brief_seen: HashMap<BriefKind, u64>,
     brief_read: Instant,
+    brief_baseline: BriefBaseline,
 }
 
 impl Listeners {
-    /// Starts from the kernel's brief-port counts as they are now: brief
-    /// ports counted before (reported by an earlier agent, or while none
-    /// ran) are not written again.
-    pub(crate) fn new(root: std::path::PathBuf, root_in_mount: String, kernel: LivePorts) -> Listeners {
-        let brief_seen = kernel.brief().into_iter().collect();
+    /// Starts from the brief-port counts the previous agent wrote from the
+    /// same kernel map, so that those counted while no agent ran are
+    /// written now; without them (a first start, a baseline that cannot be
+    /// read), from the kernel's counts as they are now, so that none is
+    /// ever written twice.
+    pub(crate) fn new(
+        root: std::path::PathBuf,
+        root_in_mount: String,
+        kernel: LivePorts,
+        state_dir: &std::path::Path,
+    ) -> Listeners {
+        let brief_baseline = BriefBaseline::new(state_dir, kernel.brief_map_id());
+        let brief_seen = brief_baseline.load().unwrap_or_else(|| kernel.brief().into_iter().collect());
         Listeners {
             names: CgroupNames::new(root),
             root_in_mount,
@@ -82,6 +92,7 @@ impl Listeners {
             unconfirmed: HashSet::new(),
             brief_seen,
             brief_read: Instant::now(),
+            brief_baseline,
         }
     }
 
@@ -129,6 +140,7 @@ impl Listeners {
         out: &mut Vec<Record>,
     ) {
         let counts: HashMap<BriefKind, u64> = self.kernel.brief().into_iter().collect();
+        let mut wrote = false;
         for (kind, sum) in &counts {
             let before = self.brief_seen.get(kind).copied().unwrap_or(0);
             let count = if *sum >= before { sum - before } else { *sum };
@@ -152,6 +164,10 @@ impl Listeners {
             r.count = count;
             r.open_seconds = Some(0);
             out.push(r);
+            wrote = true;
+        }
+        if wrote && let Err(e) = self.brief_baseline.save(&counts) {
+            tracing::warn!(error = %e, "cannot keep the brief-port counts for the next agent; it will not write those counted while none runs");
         }
         self.brief_seen = counts;
     }

@@ -2,6 +2,7 @@
 //! policy approves it. `portguard scan` takes it from /proc once; the agent
 //! keeps it live from kernel events (`live`).
 
+mod brief_baseline;
 pub(crate) mod live;
 pub(crate) mod procfs;
 mod sock_diag;
