@@ -59,7 +59,7 @@ fn check_html_links(out: &Path, problems: &mut Vec<String>) -> anyhow::Result<()
     let mut ids: HashMap<PathBuf, HashSet<String>> = HashMap::new();
     for page in &pages {
         let html = fs::read_to_string(page)?;
-        ids.insert(page.clone(), attr_values(&html, "id").map(str::to_owned).collect());
+        ids.insert(page.clone(), attr_values(&html, "id").into_iter().map(str::to_owned).collect());
     }
     for page in &pages {
         // mdBook's own navigation and theme files are not ours to check.
@@ -123,12 +123,14 @@ fn normalize(p: &Path) -> PathBuf {
 }
 
 /// The values of `name="..."` attributes in `html`.
-fn attr_values<'a>(html: &'a str, name: &str) -> impl Iterator<Item = &'a str> {
+fn attr_values<'a>(html: &'a str, name: &str) -> Vec<&'a str> {
     let needle = format!(" {name}=\"");
-    html.match_indices(&needle).filter_map(move |(at, _)| {
-        let rest = &html[at + needle.len()..];
-        rest.find('"').map(|end| &rest[..end])
-    })
+    html.match_indices(&needle)
+        .filter_map(|(at, _)| {
+            let rest = &html[at + needle.len()..];
+            rest.find('"').map(|end| &rest[..end])
+        })
+        .collect()
 }
 
 /// Markdown links from README.md into the repository (the book is checked

@@ -3,6 +3,7 @@
 //!   cargo xtask setup   install what building and testing need (idempotent)
 //!   cargo xtask run     set up, build, and run the agent on ./policy.toml
 //!   cargo xtask test    set up, check format and lints, build, check the book, and run every test
+//!   cargo xtask docs    set up, build, build the book and check it
 //!   cargo xtask bench   set up, build (release), and write BENCHMARKS.md
 //!   cargo xtask install build (release) and install the agent, unit and policy
 //!   cargo xtask package build (release) the Debian package into target/debian
@@ -44,6 +45,9 @@ enum Cmd {
     },
     /// Measure (as root) and write BENCHMARKS.md and benchmarks.json.
     Bench,
+    /// Build the book under docs/ into target/book and check its links,
+    /// policy examples and command lines (part of `test`).
+    Docs,
     /// Fuzz the policy parser and compiler (cargo fuzz, nightly).
     Fuzz {
         /// How long to run.
@@ -149,6 +153,11 @@ fn main() -> anyhow::Result<()> {
             }
             let policy = workspace_root().join("policy.toml");
             run(Command::new(bin).arg("run").arg("--policy").arg(policy).args(args))
+        }
+        Cmd::Docs => {
+            setup::all()?;
+            let bin = build()?;
+            docs::check(&bin)
         }
         Cmd::Bench => {
             setup::all()?;

@@ -211,7 +211,8 @@ fn plan(g: &Guard<'_>, holders: &mut Holders) -> (Vec<Attempt>, Vec<Check>) {
         op: op as u8,
         proto,
         verdict: verdict as u8,
-        _pad: [0; 3],
+        reason: portguard_common::REASON_NONE,
+        _pad: [0; 2],
     };
     let mut attempts = Vec::new();
     let mut skipped = Vec::new();
