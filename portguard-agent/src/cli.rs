@@ -153,6 +153,9 @@ pub enum Command {
     /// short-lived child cgroup is refused what the rules refuse and allowed
     /// what they allow (loopback only; no packet leaves the host). Exit
     /// status: 0 every guard holds, 1 one does not, 2 cannot verify.
+    #[command(
+        after_help = "Example:\n  portguard verify --trail /var/lib/portguard/audit.jsonl || echo a guard does not hold"
+    )]
     Verify {
         /// Only this guard.
         #[arg(long)]
@@ -168,6 +171,10 @@ pub enum Command {
         /// The agent's bpffs directory (default: from its state).
         #[arg(long)]
         bpffs: Option<PathBuf>,
+        /// Also check this audit trail's hash chain (FILE and its rotated
+        /// files), as `portguard trail verify` does.
+        #[arg(long, value_name = "FILE")]
+        trail: Option<PathBuf>,
     },
     /// Attach empty always-allow programs at the same hooks and exit
     /// (benchmark baseline; remove with `unload`).
@@ -179,7 +186,7 @@ pub enum Command {
         bpffs: PathBuf,
     },
     /// Work with the audit trail.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = "Example:\n  portguard trail verify /var/lib/portguard/audit.jsonl")]
     Trail(TrailCommand),
     /// Detach portguard's programs and remove its pinned maps.
     #[command(after_help = "Example:\n  systemctl stop portguard && portguard unload")]

@@ -181,6 +181,46 @@ fn a_clean_agent_verifies_green() {
     assert_eq!(code, 2, "{err}");
     let (code, _, err) = portguard(&["verify", "--state-dir", "/nonexistent-portguard-state"]);
     assert_eq!(code, 2, "{err}");
+
+    // The chain of trust: the policy file's permissions always, and the
+    // trail's hash chain when one is given.
+    let host = |report: &Value, check: &str| -> Value {
+        report["host"].as_array().unwrap().iter().find(|c| c["check"] == check).cloned().unwrap_or_default()
+    };
+    assert_eq!(host(&report, "policy file permissions")["outcome"], "pass", "{report:#}");
+    assert_eq!(host(&report, "trail chain")["outcome"], "skip", "{report:#}");
+    let trail = sb.audit_trail();
+    sb.wait_for_audit_record("a first record", |_| true);
+    let with_trail = |trail: &std::path::Path| {
+        let (code, out, err) = portguard(&[
+            "verify",
+            "--state-dir",
+            &st,
+            "--format",
+            "json",
+            "--trail",
+            &trail.display().to_string(),
+        ]);
+        (code, serde_json::from_str::<Value>(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}")))
+    };
+    let (code, report) = with_trail(&trail);
+    assert_eq!((code, host(&report, "trail chain")["outcome"].clone()), (0, "pass".into()), "{report:#}");
+    // A copy of the trail with its first record edited breaks the chain.
+    let copy = sb.dir.join("edited-trail.jsonl");
+    let text = std::fs::read_to_string(&trail).unwrap();
+    std::fs::write(&copy, text.replacen("\"event\":\"", "\"event\": \"", 1)).unwrap();
+    let (code, report) = with_trail(&copy);
+    assert_eq!((code, host(&report, "trail chain")["outcome"].clone()), (1, "fail".into()), "{report:#}");
+    // A policy file others could write fails the permissions check.
+    let mut perm = std::fs::metadata(sb.policy_path()).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o666);
+    std::fs::set_permissions(sb.policy_path(), perm).unwrap();
+    let (code, report) = verify(&sb);
+    assert_eq!(
+        (code, host(&report, "policy file permissions")["outcome"].clone()),
+        (1, "fail".into()),
+        "{report:#}"
+    );
 }
 
 #[test]

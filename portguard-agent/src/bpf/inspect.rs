@@ -207,6 +207,7 @@ pub(crate) fn cgroup_programs(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::R
 /// bpf_attach_type`), from the name the hook table gives it.
 pub(crate) fn attach_type_number(hook: &Hook) -> Option<u32> {
     Some(match hook.attach_type {
+        "BPF_CGROUP_INET_INGRESS" => 0,
         "BPF_CGROUP_INET_SOCK_CREATE" => 2,
         "BPF_CGROUP_SOCK_OPS" => 3,
         "BPF_CGROUP_INET4_BIND" => 8,

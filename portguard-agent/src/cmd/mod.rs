@@ -83,13 +83,16 @@ pub fn run(command: Command) -> Result<(), CmdError> {
         Command::BenchNoop { cgroup_root, bpffs } => bench_noop::run(&cgroup_root, &bpffs),
         Command::Trail(command) => trail::run(command),
         Command::Unload { bpffs } => unload::run(&bpffs),
-        Command::Verify { guard, policy, format, state_dir, bpffs } => verify::run(&verify::VerifyArgs {
-            state_dir: &state_dir,
-            bpffs: bpffs.as_deref(),
-            policy: policy.as_deref(),
-            guard: guard.as_deref(),
-            format,
-        }),
+        Command::Verify { guard, policy, format, state_dir, bpffs, trail } => {
+            verify::run(&verify::VerifyArgs {
+                state_dir: &state_dir,
+                bpffs: bpffs.as_deref(),
+                policy: policy.as_deref(),
+                guard: guard.as_deref(),
+                trail: trail.as_deref(),
+                format,
+            })
+        }
         Command::Completions { shell } => completions::run(shell),
         Command::Man { out } => man::run(out.as_deref()),
     }

@@ -12,6 +12,7 @@ pub(super) struct VerifyArgs<'a> {
     pub(super) bpffs: Option<&'a Path>,
     pub(super) policy: Option<&'a Path>,
     pub(super) guard: Option<&'a str>,
+    pub(super) trail: Option<&'a Path>,
     pub(super) format: OutputFormat,
 }
 
@@ -21,6 +22,7 @@ pub(super) fn run(args: &VerifyArgs<'_>) -> Result<(), CmdError> {
         bpffs: args.bpffs,
         policy: args.policy,
         guard: args.guard,
+        trail: args.trail,
         probe_gap: verify::PROBE_GAP,
         on_probe_cgroup: &|_| {},
     };

@@ -145,6 +145,9 @@ impl Paths {
             bpffs: Some(&self.bpffs),
             policy: Some(&self.policy),
             guard: None,
+            // The agent writes the trail itself; reading it back whole every
+            // interval would cost more than it proves.
+            trail: None,
             probe_gap: verify::PROBE_GAP,
             on_probe_cgroup: &|id| probes.insert(id),
         })

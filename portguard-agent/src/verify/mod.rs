@@ -57,6 +57,8 @@ pub(crate) struct Options<'a> {
     pub(crate) policy: Option<&'a Path>,
     /// Only this guard.
     pub(crate) guard: Option<&'a str>,
+    /// An audit trail whose hash chain to check.
+    pub(crate) trail: Option<&'a Path>,
     pub(crate) probe_gap: Duration,
     /// Told each probe cgroup's id before its probe runs.
     pub(crate) on_probe_cgroup: &'a dyn Fn(u64),
@@ -121,7 +123,7 @@ pub(crate) fn verify(opts: &Options<'_>) -> Result<Report, CannotVerify> {
     let expected = KernelPolicy::build(&applied, &ids, &cgroup_ids);
 
     let mut host = vec![kernel::unknown_entries(&live, &state.guards.iter().map(|s| s.id).collect())];
-    host.extend(trust_checks(policy_path));
+    host.extend(trust_checks(policy_path, opts.trail));
     let mut guards = Vec::new();
     let mut probed = false;
     for g in compiled.guards.iter().filter(|g| opts.guard.is_none_or(|n| n == g.name)) {
@@ -221,24 +223,38 @@ fn cgroup_check(c: &Covered) -> Check {
     }
 }
 
-/// The guard's own chain of trust: the policy file's permissions and the
-/// audit trail's hash chain. Not part of this module's work: each reports
-/// `skip` until it is wired to the checks that establish it.
-fn trust_checks(policy_path: &Path) -> Vec<Check> {
+/// The guard's own chain of trust: who could change the policy file (the
+/// agent's own rule, `policy::permissions`), and, when a trail is given,
+/// whether its hash chain is intact (`trail::chain`).
+fn trust_checks(policy_path: &Path, trail: Option<&Path>) -> Vec<Check> {
+    let permissions = match crate::policy::permissions::check(policy_path) {
+        Ok(()) => (Outcome::Pass, "only root (or the agent's user) can change it".to_owned()),
+        Err(e) => (Outcome::Fail, e.to_string()),
+    };
+    let chain = match trail {
+        None => (Outcome::Skip, "no trail given (--trail FILE)".to_owned()),
+        Some(path) => match crate::trail::chain::verify(&crate::trail::chain::series(path)) {
+            Ok(r) if r.intact() => {
+                (Outcome::Pass, format!("{} records intact, head {}", r.records, r.head.unwrap_or_default()))
+            }
+            Ok(r) => (Outcome::Fail, r.breaks.first().map_or_else(String::new, ToString::to_string)),
+            Err(e) => (Outcome::Fail, e.to_string()),
+        },
+    };
     vec![
         Check::new(
             "policy file permissions",
             policy_path.display().to_string(),
-            Outcome::Skip,
+            permissions.0,
             "writable by root (or the agent's user) only, up to /",
-            "not checked by this build",
+            permissions.1,
         ),
         Check::new(
             "trail chain",
-            "audit trail",
-            Outcome::Skip,
+            trail.map_or_else(|| "audit trail".to_owned(), |p| p.display().to_string()),
+            chain.0,
             "an intact hash chain",
-            "not checked by this build",
+            chain.1,
         ),
     ]
 }
