@@ -4,9 +4,8 @@
 //! `portguard verify`, which must not trust the agent's own bookkeeping.
 
 use std::{
-    ffi::CString,
     io,
-    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
     path::{Path, PathBuf},
 };
 
@@ -18,10 +17,9 @@ use super::{
     hooks::Hook,
     pinned::{PinnedError, open},
     policy_maps::KernelPolicy,
+    syscall::{bpf, info_by_fd, open_pinned},
 };
 
-const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_PROG_QUERY: libc::c_long = 16;
 
 /// The generation and the live slot of the pinned policy maps, with every
@@ -124,24 +122,6 @@ struct LinkInfo {
     _rest: [u32; 11],
 }
 
-#[repr(C)]
-#[derive(Default)]
-struct InfoByFdAttr {
-    bpf_fd: u32,
-    info_len: u32,
-    info: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct ObjGetAttr {
-    pathname: u64,
-    bpf_fd: u32,
-    file_flags: u32,
-    path_fd: i32,
-    _pad: u32,
-}
-
 /// The `query` member of `union bpf_attr`, up to `prog_cnt`.
 #[repr(C)]
 #[derive(Default)]
@@ -155,30 +135,11 @@ struct QueryAttr {
     _pad: u32,
 }
 
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
-    // SAFETY: `attr` is a prefix of a bpf_attr variant; the kernel treats
-    // the fields past `size` as zero and writes only within `size`.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_bpf, cmd, attr as *mut T as *mut libc::c_void, size_of::<T>() as u32)
-    };
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
-}
-
 /// Reads the pinned link at `path`; `NotFound` when nothing is pinned there.
 pub(crate) fn cgroup_link(path: &Path) -> io::Result<CgroupLink> {
-    let c = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let mut get = ObjGetAttr { pathname: c.as_ptr() as u64, ..Default::default() };
-    let fd = bpf(BPF_OBJ_GET, &mut get)?;
-    // SAFETY: the kernel just returned this new fd to us.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let fd = open_pinned(path)?;
     let mut info = LinkInfo::default();
-    let mut attr = InfoByFdAttr {
-        bpf_fd: fd.as_raw_fd() as u32,
-        info_len: size_of::<LinkInfo>() as u32,
-        info: &mut info as *mut LinkInfo as u64,
-    };
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    info_by_fd(fd.as_fd(), &mut info)?;
     Ok(CgroupLink {
         id: info.id,
         prog_id: info.prog_id,

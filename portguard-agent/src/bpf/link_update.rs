@@ -9,24 +9,15 @@
 //! expose it for cgroup links, so it is called directly.
 
 use std::{
-    ffi::CString,
     io,
     os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
-    path::Path,
 };
 
-const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+pub(super) use super::syscall::open_pinned;
+use super::syscall::{bpf, info_by_fd};
+
 const BPF_LINK_UPDATE: libc::c_long = 29;
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
-
-#[repr(C)]
-#[derive(Default)]
-struct InfoByFdAttr {
-    bpf_fd: u32,
-    info_len: u32,
-    info: u64,
-}
 
 /// The head of `struct bpf_link_info`; the kernel fills what fits.
 #[repr(C)]
@@ -48,40 +39,11 @@ struct GetFdByIdAttr {
 
 #[repr(C)]
 #[derive(Default)]
-struct ObjGetAttr {
-    pathname: u64,
-    bpf_fd: u32,
-    file_flags: u32,
-    path_fd: i32,
-    _pad: u32,
-}
-
-#[repr(C)]
-#[derive(Default)]
 struct LinkUpdateAttr {
     link_fd: u32,
     new_prog_fd: u32,
     flags: u32,
     old_prog_fd: u32,
-}
-
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
-    // SAFETY: `attr` is a prefix of a bpf_attr variant; the kernel treats
-    // the fields past `size` as zero.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_bpf, cmd, attr as *mut T as *mut libc::c_void, size_of::<T>() as u32)
-    };
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
-}
-
-/// Opens the pinned object at `path`.
-pub(super) fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
-    let c = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let mut attr = ObjGetAttr { pathname: c.as_ptr() as u64, ..Default::default() };
-    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
-    // SAFETY: the kernel just returned this new fd to us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Makes the link at `link` run `program` from now on.
@@ -97,12 +59,7 @@ pub(super) fn replace_program(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> 
 /// The kernel's id of the link behind `link`.
 pub(super) fn link_id(link: BorrowedFd<'_>) -> io::Result<u32> {
     let mut info = LinkInfo::default();
-    let mut attr = InfoByFdAttr {
-        bpf_fd: link.as_raw_fd() as u32,
-        info_len: size_of::<LinkInfo>() as u32,
-        info: &mut info as *mut LinkInfo as u64,
-    };
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    info_by_fd(link, &mut info)?;
     Ok(info.id)
 }
 

@@ -12,6 +12,7 @@ mod loader;
 mod lsm;
 mod pinned;
 mod policy_maps;
+mod syscall;
 
 pub(crate) use bpffs::check_pin_dir;
 pub(crate) use error::LoadError;
