@@ -280,7 +280,7 @@ pub struct RunArgs {
     pub kube_sync_timeout: std::time::Duration,
     /// How often every guard is verified (as `portguard verify` does:
     /// kernel state and a probe per guarded cgroup), besides after start-up
-    /// and after each reload. 0 turns periodic verification off.
+    /// and after each reload. 0 turns the agent's verification off.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub verify_interval: std::time::Duration,
 }

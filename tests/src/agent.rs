@@ -191,6 +191,12 @@ impl Agent {
         if !extra.contains(&"--metrics-addr") {
             args.extend(["--metrics-addr", "127.0.0.1:0"]);
         }
+        // The agent's own verification probes are refused like a workload
+        // would be, and so move the denial counters the tests count
+        // exactly: only the tests of verification turn it on.
+        if !extra.contains(&"--verify-interval") {
+            args.extend(["--verify-interval", "0"]);
+        }
         let mut cmd = sandbox.agent_command(&[&args[..], extra].concat());
         let mut child = cmd.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().expect("spawn agent");
         let stderr = child.stderr.take().expect("stderr");

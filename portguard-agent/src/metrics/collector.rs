@@ -207,12 +207,12 @@ impl Collector for Metrics {
                 "When the last verification of every guard ended (Unix time).",
                 at as i64,
             )?;
-            gauge(
-                &mut enc,
-                "portguard_verify_duration_milliseconds",
+            ConstGauge::new(verification.last_duration_ms as f64 / 1000.0).encode(enc.encode_descriptor(
+                "portguard_verify_duration_seconds",
                 "How long the last verification of every guard took.",
-                verification.last_duration_ms as i64,
-            )?;
+                None,
+                MetricType::Gauge,
+            )?)?;
         }
         gauge(
             &mut enc,
