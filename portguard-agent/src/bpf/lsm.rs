@@ -54,13 +54,27 @@ pub(super) fn load(ebpf: &mut Ebpf) -> Result<bool, LoadError> {
         if let Err(e) = p.load(hook, &btf) {
             tracing::warn!(
                 program = name,
-                "the kernel refused the BPF LSM program ({e}); listen() without bind() and AF_PACKET sockets are \
-                 not refused in guarded cgroups on this host"
+                "the kernel refused to load the BPF LSM program {name} ({}): in guarded cgroups, listen() without \
+                 bind() is not refused at the call (its listener still receives no connection: the ingress \
+                 program drops SYNs to ports no rule approves) and AF_PACKET sockets are not refused on this host",
+                refusal(&e.to_string())
             );
             return Ok(false);
         }
     }
     Ok(true)
+}
+
+/// A load error as one plain clause: aya ends it with the verifier's log,
+/// which is empty when the kernel refused before verifying (then the
+/// message would end in "Verifier output: ").
+fn refusal(error: &str) -> String {
+    match error.split_once("Verifier output:") {
+        Some((head, log)) if log.trim().trim_end_matches(')').trim().is_empty() => {
+            format!("{}, with no verifier output", head.trim().trim_end_matches(['.', ',', '(']).trim())
+        }
+        _ => error.to_owned(),
+    }
 }
 
 /// Attaches the loaded LSM programs and replaces any left by an earlier run.
@@ -99,4 +113,19 @@ fn attach_all(ebpf: &mut Ebpf, pins: &PinLayout) -> Result<(), LoadError> {
 /// Whether a pinned link file belongs to an LSM program of this agent.
 pub(super) fn is_lsm_link(file_name: &str) -> bool {
     hooks::lsm_hooks().any(|(h, _)| file_name.starts_with(&format!("{}@", h.program)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refusal;
+
+    #[test]
+    fn an_empty_verifier_log_is_said_in_words() {
+        assert_eq!(
+            refusal("the BPF_PROG_LOAD syscall failed (Operation not permitted). Verifier output: )"),
+            "the BPF_PROG_LOAD syscall failed (Operation not permitted), with no verifier output"
+        );
+        let with_log = "the BPF_PROG_LOAD syscall failed. Verifier output: R1 invalid mem access";
+        assert_eq!(refusal(with_log), with_log);
+    }
 }
