@@ -369,7 +369,11 @@ fn audit_mode_passes_and_counters_that_do_not_move_fail() {
             c["check"] == "probe refused" && c["subject"].as_str().unwrap().contains("bind tcp 127.0.0.1:")
         })
         .unwrap();
-    assert!(bind["got"].as_str().unwrap().contains("audited counter +1"), "{bind}");
+    // The agent's own periodic probe (every second here) may hit the same
+    // probe port during this run: the counter moved by at least this run's
+    // attempt, and the check passed.
+    assert_eq!(bind["outcome"], "pass", "{bind}");
+    assert!(bind["got"].as_str().unwrap().contains("audited counter +"), "{bind}");
     wait_verified_metric(&mut sb, 1);
     // Detach every program: what audit mode lets through still goes
     // through, but nothing counts it any more.
