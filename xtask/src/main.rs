@@ -129,6 +129,32 @@ fn lint() -> anyhow::Result<()> {
         .env_remove("RUSTC_WORKSPACE_WRAPPER"))
 }
 
+/// What a clean `cargo xtask test` writes under target/ (debug, test and
+/// release builds, three nested eBPF builds, the package and the image
+/// context), measured from a fresh clone: 3.7 GiB.
+const CLEAN_TEST_BUILD_BYTES: u64 = 4 << 30;
+
+/// Says how much disk the build has before it starts: a full disk shows up
+/// later as a linker killed by SIGBUS, which names nothing.
+fn report_disk() {
+    let root = workspace_root();
+    let Ok(path) = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()) else { return };
+    // SAFETY: statvfs writes only into the zeroed struct we pass it; path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return;
+    }
+    let free = st.f_bavail as u64 * st.f_frsize as u64;
+    eprintln!("xtask: {:.1} GiB free under {}", free as f64 / (1u64 << 30) as f64, root.display());
+    if free < CLEAN_TEST_BUILD_BYTES {
+        eprintln!(
+            "xtask: warning: a clean build writes about {} GiB under target/; it may run out of disk",
+            CLEAN_TEST_BUILD_BYTES >> 30
+        );
+    }
+}
+
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -215,6 +241,7 @@ fn main() -> anyhow::Result<()> {
                 .arg(format!("-max_total_time={seconds}")))
         }
         Cmd::Test { args } => {
+            report_disk();
             setup::all()?;
             lint()?;
             let bin = build()?;
