@@ -46,11 +46,15 @@ pub(crate) fn obj_get(path: &str) -> io::Result<String> {
         bpf_fd: u32,
         file_flags: u32,
         path_fd: i32,
+        // Named so it is zeroed: the kernel refuses (EINVAL) an attr whose
+        // bytes past path_fd are not zero, and padding copied by
+        // write_unaligned is whatever was on the stack.
+        _pad: u32,
     }
     const BPF_OBJ_GET: libc::c_long = 7;
     let p = c_path(path);
     let mut attr = [0u8; 128];
-    let obj = ObjAttr { pathname: p.as_ptr() as u64, bpf_fd: 0, file_flags: 0, path_fd: 0 };
+    let obj = ObjAttr { pathname: p.as_ptr() as u64, bpf_fd: 0, file_flags: 0, path_fd: 0, _pad: 0 };
     // SAFETY: `attr` is larger than ObjAttr, which is plain data; the
     // kernel reads size_of(ObjAttr) bytes and the rest stays zero.
     unsafe { std::ptr::write_unaligned(attr.as_mut_ptr().cast::<ObjAttr>(), obj) };
