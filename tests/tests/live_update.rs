@@ -186,6 +186,50 @@ fn the_reload_command_signals_the_running_agent() {
     assert_eq!(line["reason"], "SIGHUP");
 }
 
+/// A reload logs the guards it added, changed or removed, and one summary
+/// line with the counts; unchanged guards are not logged again.
+#[test]
+fn a_reload_logs_what_changed_and_one_summary() {
+    require_root!();
+    let two = |app_port: u16, second: &str| {
+        format!(
+            "{}\n[[guard]]\nname = \"{second}\"\ncgroup = \"/{second}\"\n[[guard.bind]]\nports = [9000]\nproto = \"udp\"\n",
+            policy(app_port)
+        )
+    };
+    let mut sb = Sandbox::enforcing("reloadlog", &["/app", "/db", "/cache"], &two(7000, "db"));
+    let guard_lines = |sb: &mut Sandbox, mark: usize| -> Vec<String> {
+        let logs = sb.agent().logs();
+        logs.iter()
+            .skip(mark)
+            .filter(|l| l["message"].as_str().is_some_and(|m| m.starts_with("guard ")))
+            .map(|l| l["message"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+
+    // "app" changes, "db" goes, "cache" comes.
+    let mark = sb.agent().mark();
+    sb.rename_policy_over(&two(7001, "cache"));
+    let line = sb.agent().wait_for_after(mark, "reload", |l| l["message"] == "policy reloaded");
+    let counts =
+        ["guards_added", "guards_changed", "guards_removed", "guards_unchanged"].map(|k| line[k].clone());
+    assert_eq!(counts, [1, 1, 1, 0].map(serde_json::Value::from), "{line}");
+    let mut lines = guard_lines(&mut sb, mark);
+    lines.sort();
+    let expected = ["guard app: active", "guard cache: active", "guard db: removed"];
+    assert!(
+        lines.len() == expected.len() && lines.iter().zip(expected).all(|(l, p)| l.starts_with(p)),
+        "{lines:?}"
+    );
+
+    // A forced reload of the same file: nothing to log but the summary.
+    let mark = sb.agent().mark();
+    sb.agent().signal(libc::SIGHUP);
+    let line = sb.agent().wait_for_after(mark, "SIGHUP reload", |l| l["message"] == "policy reloaded");
+    assert_eq!(line["guards_unchanged"], 2, "{line}");
+    assert_eq!(guard_lines(&mut sb, mark), Vec::<String>::new());
+}
+
 /// Once the agent says it enforces, a policy change and a SIGHUP must both
 /// be seen, however soon they come: the watch and the signal handler exist
 /// before that line (SIGHUP's default action would end the agent).

@@ -19,7 +19,7 @@ use crate::{
     cli::RunArgs,
     metrics::{Metrics, PolicySummary},
     pods::PodUpdate,
-    policy::{self, CompiledPolicy, Mode, Policy, Target},
+    policy::{self, CompiledGuard, CompiledPolicy, Mode, Policy, Target},
     state_file::{self, AgentState, GuardState, PodCgroupState},
 };
 
@@ -213,6 +213,7 @@ impl AppliedPolicy {
             return false;
         }
         let started = std::time::Instant::now();
+        let before = self.current.as_ref().map(|a| a.compiled.clone()).unwrap_or_default();
         let file = self.policy_path.display().to_string();
         let result = policy::parse_and_compile(&file, &text).map_err(DaemonError::from).and_then(
             |(policy, compiled)| {
@@ -223,12 +224,16 @@ impl AppliedPolicy {
         match result {
             Ok(compile_us) => {
                 self.metrics.reloads_applied.fetch_add(1, Ordering::Relaxed);
-                self.log_guards();
+                let changes = self.log_guard_changes(&before);
                 self.write_state();
                 tracing::info!(
                     reason = why,
                     generation = self.generation(),
                     sha256 = %self.sha256(),
+                    guards_added = changes.added,
+                    guards_changed = changes.changed,
+                    guards_removed = changes.removed,
+                    guards_unchanged = changes.unchanged,
                     compile_us,
                     total_us = started.elapsed().as_micros() as u64,
                     "policy reloaded"
@@ -360,27 +365,69 @@ impl AppliedPolicy {
         }
     }
 
+    /// Every guard and its state: what the start-up log shows.
     pub(crate) fn log_guards(&self) {
         let Some(a) = &self.current else { return };
         for g in &a.compiled.guards {
-            let covered = a.cgroups.coverage.get(&g.name);
-            let state = match (&g.target, covered) {
-                (Target::Cgroup(_), Some(c)) => format!("active (cgroup id {})", c[0].id),
-                (Target::Cgroup(_), None) => "waiting for its cgroup to appear".to_owned(),
-                (Target::Pods(_), Some(c)) => format!("active ({} pods)", c.len()),
-                (Target::Pods(_), None) => "waiting for matching pods".to_owned(),
-            };
-            tracing::info!(
-                guard = %g.name,
-                target = %g.target,
-                mode = g.mode.as_str(),
-                bind_entries = g.bind.len(),
-                connect_entries = g.connect.len(),
-                "guard {}: {state}",
-                g.name
-            );
+            log_guard(g, &a.cgroups.coverage);
         }
     }
+
+    /// After a reload, only the guards that were added, changed or removed:
+    /// on a host with hundreds of guards, a one-rule edit logs one line and
+    /// the summary, not the whole policy again.
+    fn log_guard_changes(&self, before: &CompiledPolicy) -> GuardChanges {
+        let mut changes = GuardChanges::default();
+        let Some(a) = &self.current else { return changes };
+        let old: HashMap<&str, &CompiledGuard> = before.guards.iter().map(|g| (g.name.as_str(), g)).collect();
+        for g in &a.compiled.guards {
+            match old.get(g.name.as_str()) {
+                Some(prev) if *prev == g => changes.unchanged += 1,
+                Some(_) => {
+                    changes.changed += 1;
+                    log_guard(g, &a.cgroups.coverage);
+                }
+                None => {
+                    changes.added += 1;
+                    log_guard(g, &a.cgroups.coverage);
+                }
+            }
+        }
+        for g in &before.guards {
+            if !a.compiled.guards.iter().any(|n| n.name == g.name) {
+                changes.removed += 1;
+                tracing::info!(guard = %g.name, "guard {}: removed", g.name);
+            }
+        }
+        changes
+    }
+}
+
+/// How a reload changed the set of guards, for its one summary line.
+#[derive(Debug, Default)]
+struct GuardChanges {
+    added: usize,
+    changed: usize,
+    removed: usize,
+    unchanged: usize,
+}
+
+fn log_guard(g: &CompiledGuard, coverage: &Coverage) {
+    let state = match (&g.target, coverage.get(&g.name)) {
+        (Target::Cgroup(_), Some(c)) => format!("active (cgroup id {})", c[0].id),
+        (Target::Cgroup(_), None) => "waiting for its cgroup to appear".to_owned(),
+        (Target::Pods(_), Some(c)) => format!("active ({} pods)", c.len()),
+        (Target::Pods(_), None) => "waiting for matching pods".to_owned(),
+    };
+    tracing::info!(
+        guard = %g.name,
+        target = %g.target,
+        mode = g.mode.as_str(),
+        bind_entries = g.bind.len(),
+        connect_entries = g.connect.len(),
+        "guard {}: {state}",
+        g.name
+    );
 }
 
 /// Makes `kernel` the live policy: the programs go on the hooks of
