@@ -28,10 +28,12 @@
 //!   prefix lengths (at most [`MAX_PREFIX_LENS`]), never on the rule count.
 #![cfg_attr(not(any(feature = "user", test)), no_std)]
 
+mod attach_type;
 mod events;
 mod keys;
 mod transport;
 
+pub use attach_type::attach_type_number;
 pub use events::*;
 pub use keys::*;
 pub use transport::{Transport, UnknownTransport};

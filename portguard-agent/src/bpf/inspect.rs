@@ -164,24 +164,10 @@ pub(crate) fn cgroup_programs(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::R
     Ok(ids[..(attr.prog_cnt as usize).min(ids.len())].to_vec())
 }
 
-/// The kernel's number for a cgroup hook's attach type (`enum
-/// bpf_attach_type`), from the name the hook table gives it.
+/// The kernel's number for a cgroup hook's attach type, from the name the
+/// hook table gives it.
 pub(crate) fn attach_type_number(hook: &Hook) -> Option<u32> {
-    Some(match hook.attach_type {
-        "BPF_CGROUP_INET_INGRESS" => 0,
-        "BPF_CGROUP_INET_SOCK_CREATE" => 2,
-        "BPF_CGROUP_SOCK_OPS" => 3,
-        "BPF_CGROUP_INET4_BIND" => 8,
-        "BPF_CGROUP_INET6_BIND" => 9,
-        "BPF_CGROUP_INET4_CONNECT" => 10,
-        "BPF_CGROUP_INET6_CONNECT" => 11,
-        "BPF_CGROUP_INET4_POST_BIND" => 12,
-        "BPF_CGROUP_INET6_POST_BIND" => 13,
-        "BPF_CGROUP_UDP4_SENDMSG" => 14,
-        "BPF_CGROUP_UDP6_SENDMSG" => 15,
-        "BPF_CGROUP_INET_SOCK_RELEASE" => 34,
-        _ => return None,
-    })
+    portguard_common::attach_type_number(hook.attach_type)
 }
 
 #[cfg(test)]

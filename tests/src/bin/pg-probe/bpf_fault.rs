@@ -43,24 +43,6 @@ const AUDIT_ARCH: u32 = 0xC000_003E; // AUDIT_ARCH_X86_64
 #[cfg(target_arch = "aarch64")]
 const AUDIT_ARCH: u32 = 0xC000_00B7; // AUDIT_ARCH_AARCH64
 
-/// `enum bpf_attach_type` values of the hooks portguard uses.
-fn attach_type(name: &str) -> Option<u32> {
-    Some(match name {
-        "BPF_CGROUP_INET_SOCK_CREATE" => 2,
-        "BPF_CGROUP_SOCK_OPS" => 3,
-        "BPF_CGROUP_INET4_BIND" => 8,
-        "BPF_CGROUP_INET6_BIND" => 9,
-        "BPF_CGROUP_INET4_CONNECT" => 10,
-        "BPF_CGROUP_INET6_CONNECT" => 11,
-        "BPF_CGROUP_INET4_POST_BIND" => 12,
-        "BPF_CGROUP_INET6_POST_BIND" => 13,
-        "BPF_CGROUP_UDP4_SENDMSG" => 14,
-        "BPF_CGROUP_UDP6_SENDMSG" => 15,
-        "BPF_CGROUP_INET_SOCK_RELEASE" => 34,
-        _ => return None,
-    })
-}
-
 /// `step` is `prog-load` or `link-create`; `hook` an attach type's name.
 pub(crate) fn run(step: &str, hook: &str, argv: &[&str]) -> ExitCode {
     let (cmd, offset) = match step {
@@ -69,7 +51,9 @@ pub(crate) fn run(step: &str, hook: &str, argv: &[&str]) -> ExitCode {
         "link-update" => (BPF_LINK_UPDATE, 0),
         other => return usage(&format!("unknown step {other}")),
     };
-    let Some(wanted) = attach_type(hook) else { return usage(&format!("unknown attach type {hook}")) };
+    let Some(wanted) = portguard_common::attach_type_number(hook) else {
+        return usage(&format!("unknown attach type {hook}"));
+    };
     if argv.is_empty() {
         return usage("no program to run");
     }
