@@ -161,12 +161,15 @@ fn a_clean_agent_verifies_green() {
     for kind in ["map PG_GUARDS", "map PG_BIND_RULES", "map PG_CONNECT_RULES", "generation", "cgroup"] {
         assert_eq!(passed(kind), 1, "{kind}: {checks:#?}");
     }
-    // The probe leaves no cgroup behind.
+    // The probe leaves no cgroup behind (the agent's own probe, every
+    // second, may hold one of its own at this moment).
+    let agent_probe = format!("portguard-verify-{}-", sb.agent().pid());
     let left: Vec<_> = std::fs::read_dir(sb.cgroup("/app"))
         .unwrap()
         .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.file_name())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with(&agent_probe))
         .collect();
     assert!(left.is_empty(), "{left:?}");
     wait_verified_metric(&mut sb, 1);
@@ -391,4 +394,58 @@ fn audit_mode_passes_and_counters_that_do_not_move_fail() {
     let events: Vec<Value> = sb.audit_records();
     assert!(events.iter().any(|r| r["event"] == "verify_failed" && r["guard"] == "app"), "{events:#?}");
     assert!(events.iter().any(|r| r["event"] == "verify_recovered" && r["guard"] == "app"), "{events:#?}");
+}
+
+/// The agent's own probes refuse for real in the kernel, but it leaves
+/// exactly their counts out of what it exports: the denial series and
+/// the decisions stay at what workloads did, through every scrape, while
+/// `portguard_verify_probe_refusals_total` counts the probes.
+#[test]
+fn the_agents_own_probes_stay_out_of_the_exported_denials() {
+    require_root!();
+    let mut sb = start("verify-own", "enforce");
+    let sum = |m: &str, name: &str, labels: &[(&str, &str)]| portguard_tests::metric_sum(m, name, labels);
+    let probes = |m: &str| sum(m, "portguard_verify_probe_refusals_total", &[]);
+    let denied = |m: &str| {
+        (
+            sum(m, "portguard_denials_total", &[("guard", "app")]),
+            sum(m, "portguard_decisions_total", &[("verdict", "denied")]),
+        )
+    };
+    // Scrapes while the agent verifies every second, until it has probed
+    // at least three times: nothing a workload did, nothing exported.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = sb.agent().metrics();
+        assert_eq!(denied(&m), (0, 0), "the agent's probes were exported as denials");
+        seen.push(probes(&m));
+        if seen.iter().filter(|n| **n > 0).collect::<std::collections::BTreeSet<_>>().len() >= 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the agent's probes never counted: {seen:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "a counter went down: {seen:?}");
+
+    // A workload's refusals count exactly, on a probe port too (4 is the
+    // first port the probe's refused tcp bind tries), while the probes go on.
+    assert_eq!(sb.probe("/app", &["bind", "tcp", "127.0.0.1", "4"]), "err EPERM");
+    assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "7777"]), "err EPERM");
+    let before = probes(&sb.agent().metrics());
+    loop {
+        let m = sb.agent().metrics();
+        assert_eq!(
+            denied(&m),
+            (2, 2),
+            "{:?}",
+            m.lines().filter(|l| l.contains("denials")).collect::<Vec<_>>()
+        );
+        assert_eq!(sum(&m, "portguard_denials_total", &[("port", "4"), ("proto", "tcp"), ("op", "bind")]), 1);
+        if probes(&m) > before {
+            break;
+        }
+        assert!(Instant::now() < deadline + Duration::from_secs(30), "the probes stopped");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

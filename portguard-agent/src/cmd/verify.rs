@@ -25,6 +25,8 @@ pub(super) fn run(args: &VerifyArgs<'_>) -> Result<(), CmdError> {
         trail: args.trail,
         probe_gap: verify::PROBE_GAP,
         on_probe_cgroup: &|_| {},
+        // Run from a shell, the probes count like any workload's refusals.
+        own_counts: None,
     };
     let report = match verify::verify(&opts) {
         Ok(r) => r,

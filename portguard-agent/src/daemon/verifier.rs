@@ -22,7 +22,8 @@ use crate::{
 
 /// Probe cgroups of this agent, remembered a while after they are removed:
 /// the denial events of its own probes arrive later and are left out of
-/// the denial log and the trail (the kernel's counters keep them).
+/// the denial log and the trail (and their counts out of the exported
+/// counters, by `verify::OwnProbeCounts`).
 #[derive(Debug, Default)]
 pub(crate) struct ProbeCgroups {
     ids: Mutex<(VecDeque<u64>, HashSet<u64>)>,
@@ -108,8 +109,8 @@ pub(crate) fn spawn(args: &RunArgs, metrics: Arc<Metrics>) -> Verifier {
             while requests.try_recv().is_ok() {}
             let mut report = None;
             for _ in 0..RACE_RETRIES {
-                let (paths, ids) = (paths.clone(), Arc::clone(&probe_ids));
-                match tokio::task::spawn_blocking(move || paths.verify(&ids)).await {
+                let (paths, ids, m) = (paths.clone(), Arc::clone(&probe_ids), Arc::clone(&metrics));
+                match tokio::task::spawn_blocking(move || paths.verify(&ids, &m)).await {
                     Ok(Ok(r)) if raced(&r) => tokio::time::sleep(Duration::from_millis(100)).await,
                     Ok(Ok(r)) => {
                         report = Some(r);
@@ -144,7 +145,7 @@ struct Paths {
 }
 
 impl Paths {
-    fn verify(&self, probes: &ProbeCgroups) -> Result<Report, verify::CannotVerify> {
+    fn verify(&self, probes: &ProbeCgroups, metrics: &Metrics) -> Result<Report, verify::CannotVerify> {
         verify::verify(&verify::Options {
             state_dir: &self.state_dir,
             bpffs: Some(&self.bpffs),
@@ -155,6 +156,7 @@ impl Paths {
             trail: None,
             probe_gap: verify::PROBE_GAP,
             on_probe_cgroup: &|id| probes.insert(id),
+            own_counts: Some(&metrics.own_probes),
         })
     }
 }

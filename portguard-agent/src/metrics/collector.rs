@@ -53,13 +53,20 @@ impl Collector for Metrics {
         let policy = self.policy.lock().expect("metrics lock").clone();
         let name_of =
             |id: u32| policy.guard_names.get(&id).cloned().unwrap_or_else(|| format!("guard-id:{id}"));
+        // Taken before the kernel's counters are read: see OwnProbeCounts.
+        let own = self.own_probes.lock();
         let kernel = self.kernel.lock().expect("metrics lock");
 
         // Per-port denial counts: the label set is bounded by the kernel
-        // map (LRU), and peers never become labels.
+        // map (LRU), and peers never become labels. The agent's own probes
+        // are taken out; a key only they moved is not exported at all.
         let mut denials = Vec::new();
         let mut audits = Vec::new();
         for (key, n) in kernel.denials() {
+            let n = n.saturating_sub(own.get(&key));
+            if n == 0 {
+                continue;
+            }
             let labels = vec![
                 ("guard", name_of(key.guard_id)),
                 ("op", Op::from_u8(key.op).map_or("?", Op::as_str).to_owned()),
@@ -89,6 +96,22 @@ impl Collector for Metrics {
                 }
             }
         }
+        let mut own_total = 0;
+        for (key, n) in own.iter() {
+            own_total += n;
+            if let (Some(op), Some(v)) = (Op::from_u8(key.op), Verdict::from_u8(key.verdict))
+                && policy.guard_names.contains_key(&key.guard_id)
+                && let Some(d) = decisions.get_mut(&(op, v))
+            {
+                *d = d.saturating_sub(*n);
+            }
+        }
+        counter(
+            &mut enc,
+            "portguard_verify_probe_refusals",
+            "Refusals (or audited violations) the agent's own verification probes caused; not in portguard_denials_total or portguard_decisions_total.",
+            own_total,
+        )?;
         counters(
             &mut enc,
             "portguard_decisions",

@@ -18,7 +18,7 @@ use std::{
 
 pub(crate) use server::serve;
 
-use crate::{bpf::KernelCounters, inventory::ListenerKey};
+use crate::{bpf::KernelCounters, inventory::ListenerKey, verify::OwnProbeCounts};
 
 /// What the agent knows about the policy it applied.
 #[derive(Debug, Clone, Default)]
@@ -62,6 +62,10 @@ pub(crate) struct Metrics {
     pub(crate) listeners: Mutex<std::collections::BTreeMap<ListenerKey, i64>>,
     kernel: Mutex<KernelCounters>,
     pub(crate) verification: Mutex<VerifySummary>,
+    /// Counts the agent's own verification probes added to the kernel's
+    /// denial counters: left out of `portguard_denials_total` and its kin,
+    /// so alerts see workloads only.
+    pub(crate) own_probes: OwnProbeCounts,
 }
 
 impl Metrics {
@@ -76,6 +80,7 @@ impl Metrics {
             listeners: Mutex::new(Default::default()),
             kernel: Mutex::new(kernel),
             verification: Mutex::new(VerifySummary::default()),
+            own_probes: OwnProbeCounts::default(),
         }
     }
 

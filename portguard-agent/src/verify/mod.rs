@@ -19,6 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use portguard_common::DenialKey;
 pub(crate) use report::{Check, GuardReport, Outcome, Report};
 
 use crate::{
@@ -62,6 +63,44 @@ pub(crate) struct Options<'a> {
     pub(crate) probe_gap: Duration,
     /// Told each probe cgroup's id before its probe runs.
     pub(crate) on_probe_cgroup: &'a dyn Fn(u64),
+    /// Where the agent tallies the counts its own probes add to the
+    /// kernel's denial counters, which it leaves out of what it exports.
+    pub(crate) own_counts: Option<&'a OwnProbeCounts>,
+}
+
+/// The counts the agent's own probes added to each kernel denial key
+/// (reason folded, as exported). A probe holds the lock from before it
+/// reads the counters until it has tallied what it added, and the metrics
+/// exporter reads the kernel's counters under the same lock: so an export
+/// never contains a probe's count that is taken out again by the next one
+/// (a counter that went down would read as a reset, and a rate spike).
+#[derive(Debug, Default)]
+pub(crate) struct OwnProbeCounts(std::sync::Mutex<std::collections::BTreeMap<DenialKey, u64>>);
+
+impl OwnProbeCounts {
+    pub(crate) fn lock(&self) -> OwnProbeTally<'_> {
+        OwnProbeTally(self.0.lock().expect("probe counts lock"))
+    }
+}
+
+/// [`OwnProbeCounts`], held.
+pub(crate) struct OwnProbeTally<'a>(std::sync::MutexGuard<'a, std::collections::BTreeMap<DenialKey, u64>>);
+
+impl OwnProbeTally<'_> {
+    pub(crate) fn add(&mut self, key: DenialKey, n: u64) {
+        if n > 0 {
+            *self.0.entry(DenialKey { reason: 0, ..key }).or_default() += n;
+        }
+    }
+
+    /// What the probes added to `key` (its reason folded).
+    pub(crate) fn get(&self, key: &DenialKey) -> u64 {
+        self.0.get(&DenialKey { reason: 0, ..*key }).copied().unwrap_or(0)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&DenialKey, &u64)> {
+        self.0.iter()
+    }
 }
 
 /// A cgroup a guard covers, as the agent recorded it and as it is now.
@@ -170,6 +209,7 @@ pub(crate) fn verify(opts: &Options<'_>) -> Result<Report, CannotVerify> {
                 &c.rel,
                 &counters,
                 opts.on_probe_cgroup,
+                opts.own_counts,
             ));
         }
         guards.push(GuardReport::new(&g.name, g.mode.as_str(), rels, checks));

@@ -25,7 +25,10 @@ use portguard_common::{
     GUARD_ALLOW_EPHEMERAL_BIND, GUARD_ALLOW_OTHER_SOCKETS, IPPROTO_TCP, IPPROTO_UDP, Op, PortSet, Verdict,
 };
 
-use super::report::{Check, Outcome};
+use super::{
+    OwnProbeCounts,
+    report::{Check, Outcome},
+};
 use crate::{
     bpf::DenialCounters,
     policy::{CompiledGuard, Mode},
@@ -608,13 +611,16 @@ static NEXT_PROBE: AtomicU64 = AtomicU64::new(0);
 /// Probes one guarded cgroup (`dir`, shown as `rel`): plans, runs the
 /// attempts in a child cgroup made for them and removed after, and judges
 /// each result and counter. `on_cgroup` learns the probe cgroup's id (the
-/// agent keeps its own probes out of the denial log).
+/// agent keeps its own probes out of the denial log); `own` tallies how
+/// many counts each denial key gained from the probe's own attempts (at
+/// most one per attempt, never what a workload added to the key meanwhile).
 pub(super) fn probe_cgroup(
     g: &Guard<'_>,
     dir: &Path,
     rel: &str,
     counters: &DenialCounters,
     on_cgroup: &dyn Fn(u64),
+    own: Option<&OwnProbeCounts>,
 ) -> Vec<Check> {
     let mut holders = Holders::default();
     let (attempts, mut checks) = plan(g, &mut holders);
@@ -633,11 +639,23 @@ pub(super) fn probe_cgroup(
     if let Ok(Some(id)) = crate::cgroup::cgroup_id(&probe_dir) {
         on_cgroup(id);
     }
-    let mut before: BTreeMap<DenialKey, u64> = BTreeMap::new();
+    let mut need: BTreeMap<DenialKey, u64> = BTreeMap::new();
     for k in attempts.iter().filter_map(|a| a.counter) {
-        before.entry(k).or_insert_with(|| counters.get(&k));
+        *need.entry(k).or_default() += 1;
     }
+    // Held for the few milliseconds of the attempts: see OwnProbeCounts.
+    let mut tally = own.map(OwnProbeCounts::lock);
+    let before: BTreeMap<DenialKey, u64> = need.keys().map(|k| (*k, counters.get(k))).collect();
     let results = run_in_child(&probe_dir.join("cgroup.procs"), &attempts);
+    // The child has exited: every count its attempts made is in.
+    let moved: BTreeMap<DenialKey, u64> =
+        before.iter().map(|(k, b)| (*k, counters.get(k).saturating_sub(*b))).collect();
+    if let Some(t) = &mut tally {
+        for (k, n) in &need {
+            t.add(*k, (*n).min(moved[k]));
+        }
+    }
+    drop(tally);
     remove_probe_cgroup(&probe_dir);
     drop(holders);
     let results = match results {
@@ -647,12 +665,6 @@ pub(super) fn probe_cgroup(
             return checks;
         }
     };
-    let mut need: BTreeMap<DenialKey, u64> = BTreeMap::new();
-    for k in attempts.iter().filter_map(|a| a.counter) {
-        *need.entry(k).or_default() += 1;
-    }
-    let moved: BTreeMap<DenialKey, u64> =
-        before.iter().map(|(k, b)| (*k, counters.get(k).saturating_sub(*b))).collect();
     let audit = g.guard.mode == Mode::Audit;
     for (a, code) in attempts.iter().zip(results) {
         let subject = format!("{rel}: {}", a.subject);
