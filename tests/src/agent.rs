@@ -191,9 +191,11 @@ impl Agent {
         if !extra.contains(&"--metrics-addr") {
             args.extend(["--metrics-addr", "127.0.0.1:0"]);
         }
-        // The agent's own verification probes are refused like a workload
-        // would be, and so move the denial counters the tests count
-        // exactly: only the tests of verification turn it on.
+        // The agent leaves its own probes' refusals out of what it exports,
+        // but their allowed binds and connects still count (allowed
+        // decisions, brief ports) in series the tests count exactly, and a
+        // probe every interval adds load: only the verification tests turn
+        // it on.
         if !extra.contains(&"--verify-interval") {
             args.extend(["--verify-interval", "0"]);
         }
