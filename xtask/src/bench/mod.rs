@@ -61,7 +61,8 @@ pub(crate) fn run(only: Option<&str>) -> anyhow::Result<()> {
     if let Some(name) = only {
         let s = section(name)?;
         let target = workspace_root().join("target");
-        std::fs::write(target.join(format!("bench-{name}.md")), &s.markdown).context("write bench markdown")?;
+        std::fs::write(target.join(format!("bench-{name}.md")), &s.markdown)
+            .context("write bench markdown")?;
         std::fs::write(target.join(format!("bench-{name}.json")), serde_json::to_string_pretty(&s.json)?)
             .context("write bench json")?;
         eprintln!("xtask: wrote target/bench-{name}.md and target/bench-{name}.json");

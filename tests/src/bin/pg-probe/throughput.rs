@@ -52,6 +52,22 @@ pub(crate) fn sink(proto: &str, ip: IpAddr, port: u16) -> io::Result<String> {
     }
 }
 
+/// `conn-sink IP PORT`: a TCP listener with a deep accept queue (up to
+/// net.core.somaxconn), accepting and closing until killed. A client that
+/// never sleeps (the handshake completes in its own softirq) can starve
+/// this process of CPU for a while; a full queue would drop SYNs and stall
+/// the client for a one-second retransmission.
+pub(crate) fn conn_sink(ip: IpAddr, port: u16) -> io::Result<String> {
+    let l = TcpListener::bind((ip, port))?;
+    // SAFETY: listen() again on a listening socket only resizes its queue.
+    check(unsafe { libc::listen(l.as_raw_fd(), 65_535) })?;
+    println!("ok port={}", l.local_addr()?.port());
+    io::stdout().flush()?;
+    loop {
+        drop(l.accept()?);
+    }
+}
+
 /// `stream IP PORT MILLIS`: one TCP connection writing 64 KiB buffers for
 /// MILLIS, then the sink's count: "bytes=N ns=T" (T until the count came).
 pub(crate) fn stream(ip: IpAddr, port: u16, millis: u64) -> io::Result<String> {
