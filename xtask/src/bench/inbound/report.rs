@@ -208,8 +208,8 @@ fn reading(configs: &[Config], cells: &HashMap<(usize, Workload), Cell>) -> Stri
          A new TCP connection runs the program three times: the SYN and the handshake's last ACK are judged at \
          the listener (the SYN is counted and reported), the client's reset takes the fast path: {:.0} ns per \
          connection at {small} prefixes, {:.0} at {large}, against {:.0} for the empty program. An unguarded \
-         server runs no portguard program at all (portguard attaches only at guarded cgroups), so what its \
-         rates differ from nothing attached by is the VM's noise. nftables has no run statistics; its cost shows \
+         server runs no portguard program at all (portguard attaches only at guarded cgroups), so any gap \
+         between its rates and those with nothing attached is the VM's noise. nftables has no run statistics; its cost shows \
          in the wall-clock columns only (conntrack for every packet, the interval-set lookup while a flow is \
          new, which a one-way UDP flow stays).\n",
         of(Kind::Empty, 0, Workload::Stream, |c| c.prog_ns_per_run),
