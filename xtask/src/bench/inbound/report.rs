@@ -24,6 +24,8 @@ struct Cell {
     /// Wall-clock ns per unit (per byte for the stream: reported per MB).
     ns_per_unit: f64,
     prog_ns_per_run: Option<f64>,
+    /// p10 and p90 of the per-trial run times: the VM's noise.
+    prog_ns_per_run_spread: Option<(f64, f64)>,
     prog_runs_per_unit: Option<f64>,
     prog_ns_per_unit: Option<f64>,
 }
@@ -42,6 +44,10 @@ fn cell(s: &[Sample], scale: f64) -> Cell {
         rate_p90: quantile(rates, 0.9),
         ns_per_unit: median(s.iter().map(|s| s.ns / (s.units * scale)).collect()),
         prog_ns_per_run: per_trial(&|s| s.prog_ns / s.prog_runs),
+        prog_ns_per_run_spread: (runs > 0.0).then(|| {
+            let v: Vec<f64> = ran.iter().map(|s| s.prog_ns / s.prog_runs).collect();
+            (quantile(v.clone(), 0.1), quantile(v, 0.9))
+        }),
         prog_runs_per_unit: per_trial(&|s| s.prog_runs / (s.units * scale)),
         prog_ns_per_unit: per_trial(&|s| s.prog_ns / (s.units * scale)),
     }
@@ -61,7 +67,7 @@ pub(super) fn report(configs: &[Config], samples: &HashMap<(usize, Workload), Ve
          in random order. *rate*: median (p10-p90) per second of what the server received (stream, connections) \
          or the client sent (datagrams: veth runs the receive path, filters included, in the sender's \
          softirq, so the rate does not wait on the server's reads). *prog ns/run*: the \
-         cgroup_skb ingress program's own average run time (BPF run stats, median over this cell's trials; \
+         cgroup_skb ingress program's own average run time (BPF run stats, median (p10-p90) over this cell's trials; \
          the stats add their own timestamps to every run), *runs/unit* how often it ran per MB, datagram or \
          connection, *prog ns/unit* its time per MB, datagram or connection. `from` lists mix /32, /24 and /16 prefixes at every size; the \
          client's /24 is one of them. I5 is nftables without portguard: an input chain accepting `ct state \
@@ -88,7 +94,10 @@ pub(super) fn report(configs: &[Config], samples: &HashMap<(usize, Workload), Ve
                 x.rate_p10,
                 x.rate_p90,
                 x.ns_per_unit,
-                opt(x.prog_ns_per_run, 0),
+                match (x.prog_ns_per_run, x.prog_ns_per_run_spread) {
+                    (Some(m), Some((lo, hi))) => format!("{m:.0} ({lo:.0}-{hi:.0})"),
+                    _ => "-".to_owned(),
+                },
                 opt(x.prog_runs_per_unit, 2),
                 opt(x.prog_ns_per_unit, 0)
             );
@@ -96,6 +105,7 @@ pub(super) fn report(configs: &[Config], samples: &HashMap<(usize, Workload), Ve
                 "workload": format!("{w:?}").to_lowercase(), "config": c.label, "kind": format!("{:?}", c.kind),
                 "prefixes": c.prefixes, "rate": x.rate, "rate_unit": rate_unit, "rate_p10": x.rate_p10,
                 "rate_p90": x.rate_p90, "wall_ns_per_unit": x.ns_per_unit, "prog_ns_per_run": x.prog_ns_per_run,
+                "prog_ns_per_run_p10_p90": x.prog_ns_per_run_spread,
                 "prog_runs_per_unit": x.prog_runs_per_unit, "prog_ns_per_unit": x.prog_ns_per_unit,
             }));
             cells.insert((ci, w), x);
@@ -200,7 +210,8 @@ fn reading(configs: &[Config], cells: &HashMap<(usize, Workload), Cell>) -> Stri
          call: the floor any cgroup_skb design pays per packet. On an established stream portguard's program \
          is that floor plus one socket-state read ({:.0} ns per packet with `from` at {large}): a TCP socket \
          that is not listening, or a connected UDP socket, passes at once, and GRO hands the program one \
-         packet per several segments (about {:.0} runs per MB). A datagram at an unconnected guarded UDP \
+         packet per several segments (about {:.0} runs per MB). The stream's *prog ns/run* spread (p10-p90) is \
+         the noise between trials on this VM: read the stream target's ratio against it. A datagram at an unconnected guarded UDP \
          socket pays the full judgment: the socket's stamp (socket-local storage), the live config, the bind \
          rule's hash lookup, the reply-window note for the sender and the decision counter \
          ({:.0} ns over the empty program without `from`), and with `from` one hash lookup per distinct \
