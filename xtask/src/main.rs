@@ -4,7 +4,7 @@
 //!   cargo xtask run     set up, build, and run the agent on ./policy.toml
 //!   cargo xtask test    set up, check format and lints, build, check the book, and run every test
 //!   cargo xtask docs    set up, build, build the book and check it
-//!   cargo xtask bench   set up, build (release), and write BENCHMARKS.md
+//!   cargo xtask bench   set up, build (release), and write BENCHMARKS.md (--only SECTION: one section)
 //!   cargo xtask install build (release) and install the agent, unit and policy
 //!   cargo xtask package build (release) the Debian package into target/debian
 //!   cargo xtask image   build (release) the container image with podman
@@ -44,7 +44,11 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Measure (as root) and write BENCHMARKS.md and benchmarks.json.
-    Bench,
+    Bench {
+        /// Run only this section, written to target/bench-NAME.md instead.
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(bench::SECTIONS))]
+        only: Option<String>,
+    },
     /// Build the book under docs/ into target/book and check its links,
     /// policy examples and command lines (part of `test`).
     Docs,
@@ -185,7 +189,7 @@ fn main() -> anyhow::Result<()> {
             let bin = build()?;
             docs::check(&bin)
         }
-        Cmd::Bench => {
+        Cmd::Bench { only } => {
             setup::all()?;
             if !is_root() {
                 bail!("benchmarks attach eBPF programs and need root");
@@ -202,7 +206,7 @@ fn main() -> anyhow::Result<()> {
             // The harness drives the agent through the test sandbox.
             unsafe_set_env("PORTGUARD_BIN", workspace_root().join("target/release/portguard"));
             unsafe_set_env("PG_PROBE_BIN", workspace_root().join("target/release/pg-probe"));
-            bench::run()
+            bench::run(only.as_deref())
         }
         Cmd::Install { destdir, binary } => {
             let binary = match binary {

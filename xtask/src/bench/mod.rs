@@ -4,6 +4,7 @@
 mod apply;
 mod configs;
 mod flood;
+mod inbound;
 mod overhead;
 mod plot;
 mod prog_stats;
@@ -40,8 +41,34 @@ pub(crate) fn quantile(mut v: Vec<f64>, q: f64) -> f64 {
     v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
-pub(crate) fn run() -> anyhow::Result<()> {
-    let sections = vec![overhead::run()?.section, apply::run(), flood::run(), verify::run()];
+/// The sections, in the order BENCHMARKS.md lists them.
+pub(crate) const SECTIONS: [&str; 5] = ["overhead", "apply", "flood", "verify", "inbound"];
+
+fn section(name: &str) -> anyhow::Result<Section> {
+    Ok(match name {
+        "overhead" => overhead::run()?.section,
+        "apply" => apply::run(),
+        "flood" => flood::run(),
+        "verify" => verify::run(),
+        "inbound" => inbound::run()?,
+        _ => anyhow::bail!("no benchmark section {name:?} (sections: {})", SECTIONS.join(", ")),
+    })
+}
+
+/// Runs every section, or only `only` (for development: written to
+/// target/bench-NAME.md and .json, leaving BENCHMARKS.md as it is).
+pub(crate) fn run(only: Option<&str>) -> anyhow::Result<()> {
+    if let Some(name) = only {
+        let s = section(name)?;
+        let target = workspace_root().join("target");
+        std::fs::write(target.join(format!("bench-{name}.md")), &s.markdown)
+            .context("write bench markdown")?;
+        std::fs::write(target.join(format!("bench-{name}.json")), serde_json::to_string_pretty(&s.json)?)
+            .context("write bench json")?;
+        eprintln!("xtask: wrote target/bench-{name}.md and target/bench-{name}.json");
+        return Ok(());
+    }
+    let sections = SECTIONS.iter().map(|n| section(n)).collect::<anyhow::Result<Vec<_>>>()?;
     let mut md = String::from("# portguard benchmarks\n\n");
     let _ = writeln!(
         md,

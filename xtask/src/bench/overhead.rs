@@ -16,10 +16,10 @@ use super::{
 const TRIALS: usize = 9;
 
 /// A tiny xorshift: shuffling needs no cryptographic randomness.
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;

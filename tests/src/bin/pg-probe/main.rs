@@ -60,6 +60,9 @@
 //!   pg-probe bind-no-port-connect IP PORT
 //!       TCP: IP_BIND_ADDRESS_NO_PORT, bind(IP, 0), then connect(IP, PORT);
 //!       prints "bind: err ..." or the connect's verdict
+//!   pg-probe sink tcp|udp IP PORT | conn-sink IP PORT    (inbound benchmark servers; see throughput.rs)
+//!   pg-probe stream IP PORT MILLIS | udp-flood IP PORT MILLIS SIZE | conn-rate IP PORT MILLIS
+//!       inbound benchmark clients: "bytes=N ns=T" | "sent=S received=R ns=T" | "conns=N ns=T"
 //! ```
 //!
 //! An IPv6 IP (including ::ffff:a.b.c.d) uses an AF_INET6 socket. Where a
@@ -67,7 +70,7 @@
 //!
 //! This file only dispatches; each family of operations has its file:
 //! bind.rs, connect.rs, datagram.rs, inbound.rs, reach.rs, socket_kinds.rs, scm_rights.rs,
-//! uring.rs, repeat.rs (hammer, flood), bench.rs and bpf_fault.rs, on the
+//! uring.rs, repeat.rs (hammer, flood), bench.rs, throughput.rs and bpf_fault.rs, on the
 //! helpers of sock.rs.
 
 mod bench;
@@ -82,6 +85,7 @@ mod repeat;
 mod scm_rights;
 mod sock;
 mod socket_kinds;
+mod throughput;
 mod uring;
 
 use std::process::ExitCode;
@@ -149,6 +153,16 @@ fn main() -> ExitCode {
         ["kill", pid, sig] => escape::kill(pid, sig),
         ["ptrace", pid] => escape::ptrace_attach(pid),
         ["bind-no-port-connect", ip, p] => bind_no_port_connect(parse_ip(ip), port(p)),
+        ["sink", proto, ip, p] => throughput::sink(proto, parse_ip(ip), port(p)),
+        ["conn-sink", ip, p] => throughput::conn_sink(parse_ip(ip), port(p)),
+        ["stream", ip, p, ms] => throughput::stream(parse_ip(ip), port(p), ms.parse().expect("millis")),
+        ["udp-flood", ip, p, ms, size] => throughput::udp_flood(
+            parse_ip(ip),
+            port(p),
+            ms.parse().expect("millis"),
+            size.parse().expect("size"),
+        ),
+        ["conn-rate", ip, p, ms] => throughput::conn_rate(parse_ip(ip), port(p), ms.parse().expect("millis")),
         ["bench", workload, p, n] => bench::run(workload, port(p), n.parse().expect("iterations")),
         ["flood", proto, ip, p, count] => flood(proto, parse_ip(ip), port(p), count.parse().expect("count")),
         ["hammer", op, proto, ip, allowed, denied, millis] => {
