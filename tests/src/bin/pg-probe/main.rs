@@ -79,6 +79,7 @@ mod bpf_fault;
 mod connect;
 mod datagram;
 mod escape;
+mod holders;
 mod inbound;
 mod reach;
 mod repeat;

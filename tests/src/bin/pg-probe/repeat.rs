@@ -7,6 +7,7 @@ use std::{io, net::IpAddr};
 use crate::{
     bind::bind,
     connect::{connect, connect_on},
+    holders,
     sock::{family_of, socket},
 };
 
@@ -29,6 +30,11 @@ pub(crate) fn hammer(
         match r {
             Ok(_) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(false),
+            // Name what holds the port, now, for whoever reads the failure.
+            Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => Err(io::Error::other(format!(
+                "EADDRINUSE {op} {proto} {ip}:{port}: {}",
+                holders::describe(proto, port)
+            ))),
             Err(e) => Err(e),
         }
     };
