@@ -6,6 +6,7 @@
 
 pub mod catalog;
 mod compile;
+pub mod dns_name;
 pub mod eval;
 mod model;
 pub mod permissions;

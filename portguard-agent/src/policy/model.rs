@@ -13,6 +13,8 @@ use serde::{
 };
 use toml::Spanned;
 
+use super::dns_name::NamePattern;
+
 /// A whole policy file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -409,30 +411,46 @@ impl<'de> Deserialize<'de> for PortSpec {
     }
 }
 
-/// One peer network: a CIDR, or every address of one family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(super) struct Peer(pub IpNet);
+/// `peer = "10.0.0.0/8"`, `peer = ["10.0.0.1", "fd00::/8", "db.example"]` or
+/// `peer = "any"` (all of IPv4 and all of IPv6).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Peers {
+    pub nets: Vec<IpNet>,
+    /// DNS names and wildcard patterns, in the order written.
+    pub names: Vec<NamePattern>,
+}
 
-/// `peer = "10.0.0.0/8"`, `peer = ["10.0.0.1", "fd00::/8"]` or `peer = "any"`
-/// (all of IPv4 and all of IPv6).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Peers(pub Vec<Peer>);
+impl Peers {
+    pub(super) fn is_empty(&self) -> bool {
+        self.nets.is_empty() && self.names.is_empty()
+    }
 
-fn parse_peer(s: &str) -> Result<Vec<Peer>, String> {
-    let s = s.trim();
-    if s == "any" {
-        return Ok(vec![Peer("0.0.0.0/0".parse().expect("valid")), Peer("::/0".parse().expect("valid"))]);
+    fn add(&mut self, s: &str) -> Result<(), String> {
+        let s = s.trim();
+        if s == "any" {
+            self.nets.extend(["0.0.0.0/0".parse::<IpNet>().expect("valid"), "::/0".parse().expect("valid")]);
+            return Ok(());
+        }
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            self.nets.push(IpNet::from(ip));
+            return Ok(());
+        }
+        if !s.contains('/') {
+            self.names.push(NamePattern::parse(s)?);
+            return Ok(());
+        }
+        let net: IpNet = s.parse().map_err(|_| {
+            format!("{s:?} is not an IP address, a CIDR (10.0.0.0/8, fd00::/8), a DNS name or \"any\"")
+        })?;
+        if net.trunc() != net {
+            return Err(format!(
+                "{s:?} has host bits set past its prefix; did you mean \"{}\"?",
+                net.trunc()
+            ));
+        }
+        self.nets.push(net);
+        Ok(())
     }
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Ok(vec![Peer(IpNet::from(ip))]);
-    }
-    let net: IpNet = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not an IP address, a CIDR (10.0.0.0/8, fd00::/8) or \"any\""))?;
-    if net.trunc() != net {
-        return Err(format!("{s:?} has host bits set past its prefix; did you mean \"{}\"?", net.trunc()));
-    }
-    Ok(vec![Peer(net)])
 }
 
 impl<'de> Deserialize<'de> for Peers {
@@ -441,17 +459,21 @@ impl<'de> Deserialize<'de> for Peers {
         impl<'de> Visitor<'de> for V {
             type Value = Peers;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(r#"a CIDR or address ("10.0.0.0/8"), a list of them, or "any""#)
+                f.write_str(
+                    r#"a CIDR, address or DNS name ("10.0.0.0/8", "db.example"), a list of them, or "any""#,
+                )
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Peers, E> {
-                parse_peer(v).map(Peers).map_err(E::custom)
+                let mut peers = Peers::default();
+                peers.add(v).map_err(E::custom)?;
+                Ok(peers)
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Peers, A::Error> {
-                let mut out = Vec::new();
+                let mut peers = Peers::default();
                 while let Some(s) = seq.next_element::<String>()? {
-                    out.extend(parse_peer(&s).map_err(de::Error::custom)?);
+                    peers.add(&s).map_err(de::Error::custom)?;
                 }
-                Ok(Peers(out))
+                Ok(peers)
             }
         }
         d.deserialize_any(V)
@@ -508,11 +530,17 @@ mod tests {
 
     #[test]
     fn peers() {
-        assert_eq!(parse_peer("10.0.0.0/8").unwrap().len(), 1);
-        assert_eq!(parse_peer("10.1.2.3").unwrap()[0].0.prefix_len(), 32);
-        assert_eq!(parse_peer("any").unwrap().len(), 2);
-        assert!(parse_peer("10.0.0.1/8").unwrap_err().contains("host bits"));
-        assert!(parse_peer("10.0.0.0/33").unwrap_err().contains("not an IP address"));
-        assert!(parse_peer("example.com").is_err());
+        let parse = |s: &str| {
+            let mut p = Peers::default();
+            p.add(s).map(|()| p)
+        };
+        assert_eq!(parse("10.0.0.0/8").unwrap().nets.len(), 1);
+        assert_eq!(parse("10.1.2.3").unwrap().nets[0].prefix_len(), 32);
+        assert_eq!(parse("any").unwrap().nets.len(), 2);
+        assert!(parse("10.0.0.1/8").unwrap_err().contains("host bits"));
+        assert!(parse("10.0.0.0/33").unwrap_err().contains("not an IP address"));
+        assert!(parse("10.0.0.300").unwrap_err().contains("looks like an IP address"));
+        let named = parse("Example.com.").unwrap();
+        assert!(named.nets.is_empty() && named.names[0].to_string() == "example.com");
     }
 }

@@ -66,8 +66,15 @@ fn bad_peers_are_refused() {
     let g = "[[guard]]\nname = \"a\"\ncgroup = \"/a\"\n[[guard.connect]]\nports = [5432]\n";
     refused(&format!("{g}peer = \"10.0.0.0/33\"\n"), 6, "not an IP address");
     refused(&format!("{g}peer = \"10.0.0.1/8\"\n"), 6, "host bits");
-    refused(&format!("{g}peer = \"db.internal\"\n"), 6, "not an IP address");
-    refused(&format!("{g}peer = [\"10.0.0.0/8\", \"nope\"]\n"), 6, "not an IP address");
+    refused(
+        &format!("{g}peer = \"db.internal\"\n"),
+        6,
+        "DNS names as peers (\"db.internal\") are not enforced yet",
+    );
+    refused(&format!("{g}peer = [\"10.0.0.0/8\", \"nope\"]\n"), 6, "needs at least two labels");
+    refused(&format!("{g}peer = [\"10.0.0.0/8\", \"a.*.example\"]\n"), 6, "not the whole first label");
+    refused(&format!("{g}peer = \"10.0.0.256\"\n"), 6, "looks like an IP address");
+    refused(&format!("{g}peer = \"bücher.example\"\n"), 6, "\"xn--bcher-kva.example\"");
     refused(&format!("{g}peer = []\n"), 6, "empty peer");
 }
 
@@ -398,7 +405,7 @@ fn bad_from_is_refused() {
     refused(&rule("[]"), 7, "empty from list");
     refused(&rule("\"10.0.0.1/8\""), 7, "host bits");
     refused(&rule("[\"10.0.0.0/33\"]"), 7, "not an IP address");
-    refused(&rule("[\"db.example\"]"), 7, "not an IP address");
+    refused(&rule("[\"10.0.0.0/8\", \"DB.example.\"]"), 7, "not names (\"db.example\")");
     let bound = |addr: &str, from: &str| {
         format!("{MINIMAL}[[guard.bind]]\nports = [5432]\naddress = \"{addr}\"\nfrom = {from}\n")
     };

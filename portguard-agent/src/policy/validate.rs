@@ -300,9 +300,18 @@ fn from_peers(
     from: toml::Spanned<model::Peers>,
 ) -> Result<Vec<IpNet>, PolicyError> {
     let span = from.span();
+    let from = from.into_inner();
+    if let Some(pattern) = from.names.first() {
+        return Err(src.error_at(
+            Some(span),
+            format!(
+                "guard {name:?}: from takes addresses and networks, not names (\"{pattern}\"): inbound peers are judged by source address"
+            ),
+        ));
+    }
     // v4-mapped networks are judged as the IPv4 networks they stand for,
     // as the kernel judges a v4 packet to a dual-stack socket.
-    let mut peers: Vec<IpNet> = from.into_inner().0.into_iter().map(|p| unmap(p.0)).collect();
+    let mut peers: Vec<IpNet> = from.nets.into_iter().map(unmap).collect();
     peers.sort();
     peers.dedup();
     if peers.is_empty() {
@@ -361,7 +370,15 @@ fn connect_rules(
         .into_iter()
         .map(|r| {
             let span = r.peer.span();
-            if r.peer.get_ref().0.is_empty() {
+            if let Some(pattern) = r.peer.get_ref().names.first() {
+                return Err(src.error_at(
+                    Some(span),
+                    format!(
+                        "guard {name:?}: DNS names as peers (\"{pattern}\") are not enforced yet: list the addresses or networks it resolves to"
+                    ),
+                ));
+            }
+            if r.peer.get_ref().is_empty() {
                 return Err(
                     src.error_at(Some(span), format!("guard {name:?}: connect rule with an empty peer list"))
                 );
@@ -375,7 +392,7 @@ fn connect_rules(
                 ));
             }
             Ok(ConnectRuleSpec {
-                peers: r.peer.into_inner().0.into_iter().map(|p| p.0).collect(),
+                peers: r.peer.into_inner().nets,
                 ports: r.ports.into_inner(),
                 proto: r.proto,
                 catalog: catalog(r.owner, r.purpose, r.approved_by, r.ticket, r.expires),
