@@ -158,6 +158,19 @@ fn a_clean_agent_verifies_green() {
     // bind and connect, tcp and udp, v4 and v6, sendto, port 0, raw sockets.
     assert!(passed("probe refused") >= 8, "{checks:#?}");
     assert_eq!(passed("probe allowed"), 2, "{checks:#?}");
+    // No probe bind takes a port, so none can make a workload's own bind or
+    // re-bind fail: each is judged by portguard's hook and then refused by
+    // the kernel's family check, before the port table is looked at.
+    let binds: Vec<&Value> = checks
+        .iter()
+        .filter(|c| c["outcome"] != "skip" && c["subject"].as_str().unwrap().contains(": bind "))
+        .collect();
+    assert!(binds.len() >= 5, "{checks:#?}");
+    for b in &binds {
+        let got = b["got"].as_str().unwrap();
+        let want = if b["check"] == "probe allowed" { "EAFNOSUPPORT" } else { "EPERM" };
+        assert!(got.starts_with(want), "{b}");
+    }
     for kind in ["map PG_GUARDS", "map PG_BIND_RULES", "map PG_CONNECT_RULES", "generation", "cgroup"] {
         assert_eq!(passed(kind), 1, "{kind}: {checks:#?}");
     }
@@ -377,6 +390,8 @@ fn audit_mode_passes_and_counters_that_do_not_move_fail() {
     // attempt, and the check passed.
     assert_eq!(bind["outcome"], "pass", "{bind}");
     assert!(bind["got"].as_str().unwrap().contains("audited counter +"), "{bind}");
+    // Let through by portguard, and still no port taken (see below).
+    assert!(bind["got"].as_str().unwrap().starts_with("EAFNOSUPPORT"), "{bind}");
     wait_verified_metric(&mut sb, 1);
     // Detach every program: what audit mode lets through still goes
     // through, but nothing counts it any more.

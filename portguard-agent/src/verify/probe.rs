@@ -2,13 +2,18 @@
 //! workload takes: a child process in a short-lived cgroup below the guarded
 //! one creates sockets and tries what the rules refuse and what they allow.
 //!
-//! Nothing leaves the host. Refused attempts use loopback only, on a port
-//! the verifier itself holds bound (not listening) for the moment of the
-//! probe: a bind there fails with EADDRINUSE even in audit mode (so no
-//! port is taken), a TCP connect there meets a reset from the local stack,
-//! and a datagram there lands in the verifier's own socket. Allowed
-//! attempts are a bind (released at once) and a UDP connect(), which sends
-//! nothing, or a TCP connect to a loopback port nobody listens on.
+//! Nothing leaves the host and no bind takes a port. Every bind, refused or
+//! allowed, passes an address whose `sa_family` is the other IP family: the
+//! kernel runs the cgroup bind hook before it checks the family, so
+//! portguard judges the real address and port, and then the kernel fails the
+//! call with EAFNOSUPPORT before it looks at the port table. A workload
+//! re-binding its own port at that instant can never meet the probe there.
+//! Refused connects and sends use loopback only, on a port the verifier
+//! itself holds bound (not listening) for the moment of the probe: a TCP
+//! connect there meets a reset from the local stack, and a datagram there
+//! lands in the verifier's own socket. The allowed connect is a UDP
+//! connect(), which sends nothing, or a TCP connect to a loopback port
+//! nobody listens on.
 
 use std::{
     collections::BTreeMap,
@@ -64,7 +69,6 @@ struct Attempt {
     protocol: i32,
     addr: libc::sockaddr_storage,
     len: libc::socklen_t,
-    reuse_addr: bool,
     counter: Option<DenialKey>,
 }
 
@@ -111,6 +115,15 @@ fn sock_type(proto: u8) -> i32 {
 
 fn domain(addr: &IpAddr) -> i32 {
     if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 }
+}
+
+/// The family a bind probe claims for `addr`: the other one, so the kernel
+/// refuses the bind with EAFNOSUPPORT right after the cgroup hook judged
+/// it (`inet_bind_sk` and `inet6_bind_sk` run the hook before
+/// `__inet_bind`/`__inet6_bind` check the family). portguard's bind
+/// programs never read `user_family`, so the verdict is the real one.
+fn other_family(addr: &IpAddr) -> libc::sa_family_t {
+    (if addr.is_ipv4() { libc::AF_INET6 } else { libc::AF_INET }) as libc::sa_family_t
 }
 
 fn loopback(v6: bool) -> IpAddr {
@@ -228,7 +241,10 @@ fn plan(g: &Guard<'_>, holders: &mut Holders) -> (Vec<Attempt>, Vec<Check>) {
                         proto: u8,
                         addr: SocketAddr,
                         counter: Option<DenialKey>| {
-        let (ss, len) = sockaddr(addr);
+        let (mut ss, len) = sockaddr(addr);
+        if action == Action::Bind {
+            ss.ss_family = other_family(&addr.ip());
+        }
         Attempt {
             check,
             subject,
@@ -239,7 +255,6 @@ fn plan(g: &Guard<'_>, holders: &mut Holders) -> (Vec<Attempt>, Vec<Check>) {
             protocol: 0,
             addr: ss,
             len,
-            reuse_addr: !violation && action == Action::Bind,
             counter,
         }
     };
@@ -261,9 +276,10 @@ fn plan(g: &Guard<'_>, holders: &mut Holders) -> (Vec<Attempt>, Vec<Check>) {
             let pn = proto_name(proto);
             // Each attempt its own counter key: v4 and v6 use different
             // ports, so one family's count can never stand for the other's.
-            let bind_port = holders.pick(proto, v6, |p| {
-                !bind_allowed(guard, proto, lo, p) && !used.contains(&(Op::Bind, proto, p))
-            });
+            // No hold: a bind probe never takes its port (see other_family).
+            let bind_port = PROBE_PORTS
+                .into_iter()
+                .find(|&p| !bind_allowed(guard, proto, lo, p) && !used.contains(&(Op::Bind, proto, p)));
             match bind_port {
                 Some(p) => attempts.push(addr_attempt(
                     "probe refused",
@@ -279,7 +295,7 @@ fn plan(g: &Guard<'_>, holders: &mut Holders) -> (Vec<Attempt>, Vec<Check>) {
                     format!("bind {pn} {fam}"),
                     Outcome::Skip,
                     "",
-                    "no free probe port the rules refuse on loopback",
+                    "the rules allow every probe port on loopback",
                 )),
             }
             let connect_port = holders.pick(proto, v6, |p| {
@@ -557,10 +573,6 @@ unsafe fn attempt(a: &Attempt) -> i32 {
             (&timeout as *const libc::timeval).cast(),
             size_of::<libc::timeval>() as u32,
         );
-        if a.reuse_addr {
-            let one: i32 = 1;
-            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const i32).cast(), 4);
-        }
         let addr = (&a.addr as *const libc::sockaddr_storage).cast::<libc::sockaddr>();
         let rc = match a.action {
             Action::Socket => 0,
