@@ -15,7 +15,10 @@ use std::{
 
 use ipnet::IpNet;
 use portguard_tests::{Sandbox, metric_sum, require_root};
-use proptest::{prelude::*, test_runner::TestRunner};
+use proptest::{
+    prelude::*,
+    test_runner::{RngAlgorithm, TestRng, TestRunner},
+};
 
 const PORTS: [u16; 6] = [53, 80, 443, 5432, 8080, 9005];
 const RANGES: [(u16, u16); 2] = [(9000, 9010), (1024, 2048)];
@@ -360,11 +363,11 @@ fn kernel_verdicts_equal_the_reference_evaluator() {
         assert!(out.status.success(), "ip addr add {addr}: {}", String::from_utf8_lossy(&out.stderr));
     }
     let mut servers = start_servers(&sb.borrow());
-    let mut runner = TestRunner::new(proptest::test_runner::Config {
-        cases: 32,
-        failure_persistence: None,
-        ..Default::default()
-    });
+    let (seed, default_seed) = seed();
+    eprintln!("differential: seed {seed} (PORTGUARD_DIFF_SEED=<u64> runs other cases)");
+    let config = proptest::test_runner::Config { cases: 32, failure_persistence: None, ..Default::default() };
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[seed.to_le_bytes(); 4].concat());
+    let mut runner = TestRunner::new_with_rng(config, rng);
     let strategy = (policy(), prop::collection::vec(op(), 25));
     let checked = std::cell::Cell::new(0usize);
     let allowed = std::cell::Cell::new(0usize);
@@ -453,9 +456,25 @@ fn kernel_verdicts_equal_the_reference_evaluator() {
         "differential: of them {inbound_n} inbound ({inbound_yes} reached, {} refused)",
         inbound_n - inbound_yes
     );
-    assert!(
-        inbound_yes > inbound_n / 20 && inbound_n - inbound_yes > inbound_n / 20,
-        "the random inbound cases must exercise both verdicts"
-    );
-    assert!(yes > n / 20 && n - yes > n / 20, "the random cases must exercise both verdicts");
+    if default_seed {
+        assert!(
+            inbound_yes > inbound_n / 20 && inbound_n - inbound_yes > inbound_n / 20,
+            "the inbound cases must exercise both verdicts"
+        );
+        assert!(yes > n / 20 && n - yes > n / 20, "the cases must exercise both verdicts");
+    }
+}
+
+/// The cases' seed, and whether it is the default. The default is fixed, so
+/// every run checks the same operations and the floors on both verdicts are
+/// a fact about them, not a chance: with a seed from entropy, a run of 32
+/// random policies now and then drew too few reachable ports (11 of 263
+/// inbound operations in one full suite) and failed a check that proves
+/// nothing about the kernel. Another seed explores other cases; the floors
+/// are then not checked.
+fn seed() -> (u64, bool) {
+    match std::env::var("PORTGUARD_DIFF_SEED") {
+        Ok(v) => (v.parse().unwrap_or_else(|_| panic!("PORTGUARD_DIFF_SEED={v:?} is not a u64")), false),
+        Err(_) => (0x706f_7274_6775_6172, true),
+    }
 }
