@@ -29,6 +29,7 @@
 #![cfg_attr(not(any(feature = "user", test)), no_std)]
 
 mod attach_type;
+pub mod dns;
 mod events;
 mod keys;
 mod transport;

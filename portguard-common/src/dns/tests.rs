@@ -1,0 +1,282 @@
+//! The walk on messages built byte by byte: what it learns, and what stops it.
+
+use super::*;
+
+const KEY: NameKey = [0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908];
+
+/// Builds a DNS response: header, one question, answer records.
+struct Msg(Vec<u8>);
+
+impl Msg {
+    fn response(qname: &str, qtype: u16, ancount: u16) -> Msg {
+        let mut m = Msg(vec![0x12, 0x34, 0x81, 0x80, 0, 1]);
+        m.0.extend(ancount.to_be_bytes());
+        m.0.extend([0, 0, 0, 0]);
+        m.name(qname);
+        m.0.extend(qtype.to_be_bytes());
+        m.0.extend(1u16.to_be_bytes());
+        m
+    }
+
+    fn name(&mut self, name: &str) -> &mut Msg {
+        for label in name.split('.').filter(|l| !l.is_empty()) {
+            self.0.push(label.len() as u8);
+            self.0.extend(label.as_bytes());
+        }
+        self.0.push(0);
+        self
+    }
+
+    fn pointer(&mut self, to: u16) -> &mut Msg {
+        self.0.extend((0xc000 | to).to_be_bytes());
+        self
+    }
+
+    /// The fixed part of a record and its data.
+    fn rr(&mut self, rtype: u16, ttl: u32, data: &[u8]) -> &mut Msg {
+        self.0.extend(rtype.to_be_bytes());
+        self.0.extend(1u16.to_be_bytes());
+        self.0.extend(ttl.to_be_bytes());
+        self.0.extend((data.len() as u16).to_be_bytes());
+        self.0.extend(data);
+        self
+    }
+
+    fn a(&mut self, owner_ptr: u16, ttl: u32, ip: [u8; 4]) -> &mut Msg {
+        self.pointer(owner_ptr).rr(1, ttl, &ip)
+    }
+}
+
+/// Wire form of a name, for CNAME data.
+fn wire(name: &str) -> Vec<u8> {
+    let mut m = Msg(Vec::new());
+    m.name(name);
+    m.0
+}
+
+#[derive(Debug, Default, PartialEq)]
+struct Learned {
+    question: Option<(u64, u32)>,
+    addrs: Vec<(Vec<u8>, u32)>,
+    stop: Option<u32>,
+    steps: u32,
+}
+
+fn walk(msg: &[u8]) -> Learned {
+    walk_within(msg, MAX_STEPS)
+}
+
+fn walk_within(msg: &[u8], budget: u32) -> Learned {
+    let mut buf = Box::new([0u8; MSG_BUF]);
+    let n = msg.len().min(MSG_BUF);
+    buf[..n].copy_from_slice(&msg[..n]);
+    let mut out = Learned::default();
+    let mut w = match DnsWalk::start(&buf, msg.len() as u32) {
+        Ok(w) => w,
+        Err(why) => {
+            out.stop = Some(why);
+            return out;
+        }
+    };
+    while out.steps < budget {
+        out.steps += 1;
+        match w.step(&KEY, &buf) {
+            step::CONTINUE => {}
+            step::QUESTION => out.question = Some((w.question, w.qtype)),
+            step::ADDRESS => out.addrs.push((w.addr[..w.addr_len as usize].to_vec(), w.ttl)),
+            step::DONE => return out,
+            step::STOP => {
+                out.stop = Some(w.stop);
+                return out;
+            }
+            other => panic!("unknown step {other}"),
+        }
+    }
+    out
+}
+
+fn q(name: &str) -> u64 {
+    name_hash(&KEY, name.split('.').map(str::as_bytes))
+}
+
+#[test]
+fn an_a_answer_teaches_its_address_with_its_ttl() {
+    let mut m = Msg::response("db.example", 1, 2);
+    m.a(12, 300, [10, 0, 0, 7]).a(12, 60, [10, 0, 0, 8]);
+    let got = walk(&m.0);
+    assert_eq!(got.stop, None);
+    assert_eq!(got.question, Some((q("db.example"), 1)));
+    assert_eq!(got.addrs, vec![(vec![10, 0, 0, 7], 300), (vec![10, 0, 0, 8], 60)]);
+}
+
+#[test]
+fn the_question_hash_is_the_agents_name_hash_whatever_the_case() {
+    let m = Msg::response("DB.Example", 1, 0);
+    assert_eq!(walk(&m.0).question, Some((q("db.example"), 1)));
+    assert_ne!(q("db.example"), q("db.exampl"));
+    assert_ne!(q("a.bc"), q("ab.c"));
+    // A different key gives different hashes: names cannot be aimed at a collision.
+    assert_ne!(name_hash(&[1, 2], ["db", "example"].into_iter().map(str::as_bytes)), q("db.example"));
+}
+
+#[test]
+fn aaaa_records_teach_ipv6_addresses() {
+    let mut m = Msg::response("db.example", 28, 1);
+    let ip: [u8; 16] = core::array::from_fn(|i| i as u8);
+    m.pointer(12).rr(28, 30, &ip);
+    assert_eq!(walk(&m.0).addrs, vec![(ip.to_vec(), 30)]);
+}
+
+#[test]
+fn a_cname_chain_teaches_its_targets_addresses_with_the_chains_minimum_ttl() {
+    // db.example CNAME edge.cdn.example; edge.cdn.example A 10.0.0.9
+    let mut m = Msg::response("db.example", 1, 2);
+    m.pointer(12).rr(5, 100, &wire("edge.cdn.example"));
+    let target = (m.0.len() - wire("edge.cdn.example").len()) as u16;
+    m.a(target, 3600, [10, 0, 0, 9]);
+    let got = walk(&m.0);
+    assert_eq!(got.addrs, vec![(vec![10, 0, 0, 9], 100)]);
+    assert_eq!(got.question.map(|q| q.0), Some(q("db.example")));
+}
+
+#[test]
+fn records_of_other_names_teach_nothing() {
+    // An A record for a name the question never led to, before and after.
+    let mut m = Msg::response("db.example", 1, 3);
+    m.name("evil.example").rr(1, 300, &[6, 6, 6, 6]);
+    m.a(12, 300, [10, 0, 0, 7]);
+    m.name("other.example").rr(1, 300, &[7, 7, 7, 7]);
+    assert_eq!(walk(&m.0).addrs, vec![(vec![10, 0, 0, 7], 300)]);
+    // A CNAME from another name does not continue the chain.
+    let mut m = Msg::response("db.example", 1, 2);
+    m.name("x.example").rr(5, 300, &wire("y.example"));
+    m.name("y.example").rr(1, 300, &[8, 8, 8, 8]);
+    assert_eq!(walk(&m.0).addrs, vec![]);
+}
+
+#[test]
+fn a_record_before_the_cname_that_names_it_teaches_nothing() {
+    let mut m = Msg::response("db.example", 1, 2);
+    m.name("edge.example").rr(1, 300, &[10, 0, 0, 9]);
+    m.pointer(12).rr(5, 300, &wire("edge.example"));
+    assert_eq!(walk(&m.0).addrs, vec![]);
+}
+
+#[test]
+fn a_pointer_into_the_middle_of_a_name_works() {
+    // Question www.db.example; answer owner is a pointer to "db.example"
+    // inside it, then a CNAME chain back to it is not needed: this is an
+    // A record for db.example, not the question: nothing.
+    let mut m = Msg::response("www.db.example", 1, 1);
+    m.a(16, 300, [10, 0, 0, 1]);
+    assert_eq!(walk(&m.0).addrs, vec![]);
+    // A label then a pointer to the rest: "www" + ptr(16) is the question.
+    let mut m = Msg::response("www.db.example", 1, 1);
+    m.0.extend([3, b'w', b'w', b'w']);
+    m.pointer(16).rr(1, 300, &[10, 0, 0, 2]);
+    assert_eq!(walk(&m.0).addrs, vec![(vec![10, 0, 0, 2], 300)]);
+}
+
+#[test]
+fn error_answers_and_odd_headers_stop_at_once() {
+    let mut m = Msg::response("db.example", 1, 0);
+    m.0[3] = 0x83; // NXDOMAIN
+    assert_eq!(walk(&m.0).stop, Some(stop::RCODE));
+    let mut m = Msg::response("db.example", 1, 0);
+    m.0[2] = 0x01; // a query, not a response
+    assert_eq!(walk(&m.0).stop, Some(stop::NOT_A_RESPONSE));
+    let mut m = Msg::response("db.example", 1, 0);
+    m.0[2] = 0x80 | (4 << 3); // NOTIFY
+    assert_eq!(walk(&m.0).stop, Some(stop::NOT_A_QUERY));
+    let mut m = Msg::response("db.example", 1, 0);
+    m.0[5] = 2;
+    assert_eq!(walk(&m.0).stop, Some(stop::QDCOUNT));
+    assert_eq!(walk(&[0x12, 0x34, 0x81]).stop, Some(stop::TRUNCATED));
+}
+
+#[test]
+fn pointers_that_do_not_go_backwards_stop_the_walk() {
+    // Owner pointing at itself.
+    let mut m = Msg::response("db.example", 1, 1);
+    let here = m.0.len() as u16;
+    m.pointer(here).rr(1, 300, &[1, 2, 3, 4]);
+    assert_eq!(walk(&m.0).stop, Some(stop::POINTER));
+    // Forward.
+    let mut m = Msg::response("db.example", 1, 1);
+    let ahead = m.0.len() as u16 + 4;
+    m.pointer(ahead).rr(1, 300, &[1, 2, 3, 4]);
+    assert_eq!(walk(&m.0).stop, Some(stop::POINTER));
+    // Two pointers that point at each other: the second is not below the first's target.
+    let mut m = Msg::response("db.example", 1, 1);
+    let first = m.0.len() as u16;
+    m.pointer(first + 2).pointer(first).rr(1, 300, &[1, 2, 3, 4]);
+    assert_eq!(walk(&m.0).stop, Some(stop::POINTER));
+}
+
+#[test]
+fn reserved_label_types_long_names_and_truncation_stop_the_walk() {
+    let mut m = Msg::response("db.example", 1, 1);
+    m.0.push(0x41);
+    assert_eq!(walk(&m.0).stop, Some(stop::LABEL_TYPE));
+    let long = vec!["a".repeat(63); 4].join(".");
+    assert_eq!(walk(&Msg::response(&long, 1, 0).0).stop, Some(stop::LONG_NAME));
+    let many = vec!["a"; 33].join(".");
+    assert_eq!(walk(&Msg::response(&many, 1, 0).0).stop, Some(stop::TOO_MANY_LABELS));
+    let mut m = Msg::response("db.example", 1, 1);
+    m.a(12, 300, [10, 0, 0, 7]);
+    let cut = &m.0[..m.0.len() - 2];
+    assert_eq!(walk(cut).stop, Some(stop::TRUNCATED));
+    // What came before a cut stays learned.
+    let mut m = Msg::response("db.example", 1, 2);
+    m.a(12, 300, [10, 0, 0, 7]).a(12, 300, [10, 0, 0, 8]);
+    let got = walk(&m.0[..m.0.len() - 1]);
+    assert_eq!((got.addrs.len(), got.stop), (1, Some(stop::TRUNCATED)));
+}
+
+#[test]
+fn a_chain_longer_than_the_limit_stops() {
+    let n = MAX_CNAME_LINKS as usize + 1;
+    let mut m = Msg::response("c0.example", 1, n as u16 + 1);
+    let mut owner = 12u16;
+    for i in 0..n {
+        m.pointer(owner).rr(5, 300, &wire(&format!("c{}.example", i + 1)));
+        owner = (m.0.len() - wire(&format!("c{}.example", i + 1)).len()) as u16;
+    }
+    m.a(owner, 300, [10, 0, 0, 1]);
+    assert_eq!(walk(&m.0).stop, Some(stop::CHAIN_TOO_LONG));
+}
+
+#[test]
+fn any_bytes_end_the_walk_without_panic() {
+    // Pointers only go backwards and everything else moves forwards, so
+    // every walk ends by DONE or STOP, whatever the bytes (MAX_STEPS is a
+    // budget for long answers, not what makes the walk end). Mutants of a
+    // long valid answer (a CNAME chain, then many records) reach deep.
+    let mut base = Msg::response("www.db.example", 1, 40);
+    base.pointer(12).rr(5, 300, &wire("edge.cdn.example"));
+    let edge = (base.0.len() - wire("edge.cdn.example").len()) as u16;
+    for i in 0..39u8 {
+        base.a(edge, 300, [10, 0, 0, i]);
+    }
+    assert_eq!(walk_within(&base.0, 1_000_000).addrs.len(), 39);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut longest = 0;
+    for _ in 0..20_000 {
+        let mut m = base.0.clone();
+        for _ in 0..1 + next() % 4 {
+            let at = (next() % m.len() as u64) as usize;
+            m[at] = next() as u8;
+        }
+        let cut = m.len() - (next() % 8) as usize;
+        let got = walk_within(&m[..cut], 1_000_000);
+        assert!(got.steps < 1_000_000, "no end on {m:02x?}");
+        longest = longest.max(got.steps);
+    }
+    assert!(longest > 100, "mutants should reach deep walks (longest {longest})");
+}
