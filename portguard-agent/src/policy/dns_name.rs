@@ -74,18 +74,22 @@ impl NamePattern {
         }
         if labels.len() < 2 {
             return Err(match wildcard {
-                Wildcard::None => {
-                    format!(
-                        "{raw:?} needs at least two labels: write the full name the resolver is asked for"
-                    )
-                }
+                Wildcard::None => format!(
+                    "{raw:?} is not an IP address, a CIDR, \"any\" or a full DNS name (a name has at least two labels)"
+                ),
                 _ => format!("{raw:?} needs at least two labels after its wildcard"),
             });
         }
-        if name.len() > MAX_NAME_LEN {
+        // A wildcard stands for at least one label ("a."): the shortest
+        // name it matches must itself be a valid name.
+        let (shortest_len, shortest_labels) = match wildcard {
+            Wildcard::None => (suffix.len(), labels.len()),
+            _ => (suffix.len() + 2, labels.len() + 1),
+        };
+        if shortest_len > MAX_NAME_LEN {
             return Err(format!("{raw:?} is longer than {MAX_NAME_LEN} characters"));
         }
-        if labels.len() > MAX_LABELS {
+        if shortest_labels > MAX_LABELS {
             return Err(format!("{raw:?} has more than {MAX_LABELS} labels"));
         }
         Ok(NamePattern { wildcard, suffix: suffix.to_owned() })
@@ -192,6 +196,13 @@ mod tests {
         refused("*.com", "at least two labels after its wildcard");
         refused("*", "write \"any\"");
         refused("db", "at least two labels");
+        // The wildcard counts as one label and one character plus its dot.
+        refused(&format!("*.{}example", "a.".repeat(31)), "more than 32 labels");
+        name(&format!("*.{}example", "a.".repeat(30)));
+        let suffix = format!("{}{}", "abcdefghi.".repeat(24), "example");
+        assert_eq!(suffix.len(), 247);
+        name(&format!("**.{suffix}"));
+        refused(&format!("**.abcdef{suffix}"), "longer than 253");
         refused(&format!("{}.example", "a".repeat(64)), "longer than 63");
         refused(&format!("{}example", "abcdefg.".repeat(32)), "longer than 253");
         refused(&format!("{}example", "a.".repeat(32)), "more than 32 labels");

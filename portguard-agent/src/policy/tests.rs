@@ -71,7 +71,11 @@ fn bad_peers_are_refused() {
         6,
         "DNS names as peers (\"db.internal\") are not enforced yet",
     );
-    refused(&format!("{g}peer = [\"10.0.0.0/8\", \"nope\"]\n"), 6, "needs at least two labels");
+    refused(
+        &format!("{g}peer = [\"10.0.0.0/8\", \"nope\"]\n"),
+        6,
+        "a full DNS name (a name has at least two labels)",
+    );
     refused(&format!("{g}peer = [\"10.0.0.0/8\", \"a.*.example\"]\n"), 6, "not the whole first label");
     refused(&format!("{g}peer = \"10.0.0.256\"\n"), 6, "looks like an IP address");
     refused(&format!("{g}peer = \"bücher.example\"\n"), 6, "\"xn--bcher-kva.example\"");

@@ -241,9 +241,14 @@ fn plan(g: &Guard<'_>, holders: &mut Holders) -> (Vec<Attempt>, Vec<Check>) {
                         proto: u8,
                         addr: SocketAddr,
                         counter: Option<DenialKey>| {
-        let (mut ss, len) = sockaddr(addr);
+        let (mut ss, mut len) = sockaddr(addr);
         if action == Action::Bind {
             ss.ss_family = other_family(&addr.ip());
+            // Long enough for either family: an LSM checks the length for
+            // the family the caller claims (SELinux refuses an AF_INET6
+            // address shorter than 24 bytes with EINVAL before the cgroup
+            // hook), the bind itself for the socket's (16 or 24 bytes).
+            len = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
         }
         Attempt {
             check,
@@ -686,11 +691,30 @@ pub(super) fn probe_cgroup(
                 format!(", {} counter +{m}", if audit { "audited" } else { "denied" })
             })
         };
-        let check = if !a.violation {
-            let outcome = if refused(code) { Outcome::Fail } else { Outcome::Pass };
+        let check = if a.action == Action::Bind && code == libc::EINVAL {
+            // Refused before portguard's hook ran: nothing to judge, and a
+            // bind with the real family would take the port.
+            Check::new(
+                a.check,
+                subject,
+                Outcome::Skip,
+                "",
+                "EINVAL: a security module refused the bind's swapped sa_family before portguard's hook ran \
+                 (Smack does); not retried with the real family, which would take the port",
+            )
+        } else if !a.violation {
+            let outcome = match code {
+                c if refused(c) => Outcome::Fail,
+                // Judged and let through, and no port taken (see other_family).
+                libc::EAFNOSUPPORT => Outcome::Pass,
+                _ if a.action == Action::Bind => Outcome::Skip,
+                _ => Outcome::Pass,
+            };
             Check::new(a.check, subject, outcome, "not refused by portguard", describe(code))
         } else if audit {
-            let ok = !refused(code) && counted.is_some_and(|(m, n)| m >= n);
+            let let_through =
+                if a.action == Action::Bind { code == libc::EAFNOSUPPORT } else { !refused(code) };
+            let ok = let_through && counted.is_some_and(|(m, n)| m >= n);
             let got = format!("{}{}", describe(code), counter(counted));
             Check::new(
                 a.check,

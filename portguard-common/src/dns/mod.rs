@@ -329,7 +329,10 @@ impl DnsWalk {
 
     fn name_step(&mut self, key: &NameKey, buf: &[u8; MSG_BUF]) -> u32 {
         let pos = self.pos;
-        if pos >= self.len {
+        // A CNAME's target lies inside its record's data until a pointer
+        // leads elsewhere; every other name, inside the message.
+        let end = if self.phase == PHASE_CNAME_TARGET && self.resume == 0 { self.rr_end } else { self.len };
+        if pos >= end {
             return self.halt(stop::TRUNCATED);
         }
         let c = at(buf, pos);
@@ -339,11 +342,12 @@ impl DnsWalk {
             return self.name_done();
         }
         if c & 0xc0 == 0xc0 {
-            if pos + 1 >= self.len {
+            if pos + 1 >= end {
                 return self.halt(stop::TRUNCATED);
             }
             let target = ((c & 0x3f) << 8) | at(buf, pos + 1);
-            if target >= self.seg_start {
+            // Strictly backwards, and never into the header.
+            if target >= self.seg_start || target < 12 {
                 return self.halt(stop::POINTER);
             }
             self.hops += 1;
@@ -360,7 +364,7 @@ impl DnsWalk {
         if c & 0xc0 != 0 {
             return self.halt(stop::LABEL_TYPE);
         }
-        if pos + 1 + c > self.len {
+        if pos + 1 + c > end {
             return self.halt(stop::TRUNCATED);
         }
         self.name_wire += c + 1;
@@ -453,6 +457,8 @@ impl DnsWalk {
         let rtype = be16(buf, pos);
         let class = be16(buf, pos + 2);
         let ttl = (be16(buf, pos + 4) << 16) | be16(buf, pos + 6);
+        // RFC 2181 section 8: a TTL with the top bit set is read as zero.
+        let ttl = if ttl & 0x8000_0000 != 0 { 0 } else { ttl };
         let rdlen = be16(buf, pos + 8);
         let data = pos + 10;
         if data + rdlen > self.len {

@@ -206,11 +206,39 @@ fn pointers_that_do_not_go_backwards_stop_the_walk() {
     let ahead = m.0.len() as u16 + 4;
     m.pointer(ahead).rr(1, 300, &[1, 2, 3, 4]);
     assert_eq!(walk(&m.0).stop, Some(stop::POINTER));
-    // Two pointers that point at each other: the second is not below the first's target.
-    let mut m = Msg::response("db.example", 1, 1);
-    let first = m.0.len() as u16;
-    m.pointer(first + 2).pointer(first).rr(1, 300, &[1, 2, 3, 4]);
+    // Two pointers that point at each other, in a record's data, reached
+    // from a later owner name: the second is not below the first's target.
+    let mut m = Msg::response("db.example", 1, 2);
+    m.pointer(12);
+    let d = m.0.len() as u16 + 10;
+    m.rr(99, 300, &[0xc0 | ((d + 2) >> 8) as u8, (d + 2) as u8, 0xc0 | (d >> 8) as u8, d as u8]);
+    m.pointer(d + 2).rr(1, 300, &[1, 2, 3, 4]);
     assert_eq!(walk(&m.0).stop, Some(stop::POINTER));
+    // Into the header.
+    let mut m = Msg::response("db.example", 1, 1);
+    m.pointer(2).rr(1, 300, &[1, 2, 3, 4]);
+    assert_eq!(walk(&m.0).stop, Some(stop::POINTER));
+}
+
+#[test]
+fn a_cname_target_ends_inside_its_record() {
+    // rdlength 0: the target cannot be read from the next record's bytes.
+    let mut m = Msg::response("db.example", 1, 2);
+    m.pointer(12).rr(5, 300, &[]);
+    m.a(12, 300, [10, 0, 0, 7]);
+    assert_eq!(walk(&m.0).stop, Some(stop::TRUNCATED));
+    // A target compressed to a pointer fits in 2 bytes and is followed.
+    let mut m = Msg::response("www.db.example", 1, 2);
+    m.pointer(12).rr(5, 300, &0xc010u16.to_be_bytes());
+    m.a(16, 300, [10, 0, 0, 8]);
+    assert_eq!(walk(&m.0).addrs, vec![(vec![10, 0, 0, 8], 300)]);
+}
+
+#[test]
+fn a_ttl_with_the_top_bit_set_is_zero() {
+    let mut m = Msg::response("db.example", 1, 1);
+    m.pointer(12).rr(1, 0x8000_0001, &[10, 0, 0, 7]);
+    assert_eq!(walk(&m.0).addrs, vec![(vec![10, 0, 0, 7], 0)]);
 }
 
 #[test]
