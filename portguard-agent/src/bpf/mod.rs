@@ -2,6 +2,8 @@
 //! the policy maps, and the denial event stream.
 
 mod bpffs;
+#[cfg(test)]
+mod dns_walk_kernel;
 mod error;
 mod events;
 mod hooks;

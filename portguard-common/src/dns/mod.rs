@@ -25,6 +25,11 @@
 /// are masked with `MSG_BUF - 1`). Records past it teach nothing.
 pub const MSG_BUF: usize = 4096;
 const MASK: u32 = MSG_BUF as u32 - 1;
+/// The buffer holds [`MSG_BUF`] bytes of message and 8 of slack, so an
+/// 8-byte read at any masked index stays inside it.
+pub const BUF_LEN: usize = MSG_BUF + 8;
+/// The buffer a message is copied into for the walk.
+pub type Buf = [u8; BUF_LEN];
 /// Labels of a question name the walk keeps a hash of (the policy's limit).
 pub const MAX_QUESTION_LABELS: usize = 32;
 /// Compression pointers followed within one name.
@@ -198,7 +203,7 @@ pub fn name_hash<'a>(key: &NameKey, labels: impl DoubleEndedIterator<Item = &'a 
 /// `bpf_loop` callback reads and writes; nothing lives on the stack across
 /// steps.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DnsWalk {
     /// Next byte to read, and the message's length (at most [`MSG_BUF`]).
     pub pos: u32,
@@ -243,61 +248,90 @@ pub struct DnsWalk {
 /// buffer whatever `i` is (the verifier sees the bound), the callers keep
 /// it below `len`.
 #[inline(always)]
-fn at(buf: &[u8; MSG_BUF], i: u32) -> u32 {
+fn at(buf: &Buf, i: u32) -> u32 {
     u32::from(buf[(i & MASK) as usize])
 }
 
 #[inline(always)]
-fn be16(buf: &[u8; MSG_BUF], i: u32) -> u32 {
+fn be16(buf: &Buf, i: u32) -> u32 {
     (at(buf, i) << 8) | at(buf, i + 1)
 }
 
+/// Eight bytes of a label from `start`, lower-cased, little-endian, as
+/// SipHash reads a byte stream; bytes past `n` (< 8: a tail) are zero.
+/// One unaligned read and no per-byte branch: the verifier walks it once.
+#[inline(always)]
+fn label_word(buf: &Buf, start: u32, n: u32) -> u64 {
+    let i = (start & MASK) as usize;
+    // SAFETY: i < MSG_BUF, and the buffer has 8 bytes of slack past it.
+    let m = u64::from_le(unsafe { core::ptr::read_unaligned(buf.as_ptr().add(i).cast::<u64>()) });
+    // ASCII upper case to lower case, eight bytes at once: 0x20 added where
+    // a byte is 'A'..='Z' (high bit clear, >= 0x41 and <= 0x5a).
+    let low7 = m & 0x7f7f_7f7f_7f7f_7f7f;
+    let above_z = low7.wrapping_add(0x2525_2525_2525_2525);
+    let from_a = low7.wrapping_add(0x3f3f_3f3f_3f3f_3f3f);
+    let upper = !m & (from_a ^ above_z) & 0x8080_8080_8080_8080;
+    let m = m | (upper >> 2);
+    if n < 8 { m & ((1u64 << (8 * n)) - 1) } else { m }
+}
+
+/// [`label_hash`] of the `len`-byte label at `start`, a word at a time:
+/// the same value as byte by byte, with at most 8 compressions and
+/// constant-bound loops the verifier walks cheaply.
+#[inline(always)]
+fn label_at(key: &NameKey, buf: &Buf, start: u32, len: u32) -> u64 {
+    let mut s = Sip::new(key);
+    let full = len / 8;
+    let mut w = 0;
+    // A label is at most 63 bytes: at most 7 full words.
+    while w < 7 {
+        if w >= full {
+            break;
+        }
+        s.compress(label_word(buf, start + w * 8, 8));
+        w += 1;
+    }
+    s.tail = label_word(buf, start + full * 8, len - full * 8);
+    s.len = u64::from(len);
+    s.finish()
+}
+
 impl DnsWalk {
-    /// Reads the header of a response of `len` bytes (the caller copied
-    /// `min(len, MSG_BUF)` of them into `buf`). `Err` carries a [`stop`]
-    /// reason: not a response, not a standard query, an error RCODE (an
-    /// answer with nothing to learn) or not exactly one question.
-    pub fn start(buf: &[u8; MSG_BUF], len: u32) -> Result<DnsWalk, u32> {
-        let len = if len > MSG_BUF as u32 { MSG_BUF as u32 } else { len };
-        if len < 12 {
-            return Err(stop::TRUNCATED);
+    /// Starts a walk of a response of `len` bytes (the caller copied
+    /// `min(len, MSG_BUF)` of them into `buf`), in place: in the kernel the
+    /// walk lives in a map value, larger than a BPF stack frame allows to
+    /// copy. Returns [`step::CONTINUE`], or [`step::STOP`] with `stop` set:
+    /// not a response, not a standard query, an error RCODE (an answer with
+    /// nothing to learn) or not exactly one question.
+    pub fn start(&mut self, buf: &Buf, len: u32) -> u32 {
+        self.len = if len > MSG_BUF as u32 { MSG_BUF as u32 } else { len };
+        self.pos = 12;
+        self.phase = PHASE_QNAME;
+        self.links = 0;
+        self.chain_ttl = u32::MAX;
+        self.stop = 0;
+        self.qtype = 0;
+        self.question = 0;
+        self.chain = 0;
+        self.begin_name();
+        if self.len < 12 {
+            return self.halt(stop::TRUNCATED);
         }
         let flags = be16(buf, 2);
         if flags & 0x8000 == 0 {
-            return Err(stop::NOT_A_RESPONSE);
+            return self.halt(stop::NOT_A_RESPONSE);
         }
         if (flags >> 11) & 0xf != 0 {
-            return Err(stop::NOT_A_QUERY);
+            return self.halt(stop::NOT_A_QUERY);
         }
         if flags & 0xf != 0 {
-            return Err(stop::RCODE);
+            return self.halt(stop::RCODE);
         }
         if be16(buf, 4) != 1 {
-            return Err(stop::QDCOUNT);
+            return self.halt(stop::QDCOUNT);
         }
-        Ok(DnsWalk {
-            pos: 12,
-            len,
-            seg_start: 12,
-            resume: 0,
-            phase: PHASE_QNAME,
-            left: be16(buf, 6),
-            hops: 0,
-            name_wire: 0,
-            labels: 0,
-            links: 0,
-            chain_ttl: u32::MAX,
-            rr_end: 0,
-            qtype: 0,
-            stop: 0,
-            addr_len: 0,
-            ttl: 0,
-            addr: [0; 16],
-            name: 0,
-            chain: 0,
-            question: 0,
-            qlabels: [0; MAX_QUESTION_LABELS],
-        })
+        self.left = be16(buf, 6);
+        step::CONTINUE
     }
 
     fn halt(&mut self, why: u32) -> u32 {
@@ -318,7 +352,7 @@ impl DnsWalk {
 
     /// One step: one label or pointer of a name, or the fixed part of the
     /// question or of a record. Returns a [`step`] code.
-    pub fn step(&mut self, key: &NameKey, buf: &[u8; MSG_BUF]) -> u32 {
+    pub fn step(&mut self, key: &NameKey, buf: &Buf) -> u32 {
         match self.phase {
             PHASE_QNAME | PHASE_OWNER | PHASE_CNAME_TARGET => self.name_step(key, buf),
             PHASE_QFIXED => self.question_fixed(key, buf),
@@ -327,7 +361,7 @@ impl DnsWalk {
         }
     }
 
-    fn name_step(&mut self, key: &NameKey, buf: &[u8; MSG_BUF]) -> u32 {
+    fn name_step(&mut self, key: &NameKey, buf: &Buf) -> u32 {
         let pos = self.pos;
         // A CNAME's target lies inside its record's data until a pointer
         // leads elsewhere; every other name, inside the message.
@@ -371,17 +405,7 @@ impl DnsWalk {
         if self.name_wire + 1 > MAX_NAME_WIRE {
             return self.halt(stop::LONG_NAME);
         }
-        let mut s = Sip::new(key);
-        let mut i = 0;
-        // A label is at most 63 bytes (c < 0x40): a constant bound.
-        while i < 63 {
-            if i >= c {
-                break;
-            }
-            s.byte(lower(at(buf, pos + 1 + i) as u8));
-            i += 1;
-        }
-        let lh = s.finish();
+        let lh = label_at(key, buf, pos + 1, c);
         if self.phase == PHASE_QNAME {
             let n = self.labels as usize;
             if n >= MAX_QUESTION_LABELS {
@@ -419,7 +443,7 @@ impl DnsWalk {
         }
     }
 
-    fn question_fixed(&mut self, key: &NameKey, buf: &[u8; MSG_BUF]) -> u32 {
+    fn question_fixed(&mut self, key: &NameKey, buf: &Buf) -> u32 {
         let pos = self.pos;
         if pos + 4 > self.len {
             return self.halt(stop::TRUNCATED);
@@ -449,7 +473,7 @@ impl DnsWalk {
         step::QUESTION
     }
 
-    fn record_fixed(&mut self, buf: &[u8; MSG_BUF]) -> u32 {
+    fn record_fixed(&mut self, buf: &Buf) -> u32 {
         let pos = self.pos;
         if pos + 10 > self.len {
             return self.halt(stop::TRUNCATED);
@@ -500,5 +524,7 @@ impl DnsWalk {
     }
 }
 
+#[cfg(any(test, feature = "user"))]
+pub mod message;
 #[cfg(test)]
 mod tests;

@@ -1,98 +1,18 @@
 //! The walk on messages built byte by byte: what it learns, and what stops it.
 
-use super::*;
+use super::{
+    message::{Learned, Msg, run, wire},
+    *,
+};
 
 const KEY: NameKey = [0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908];
 
-/// Builds a DNS response: header, one question, answer records.
-struct Msg(Vec<u8>);
-
-impl Msg {
-    fn response(qname: &str, qtype: u16, ancount: u16) -> Msg {
-        let mut m = Msg(vec![0x12, 0x34, 0x81, 0x80, 0, 1]);
-        m.0.extend(ancount.to_be_bytes());
-        m.0.extend([0, 0, 0, 0]);
-        m.name(qname);
-        m.0.extend(qtype.to_be_bytes());
-        m.0.extend(1u16.to_be_bytes());
-        m
-    }
-
-    fn name(&mut self, name: &str) -> &mut Msg {
-        for label in name.split('.').filter(|l| !l.is_empty()) {
-            self.0.push(label.len() as u8);
-            self.0.extend(label.as_bytes());
-        }
-        self.0.push(0);
-        self
-    }
-
-    fn pointer(&mut self, to: u16) -> &mut Msg {
-        self.0.extend((0xc000 | to).to_be_bytes());
-        self
-    }
-
-    /// The fixed part of a record and its data.
-    fn rr(&mut self, rtype: u16, ttl: u32, data: &[u8]) -> &mut Msg {
-        self.0.extend(rtype.to_be_bytes());
-        self.0.extend(1u16.to_be_bytes());
-        self.0.extend(ttl.to_be_bytes());
-        self.0.extend((data.len() as u16).to_be_bytes());
-        self.0.extend(data);
-        self
-    }
-
-    fn a(&mut self, owner_ptr: u16, ttl: u32, ip: [u8; 4]) -> &mut Msg {
-        self.pointer(owner_ptr).rr(1, ttl, &ip)
-    }
-}
-
-/// Wire form of a name, for CNAME data.
-fn wire(name: &str) -> Vec<u8> {
-    let mut m = Msg(Vec::new());
-    m.name(name);
-    m.0
-}
-
-#[derive(Debug, Default, PartialEq)]
-struct Learned {
-    question: Option<(u64, u32)>,
-    addrs: Vec<(Vec<u8>, u32)>,
-    stop: Option<u32>,
-    steps: u32,
-}
-
 fn walk(msg: &[u8]) -> Learned {
-    walk_within(msg, MAX_STEPS)
+    run(&KEY, msg, MAX_STEPS)
 }
 
 fn walk_within(msg: &[u8], budget: u32) -> Learned {
-    let mut buf = Box::new([0u8; MSG_BUF]);
-    let n = msg.len().min(MSG_BUF);
-    buf[..n].copy_from_slice(&msg[..n]);
-    let mut out = Learned::default();
-    let mut w = match DnsWalk::start(&buf, msg.len() as u32) {
-        Ok(w) => w,
-        Err(why) => {
-            out.stop = Some(why);
-            return out;
-        }
-    };
-    while out.steps < budget {
-        out.steps += 1;
-        match w.step(&KEY, &buf) {
-            step::CONTINUE => {}
-            step::QUESTION => out.question = Some((w.question, w.qtype)),
-            step::ADDRESS => out.addrs.push((w.addr[..w.addr_len as usize].to_vec(), w.ttl)),
-            step::DONE => return out,
-            step::STOP => {
-                out.stop = Some(w.stop);
-                return out;
-            }
-            other => panic!("unknown step {other}"),
-        }
-    }
-    out
+    run(&KEY, msg, budget)
 }
 
 fn q(name: &str) -> u64 {
@@ -115,6 +35,12 @@ fn the_question_hash_is_the_agents_name_hash_whatever_the_case() {
     assert_eq!(walk(&m.0).question, Some((q("db.example"), 1)));
     assert_ne!(q("db.example"), q("db.exampl"));
     assert_ne!(q("a.bc"), q("ab.c"));
+    // Labels of whole words and more (hashed a word at a time in the walk).
+    for name in ["database.example", "primary-database-eu-west.Example", &"x".repeat(63)] {
+        let name = if name.contains('.') { name.to_owned() } else { format!("{name}.example") };
+        let m = Msg::response(&name, 1, 0);
+        assert_eq!(walk(&m.0).question, Some((q(&name.to_ascii_lowercase()), 1)), "{name}");
+    }
     // A different key gives different hashes: names cannot be aimed at a collision.
     assert_ne!(name_hash(&[1, 2], ["db", "example"].into_iter().map(str::as_bytes)), q("db.example"));
 }
@@ -307,4 +233,17 @@ fn any_bytes_end_the_walk_without_panic() {
         longest = longest.max(got.steps);
     }
     assert!(longest > 100, "mutants should reach deep walks (longest {longest})");
+}
+
+#[test]
+fn eight_bytes_at_once_lower_case_exactly_as_one_at_a_time() {
+    let mut buf = vec![0u8; BUF_LEN];
+    for b in 0..=255u8 {
+        let word: Vec<u8> = [b, b'A', b'z', b'Z', 0x80 | b'A', b'@', b'[', b].to_vec();
+        buf[100..108].copy_from_slice(&word);
+        let buf: &Buf = buf.as_slice().try_into().unwrap();
+        let want = u64::from_le_bytes(word.iter().map(|&c| lower(c)).collect::<Vec<_>>().try_into().unwrap());
+        assert_eq!(label_word(buf, 100, 8), want, "byte {b:#x}");
+        assert_eq!(label_word(buf, 100, 3), want & 0xff_ffff, "byte {b:#x}");
+    }
 }

@@ -1,0 +1,169 @@
+//! The DNS answer walk of `portguard_common::dns` run in the kernel (#17):
+//! the verifier accepts it, within a budget, and for the same bytes the
+//! kernel learns exactly what the userspace walk learns. The test object
+//! `portguard-dns-walk` is never attached; BPF_PROG_TEST_RUN feeds it
+//! packets. Needs root (CI runs it; elsewhere it says why it skips).
+
+use std::os::fd::{AsFd as _, AsRawFd as _};
+
+use aya::{
+    Ebpf,
+    maps::{Array, MapData},
+    programs::CgroupSkb,
+};
+use portguard_common::dns::{
+    MAX_STEPS, NameKey,
+    message::{Learned, Msg, run, wire},
+};
+
+use super::syscall::bpf;
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portguard-dns-walk"));
+
+const KEY: NameKey = [0x1122_3344_5566_7788, 0x99aa_bbcc_ddee_ff00];
+/// Size of the object's `WalkLog` (dns_walk.rs): five header words, then
+/// 64 entries of (16-byte address, length, TTL).
+const LOG_BYTES: usize = 24 + 64 * 24;
+/// A verifier budget far below its 1,000,000 limit, so growth shows early.
+const MAX_VERIFIED_INSNS: u32 = 200_000;
+
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+}
+
+/// Ethernet + IPv4 + UDP from port 53 around a DNS message.
+fn packet(dns: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 12];
+    p.extend(0x0800u16.to_be_bytes());
+    let total = (20 + 8 + dns.len()) as u16;
+    p.extend([0x45, 0]);
+    p.extend(total.to_be_bytes());
+    p.extend([0, 0, 0, 0, 64, 17, 0, 0, 127, 0, 0, 53, 127, 0, 0, 1]);
+    p.extend(53u16.to_be_bytes());
+    p.extend(40000u16.to_be_bytes());
+    p.extend(((8 + dns.len()) as u16).to_be_bytes());
+    p.extend([0, 0]);
+    p.extend(dns);
+    p
+}
+
+struct Kernel {
+    _ebpf: Ebpf,
+    prog_fd: i32,
+    log: Array<MapData, [u8; LOG_BYTES]>,
+}
+
+impl Kernel {
+    fn load() -> (Kernel, u32) {
+        let mut ebpf = Ebpf::load(OBJECT).expect("load the dns-walk object");
+        let prog: &mut CgroupSkb =
+            ebpf.program_mut("pg_dns_walk").expect("pg_dns_walk").try_into().expect("cgroup_skb");
+        prog.load().unwrap_or_else(|e| panic!("the verifier refused the walk: {e:?}"));
+        let insns = prog.info().expect("info").verified_instruction_count().unwrap_or(0);
+        let prog_fd = prog.fd().expect("fd").as_fd().as_raw_fd();
+        let mut key: Array<_, NameKey> =
+            Array::try_from(ebpf.take_map("DNS_KEY").expect("DNS_KEY")).expect("array");
+        key.set(0, KEY, 0).expect("set the key");
+        let log = Array::try_from(ebpf.take_map("DNS_LOG").expect("DNS_LOG")).expect("array");
+        (Kernel { _ebpf: ebpf, prog_fd, log }, insns)
+    }
+
+    fn walk(&self, dns: &[u8]) -> Learned {
+        let data = packet(dns);
+        let mut out = vec![0u8; data.len() + 256];
+        let mut attr = TestRunAttr {
+            prog_fd: self.prog_fd as u32,
+            data_size_in: data.len() as u32,
+            data_size_out: out.len() as u32,
+            data_in: data.as_ptr() as u64,
+            data_out: out.as_mut_ptr() as u64,
+            repeat: 1,
+            ..Default::default()
+        };
+        bpf(BPF_PROG_TEST_RUN, &mut attr).expect("BPF_PROG_TEST_RUN");
+        let log = self.log.get(&0, 0).expect("read DNS_LOG");
+        let word = |at: usize| u32::from_ne_bytes(log[at..at + 4].try_into().expect("4 bytes"));
+        let question = u64::from_ne_bytes(log[..8].try_into().expect("8 bytes"));
+        let (qtype, stop, steps, count) = (word(8), word(12), word(16), word(20));
+        let addrs = (0..count.min(64) as usize)
+            .map(|i| {
+                let e = 24 + i * 24;
+                (log[e..e + word(e + 16) as usize].to_vec(), word(e + 20))
+            })
+            .collect();
+        Learned {
+            question: (question != 0).then_some((question, qtype)),
+            addrs,
+            stop: (stop != 0).then_some(stop),
+            steps,
+        }
+    }
+}
+
+fn root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        assert!(std::env::var_os("CI").is_none(), "CI runs the kernel's DNS walk test as root");
+        eprintln!("skipped: loading BPF programs needs root");
+    }
+    root
+}
+
+/// Question, addresses with TTLs, stop reason and step count (one
+/// `bpf_loop` iteration per userspace step) all equal.
+fn same(kernel: &Learned, user: &Learned, msg: &[u8]) {
+    assert_eq!(kernel, user, "kernel and userspace walks differ on {msg:02x?}");
+}
+
+#[test]
+fn the_kernel_learns_from_an_answer_what_userspace_learns() {
+    if !root() {
+        return;
+    }
+    let (kernel, insns) = Kernel::load();
+    eprintln!("dns walk: {insns} instructions verified");
+    assert!(insns > 0 && insns < MAX_VERIFIED_INSNS, "verified_insns {insns}");
+
+    // A CNAME chain, then many records: the answers the walk is for.
+    let mut base = Msg::response("www.primary-database-eu-west.example", 1, 40);
+    base.pointer(12).rr(5, 300, &wire("edge.cdn.example"));
+    let edge = (base.0.len() - wire("edge.cdn.example").len()) as u16;
+    for i in 0..38u8 {
+        base.a(edge, 300 - u32::from(i), [10, 0, 0, i]);
+    }
+    base.pointer(edge).rr(28, 77, &[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    let user = run(&KEY, &base.0, MAX_STEPS);
+    assert_eq!(user.addrs.len(), 39, "{user:?}");
+    same(&kernel.walk(&base.0), &user, &base.0);
+
+    // Mutants: whatever the bytes, the kernel and userspace agree.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for _ in 0..2_000 {
+        let mut m = base.0.clone();
+        for _ in 0..1 + next() % 4 {
+            let at = (next() % m.len() as u64) as usize;
+            m[at] = next() as u8;
+        }
+        let cut = m.len() - (next() % 8) as usize;
+        let m = &m[..cut];
+        same(&kernel.walk(m), &run(&KEY, m, MAX_STEPS), m);
+    }
+}
