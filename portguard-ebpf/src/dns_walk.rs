@@ -1,9 +1,13 @@
-//! A test object, never attached anywhere: runs `portguard_common::dns`'s
-//! answer walk in the kernel on a UDP datagram that BPF_PROG_TEST_RUN hands
-//! it, one step per `bpf_loop` iteration, as the receive path will (#17).
-//! The agent's tests load it to learn whether the verifier accepts the walk
-//! (and at what instruction count) and check that the kernel learns exactly
-//! what the userspace walk learns from the same bytes.
+//! A test object, never attached anywhere: runs `portguard_common::dns` in
+//! the kernel on UDP datagrams that BPF_PROG_TEST_RUN hands it, one walk
+//! step per `bpf_loop` iteration, as the send and receive paths will (#17).
+//! A datagram to port 53 is a query: its question is recorded in a pending
+//! table (a map value here, socket storage in the real programs). One from
+//! port 53 is an answer: with matching on, it teaches nothing unless it
+//! takes a recorded query. The agent's tests load it to learn whether the
+//! verifier accepts the walk (and at what instruction count) and check that
+//! the kernel learns exactly what the userspace walk learns from the same
+//! bytes.
 #![no_std]
 #![no_main]
 
@@ -11,19 +15,34 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::generated::{bpf_loop, bpf_skb_load_bytes},
+    helpers::generated::{bpf_ktime_get_boot_ns, bpf_loop, bpf_skb_load_bytes},
     macros::{cgroup_skb, map},
     maps::Array,
     programs::SkBuffContext,
 };
-use portguard_common::dns::{self, Buf, DnsWalk, MSG_BUF, NameKey};
+use portguard_common::{
+    AF_INET,
+    dns::{self, Buf, DnsWalk, MSG_BUF, NameKey, PendingQueries, PendingQuery},
+};
 
-/// The message and the walk's state: a map value, not the stack.
+/// The message, the walk's state and the datagram's peer: a map value,
+/// not the stack.
 #[repr(C)]
 pub struct Scratch {
     buf: Buf,
     walk: DnsWalk,
+    /// The resolver: destination of a query, source of an answer.
+    peer: [u8; 16],
+    peer_port: u32,
+    query: u32,
 }
+
+/// Set by the test: 1 to require that an answer takes a recorded query.
+#[map(name = "DNS_MATCH")]
+static MATCH: Array<u32> = Array::with_max_entries(1, 0);
+/// The pending queries of the one socket this stands for.
+#[map(name = "DNS_PENDING")]
+static PENDING: Array<PendingQueries> = Array::with_max_entries(1, 0);
 
 /// One address the walk gave.
 #[repr(C)]
@@ -67,6 +86,28 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
     match s.walk.step(key, &s.buf) {
         dns::step::CONTINUE => 0,
         dns::step::QUESTION => {
+            let Some(pending) = PENDING.get_ptr_mut(0) else { return 1 };
+            // SAFETY: the single pending table, valid for this run.
+            let pending = unsafe { &mut *pending };
+            let seen = PendingQuery {
+                // SAFETY: helper without arguments.
+                sent_ns: unsafe { bpf_ktime_get_boot_ns() },
+                question: s.walk.question,
+                resolver: s.peer,
+                txid: s.walk.txid as u16,
+                port: s.peer_port as u16,
+                qtype: s.walk.qtype as u16,
+                family: AF_INET,
+                _pad: 0,
+            };
+            if s.query != 0 {
+                pending.record(seen);
+                return 1;
+            }
+            if MATCH.get(0).is_some_and(|m| *m != 0) && pending.take(&seen, seen.sent_ns).is_none() {
+                log.stop = dns::stop::NO_QUERY;
+                return 1;
+            }
             log.question = s.walk.question;
             log.qtype = s.walk.qtype;
             0
@@ -101,7 +142,16 @@ fn run(ctx: &SkBuffContext) -> Option<()> {
     if v >> 4 != 4 {
         return None;
     }
-    let off = u32::from(v & 0x0f) * 4 + 8;
+    let ihl = u32::from(v & 0x0f) * 4;
+    let off = ihl + 8;
+    let src: [u8; 4] = ctx.load(12).ok()?;
+    let dst: [u8; 4] = ctx.load(16).ok()?;
+    let sport = u16::from_be(ctx.load::<u16>(ihl as usize).ok()?);
+    let dport = u16::from_be(ctx.load::<u16>(ihl as usize + 2).ok()?);
+    let query = dport == 53;
+    if !query && sport != 53 {
+        return None;
+    }
     let total = ctx.len();
     if total <= off {
         return None;
@@ -112,23 +162,29 @@ fn run(ctx: &SkBuffContext) -> Option<()> {
     let n = ((n - 1) & (MSG_BUF as u32 - 1)) + 1;
     let s = SCRATCH.get_ptr_mut(0)?;
     let log = LOG.get_ptr_mut(0)?;
-    // SAFETY: map values of this run; the helper writes n <= MSG_BUF bytes
-    // into the buffer.
-    unsafe {
-        (*log).question = 0;
-        (*log).qtype = 0;
-        (*log).stop = 0;
-        (*log).steps = 0;
-        (*log).count = 0;
-        if bpf_skb_load_bytes(ctx.as_ptr(), off, (*s).buf.as_mut_ptr().cast(), n) != 0 {
-            return None;
-        }
-        if (*s).walk.start(&(*s).buf, n) == dns::step::STOP {
-            (*log).stop = (*s).walk.stop;
-            return None;
-        }
-        bpf_loop(dns::MAX_STEPS, walk_step as *mut c_void, core::ptr::null_mut(), 0);
+    // SAFETY: values of single-entry maps, valid for this run; the test
+    // runs one program at a time.
+    let (s, log) = unsafe { (&mut *s, &mut *log) };
+    log.question = 0;
+    log.qtype = 0;
+    log.stop = 0;
+    log.steps = 0;
+    log.count = 0;
+    // SAFETY: the helper writes n <= MSG_BUF bytes into the buffer.
+    if unsafe { bpf_skb_load_bytes(ctx.as_ptr(), off, s.buf.as_mut_ptr().cast(), n) } != 0 {
+        return None;
     }
+    let (peer, port) = if query { (dst, dport) } else { (src, sport) };
+    s.peer = [peer[0], peer[1], peer[2], peer[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    s.peer_port = u32::from(port);
+    s.query = u32::from(query);
+    let started = if query { s.walk.start_query(&s.buf, n) } else { s.walk.start(&s.buf, n) };
+    if started == dns::step::STOP {
+        log.stop = s.walk.stop;
+        return None;
+    }
+    // SAFETY: helper; a static callback and no context.
+    unsafe { bpf_loop(dns::MAX_STEPS, walk_step as *mut c_void, core::ptr::null_mut(), 0) };
     Some(())
 }
 

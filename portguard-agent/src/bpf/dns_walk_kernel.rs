@@ -12,7 +12,7 @@ use aya::{
     programs::CgroupSkb,
 };
 use portguard_common::dns::{
-    MAX_STEPS, NameKey,
+    self, MAX_STEPS, NameKey,
     message::{Learned, Msg, run, wire},
 };
 
@@ -42,26 +42,45 @@ struct TestRunAttr {
     duration: u32,
 }
 
-/// Ethernet + IPv4 + UDP from port 53 around a DNS message.
-fn packet(dns: &[u8]) -> Vec<u8> {
+const RESOLVER: [u8; 4] = [127, 0, 0, 53];
+const CLIENT: [u8; 4] = [127, 0, 0, 1];
+
+/// Ethernet + IPv4 + UDP around a DNS message, `from` -> `to`.
+fn packet(dns: &[u8], from: ([u8; 4], u16), to: ([u8; 4], u16)) -> Vec<u8> {
     let mut p = vec![0u8; 12];
     p.extend(0x0800u16.to_be_bytes());
     let total = (20 + 8 + dns.len()) as u16;
     p.extend([0x45, 0]);
     p.extend(total.to_be_bytes());
-    p.extend([0, 0, 0, 0, 64, 17, 0, 0, 127, 0, 0, 53, 127, 0, 0, 1]);
-    p.extend(53u16.to_be_bytes());
-    p.extend(40000u16.to_be_bytes());
+    p.extend([0, 0, 0, 0, 64, 17, 0, 0]);
+    p.extend(from.0);
+    p.extend(to.0);
+    p.extend(from.1.to_be_bytes());
+    p.extend(to.1.to_be_bytes());
     p.extend(((8 + dns.len()) as u16).to_be_bytes());
     p.extend([0, 0]);
     p.extend(dns);
     p
 }
 
+/// An answer from the resolver to the client.
+fn answer(dns: &[u8]) -> Vec<u8> {
+    packet(dns, (RESOLVER, 53), (CLIENT, 40000))
+}
+
+/// The query `response` answers, from the client to the resolver.
+fn query_of(response: &[u8], to: [u8; 4]) -> Vec<u8> {
+    let mut q = response.to_vec();
+    q[2] = 0x01;
+    q[3] = 0x00;
+    packet(&q, (CLIENT, 40000), (to, 53))
+}
+
 struct Kernel {
     _ebpf: Ebpf,
     prog_fd: i32,
     log: Array<MapData, [u8; LOG_BYTES]>,
+    matching: Array<MapData, u32>,
 }
 
 impl Kernel {
@@ -76,11 +95,21 @@ impl Kernel {
             Array::try_from(ebpf.take_map("DNS_KEY").expect("DNS_KEY")).expect("array");
         key.set(0, KEY, 0).expect("set the key");
         let log = Array::try_from(ebpf.take_map("DNS_LOG").expect("DNS_LOG")).expect("array");
-        (Kernel { _ebpf: ebpf, prog_fd, log }, insns)
+        let matching = Array::try_from(ebpf.take_map("DNS_MATCH").expect("DNS_MATCH")).expect("array");
+        (Kernel { _ebpf: ebpf, prog_fd, log, matching }, insns)
     }
 
+    /// Whether an answer must take a recorded query to teach anything.
+    fn match_queries(&mut self, on: bool) {
+        self.matching.set(0, u32::from(on), 0).expect("set DNS_MATCH");
+    }
+
+    /// Runs the program on an answer from the resolver.
     fn walk(&self, dns: &[u8]) -> Learned {
-        let data = packet(dns);
+        self.run(&answer(dns))
+    }
+
+    fn run(&self, data: &[u8]) -> Learned {
         let mut out = vec![0u8; data.len() + 256];
         let mut attr = TestRunAttr {
             prog_fd: self.prog_fd as u32,
@@ -132,7 +161,8 @@ fn the_kernel_learns_from_an_answer_what_userspace_learns() {
     if !root() {
         return;
     }
-    let (kernel, insns) = Kernel::load();
+    let (mut kernel, insns) = Kernel::load();
+    kernel.match_queries(false);
     eprintln!("dns walk: {insns} instructions verified");
     assert!(insns > 0 && insns < MAX_VERIFIED_INSNS, "verified_insns {insns}");
 
@@ -166,4 +196,37 @@ fn the_kernel_learns_from_an_answer_what_userspace_learns() {
         let m = &m[..cut];
         same(&kernel.walk(m), &run(&KEY, m, MAX_STEPS), m);
     }
+}
+
+#[test]
+fn an_answer_teaches_only_when_it_takes_a_query_of_the_socket() {
+    if !root() {
+        return;
+    }
+    let (mut kernel, _) = Kernel::load();
+    kernel.match_queries(true);
+    let mut m = Msg::response("api.vendor.example", 1, 1);
+    m.a(12, 60, [192, 0, 2, 10]);
+    let taught = run(&KEY, &m.0, MAX_STEPS);
+    let no_query = |l: &Learned| l.stop == Some(dns::stop::NO_QUERY) && l.addrs.is_empty();
+
+    // Unsolicited: nothing.
+    assert!(no_query(&kernel.walk(&m.0)), "{:?}", kernel.walk(&m.0));
+    // Asked, then answered: learned, once.
+    kernel.run(&query_of(&m.0, RESOLVER));
+    assert_eq!(kernel.walk(&m.0), taught);
+    assert!(no_query(&kernel.walk(&m.0)), "a second answer with the same id teaches nothing");
+
+    // Asked of one resolver: an answer from another, or with another id,
+    // or for another question teaches nothing, and leaves the query for
+    // the real answer.
+    kernel.run(&query_of(&m.0, RESOLVER));
+    assert!(no_query(&kernel.run(&packet(&m.0, ([127, 0, 0, 54], 53), (CLIENT, 40000)))));
+    let mut other_id = m.0.clone();
+    other_id[1] ^= 1;
+    assert!(no_query(&kernel.walk(&other_id)));
+    let mut other_question = Msg::response("api.vendor.exampla", 1, 1);
+    other_question.a(12, 60, [192, 0, 2, 10]);
+    assert!(no_query(&kernel.walk(&other_question.0)));
+    assert_eq!(kernel.walk(&m.0), taught);
 }

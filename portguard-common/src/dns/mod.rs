@@ -80,6 +80,10 @@ pub mod stop {
     pub const TOO_MANY_LABELS: u32 = 10;
     pub const CLASS: u32 = 11;
     pub const CHAIN_TOO_LONG: u32 = 12;
+    /// An answer to no query of this socket (or to one already answered):
+    /// set by the caller, which compares the question with its pending
+    /// queries.
+    pub const NO_QUERY: u32 = 13;
 }
 
 const PHASE_QNAME: u32 = 0;
@@ -228,6 +232,8 @@ pub struct DnsWalk {
     pub qtype: u32,
     /// Set with [`step::STOP`].
     pub stop: u32,
+    /// The message's transaction id.
+    pub txid: u32,
     /// Set with [`step::ADDRESS`]: 4 (IPv4) or 16 (IPv6) bytes of `addr`.
     pub addr_len: u32,
     pub ttl: u32,
@@ -304,6 +310,19 @@ impl DnsWalk {
     /// not a response, not a standard query, an error RCODE (an answer with
     /// nothing to learn) or not exactly one question.
     pub fn start(&mut self, buf: &Buf, len: u32) -> u32 {
+        self.start_message(buf, len, true)
+    }
+
+    /// Starts a walk of a query the workload sends (the egress side): a
+    /// standard query with one question; the walk ends at
+    /// [`step::QUESTION`] (no answer records are read).
+    pub fn start_query(&mut self, buf: &Buf, len: u32) -> u32 {
+        let rc = self.start_message(buf, len, false);
+        self.left = 0;
+        rc
+    }
+
+    fn start_message(&mut self, buf: &Buf, len: u32, response: bool) -> u32 {
         self.len = if len > MSG_BUF as u32 { MSG_BUF as u32 } else { len };
         self.pos = 12;
         self.phase = PHASE_QNAME;
@@ -317,9 +336,10 @@ impl DnsWalk {
         if self.len < 12 {
             return self.halt(stop::TRUNCATED);
         }
+        self.txid = be16(buf, 0);
         let flags = be16(buf, 2);
-        if flags & 0x8000 == 0 {
-            return self.halt(stop::NOT_A_RESPONSE);
+        if (flags & 0x8000 != 0) != response {
+            return self.halt(if response { stop::NOT_A_RESPONSE } else { stop::NOT_A_QUERY });
         }
         if (flags >> 11) & 0xf != 0 {
             return self.halt(stop::NOT_A_QUERY);
@@ -523,6 +543,9 @@ impl DnsWalk {
         step::ADDRESS
     }
 }
+
+mod pending;
+pub use pending::{PENDING_QUERIES, PendingQueries, PendingQuery, QUERY_WINDOW_NS};
 
 #[cfg(any(test, feature = "user"))]
 pub mod message;

@@ -247,3 +247,37 @@ fn eight_bytes_at_once_lower_case_exactly_as_one_at_a_time() {
         assert_eq!(label_word(buf, 100, 3), want & 0xff_ffff, "byte {b:#x}");
     }
 }
+
+#[test]
+fn a_query_is_read_up_to_its_question() {
+    let mut m = Msg::response("DB.example", 28, 0);
+    m.0[2] = 0x01; // QR=0, RD
+    let mut buf = vec![0u8; BUF_LEN];
+    buf[..m.0.len()].copy_from_slice(&m.0);
+    let buf: &Buf = buf.as_slice().try_into().unwrap();
+    let mut w = DnsWalk::default();
+    assert_eq!(w.start_query(buf, m.0.len() as u32), step::CONTINUE);
+    assert_eq!(w.txid, 0x1234);
+    let mut last = step::CONTINUE;
+    for _ in 0..10 {
+        last = w.step(&KEY, buf);
+        if last != step::CONTINUE {
+            break;
+        }
+    }
+    assert_eq!((last, w.question, w.qtype), (step::QUESTION, q("db.example"), 28));
+    assert_eq!(w.step(&KEY, buf), step::DONE);
+    // A response is no query, and a query no response.
+    let r = Msg::response("db.example", 1, 0);
+    buf_check(&r.0, |w, b, n| w.start_query(b, n), stop::NOT_A_QUERY);
+    buf_check(&m.0, |w, b, n| w.start(b, n), stop::NOT_A_RESPONSE);
+}
+
+fn buf_check(msg: &[u8], start: impl Fn(&mut DnsWalk, &Buf, u32) -> u32, want: u32) {
+    let mut buf = vec![0u8; BUF_LEN];
+    buf[..msg.len()].copy_from_slice(msg);
+    let buf: &Buf = buf.as_slice().try_into().unwrap();
+    let mut w = DnsWalk::default();
+    assert_eq!(start(&mut w, buf, msg.len() as u32), step::STOP);
+    assert_eq!(w.stop, want);
+}
