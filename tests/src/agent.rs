@@ -182,6 +182,8 @@ impl Sandbox {
 pub struct Agent {
     child: Child,
     lines: Arc<Mutex<Vec<Value>>>,
+    /// Where it serves /metrics, once read from its log.
+    metrics_addr: std::sync::OnceLock<String>,
 }
 
 impl Agent {
@@ -210,7 +212,7 @@ impl Agent {
                 sink.lock().expect("log lock").push(v);
             }
         });
-        Agent { child, lines }
+        Agent { child, lines, metrics_addr: std::sync::OnceLock::new() }
     }
 
     pub fn logs(&self) -> Vec<Value> {
@@ -232,7 +234,10 @@ impl Agent {
     pub fn wait_for_after(&self, mark: usize, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(v) = self.logs().into_iter().skip(mark).find(|l| pred(l)) {
+            // Searched under the lock: a long-running agent's log has
+            // thousands of lines, and this polls every 20 ms.
+            if let Some(v) = self.lines.lock().expect("log lock").iter().skip(mark).find(|l| pred(l)).cloned()
+            {
                 return v;
             }
             let dead = std::fs::metadata(format!("/proc/{}", self.child.id())).is_err()
@@ -248,9 +253,14 @@ impl Agent {
 
     /// Where this agent serves /metrics (read from its start-up log).
     pub fn metrics_addr(&self) -> String {
-        let line =
-            self.wait_for("metrics address", |l| l["message"] == "serving /metrics, /healthz and /readyz");
-        line["addr"].as_str().expect("addr field").to_owned()
+        self.metrics_addr
+            .get_or_init(|| {
+                let line = self.wait_for("metrics address", |l| {
+                    l["message"] == "serving /metrics, /healthz and /readyz"
+                });
+                line["addr"].as_str().expect("addr field").to_owned()
+            })
+            .clone()
     }
 
     /// The agent's /metrics page, fetched now.

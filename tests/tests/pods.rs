@@ -96,8 +96,10 @@ fn guards_the_selected_pods(driver: CgroupDriver, test: &str) {
         .as_array()
         .expect("ports")
         .iter()
-        .find(|p| p["port"] == 8080)
-        .expect("8080 in scan")
+        // Its own listener: scan lists every namespace's ports, and other
+        // tests may hold 8080 in theirs meanwhile.
+        .find(|p| p["port"] == 8080 && p["pid"] == listener.id())
+        .expect("the pod's listener on 8080 in scan")
         .clone();
     assert_eq!(
         (port["status"].as_str(), port["guard"].as_str()),
