@@ -13,7 +13,7 @@ use aya::{
 };
 use portguard_common::dns::{
     self, MAX_STEPS, NameKey,
-    message::{Learned, Msg, run, wire},
+    message::{Learned, Msg, long_answer, mutants, run},
 };
 
 use super::syscall::bpf;
@@ -167,34 +167,13 @@ fn the_kernel_learns_from_an_answer_what_userspace_learns() {
     assert!(insns > 0 && insns < MAX_VERIFIED_INSNS, "verified_insns {insns}");
 
     // A CNAME chain, then many records: the answers the walk is for.
-    let mut base = Msg::response("www.primary-database-eu-west.example", 1, 40);
-    base.pointer(12).rr(5, 300, &wire("edge.cdn.example"));
-    let edge = (base.0.len() - wire("edge.cdn.example").len()) as u16;
-    for i in 0..38u8 {
-        base.a(edge, 300 - u32::from(i), [10, 0, 0, i]);
-    }
-    base.pointer(edge).rr(28, 77, &[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    let base = long_answer();
     let user = run(&KEY, &base.0, MAX_STEPS);
     assert_eq!(user.addrs.len(), 39, "{user:?}");
     same(&kernel.walk(&base.0), &user, &base.0);
-
     // Mutants: whatever the bytes, the kernel and userspace agree.
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    for _ in 0..2_000 {
-        let mut m = base.0.clone();
-        for _ in 0..1 + next() % 4 {
-            let at = (next() % m.len() as u64) as usize;
-            m[at] = next() as u8;
-        }
-        let cut = m.len() - (next() % 8) as usize;
-        let m = &m[..cut];
-        same(&kernel.walk(m), &run(&KEY, m, MAX_STEPS), m);
+    for m in mutants(&base.0, 2_000, 0x2545_f491_4f6c_dd1d) {
+        same(&kernel.walk(&m), &run(&KEY, &m, MAX_STEPS), &m);
     }
 }
 

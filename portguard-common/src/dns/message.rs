@@ -102,3 +102,37 @@ pub fn run(key: &NameKey, msg: &[u8], budget: u32) -> Learned {
     }
     out
 }
+
+/// A long answer the walk is made for: a CNAME from the question to
+/// `edge.cdn.example`, then 38 A records and one AAAA for it (39 addresses).
+pub fn long_answer() -> Msg {
+    let mut m = Msg::response("www.primary-database-eu-west.example", 1, 40);
+    m.pointer(12).rr(5, 300, &wire("edge.cdn.example"));
+    let edge = (m.0.len() - wire("edge.cdn.example").len()) as u16;
+    for i in 0..38u8 {
+        m.a(edge, 300 - u32::from(i), [10, 0, 0, i]);
+    }
+    m.pointer(edge).rr(28, 77, &[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    m
+}
+
+/// `count` copies of `base`, each with 1 to 4 bytes overwritten and up to 7
+/// bytes cut from its end, from a fixed xorshift `seed`: the same mutants
+/// every run.
+pub fn mutants(base: &[u8], count: usize, mut seed: u64) -> impl Iterator<Item = Vec<u8>> + '_ {
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    (0..count).map(move |_| {
+        let mut m = base.to_vec();
+        for _ in 0..1 + next() % 4 {
+            let at = (next() % m.len() as u64) as usize;
+            m[at] = next() as u8;
+        }
+        m.truncate(m.len() - (next() % 8) as usize);
+        m
+    })
+}

@@ -1,7 +1,7 @@
 //! The walk on messages built byte by byte: what it learns, and what stops it.
 
 use super::{
-    message::{Learned, Msg, run, wire},
+    message::{Learned, Msg, long_answer, mutants, run, wire},
     *,
 };
 
@@ -206,29 +206,11 @@ fn any_bytes_end_the_walk_without_panic() {
     // every walk ends by DONE or STOP, whatever the bytes (MAX_STEPS is a
     // budget for long answers, not what makes the walk end). Mutants of a
     // long valid answer (a CNAME chain, then many records) reach deep.
-    let mut base = Msg::response("www.db.example", 1, 40);
-    base.pointer(12).rr(5, 300, &wire("edge.cdn.example"));
-    let edge = (base.0.len() - wire("edge.cdn.example").len()) as u16;
-    for i in 0..39u8 {
-        base.a(edge, 300, [10, 0, 0, i]);
-    }
+    let base = long_answer();
     assert_eq!(walk_within(&base.0, 1_000_000).addrs.len(), 39);
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
     let mut longest = 0;
-    for _ in 0..20_000 {
-        let mut m = base.0.clone();
-        for _ in 0..1 + next() % 4 {
-            let at = (next() % m.len() as u64) as usize;
-            m[at] = next() as u8;
-        }
-        let cut = m.len() - (next() % 8) as usize;
-        let got = walk_within(&m[..cut], 1_000_000);
+    for m in mutants(&base.0, 20_000, 0x9e37_79b9_7f4a_7c15) {
+        let got = walk_within(&m, 1_000_000);
         assert!(got.steps < 1_000_000, "no end on {m:02x?}");
         longest = longest.max(got.steps);
     }
