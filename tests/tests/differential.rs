@@ -374,12 +374,22 @@ fn kernel_verdicts_equal_the_reference_evaluator() {
     // Inbound operations: (checked, allowed).
     let inbound = std::cell::Cell::new((0usize, 0usize));
     let case = std::cell::Cell::new(0usize);
+    // Where the time goes (seconds): reloads, outbound probes, inbound probes
+    // with their two scrapes. Printed, never asserted.
+    let spent = std::cell::Cell::new([0f64; 3]);
+    let add = |i: usize, since: std::time::Instant| {
+        let mut s = spent.get();
+        s[i] += since.elapsed().as_secs_f64();
+        spent.set(s);
+    };
     runner
         .run(&strategy, |(policy, ops)| {
             let mut sb = sb.borrow_mut();
             // A unique first line: an identical policy would not reload.
             case.set(case.get() + 1);
+            let t = std::time::Instant::now();
             sb.reload_policy(&format!("# case {}\n{}", case.get(), toml(&policy)));
+            add(0, t);
             for op in &ops {
                 let args: Vec<String> = match op {
                     Op::Bind { proto, addr, port } => {
@@ -402,6 +412,7 @@ fn kernel_verdicts_equal_the_reference_evaluator() {
                     }
                 };
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let t = std::time::Instant::now();
                 let (out, kernel_allows) = match op {
                     Op::Inbound { proto, server, .. } => {
                         // The kernel's verdict is its count of refusals;
@@ -426,6 +437,7 @@ fn kernel_verdicts_equal_the_reference_evaluator() {
                         (out, allows)
                     }
                 };
+                add(if matches!(op, Op::Inbound { .. }) { 2 } else { 1 }, t);
                 let reference = reference_allows(&policy, op);
                 prop_assert_eq!(
                     kernel_allows,
@@ -451,6 +463,10 @@ fn kernel_verdicts_equal_the_reference_evaluator() {
     }
     let (n, yes) = (checked.get(), allowed.get());
     eprintln!("differential: {n} operations ({yes} allowed, {} denied), kernel and reference agree", n - yes);
+    let [reloads, outbound, inbound_s] = spent.get();
+    eprintln!(
+        "differential: {reloads:.1} s in reloads, {outbound:.1} s in outbound operations, {inbound_s:.1} s in inbound ones"
+    );
     let (inbound_n, inbound_yes) = inbound.get();
     eprintln!(
         "differential: of them {inbound_n} inbound ({inbound_yes} reached, {} refused)",
