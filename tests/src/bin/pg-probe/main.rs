@@ -92,7 +92,9 @@ mod uring;
 use std::process::ExitCode;
 
 use bind::{bind, bind_unspec, hold, listen_unbound, serve};
-use connect::{bind_no_port_connect, connect, fastopen, move_then_connect, wait_then_connect};
+use connect::{
+    bind_no_port_connect, connect, connect_within, fastopen, move_then_connect, wait_then_connect,
+};
 use datagram::{sendmsg_to, sendto, sendto_autobind};
 use repeat::{flood, hammer};
 use scm_rights::scm_pass;
@@ -108,6 +110,9 @@ fn main() -> ExitCode {
         ["bind", proto, ip, p] => bind(proto, parse_ip(ip), port(p)),
         ["bind-unspec", proto, p] => bind_unspec(proto, port(p)),
         ["connect", proto, ip, p] => connect(proto, parse_ip(ip), port(p)),
+        ["connect", proto, ip, p, millis] => {
+            connect_within(proto, parse_ip(ip), port(p), millis.parse().expect("milliseconds"))
+        }
         ["sendto", ip, p] => sendto(parse_ip(ip), port(p)),
         ["sendto-autobind", ip, p] => sendto_autobind(parse_ip(ip), port(p)),
         ["move-then-connect", proto, ip, p, procs] => move_then_connect(proto, parse_ip(ip), port(p), procs),

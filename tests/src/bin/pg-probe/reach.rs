@@ -22,7 +22,7 @@ pub(crate) fn accept_serve(ip: IpAddr, port: u16) -> io::Result<String> {
     }
 }
 
-fn timeout(fd: libc::c_int, option: libc::c_int, millis: u64) -> io::Result<()> {
+pub(crate) fn timeout(fd: libc::c_int, option: libc::c_int, millis: u64) -> io::Result<()> {
     let tv =
         libc::timeval { tv_sec: (millis / 1000) as libc::time_t, tv_usec: ((millis % 1000) * 1000) as _ };
     // SAFETY: tv is a valid timeval for the call.
