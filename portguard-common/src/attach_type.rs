@@ -3,8 +3,9 @@
 //! `portguard verify` (which reads attach types back from the kernel) and
 //! the test suite's fault injector (which fails one attach type on purpose).
 
-const CGROUP_ATTACH_TYPES: [(&str, u32); 12] = [
+const CGROUP_ATTACH_TYPES: [(&str, u32); 13] = [
     ("BPF_CGROUP_INET_INGRESS", 0),
+    ("BPF_CGROUP_INET_EGRESS", 1),
     ("BPF_CGROUP_INET_SOCK_CREATE", 2),
     ("BPF_CGROUP_SOCK_OPS", 3),
     ("BPF_CGROUP_INET4_BIND", 8),

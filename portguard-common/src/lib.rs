@@ -57,12 +57,16 @@ pub mod map_names {
     pub const BRIEF_PORTS: &str = "PG_BRIEF_PORTS";
     pub const FROM_RULES: &str = "PG_FROM_RULES";
     pub const UDP_PEERS: &str = "PG_UDP_PEERS";
+    pub const DNS_KEY: &str = "PG_DNS_KEY";
+    pub const DNS_NAMES: &str = "PG_DNS_NAMES";
+    pub const DNS_LEARNED: &str = "PG_DNS_LEARNED";
+    pub const SK_DNS: &str = "PG_SK_DNS";
 }
 
 /// Version of the map layouts below. Bump it with any change to a map's
 /// key, value or size: the agent then pins fresh maps instead of reusing
 /// the ones an older agent left behind.
-pub const MAP_ABI_VERSION: u32 = 6;
+pub const MAP_ABI_VERSION: u32 = 7;
 
 /// Number of policy slots (double buffering for atomic switches).
 pub const SLOTS: u32 = 2;
@@ -133,6 +137,10 @@ pub const GUARD_ALLOW_EPHEMERAL_BIND: u32 = 1;
 /// `GuardInfo::flags`: the guard allows raw, SCTP, packet and ICMP ping
 /// sockets, whose bind/connect/send the sock_addr hooks never see.
 pub const GUARD_ALLOW_OTHER_SOCKETS: u32 = 2;
+/// `GuardInfo::flags`: the guard's connect rules list DNS names, so its
+/// sockets' DNS queries are recorded, answers to them learned from, and
+/// connects checked against what was learned.
+pub const GUARD_HAS_NAMES: u32 = 4;
 pub const SOCK_DGRAM: u32 = 2;
 pub const SOCK_RAW: u32 = 3;
 pub const IPPROTO_ICMP: u32 = 1;
@@ -201,7 +209,22 @@ pub mod stats {
     /// Ports that went live while `PG_LIVE_PORTS` was full (or the kernel
     /// had no memory for the entry): not tracked by the kernel.
     pub const LIVE_PORTS_FULL: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// DNS queries recorded (a guarded socket of a guard with names sent
+    /// them to port 53 of a resolver the guard may reach).
+    pub const DNS_QUERIES: u32 = 6;
+    /// Answers that matched a recorded query and taught addresses.
+    pub const DNS_ANSWERS_LEARNED: u32 = 7;
+    /// Answers that matched no recorded query (unsolicited, spoofed, late
+    /// or repeated): nothing learned.
+    pub const DNS_ANSWERS_NO_QUERY: u32 = 8;
+    /// Answers whose question is none of the guard's names.
+    pub const DNS_ANSWERS_NOT_IN_POLICY: u32 = 9;
+    /// Answers the walk stopped on before their end (an error RCODE, a
+    /// malformed or unsupported message): what was read before counts.
+    pub const DNS_ANSWERS_NOT_PARSED: u32 = 10;
+    /// Addresses learned (an entry created or extended).
+    pub const DNS_ADDRESSES_LEARNED: u32 = 11;
+    pub const COUNT: u32 = 12;
 }
 
 /// `PG_CONFIG[0]`: which policy is live.
@@ -255,6 +278,10 @@ mod user {
         BriefPortKey,
         DenialCount,
         DenialKey,
+        dns::DnsNameKey,
+        dns::LearnedKey,
+        dns::Learned,
+        dns::PendingQueries,
     );
 }
 
@@ -285,6 +312,10 @@ mod tests {
         assert_eq!(size_of::<BriefPortKey>(), 32);
         assert_eq!(size_of::<DenialCount>(), 24);
         assert_eq!(size_of::<DenialKey>(), 12);
+        assert_eq!(size_of::<dns::DnsNameKey>(), 16);
+        assert_eq!(size_of::<dns::LearnedKey>(), 32);
+        assert_eq!(size_of::<dns::Learned>(), 64);
+        assert_eq!(size_of::<dns::PendingQueries>(), 16 * 40 + 8);
     }
 
     #[test]

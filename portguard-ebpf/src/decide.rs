@@ -116,7 +116,7 @@ pub(crate) fn connect_allowed(guard: &GuardInfo, slot: u32, proto: u8, peer: &Ad
 /// slots (unused ones hold the empty range 1..=0), so the verifier walks it
 /// once rather than once per possible range count.
 #[inline(always)]
-fn port_in(ports: &PortSet, port: u16) -> bool {
+pub(crate) fn port_in(ports: &PortSet, port: u16) -> bool {
     let port = i32::from(port);
     let mut hit = 0i32;
     for i in 0..MAX_PORT_RANGES {

@@ -33,13 +33,15 @@ use aya_ebpf::{
 };
 use portguard_common::{
     AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, MODE_AUDIT, Op, REASON_NONE, REASON_NOT_FROM,
-    REASON_UNAPPROVED_PORT, RULE_HAS_FROM, STAMP_GUARDED, Verdict,
+    REASON_UNAPPROVED_PORT, RULE_HAS_FROM, STAMP_GUARDED, Verdict, stats,
 };
 
 use crate::{
     addr::Addr,
     decide::{bind_rule, from_allowed},
+    dns,
     identity::{Guarded, Socket, refresh, stamp_of_sock},
+    maps::{PG_STATS, add, bump},
     read_config,
     report::{Decision, record},
     udp_peers,
@@ -58,6 +60,23 @@ const TCP_ACK: u8 = 0x10;
 
 #[cgroup_skb(ingress)]
 pub(crate) fn pg_sock_ingress(ctx: SkBuffContext) -> i32 {
+    let verdict = filter(&ctx);
+    // One call site: the DNS walk's callback is verified once.
+    if verdict == PASS {
+        let learned = dns::after_ingress(&ctx);
+        if learned != 0 {
+            bump(&PG_STATS, stats::DNS_ANSWERS_LEARNED);
+            add(&PG_STATS, stats::DNS_ADDRESSES_LEARNED, learned);
+        }
+    }
+    verdict
+}
+
+/// Its own function (a BPF subprogram): its stack frame and the DNS walk's
+/// are never on the stack at once, and together they would not fit in 512
+/// bytes.
+#[inline(never)]
+fn filter(ctx: &SkBuffContext) -> i32 {
     // SAFETY: `sk` of the context is a socket pointer or null, which the
     // verifier tracks; reading it is a checked context load.
     let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
@@ -87,7 +106,7 @@ pub(crate) fn pg_sock_ingress(ctx: SkBuffContext) -> i32 {
         // A closed TCP socket, or another protocol: nothing to judge.
         return PASS;
     };
-    judge(&ctx, sk, proto)
+    judge(ctx, sk, proto)
 }
 
 /// The packet's source and, when the transport header is one we read, the

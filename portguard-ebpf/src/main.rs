@@ -16,6 +16,7 @@
 
 mod addr;
 mod decide;
+mod dns;
 mod identity;
 mod inbound;
 mod inventory;
@@ -153,6 +154,7 @@ fn judge(ctx: &SockAddrContext, op: Op, addr: Addr) -> i32 {
                     Op::Connect | Op::Sendmsg => {
                         udp_peer.as_ref().is_some_and(udp_peers::heard_lately)
                             || connect_allowed(info, slot, proto, &addr, port)
+                            || dns::learned_allows(info, guarded.guard_cgroup, slot, proto, &addr, port)
                     }
                     // Judged in sock_create, the LSM hooks and ingress, never here.
                     Op::Socket | Op::Listen | Op::Accept | Op::Receive => false,

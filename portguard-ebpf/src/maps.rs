@@ -102,3 +102,11 @@ pub(crate) fn bump(map: &PerCpuArray<u64>, index: u32) {
         unsafe { *slot += 1 };
     }
 }
+
+#[inline(always)]
+pub(crate) fn add(map: &PerCpuArray<u64>, index: u32, n: u64) {
+    if let Some(slot) = map.get_ptr_mut(index) {
+        // SAFETY: as in `bump`.
+        unsafe { *slot += n };
+    }
+}

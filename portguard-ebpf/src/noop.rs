@@ -58,6 +58,11 @@ pub(crate) fn pg_sock_release(_ctx: SockContext) -> i32 {
     1
 }
 
+#[cgroup_skb(egress)]
+pub(crate) fn pg_sock_egress(_ctx: SkBuffContext) -> i32 {
+    1
+}
+
 #[cgroup_skb(ingress)]
 pub(crate) fn pg_sock_ingress(_ctx: SkBuffContext) -> i32 {
     1

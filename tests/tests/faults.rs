@@ -160,7 +160,7 @@ fn a_restart_on_a_kernel_without_a_hook_keeps_the_pinned_guard() {
     let mut sb = Sandbox::enforcing("nohookrestart", &["/app"], &policy(7000));
     assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "8081"]), "err EPERM");
     let before = attached_programs(&sb, "/app");
-    assert_eq!(before.len(), 12, "the twelve cgroup programs at the guarded cgroup: {before:?}");
+    assert_eq!(before.len(), 13, "the thirteen cgroup programs at the guarded cgroup: {before:?}");
     sb.stop_agent();
     // The new agent brings a different policy: 7001 instead of 7000.
     sb.write_policy(&policy(7001));
@@ -180,7 +180,7 @@ fn a_restart_on_a_kernel_without_a_hook_keeps_the_pinned_guard() {
     );
 }
 
-/// A start that fails after it attached some programs: the fifth of twelve
+/// A start that fails after it attached some programs: the fifth of thirteen
 /// links (connect6) is refused, after sock_create, bind4, bind6 and connect4
 /// were attached. The links it made go with it; no hook is left on.
 #[test]

@@ -144,6 +144,9 @@ pub(super) fn load_error(name: &'static str, e: aya::programs::ProgramError) -> 
     match e {
         aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
             let log = verifier_log.to_string();
+            // The whole log, for whoever has to find out why (it can be
+            // megabytes; the error itself carries its last line).
+            tracing::debug!(program = name, log = %log, "verifier log");
             match log.lines().rev().find(|l| !l.trim().is_empty()) {
                 None => LoadError::HookMissing { name, source: io_error },
                 Some(last) => LoadError::Verifier { name, verdict: last.trim().to_owned(), source: io_error },

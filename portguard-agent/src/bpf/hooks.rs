@@ -15,6 +15,8 @@ pub(crate) enum Kind {
     SockOps,
     /// `cgroup_skb/ingress`: packets received by the cgroup's sockets.
     CgroupSkbIngress,
+    /// `cgroup_skb/egress`: packets the cgroup's sockets send.
+    CgroupSkbEgress,
     /// A BPF LSM program on the named LSM hook: optional, and attached to
     /// the hook itself, not to a cgroup.
     Lsm(&'static str),
@@ -41,9 +43,11 @@ const fn hook(program: &'static str, section: &'static str, attach_type: &'stati
 /// In attach order. `sock_create` comes first, so that a guarded cgroup's
 /// sockets are stamped before any hook that reads stamps runs there; the
 /// port-inventory programs (post_bind, sock_ops, sock_release) come after
-/// them: they only report. The inbound filter comes last: until it is
-/// attached, inbound traffic flows as it did before the cgroup was guarded.
-pub(crate) const HOOKS: [Hook; 14] = [
+/// them: they only report. The DNS query recorder (egress) comes before
+/// the inbound filter, which learns from the answers to what it recorded.
+/// The inbound filter comes last: until it is attached, inbound traffic
+/// flows as it did before the cgroup was guarded.
+pub(crate) const HOOKS: [Hook; 15] = [
     hook("pg_sock_create", "cgroup/sock_create", "BPF_CGROUP_INET_SOCK_CREATE", Kind::CgroupSock),
     hook("pg_bind4", "cgroup/bind4", "BPF_CGROUP_INET4_BIND", Kind::CgroupSockAddr),
     hook("pg_bind6", "cgroup/bind6", "BPF_CGROUP_INET6_BIND", Kind::CgroupSockAddr),
@@ -55,6 +59,7 @@ pub(crate) const HOOKS: [Hook; 14] = [
     hook("pg_post_bind6", "cgroup/post_bind6", "BPF_CGROUP_INET6_POST_BIND", Kind::CgroupSock),
     hook("pg_sock_ops", "sockops", "BPF_CGROUP_SOCK_OPS", Kind::SockOps),
     hook("pg_sock_release", "cgroup/sock_release", "BPF_CGROUP_INET_SOCK_RELEASE", Kind::CgroupSock),
+    hook("pg_sock_egress", "cgroup_skb/egress", "BPF_CGROUP_INET_EGRESS", Kind::CgroupSkbEgress),
     hook("pg_sock_ingress", "cgroup_skb/ingress", "BPF_CGROUP_INET_INGRESS", Kind::CgroupSkbIngress),
     hook("pg_socket_listen", "lsm/socket_listen", "BPF_LSM_MAC", Kind::Lsm("socket_listen")),
     hook("pg_socket_create", "lsm/socket_create", "BPF_LSM_MAC", Kind::Lsm("socket_create")),
@@ -80,10 +85,11 @@ pub(crate) fn of(program: &str) -> &'static Hook {
 }
 
 /// Maps pinned so that they outlive the agent: the policy, the socket
-/// stamps, the UDP reply window, the counters, the event rings and the
-/// live and brief ports. Scratch and lookup tables the
-/// agent refills at each load are not pinned.
-pub(crate) const PINNED_MAPS: [&str; 15] = [
+/// stamps, the UDP reply window, the counters, the event rings, the
+/// live and brief ports, and the DNS name key, names, learned addresses
+/// and pending queries (learning goes on while no agent runs). Scratch and
+/// lookup tables the agent refills at each load are not pinned.
+pub(crate) const PINNED_MAPS: [&str; 19] = [
     map_names::CONFIG,
     map_names::GUARDS,
     map_names::BIND_RULES,
@@ -99,6 +105,10 @@ pub(crate) const PINNED_MAPS: [&str; 15] = [
     map_names::DENIAL_COUNTS,
     map_names::LIVE_PORTS,
     map_names::BRIEF_PORTS,
+    map_names::DNS_KEY,
+    map_names::DNS_NAMES,
+    map_names::DNS_LEARNED,
+    map_names::SK_DNS,
 ];
 
 #[cfg(test)]

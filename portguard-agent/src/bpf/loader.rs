@@ -266,11 +266,14 @@ impl Enforcer {
                     let id = p.attach(&cgroup, CgroupAttachMode::Single).map_err(attach_err)?;
                     p.take_link(id).map_err(prog_err)?.try_into()
                 }
-                Kind::CgroupSkbIngress => {
+                Kind::CgroupSkbIngress | Kind::CgroupSkbEgress => {
+                    let direction = if hook.kind == Kind::CgroupSkbIngress {
+                        CgroupSkbAttachType::Ingress
+                    } else {
+                        CgroupSkbAttachType::Egress
+                    };
                     let p = <&mut CgroupSkb>::try_from(&mut *program).map_err(prog_err)?;
-                    let id = p
-                        .attach(&cgroup, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
-                        .map_err(attach_err)?;
+                    let id = p.attach(&cgroup, direction, CgroupAttachMode::Single).map_err(attach_err)?;
                     p.take_link(id).map_err(prog_err)?.try_into()
                 }
                 Kind::Lsm(_) => continue,
@@ -345,7 +348,9 @@ fn load_object(pins: &PinLayout, object: &[u8]) -> Result<Ebpf, LoadError> {
             Kind::CgroupSockAddr => <&mut CgroupSockAddr>::try_from(&mut *program).map_err(prog_err)?.load(),
             Kind::SockOps => <&mut SockOps>::try_from(&mut *program).map_err(prog_err)?.load(),
             Kind::CgroupSock => <&mut CgroupSock>::try_from(&mut *program).map_err(prog_err)?.load(),
-            Kind::CgroupSkbIngress => <&mut CgroupSkb>::try_from(&mut *program).map_err(prog_err)?.load(),
+            Kind::CgroupSkbIngress | Kind::CgroupSkbEgress => {
+                <&mut CgroupSkb>::try_from(&mut *program).map_err(prog_err)?.load()
+            }
             Kind::Lsm(_) => continue,
         }
         .map_err(|e| load_error(name, e))?;

@@ -15,6 +15,8 @@ mod lsm;
 mod pinned;
 mod policy_maps;
 mod syscall;
+#[cfg(test)]
+mod verifier_budget;
 
 pub(crate) use bpffs::check_pin_dir;
 pub(crate) use error::LoadError;

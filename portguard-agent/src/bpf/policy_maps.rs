@@ -19,7 +19,9 @@ use aya::{
 };
 use portguard_common::{
     BindKey, Config, ConnectKey, FromKey, GuardInfo, GuardKey, MAX_GUARDS, MAX_PREFIX_LENS, MODE_AUDIT,
-    MODE_ENFORCE, PortSet, RuleRef, map_names,
+    MODE_ENFORCE, PortSet, RuleRef,
+    dns::{DnsNameKey, NameKey, name_hash},
+    map_names,
 };
 
 use crate::policy::{CompiledPolicy, Mode};
@@ -36,6 +38,8 @@ pub(crate) enum MapsError {
     },
     #[error("more than {MAX_GUARDS} guards have been defined over this agent's lifetime")]
     OutOfGuardIds,
+    #[error("cannot make the DNS name key: getrandom: {0}")]
+    Random(std::io::Error),
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> MapsError {
@@ -74,6 +78,10 @@ pub(crate) struct KernelPolicy {
     pub bind: FxHashMap<BindKey, RuleRef>,
     pub from: FxHashMap<FromKey, u32>,
     pub connect: FxHashMap<ConnectKey, PortSet>,
+    /// (guard id, protocol, DNS name): the ports allowed to its learned
+    /// addresses. Names, not hashes: the map layer hashes them with the
+    /// pinned key when it writes a slot.
+    pub names: FxHashMap<(u32, u8, String), PortSet>,
 }
 
 impl KernelPolicy {
@@ -116,6 +124,7 @@ impl KernelPolicy {
             out.bind.extend(g.bind.iter().map(|(k, v)| (BindKey { guard_id, ..*k }, *v)));
             out.from.extend(g.from.iter().map(|(k, v)| (FromKey { guard_id, ..*k }, *v)));
             out.connect.extend(g.connect.iter().map(|(k, v)| (ConnectKey { guard_id, ..*k }, *v)));
+            out.names.extend(g.names.iter().map(|((proto, name), v)| ((guard_id, *proto, name.clone()), *v)));
         }
         out
     }
@@ -135,8 +144,13 @@ pub(crate) struct PolicyMaps {
     bind: BpfHashMap<MapData, BindKey, RuleRef>,
     from: BpfHashMap<MapData, FromKey, u32>,
     connect: BpfHashMap<MapData, ConnectKey, PortSet>,
+    dns_names: BpfHashMap<MapData, DnsNameKey, PortSet>,
+    /// The pinned key names are hashed with (see `dns_key`).
+    name_key: NameKey,
     generation: u64,
     slots: [KernelPolicy; 2],
+    /// What each slot of `dns_names` holds, hashed (slot field zero).
+    name_slots: [FxHashMap<DnsNameKey, PortSet>; 2],
     last_switch: Option<Instant>,
 }
 
@@ -160,6 +174,9 @@ impl PolicyMaps {
         let connect = BpfHashMap::try_from(take(map_names::CONNECT_RULES)?)
             .map_err(map_err(map_names::CONNECT_RULES))?;
         let generation = config.get(&0, 0).map_err(map_err(map_names::CONFIG))?.generation;
+        let dns_names =
+            BpfHashMap::try_from(take(map_names::DNS_NAMES)?).map_err(map_err(map_names::DNS_NAMES))?;
+        let name_key = dns_key(take(map_names::DNS_KEY)?)?;
         fill_prefix_masks(take(map_names::PREFIX_MASKS)?)?;
         let mut maps = PolicyMaps {
             config,
@@ -167,12 +184,16 @@ impl PolicyMaps {
             bind,
             from,
             connect,
+            dns_names,
+            name_key,
             generation,
             slots: Default::default(),
+            name_slots: Default::default(),
             last_switch: None,
         };
         for slot in 0..2 {
             maps.slots[slot] = maps.read_slot(slot as u8)?;
+            maps.name_slots[slot] = maps.read_name_slot(slot as u8)?;
         }
         Ok(maps)
     }
@@ -217,6 +238,31 @@ impl PolicyMaps {
         Ok(out)
     }
 
+    /// The hashed names `dns_names` holds in `slot`. What a slot held is
+    /// known by hash only (the kernel never sees a name): `slots` keeps no
+    /// names after a restart, and the first apply rewrites by hash.
+    fn read_name_slot(&self, slot: u8) -> Result<FxHashMap<DnsNameKey, PortSet>, MapsError> {
+        let mut out = FxHashMap::default();
+        for item in self.dns_names.iter() {
+            let (k, v) = item.map_err(map_err(map_names::DNS_NAMES))?;
+            if k.slot == slot {
+                out.insert(DnsNameKey { slot: 0, ..k }, v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `new`'s names as the kernel keys them.
+    fn hashed_names(&self, new: &KernelPolicy) -> FxHashMap<DnsNameKey, PortSet> {
+        new.names
+            .iter()
+            .map(|((guard_id, proto, name), ports)| {
+                let hash = name_hash(&self.name_key, name.split('.').map(str::as_bytes));
+                (DnsNameKey { guard_id: *guard_id, slot: 0, proto: *proto, _pad: 0, hash }, *ports)
+            })
+            .collect()
+    }
+
     /// Makes `new` the live policy in one switch.
     pub(crate) fn apply(&mut self, new: KernelPolicy) -> Result<ApplyStats, MapsError> {
         if let Some(t) = self.last_switch {
@@ -231,6 +277,7 @@ impl PolicyMaps {
             Ok((written, deleted)) => {
                 self.config.set(0, Config { generation: next }, 0).map_err(map_err(map_names::CONFIG))?;
                 self.generation = next;
+                self.name_slots[slot as usize] = self.hashed_names(&new);
                 self.slots[slot as usize] = new;
                 self.last_switch = Some(Instant::now());
                 Ok(ApplyStats { generation: next, written, deleted })
@@ -240,6 +287,9 @@ impl PolicyMaps {
                 // what it holds so the next attempt diffs against the truth.
                 if let Ok(actual) = self.read_slot(slot) {
                     self.slots[slot as usize] = actual;
+                }
+                if let Ok(actual) = self.read_name_slot(slot) {
+                    self.name_slots[slot as usize] = actual;
                 }
                 Err(e)
             }
@@ -268,6 +318,16 @@ impl PolicyMaps {
             remove(&mut self.connect, &ConnectKey { slot, ..*k }, map_names::CONNECT_RULES)?;
             deleted += 1;
         }
+        let names = self.hashed_names(new);
+        let old_names = &self.name_slots[slot as usize];
+        for k in old_names.keys().filter(|k| !names.contains_key(k)) {
+            remove(&mut self.dns_names, &DnsNameKey { slot, ..*k }, map_names::DNS_NAMES)?;
+            deleted += 1;
+        }
+        for (k, v) in names.iter().filter(|(k, v)| old_names.get(k) != Some(v)) {
+            self.dns_names.insert(DnsNameKey { slot, ..*k }, v, 0).map_err(map_err(map_names::DNS_NAMES))?;
+            written += 1;
+        }
         for (k, v) in new.from.iter().filter(|(k, v)| old.from.get(k) != Some(v)) {
             self.from.insert(FromKey { slot, ..*k }, v, 0).map_err(map_err(map_names::FROM_RULES))?;
             written += 1;
@@ -291,6 +351,31 @@ impl PolicyMaps {
         }
         Ok((written, deleted))
     }
+}
+
+/// The SipHash key of DNS names: made once from the kernel's random source
+/// and kept in the pinned `PG_DNS_KEY`, so that every later agent hashes
+/// names as the kernel hashed the answers it learned from, and no workload
+/// can pick a name that collides with an allowed one.
+fn dns_key(map: aya::maps::Map) -> Result<NameKey, MapsError> {
+    let name = map_names::DNS_KEY;
+    let mut keys: Array<MapData, NameKey> = Array::try_from(map).map_err(map_err(name))?;
+    let key = keys.get(&0, 0).map_err(map_err(name))?;
+    if key != [0, 0] {
+        return Ok(key);
+    }
+    let mut bytes = [0u8; 16];
+    // SAFETY: the kernel writes at most `bytes.len()` bytes into `bytes`.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        return Err(MapsError::Random(std::io::Error::last_os_error()));
+    }
+    let key = [
+        u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")),
+        u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes")),
+    ];
+    keys.set(0, key, 0).map_err(map_err(name))?;
+    Ok(key)
 }
 
 /// `PG_PREFIX_MASKS[n]` keeps the first n bits of a 16-byte address; the

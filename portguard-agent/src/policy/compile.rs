@@ -4,7 +4,10 @@
 //! stamps those on when it writes a slot, so a compiled policy can be
 //! compared with what a slot already holds and only the difference written.
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 // FxHash: these maps hold up to hundreds of thousands of small fixed-size
 // keys built from our own policy; SipHash's DoS resistance buys nothing here
@@ -14,8 +17,10 @@ use rustc_hash::FxHashMap as HashMap;
 use ipnet::IpNet;
 use portguard_common::{
     AF_INET, AF_INET6, BIND_ADDR_ANY, BIND_ADDR_EXACT, BindKey, ConnectKey, FromKey,
-    GUARD_ALLOW_EPHEMERAL_BIND, GUARD_ALLOW_OTHER_SOCKETS, MAX_BIND_ENTRIES, MAX_CONNECT_ENTRIES,
-    MAX_FROM_ENTRIES, MAX_PORT_RANGES, MAX_PREFIX_LENS, PortRange, PortSet, RULE_HAS_FROM, RuleRef,
+    GUARD_ALLOW_EPHEMERAL_BIND, GUARD_ALLOW_OTHER_SOCKETS, GUARD_HAS_NAMES, MAX_BIND_ENTRIES,
+    MAX_CONNECT_ENTRIES, MAX_FROM_ENTRIES, MAX_PORT_RANGES, MAX_PREFIX_LENS, PortRange, PortSet,
+    RULE_HAS_FROM, RuleRef,
+    dns::{MAX_NAME_ENTRIES, MAX_NAMES_PER_GUARD},
 };
 
 use super::{
@@ -38,6 +43,9 @@ pub struct CompiledGuard {
     /// `PG_FROM_RULES` keys (`guard_id`, `slot` left zero).
     pub from: HashMap<FromKey, u32>,
     pub connect: HashMap<ConnectKey, PortSet>,
+    /// The ports each (protocol, DNS name) allows to the addresses the
+    /// guard's workloads learn for the name.
+    pub names: BTreeMap<(u8, String), PortSet>,
     /// Prefix lengths with connect entries, longest first.
     pub v4_prefix_lens: Vec<u8>,
     pub v6_prefix_lens: Vec<u8>,
@@ -70,6 +78,7 @@ impl CompiledPolicy {
 pub(super) fn compile(src: &Source, policy: &Policy) -> Result<CompiledPolicy, PolicyError> {
     let mut guards = Vec::with_capacity(policy.guards.len());
     let (mut bind_total, mut connect_total, mut from_total) = (0usize, 0usize, 0usize);
+    let mut names_total = 0usize;
     for g in &policy.guards {
         let mut bind = HashMap::default();
         let mut from = HashMap::default();
@@ -132,22 +141,18 @@ pub(super) fn compile(src: &Source, policy: &Policy) -> Result<CompiledPolicy, P
                 }
             }
         }
+        let names = name_entries(src, g)?;
+        names_total += names.len();
+        if names_total > MAX_NAME_ENTRIES as usize {
+            return Err(src.error_at(
+                g.connect.first().map(|r| r.span.clone()),
+                format!("guard {:?}: the policy needs more than {MAX_NAME_ENTRIES} DNS name entries", g.name),
+            ));
+        }
         let mut connect = HashMap::with_capacity_and_hasher(ports.len(), Default::default());
         let (mut v4, mut v6) = (BTreeSet::new(), BTreeSet::new());
         for (key, (ranges, span)) in ports {
-            let merged = merge_ranges(ranges);
-            if merged.len() > MAX_PORT_RANGES {
-                return Err(src.error_at(
-                    Some(span),
-                    format!(
-                        "guard {:?}: a peer allows {} separate port ranges; portguard holds at most {MAX_PORT_RANGES} per peer and protocol",
-                        g.name,
-                        merged.len()
-                    ),
-                ));
-            }
-            let mut set = PortSet { count: merged.len() as u32, ranges: [PortRange::EMPTY; MAX_PORT_RANGES] };
-            set.ranges[..merged.len()].copy_from_slice(&merged);
+            let set = port_set(src, g, ranges, span)?;
             if key.family == AF_INET {
                 v4.insert(key.prefix_len)
             } else {
@@ -182,16 +187,72 @@ pub(super) fn compile(src: &Source, policy: &Policy) -> Result<CompiledPolicy, P
             target: g.target.clone(),
             mode: g.mode,
             flags: (if g.allow_ephemeral_bind { GUARD_ALLOW_EPHEMERAL_BIND } else { 0 })
-                | (if g.allow_raw_sockets { GUARD_ALLOW_OTHER_SOCKETS } else { 0 }),
+                | (if g.allow_raw_sockets { GUARD_ALLOW_OTHER_SOCKETS } else { 0 })
+                | (if names.is_empty() { 0 } else { GUARD_HAS_NAMES }),
             bind,
             bind_from,
             from,
             connect,
+            names,
             v4_prefix_lens: v4.into_iter().rev().collect(),
             v6_prefix_lens: v6.into_iter().rev().collect(),
         });
     }
     Ok(CompiledPolicy { guards })
+}
+
+/// The ports each (protocol, name) of the guard's connect rules allows,
+/// merged across rules as for addresses.
+fn name_entries(src: &Source, g: &super::GuardSpec) -> Result<BTreeMap<(u8, String), PortSet>, PolicyError> {
+    let mut ports: BTreeMap<(u8, String), (Vec<PortRange>, std::ops::Range<usize>)> = BTreeMap::new();
+    for rule in &g.connect {
+        for name in &rule.names {
+            for &proto in rule.proto.ip_protocols() {
+                let entry =
+                    ports.entry((proto, name.clone())).or_insert_with(|| (Vec::new(), rule.span.clone()));
+                entry.0.extend(rule.ports.iter().map(|p| PortRange { first: p.first, last: p.last }));
+            }
+        }
+    }
+    let distinct: BTreeSet<&str> = ports.keys().map(|(_, n)| n.as_str()).collect();
+    if distinct.len() > MAX_NAMES_PER_GUARD {
+        return Err(src.error_at(
+            g.connect.first().map(|r| r.span.clone()),
+            format!(
+                "guard {:?}: connect rules list {} DNS names; portguard supports at most {MAX_NAMES_PER_GUARD} per guard",
+                g.name,
+                distinct.len()
+            ),
+        ));
+    }
+    let mut out = BTreeMap::new();
+    for (key, (ranges, span)) in ports {
+        out.insert(key, port_set(src, g, ranges, span)?);
+    }
+    Ok(out)
+}
+
+/// The kernel's form of a peer's port ranges, merged.
+fn port_set(
+    src: &Source,
+    g: &super::GuardSpec,
+    ranges: Vec<PortRange>,
+    span: std::ops::Range<usize>,
+) -> Result<PortSet, PolicyError> {
+    let merged = merge_ranges(ranges);
+    if merged.len() > MAX_PORT_RANGES {
+        return Err(src.error_at(
+            Some(span),
+            format!(
+                "guard {:?}: a peer allows {} separate port ranges; portguard holds at most {MAX_PORT_RANGES} per peer and protocol",
+                g.name,
+                merged.len()
+            ),
+        ));
+    }
+    let mut set = PortSet { count: merged.len() as u32, ranges: [PortRange::EMPTY; MAX_PORT_RANGES] };
+    set.ranges[..merged.len()].copy_from_slice(&merged);
+    Ok(set)
 }
 
 /// Adds the `PG_FROM_RULES` entries of bind rule `index` of `g` to `from`

@@ -67,9 +67,9 @@ fn bad_peers_are_refused() {
     refused(&format!("{g}peer = \"10.0.0.0/33\"\n"), 6, "not an IP address");
     refused(&format!("{g}peer = \"10.0.0.1/8\"\n"), 6, "host bits");
     refused(
-        &format!("{g}peer = \"db.internal\"\n"),
+        &format!("{g}peer = \"*.db.internal\"\n"),
         6,
-        "DNS names as peers (\"db.internal\") are not enforced yet",
+        "wildcard names as peers (\"*.db.internal\") are not enforced yet",
     );
     refused(
         &format!("{g}peer = [\"10.0.0.0/8\", \"nope\"]\n"),
@@ -80,6 +80,45 @@ fn bad_peers_are_refused() {
     refused(&format!("{g}peer = \"10.0.0.256\"\n"), 6, "looks like an IP address");
     refused(&format!("{g}peer = \"bücher.example\"\n"), 6, "\"xn--bcher-kva.example\"");
     refused(&format!("{g}peer = []\n"), 6, "empty peer");
+}
+
+#[test]
+fn names_compile_per_protocol_with_their_ports_merged() {
+    let (_, c) = ok(r#"
+[[guard]]
+name = "a"
+cgroup = "/a"
+[[guard.connect]]
+peer = ["DB.Internal.", "10.0.0.0/8"]
+ports = [5432]
+[[guard.connect]]
+peer = "db.internal"
+ports = ["6000-6001"]
+proto = "udp"
+"#);
+    let g = &c.guards[0];
+    assert_ne!(g.flags & portguard_common::GUARD_HAS_NAMES, 0);
+    let ranges = |proto| {
+        let set = &g.names[&(proto, "db.internal".to_owned())];
+        set.ranges[..set.count as usize].iter().map(|r| (r.first, r.last)).collect::<Vec<_>>()
+    };
+    assert_eq!(ranges(IPPROTO_TCP), [(5432, 5432)]);
+    assert_eq!(ranges(IPPROTO_UDP), [(6000, 6001)]);
+    assert_eq!(g.names.len(), 2);
+    // Without names the kernel skips every DNS step for the guard.
+    let (_, c) =
+        ok("[[guard]]\nname = \"a\"\ncgroup = \"/a\"\n[[guard.connect]]\npeer = \"10.0.0.1\"\nports = [1]\n");
+    assert_eq!(c.guards[0].flags & portguard_common::GUARD_HAS_NAMES, 0);
+}
+
+#[test]
+fn a_guard_holds_at_most_1024_names() {
+    let names: Vec<String> = (0..1025).map(|i| format!("\"n{i}.example\"")).collect();
+    let text = format!(
+        "[[guard]]\nname = \"a\"\ncgroup = \"/a\"\n[[guard.connect]]\npeer = [{}]\nports = [443]\n",
+        names.join(", ")
+    );
+    refused(&text, 5, "connect rules list 1025 DNS names; portguard supports at most 1024 per guard");
 }
 
 #[test]

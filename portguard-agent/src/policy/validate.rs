@@ -7,6 +7,7 @@ use portguard_common::{MAX_CGROUP_DEPTH, MAX_GUARDS};
 
 use super::{
     PolicyError, Source,
+    dns_name::Wildcard,
     model::{self, Expiry, Mode, PodSelector, PortSpec, Proto},
 };
 
@@ -92,6 +93,9 @@ pub struct BindRuleSpec {
 #[derive(Debug, Clone)]
 pub struct ConnectRuleSpec {
     pub peers: Vec<IpNet>,
+    /// Literal DNS names (normalised): the addresses a workload learns for
+    /// them from DNS answers, while the answers last.
+    pub names: Vec<String>,
     pub ports: Vec<PortSpec>,
     pub proto: Proto,
     pub catalog: Catalog,
@@ -370,11 +374,11 @@ fn connect_rules(
         .into_iter()
         .map(|r| {
             let span = r.peer.span();
-            if let Some(pattern) = r.peer.get_ref().names.first() {
+            if let Some(pattern) = r.peer.get_ref().names.iter().find(|p| p.wildcard != Wildcard::None) {
                 return Err(src.error_at(
                     Some(span),
                     format!(
-                        "guard {name:?}: DNS names as peers (\"{pattern}\") are not enforced yet: list the addresses or networks it resolves to"
+                        "guard {name:?}: wildcard names as peers (\"{pattern}\") are not enforced yet: list each name"
                     ),
                 ));
             }
@@ -391,8 +395,10 @@ fn connect_rules(
                     ),
                 ));
             }
+            let peers = r.peer.into_inner();
             Ok(ConnectRuleSpec {
-                peers: r.peer.into_inner().nets,
+                peers: peers.nets,
+                names: peers.names.into_iter().map(|p| p.suffix).collect(),
                 ports: r.ports.into_inner(),
                 proto: r.proto,
                 catalog: catalog(r.owner, r.purpose, r.approved_by, r.ticket, r.expires),

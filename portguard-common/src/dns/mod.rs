@@ -2,8 +2,9 @@
 //! keyed name hash the agent and the kernel share, and the walk of a DNS
 //! answer that the receive path runs one step per `bpf_loop` iteration.
 //!
-//! Not wired in yet: the agent refuses names in a policy until the kernel
-//! side lands. The walk is written in the shape the verifier accepts (the
+//! The kernel side is `portguard-ebpf/src/dns.rs`: egress records queries
+//! ([`PendingQueries`]), ingress walks answers and writes [`Learned`]
+//! entries, connect and sendmsg read them. The walk is written in the shape the verifier accepts (the
 //! stage-0 spike verified the same structure at 7,934 instructions): the
 //! message sits in a buffer of [`MSG_BUF`] bytes, every index is masked
 //! right before use, all state is one `#[repr(C)]` struct (a per-CPU map
@@ -544,6 +545,8 @@ impl DnsWalk {
     }
 }
 
+mod learned;
+pub use learned::*;
 mod pending;
 pub use pending::{PENDING_QUERIES, PendingQueries, PendingQuery, QUERY_WINDOW_NS};
 

@@ -55,9 +55,20 @@ impl PendingQueries {
     /// asked for (counted, never learned from).
     #[inline(always)]
     pub fn take(&mut self, answer: &PendingQuery, now_ns: u64) -> Option<PendingQuery> {
+        let i = self.find(answer, now_ns)?;
+        let q = self.slots[i];
+        self.slots[i] = PendingQuery::default();
+        Some(q)
+    }
+
+    /// The slot of the query `answer` answers (see [`Self::take`]), left
+    /// in place: the kernel matches against a copy and then clears the
+    /// slot in the socket's storage with [`Self::clear_if`].
+    #[inline(always)]
+    pub fn find(&self, answer: &PendingQuery, now_ns: u64) -> Option<usize> {
         let mut i = 0;
         while i < PENDING_QUERIES {
-            let q = self.slots[i];
+            let q = &self.slots[i];
             if q.sent_ns != 0
                 && now_ns.wrapping_sub(q.sent_ns) < QUERY_WINDOW_NS
                 && q.txid == answer.txid
@@ -67,12 +78,21 @@ impl PendingQueries {
                 && q.question == answer.question
                 && q.qtype == answer.qtype
             {
-                self.slots[i] = PendingQuery::default();
-                return Some(q);
+                return Some(i);
             }
             i += 1;
         }
         None
+    }
+
+    /// Clears slot `i` if it still holds `query` (a newer query may have
+    /// taken the slot since it was matched: that one stays).
+    #[inline(always)]
+    pub fn clear_if(&mut self, i: usize, query: &PendingQuery) {
+        let slot = &mut self.slots[i & (PENDING_QUERIES - 1)];
+        if slot.sent_ns == query.sent_ns && slot.txid == query.txid {
+            *slot = PendingQuery::default();
+        }
     }
 }
 

@@ -33,6 +33,11 @@
 //!       creates the socket, prints "ready", waits for FILE, then connects
 //!       (after moving itself into PROCS, when given)
 //!   pg-probe socket raw|sctp|packet        (just create one)
+//!   pg-probe dns-race SERVER PREFIX SUFFIX COUNT PORT
+//!       COUNT lookups of PREFIX{i}.SUFFIX, a TCP connect to PORT of each answer at once:
+//!       "lookups=N answered=A connected=C refused=R other=O"
+//!   pg-probe dns-ask SERVER NAME TXID MILLIS  (one query; "port=N", then each answer, "done")
+//!   pg-probe dns-forge SRC SRC_PORT DST DST_PORT NAME TXID ADDR  (a forged A answer)
 //!   pg-probe ping IP                       (ICMP ping socket, one echo request to IP)
 //!   pg-probe listen-unbound                (TCP listen() without bind(): autobind)
 //!   pg-probe serve [tcp|mptcp] IP PORT     (bind() then listen())
@@ -78,6 +83,7 @@ mod bind;
 mod bpf_fault;
 mod connect;
 mod datagram;
+mod dns;
 mod escape;
 mod holders;
 mod inbound;
@@ -89,7 +95,7 @@ mod socket_kinds;
 mod throughput;
 mod uring;
 
-use std::process::ExitCode;
+use std::{net::IpAddr, process::ExitCode};
 
 use bind::{bind, bind_unspec, hold, listen_unbound, serve};
 use connect::{
@@ -127,6 +133,26 @@ fn main() -> ExitCode {
             wait_then_connect(proto, parse_ip(ip), port(p), file, Some(procs))
         }
         ["socket", kind] => create_socket(kind),
+        ["dns-race", server, prefix, suffix, count, p] => {
+            dns::race(parse_ip(server), prefix, suffix, count.parse().expect("count"), port(p))
+        }
+        ["dns-ask", server, name, txid, millis] => dns::ask(
+            parse_ip(server),
+            name,
+            txid.parse().expect("txid"),
+            millis.parse().expect("milliseconds"),
+        ),
+        ["dns-forge", src, src_port, dst, dst_port, name, txid, addr] => {
+            let IpAddr::V4(a) = parse_ip(addr) else { panic!("dns-forge answers IPv4 addresses") };
+            dns::forge(
+                parse_ip(src),
+                port(src_port),
+                std::net::SocketAddr::new(parse_ip(dst), port(dst_port)),
+                name,
+                txid.parse().expect("txid"),
+                a.octets(),
+            )
+        }
         ["ping", ip] => ping(parse_ip(ip)),
         ["listen-unbound"] => listen_unbound(),
         ["serve", ip, p] => serve("tcp", parse_ip(ip), port(p)),

@@ -1,0 +1,540 @@
+//! Peers by DNS name (#17): the kernel learns, per guarded cgroup, the
+//! addresses that DNS answers gave it for its guard's names, and connect and
+//! sendmsg allow those addresses on the names' ports until the answer
+//! expires.
+//!
+//! * `cgroup_skb/egress` ([`note_query`]): a UDP datagram a guarded socket
+//!   sends to port 53 of a resolver its guard may reach is a query: its
+//!   transaction id, resolver and question go into the socket's own
+//!   pending table (socket storage, freed with the socket).
+//! * `cgroup_skb/ingress` ([`after_ingress`]): a datagram from port 53 is
+//!   walked before the kernel queues it to the socket, so the addresses are
+//!   in `PG_DNS_LEARNED` before `recvmsg` can return the answer: there is no
+//!   window in which the workload holds an address connect would refuse.
+//!   It teaches something only if it takes a pending query of the same
+//!   socket (id, resolver address and port, question, type) and its
+//!   question is one of the guard's names.
+//! * connect4/6 and sendmsg4/6 ([`learned_allows`]): after the address
+//!   rules, an address learned for a name whose rule allows the port.
+//!
+//! The walk itself is `portguard_common::dns`, one step per `bpf_loop`
+//! iteration with its state in a per-CPU map value (one per direction:
+//! a receive in softirq can interrupt a send on the same CPU, and a busy
+//! flag makes a nested run on the same CPU skip instead of clobbering).
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{BPF_SK_STORAGE_GET_F_CREATE, bpf_sock},
+    btf_maps::SkStorage,
+    helpers::generated::{
+        bpf_ktime_get_boot_ns, bpf_loop, bpf_sk_fullsock, bpf_sk_storage_get, bpf_skb_load_bytes,
+    },
+    macros::{btf_map, cgroup_skb, map},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    programs::SkBuffContext,
+};
+use portguard_common::{
+    AF_INET, AF_INET6, GUARD_HAS_NAMES, GuardInfo, IPPROTO_TCP, IPPROTO_UDP, MODE_AUDIT, PortSet,
+    STAMP_GUARDED,
+    dns::{
+        self, Buf, DnsNameKey, DnsWalk, LEARNED_ENTRIES, Learned, LearnedKey, MAX_NAME_ENTRIES, MSG_BUF,
+        NameKey, PENDING_QUERIES, PendingQueries, PendingQuery,
+    },
+    stats,
+};
+
+use crate::{
+    addr::Addr,
+    decide::{connect_allowed, port_in},
+    identity::{Socket, refresh, stamp_of_sock},
+    maps::{PG_STATS, bump},
+    read_config,
+};
+
+const DNS_PORT: u16 = 53;
+
+/// Policy maps are written while programs read them (see maps.rs).
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// The pinned SipHash key names are hashed with (made once by the agent).
+#[map(name = "PG_DNS_KEY")]
+pub(crate) static PG_DNS_KEY: Array<NameKey> = Array::with_max_entries(1, 0);
+
+/// The guards' names, per slot and protocol, with the ports allowed to
+/// their addresses.
+#[map(name = "PG_DNS_NAMES")]
+pub(crate) static PG_DNS_NAMES: HashMap<DnsNameKey, PortSet> =
+    HashMap::with_max_entries(portguard_common::SLOTS * MAX_NAME_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Addresses learned per guarded cgroup. LRU: when full, the entry used
+/// least recently makes room; a workload that then connects to it again
+/// must resolve it again (refused until it does, never opened wider).
+#[map(name = "PG_DNS_LEARNED")]
+pub(crate) static PG_DNS_LEARNED: LruHashMap<LearnedKey, Learned> =
+    LruHashMap::with_max_entries(LEARNED_ENTRIES, 0);
+
+/// Each guarded socket's queries in flight.
+#[btf_map(name = "PG_SK_DNS")]
+pub(crate) static PG_SK_DNS: SkStorage<PendingQueries> = SkStorage::new();
+
+/// A message, its walk, and what the walk's callback needs to match and
+/// learn: the callback may touch only maps, never the socket.
+#[repr(C)]
+pub(crate) struct Scratch {
+    buf: Buf,
+    walk: DnsWalk,
+    /// A copy of the socket's pending queries (ingress).
+    pending: PendingQueries,
+    /// The answer's resolver, as a pending query names it (`sent_ns` 0).
+    answer: PendingQuery,
+    guard_cgroup: u64,
+    now_ns: u64,
+    guard_id: u32,
+    slot: u32,
+    /// Set while a run uses this CPU's scratch.
+    busy: u32,
+    /// The walk reached the question ([`dns::step::QUESTION`]).
+    asked: u32,
+    /// The pending slot the answer matched, or `PENDING_QUERIES`.
+    matched: u32,
+    /// `stats::DNS_ANSWERS_*` of an answer that taught nothing, or 0.
+    refused: u32,
+    /// Addresses written by this answer.
+    learned: u32,
+    _pad: u32,
+}
+
+#[map(name = "PG_DNS_SCRATCH_OUT")]
+static SCRATCH_OUT: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+#[map(name = "PG_DNS_SCRATCH_IN")]
+static SCRATCH_IN: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The far end of a UDP datagram (the destination of one sent, the source
+/// of one received) and where its payload starts.
+struct Datagram {
+    peer: Addr,
+    port: u16,
+    payload: u32,
+}
+
+#[inline(always)]
+fn load<const N: usize>(ctx: &SkBuffContext, offset: u32) -> Option<[u8; N]> {
+    let mut buf = [0u8; N];
+    // SAFETY: the helper copies at most N bytes into `buf` and fails
+    // (non-zero) when the packet is shorter.
+    let rc = unsafe {
+        bpf_skb_load_bytes(ctx.as_ptr(), offset, (&mut buf as *mut [u8; N]).cast::<c_void>(), N as u32)
+    };
+    (rc == 0).then_some(buf)
+}
+
+/// Reads the IP and UDP headers (a cgroup_skb program sees the packet from
+/// its network header). `None` for anything but UDP directly after an
+/// IPv4 or IPv6 header (IPv6 extension headers: not read, nothing learned).
+#[inline(always)]
+fn datagram(ctx: &SkBuffContext, sent: bool) -> Option<Datagram> {
+    let first: [u8; 1] = load(ctx, 0)?;
+    let mut bytes = [0u8; 16];
+    let (family, l4) = match first[0] >> 4 {
+        4 => {
+            let h: [u8; 20] = load(ctx, 0)?;
+            if h[9] != IPPROTO_UDP {
+                return None;
+            }
+            let at = if sent { 16 } else { 12 };
+            bytes[..4].copy_from_slice(&h[at..at + 4]);
+            (AF_INET, u32::from(h[0] & 0x0f) * 4)
+        }
+        6 => {
+            let h: [u8; 40] = load(ctx, 0)?;
+            if h[6] != IPPROTO_UDP {
+                return None;
+            }
+            let at = if sent { 24 } else { 8 };
+            bytes.copy_from_slice(&h[at..at + 16]);
+            (AF_INET6, 40)
+        }
+        _ => return None,
+    };
+    let udp: [u8; 4] = load(ctx, l4)?;
+    let port = if sent { u16::from_be_bytes([udp[2], udp[3]]) } else { u16::from_be_bytes([udp[0], udp[1]]) };
+    Some(Datagram { peer: Addr { family, bytes }, port, payload: l4 + 8 })
+}
+
+/// Copies the payload into the scratch buffer; returns its length, in
+/// 1..=MSG_BUF.
+#[inline(always)]
+fn copy_payload(ctx: &SkBuffContext, s: &mut Scratch, payload: u32) -> Option<u32> {
+    let total = ctx.len();
+    if total <= payload {
+        return None;
+    }
+    let len = total - payload;
+    let n = if len > MSG_BUF as u32 { MSG_BUF as u32 } else { len };
+    // The verifier loses `n >= 1` through the subtraction: state [1, MSG_BUF].
+    let n = ((n - 1) & (MSG_BUF as u32 - 1)) + 1;
+    // SAFETY: the helper writes n <= MSG_BUF bytes into the buffer.
+    let rc = unsafe { bpf_skb_load_bytes(ctx.as_ptr(), payload, s.buf.as_mut_ptr().cast(), n) };
+    (rc == 0).then_some(n)
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_boot_ns() }
+}
+
+/// Takes this CPU's scratch of one direction, unless a run on this CPU
+/// already holds it. Every caller releases it with [`release`].
+#[inline(always)]
+fn acquire(map: &PerCpuArray<Scratch>) -> Option<&'static mut Scratch> {
+    let s = map.get_ptr_mut(0)?;
+    // SAFETY: this CPU's value, valid for the run; the busy flag keeps a
+    // nested run on this CPU out of it.
+    let s = unsafe { &mut *s };
+    if s.busy != 0 {
+        return None;
+    }
+    s.busy = 1;
+    s.asked = 0;
+    s.learned = 0;
+    s.refused = 0;
+    Some(s)
+}
+
+#[inline(always)]
+fn release(s: &mut Scratch) {
+    s.busy = 0;
+}
+
+/// Walks a query up to its question.
+#[inline(never)]
+extern "C" fn query_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    let (Some(s), Some(key)) = (SCRATCH_OUT.get_ptr_mut(0), PG_DNS_KEY.get(0)) else { return 1 };
+    // SAFETY: this CPU's scratch, held by the run that called bpf_loop.
+    let s = unsafe { &mut *s };
+    match s.walk.step(key, &s.buf) {
+        dns::step::CONTINUE => 0,
+        dns::step::QUESTION => {
+            s.asked = 1;
+            1
+        }
+        _ => 1,
+    }
+}
+
+/// Walks an answer: at its question, matches it with the socket's pending
+/// queries and the guard's names (and stops the walk unless both agree);
+/// then writes each address into `PG_DNS_LEARNED`.
+#[inline(never)]
+extern "C" fn answer_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    let (Some(s), Some(key)) = (SCRATCH_IN.get_ptr_mut(0), PG_DNS_KEY.get(0)) else { return 1 };
+    // SAFETY: this CPU's scratch, held by the run that called bpf_loop.
+    let s = unsafe { &mut *s };
+    match s.walk.step(key, &s.buf) {
+        dns::step::CONTINUE => 0,
+        dns::step::QUESTION => {
+            s.asked = 1;
+            s.answer.question = s.walk.question;
+            s.answer.txid = s.walk.txid as u16;
+            s.answer.qtype = s.walk.qtype as u16;
+            let Some(i) = s.pending.find(&s.answer, s.now_ns) else {
+                s.refused = stats::DNS_ANSWERS_NO_QUERY;
+                return 1;
+            };
+            s.matched = i as u32;
+            if !is_name_of(s.guard_id, s.slot, s.walk.question) {
+                s.refused = stats::DNS_ANSWERS_NOT_IN_POLICY;
+                return 1;
+            }
+            0
+        }
+        dns::step::ADDRESS => {
+            let key = LearnedKey {
+                guard_cgroup: s.guard_cgroup,
+                family: if s.walk.addr_len == 4 { AF_INET } else { AF_INET6 },
+                _pad: [0; 7],
+                addr: s.walk.addr,
+            };
+            let expires = dns::expiry(s.now_ns, s.walk.ttl);
+            match PG_DNS_LEARNED.get_ptr_mut(&key) {
+                // SAFETY: a value of the LRU map, valid for this run; two
+                // CPUs noting the same address at once may lose one
+                // extension, never allow a name that was not answered.
+                Some(v) => unsafe { (*v).note(s.walk.question, expires, s.now_ns) },
+                None => {
+                    let _ = PG_DNS_LEARNED.insert(&key, &Learned::first(s.walk.question, expires), 0);
+                }
+            }
+            s.learned += 1;
+            0
+        }
+        _ => 1,
+    }
+}
+
+/// Whether `hash` is one of the guard's names (for either protocol).
+#[inline(always)]
+fn is_name_of(guard_id: u32, slot: u32, hash: u64) -> bool {
+    let mut key = DnsNameKey { guard_id, slot: slot as u8, proto: IPPROTO_TCP, _pad: 0, hash };
+    if PG_DNS_NAMES.get_ptr(&key).is_some() {
+        return true;
+    }
+    key.proto = IPPROTO_UDP;
+    PG_DNS_NAMES.get_ptr(&key).is_some()
+}
+
+/// `struct bpf_sock::state` of a connected UDP socket.
+const BPF_TCP_ESTABLISHED: u32 = 1;
+/// And of an unconnected one.
+const BPF_TCP_CLOSE: u32 = 7;
+
+/// Packets a guarded cgroup's sockets send. Attached only at guards whose
+/// rules list DNS names; it never drops (cgroup_skb: 1 passes).
+#[cgroup_skb(egress)]
+pub(crate) fn pg_sock_egress(ctx: SkBuffContext) -> i32 {
+    // SAFETY: `sk` of the context is a socket pointer or null, which the
+    // verifier tracks; reading it is a checked context load.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return 1;
+    }
+    // A connected socket talks to one port: anything but a resolver passes
+    // after two loads (TCP streams included, ESTABLISHED as well).
+    // SAFETY: a non-null socket pointer; checked loads of sock_common fields.
+    let (state, dst_port) = unsafe { ((*sk).state, (*sk).dst_port) };
+    let to_resolver = state == BPF_TCP_ESTABLISHED && dst_port == DNS_PORT.to_be();
+    if !to_resolver && state != BPF_TCP_CLOSE {
+        return 1;
+    }
+    // SAFETY: helper taking the socket pointer the verifier tracks.
+    let sk = unsafe { bpf_sk_fullsock(sk) };
+    if sk.is_null() {
+        return 1;
+    }
+    // SAFETY: a full socket; a checked load.
+    if unsafe { (*sk).protocol } != u32::from(IPPROTO_UDP) {
+        return 1;
+    }
+    let Some(cfg) = read_config() else { return 1 };
+    let Some(stamp) = stamp_of_sock(sk.cast()) else { return 1 };
+    let slot = cfg.active_slot();
+    refresh(stamp, slot, &cfg, &Socket(sk.cast()));
+    if stamp.guarded == STAMP_GUARDED {
+        let _ = note_query(&ctx, sk, &stamp.guard, slot);
+    }
+    1
+}
+
+/// Egress: records a DNS query a guarded socket sends. `sk` is a full UDP
+/// socket whose stamp resolved to `guard` under `slot`.
+#[inline(always)]
+pub(crate) fn note_query(ctx: &SkBuffContext, sk: *mut bpf_sock, guard: &GuardInfo, slot: u32) -> Option<()> {
+    if guard.flags & GUARD_HAS_NAMES == 0 {
+        return None;
+    }
+    let d = datagram(ctx, true)?;
+    if d.port != DNS_PORT {
+        return None;
+    }
+    // Only a resolver the guard may query teaches it anything. An audit
+    // guard learns from any, so that its report says what would be learned.
+    if guard.mode != MODE_AUDIT && !connect_allowed(guard, slot, IPPROTO_UDP, &d.peer, DNS_PORT) {
+        return None;
+    }
+    let s = acquire(&SCRATCH_OUT)?;
+    let r = record_query(ctx, sk, s, &d);
+    release(s);
+    r
+}
+
+#[inline(always)]
+fn record_query(ctx: &SkBuffContext, sk: *mut bpf_sock, s: &mut Scratch, d: &Datagram) -> Option<()> {
+    let n = copy_payload(ctx, s, d.payload)?;
+    if s.walk.start_query(&s.buf, n) == dns::step::STOP {
+        return None;
+    }
+    // SAFETY: helper; a static callback and no context.
+    unsafe { bpf_loop(dns::MAX_STEPS, query_step as *mut c_void, core::ptr::null_mut(), 0) };
+    if s.asked == 0 {
+        return None;
+    }
+    // SAFETY: `sk` is a full socket the verifier tracks; the storage is
+    // created empty (zeroed) on the socket's first query.
+    let pending = unsafe {
+        bpf_sk_storage_get(
+            core::ptr::addr_of!(PG_SK_DNS) as *mut c_void,
+            sk.cast(),
+            core::ptr::null_mut(),
+            BPF_SK_STORAGE_GET_F_CREATE.into(),
+        )
+    }
+    .cast::<PendingQueries>();
+    // SAFETY: null or this socket's storage, valid for this run.
+    let pending = unsafe { pending.as_mut() }?;
+    pending.record(PendingQuery {
+        sent_ns: now(),
+        question: s.walk.question,
+        resolver: d.peer.bytes,
+        txid: s.walk.txid as u16,
+        port: d.port,
+        qtype: s.walk.qtype as u16,
+        family: d.peer.family,
+        _pad: 0,
+    });
+    bump(&PG_STATS, stats::DNS_QUERIES);
+    Some(())
+}
+
+/// Ingress, after the inbound filter let the packet through: a datagram
+/// from port 53 to a guarded UDP socket (connected to it, or not connected
+/// at all) of a guard with names is an answer to learn from. Never changes
+/// the packet's verdict. Returns the number of addresses learned.
+///
+/// A subprogram of its own, for the stack (see `inbound::filter`). Its
+/// caller must use the value it returns: LLVM drops an unused return value
+/// of an internal function, r0 then holds whatever it held last (here a
+/// stack pointer), and the verifier refuses a subprogram that returns one.
+#[inline(never)]
+pub(crate) fn after_ingress(ctx: &SkBuffContext) -> u64 {
+    learn_from(ctx).unwrap_or(0)
+}
+
+#[inline(always)]
+fn learn_from(ctx: &SkBuffContext) -> Option<u64> {
+    // SAFETY: `sk` of the context is a socket pointer or null, which the
+    // verifier tracks; reading it is a checked context load.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return None;
+    }
+    // SAFETY: a non-null socket pointer; checked loads of sock_common fields.
+    let (state, dst_port) = unsafe { ((*sk).state, (*sk).dst_port) };
+    let from_resolver = state == BPF_TCP_ESTABLISHED && dst_port == DNS_PORT.to_be();
+    if !from_resolver && state != BPF_TCP_CLOSE {
+        return None;
+    }
+    // SAFETY: helper taking the socket pointer the verifier tracks.
+    let sk = unsafe { bpf_sk_fullsock(sk) };
+    if sk.is_null() {
+        return None;
+    }
+    // SAFETY: a full socket; a checked load.
+    if unsafe { (*sk).protocol } != u32::from(IPPROTO_UDP) {
+        return None;
+    }
+    let d = datagram(ctx, false)?;
+    if d.port != DNS_PORT {
+        return None;
+    }
+    let cfg = read_config()?;
+    let stamp = stamp_of_sock(sk.cast())?;
+    let slot = cfg.active_slot();
+    refresh(stamp, slot, &cfg, &Socket(sk.cast()));
+    if stamp.guarded != STAMP_GUARDED || stamp.guard.flags & GUARD_HAS_NAMES == 0 {
+        return None;
+    }
+    // SAFETY: `sk` is a full socket the verifier tracks.
+    let pending = unsafe {
+        bpf_sk_storage_get(core::ptr::addr_of!(PG_SK_DNS) as *mut c_void, sk.cast(), core::ptr::null_mut(), 0)
+    }
+    .cast::<PendingQueries>();
+    // SAFETY: null (the socket never sent a recorded query) or this
+    // socket's storage, valid for this run.
+    let Some(pending) = (unsafe { pending.as_mut() }) else {
+        bump(&PG_STATS, stats::DNS_ANSWERS_NO_QUERY);
+        return None;
+    };
+    let s = acquire(&SCRATCH_IN)?;
+    learn(ctx, s, pending, &d, stamp.guard.guard_id, stamp.guard_cgroup, slot);
+    let learned = s.learned;
+    release(s);
+    Some(u64::from(learned))
+}
+
+#[inline(always)]
+fn learn(
+    ctx: &SkBuffContext,
+    s: &mut Scratch,
+    pending: &mut PendingQueries,
+    d: &Datagram,
+    guard_id: u32,
+    guard_cgroup: u64,
+    slot: u32,
+) {
+    let Some(n) = copy_payload(ctx, s, d.payload) else { return };
+    if s.walk.start(&s.buf, n) == dns::step::STOP {
+        // An error RCODE, a malformed header, not one question.
+        bump(&PG_STATS, stats::DNS_ANSWERS_NOT_PARSED);
+        return;
+    }
+    s.pending = *pending;
+    s.answer = PendingQuery {
+        sent_ns: 0,
+        question: 0,
+        resolver: d.peer.bytes,
+        txid: 0,
+        port: d.port,
+        qtype: 0,
+        family: d.peer.family,
+        _pad: 0,
+    };
+    s.guard_id = guard_id;
+    s.slot = slot;
+    s.guard_cgroup = guard_cgroup;
+    s.now_ns = now();
+    s.matched = PENDING_QUERIES as u32;
+    s.refused = 0;
+    // SAFETY: helper; a static callback and no context.
+    unsafe { bpf_loop(dns::MAX_STEPS, answer_step as *mut c_void, core::ptr::null_mut(), 0) };
+    let i = s.matched as usize;
+    if i < PENDING_QUERIES {
+        // Taken once: a second answer with the same id teaches nothing.
+        pending.clear_if(i, &s.pending.slots[i]);
+    }
+    if s.asked == 0 {
+        bump(&PG_STATS, stats::DNS_ANSWERS_NOT_PARSED);
+    } else if s.refused != 0 {
+        bump(&PG_STATS, s.refused);
+    } else {
+        if s.walk.stop != 0 {
+            bump(&PG_STATS, stats::DNS_ANSWERS_NOT_PARSED);
+        }
+    }
+}
+
+/// Connect/sendmsg: whether `peer` was learned by `guard_cgroup` for a
+/// name whose rules allow `proto`/`port`, and has not expired.
+#[inline(always)]
+pub(crate) fn learned_allows(
+    guard: &GuardInfo,
+    guard_cgroup: u64,
+    slot: u32,
+    proto: u8,
+    peer: &Addr,
+    port: u16,
+) -> bool {
+    if guard.flags & GUARD_HAS_NAMES == 0 {
+        return false;
+    }
+    let key = LearnedKey { guard_cgroup, family: peer.family, _pad: [0; 7], addr: peer.bytes };
+    // SAFETY: an LRU value, copied out at once.
+    let Some(learned) = (unsafe { PG_DNS_LEARNED.get(&key) }).copied() else { return false };
+    let now_ns = now();
+    let mut i = 0;
+    while i < dns::NAMES_PER_ADDRESS {
+        if let Some(hash) = learned.live(i, now_ns) {
+            let name = DnsNameKey { guard_id: guard.guard_id, slot: slot as u8, proto, _pad: 0, hash };
+            // SAFETY: not preallocated; read-only use within this run.
+            if let Some(ports) = unsafe { PG_DNS_NAMES.get(&name) }
+                && port_in(ports, port)
+            {
+                return true;
+            }
+        }
+        i += 1;
+    }
+    false
+}

@@ -1,0 +1,244 @@
+//! Peers by DNS name (#17), against the real kernel and a real resolver:
+//! dnsmasq answers on 127.0.0.1:53 in the sandbox's network namespace (an
+//! unguarded cgroup, like a node-local stub), real `dig` and pg-probe
+//! clients resolve from guarded cgroups, and the connects that follow are
+//! judged by what each guard's own sockets received.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::Child,
+};
+
+use portguard_tests::{Sandbox, require_root};
+
+/// A child process killed and reaped when the test ends, however it ends.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const RESOLVER: &str = "127.0.0.1";
+/// The port every name's rule allows; a listener on 0.0.0.0 answers for
+/// every 127/8 address the names resolve to.
+const APP_PORT: &str = "8080";
+
+fn guard(name: &str, cgroup: &str, names: &[&str]) -> String {
+    let names: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+    format!(
+        r#"
+[[guard]]
+name = "{name}"
+cgroup = "{cgroup}"
+allow_ephemeral_bind = true
+
+[[guard.connect]]
+peer = "{RESOLVER}"
+ports = [53]
+proto = "udp"
+owner = "net"
+purpose = "the node's resolver"
+
+[[guard.connect]]
+peer = [{}]
+ports = [{APP_PORT}]
+proto = "tcp"
+owner = "app"
+purpose = "services by name"
+"#,
+        names.join(", ")
+    )
+}
+
+/// dnsmasq on 127.0.0.1:53 in the unguarded `/srv`, answering `records`
+/// (`--host-record`, `--cname` ... arguments), and a TCP server on
+/// 0.0.0.0:8080 beside it.
+fn start_services(sb: &Sandbox, records: &[String]) -> (Running, Running) {
+    let dnsmasq = Path::new("/usr/sbin/dnsmasq");
+    assert!(dnsmasq.exists(), "dnsmasq (dnsmasq-base) is installed by `cargo xtask setup`");
+    sb.cgroup("/srv");
+    let mut args: Vec<&str> = vec![
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--user=root",
+        "--pid-file",
+        "--listen-address=127.0.0.1",
+        "--bind-interfaces",
+        "--port=53",
+        "--log-facility=-",
+    ];
+    args.extend(records.iter().map(String::as_str));
+    let dns = Running(sb.spawn_in("/srv", dnsmasq, &args));
+    let mut server = Running(sb.spawn_probe("/srv", &["accept-serve", "0.0.0.0", APP_PORT]));
+    let mut line = String::new();
+    BufReader::new(server.0.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("read");
+    assert_eq!(line.trim(), format!("ok port={APP_PORT}"));
+    // dnsmasq answers once it has bound its port.
+    for _ in 0..100 {
+        if dig(sb, "/srv", "db.test") == "127.0.1.5" {
+            return (dns, server);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("dnsmasq never answered");
+}
+
+fn dig(sb: &Sandbox, rel: &str, name: &str) -> String {
+    sb.run_in(
+        rel,
+        Path::new("/usr/bin/dig"),
+        &[&format!("@{RESOLVER}"), name, "A", "+short", "+time=2", "+tries=1"],
+    )
+}
+
+fn connect(sb: &Sandbox, rel: &str, ip: &str) -> String {
+    sb.probe(rel, &["connect", "tcp", ip, APP_PORT, "1000"])
+}
+
+fn records() -> Vec<String> {
+    [
+        "--host-record=db.test,127.0.1.5",
+        "--host-record=other.test,127.0.1.7",
+        "--host-record=real.test,127.0.1.8",
+        "--cname=alias.test,real.test",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+#[test]
+fn a_name_opens_only_what_its_own_answers_gave() {
+    require_root!();
+    let mut sb = Sandbox::new("dns-names");
+    sb.cgroup("/app");
+    sb.cgroup("/other");
+    let _services = start_services(&sb, &records());
+    sb.start_agent(
+        &(guard("app", "/app", &["db.test", "alias.test"]) + &guard("other", "/other", &["db.test"])),
+    );
+
+    // Nothing resolved yet: the address is refused like any other.
+    assert_eq!(connect(&sb, "/app", "127.0.1.5"), "err EPERM", "before any answer");
+    assert_eq!(dig(&sb, "/app", "db.test"), "127.0.1.5");
+    assert_eq!(connect(&sb, "/app", "127.0.1.5"), "ok", "after the workload's own answer");
+    // Only the name's port, only the answered address.
+    assert_eq!(
+        sb.probe("/app", &["connect", "tcp", "127.0.1.5", "8081", "1000"]),
+        "err EPERM",
+        "another port"
+    );
+    assert_eq!(connect(&sb, "/app", "127.0.1.6"), "err EPERM", "an address never answered");
+    // A name the policy does not list teaches nothing.
+    assert_eq!(dig(&sb, "/app", "other.test"), "127.0.1.7");
+    assert_eq!(connect(&sb, "/app", "127.0.1.7"), "err EPERM", "not a name of the guard");
+    // The question is the name: a CNAME chain from it leads to the address.
+    assert_eq!(dig(&sb, "/app", "alias.test"), "real.test.\n127.0.1.8");
+    assert_eq!(connect(&sb, "/app", "127.0.1.8"), "ok", "through a CNAME");
+
+    // Another guard listing the same name has learned nothing.
+    assert_eq!(connect(&sb, "/other", "127.0.1.5"), "err EPERM", "learned by another guard");
+    assert_eq!(dig(&sb, "/other", "db.test"), "127.0.1.5");
+    assert_eq!(connect(&sb, "/other", "127.0.1.5"), "ok", "after its own answer");
+    // An unguarded cgroup is not judged at all.
+    assert_eq!(connect(&sb, "/srv", "127.0.1.6"), "ok");
+}
+
+#[test]
+fn forged_answers_teach_nothing() {
+    require_root!();
+    let mut sb = Sandbox::new("dns-forged");
+    sb.cgroup("/app");
+    sb.cgroup("/forger");
+    let _services = start_services(&sb, &records());
+    // The client asks 127.0.0.9 (allowed, silent) and waits; the forger,
+    // outside any guard, answers in its place.
+    let resolver = "127.0.0.9";
+    sb.start_agent(
+        &guard("app", "/app", &["db.test"])
+            .replace(&format!("peer = \"{RESOLVER}\""), "peer = \"127.0.0.0/24\""),
+    );
+    let mut client = sb.spawn_probe("/app", &["dns-ask", resolver, "db.test", "4660", "3000"]);
+    let mut line = String::new();
+    let mut out = BufReader::new(client.stdout.take().expect("stdout"));
+    out.read_line(&mut line).expect("read");
+    let port = line.trim().strip_prefix("port=").expect("port=N").to_owned();
+    let forge = |src_port: &str, txid: &str, name: &str, addr: &str| {
+        sb.probe("/forger", &["dns-forge", resolver, src_port, "127.0.0.1", &port, name, txid, addr])
+    };
+    assert_eq!(forge("53", "4661", "db.test", "127.0.2.1"), "ok", "wrong transaction id");
+    assert_eq!(forge("54", "4660", "db.test", "127.0.2.2"), "ok", "wrong source port");
+    assert_eq!(forge("53", "4660", "other.test", "127.0.2.3"), "ok", "wrong question");
+    assert_eq!(forge("53", "4660", "db.test", "127.0.2.4"), "ok", "the right one");
+    assert_eq!(forge("53", "4660", "db.test", "127.0.2.5"), "ok", "the right one, again");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).expect("read");
+    let _ = client.wait();
+    // The reply window let the datagrams from port 53 reach the client
+    // (port 54 never did): each was seen by the kernel before it arrived.
+    assert!(rest.contains("addrs=127.0.2.1") && rest.contains("addrs=127.0.2.4"), "{rest}");
+    assert!(!rest.contains("127.0.2.2"), "{rest}");
+    for (addr, why) in [
+        ("127.0.2.1", "wrong transaction id"),
+        ("127.0.2.2", "wrong source port"),
+        ("127.0.2.3", "answer to another question"),
+        ("127.0.2.5", "a second answer to a query already answered"),
+    ] {
+        assert_eq!(connect(&sb, "/app", addr), "err EPERM", "{why}");
+    }
+    assert_eq!(connect(&sb, "/app", "127.0.2.4"), "ok", "the one real answer opens it");
+}
+
+/// Resolves 1,000 names, each to an address of its own, and connects the
+/// instant each answer is read: the address must already be allowed when
+/// `recv` returns. Then addresses no answer gave stay refused.
+#[test]
+fn a_client_connecting_the_instant_its_answer_arrives_is_never_refused() {
+    require_root!();
+    let mut sb = Sandbox::new("dns-race");
+    sb.cgroup("/app");
+    let count = 1000u32;
+    let hosts = sb.dir.join("race-hosts");
+    let mut text = String::new();
+    for i in 0..count {
+        text.push_str(&format!("127.3.{}.{} n{i}.race.test\n", i / 250, i % 250 + 1));
+    }
+    std::fs::write(&hosts, text).expect("write hosts");
+    let mut recs = records();
+    recs.push(format!("--addn-hosts={}", hosts.display()));
+    let _services = start_services(&sb, &recs);
+    let names: Vec<String> = (0..count).map(|i| format!("n{i}.race.test")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    sb.start_agent(&guard("app", "/app", &names));
+
+    let out = sb.probe("/app", &["dns-race", RESOLVER, "n", "race.test", &count.to_string(), APP_PORT]);
+    assert_eq!(out, format!("lookups={count} answered={count} connected={count} refused=0 other=0"));
+    for i in 0..20 {
+        assert_eq!(connect(&sb, "/app", &format!("127.3.9.{}", i + 1)), "err EPERM", "never answered");
+    }
+}
+
+/// Learning happens in the kernel: with the agent killed, answers still
+/// open their addresses, and what was learned before stays.
+#[test]
+fn learning_goes_on_while_the_agent_is_down() {
+    require_root!();
+    let mut sb = Sandbox::new("dns-agentless");
+    sb.cgroup("/app");
+    let _services = start_services(&sb, &records());
+    sb.start_agent(&guard("app", "/app", &["db.test", "alias.test"]));
+    assert_eq!(dig(&sb, "/app", "db.test"), "127.0.1.5");
+    sb.agent().kill9();
+    assert_eq!(connect(&sb, "/app", "127.0.1.5"), "ok", "learned before, agent gone");
+    assert_eq!(connect(&sb, "/app", "127.0.1.8"), "err EPERM", "not learned yet");
+    assert_eq!(dig(&sb, "/app", "alias.test"), "real.test.\n127.0.1.8");
+    assert_eq!(connect(&sb, "/app", "127.0.1.8"), "ok", "learned with no agent running");
+    sb.start_agent_with(&[]);
+    assert_eq!(connect(&sb, "/app", "127.0.1.8"), "ok", "kept across the restart");
+    assert_eq!(connect(&sb, "/app", "127.0.1.6"), "err EPERM");
+}
