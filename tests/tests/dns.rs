@@ -10,7 +10,7 @@ use std::{
     process::Child,
 };
 
-use portguard_tests::{Sandbox, require_root};
+use portguard_tests::{Sandbox, metric_sum, require_root};
 
 /// A child process killed and reaped when the test ends, however it ends.
 struct Running(Child);
@@ -192,6 +192,13 @@ fn forged_answers_teach_nothing() {
         assert_eq!(connect(&sb, "/app", addr), "err EPERM", "{why}");
     }
     assert_eq!(connect(&sb, "/app", "127.0.2.4"), "ok", "the one real answer opens it");
+    // Counted exactly: one query; the wrong id, the other question and the
+    // repeat matched none; the port-54 datagram never got past the filter.
+    let m = sb.agent().metrics();
+    assert_eq!(metric_sum(&m, "portguard_dns_queries_total", &[]), 1, "{m}");
+    assert_eq!(metric_sum(&m, "portguard_dns_answers_total", &[("result", "no_query")]), 3, "{m}");
+    assert_eq!(metric_sum(&m, "portguard_dns_answers_total", &[("result", "learned")]), 1, "{m}");
+    assert_eq!(metric_sum(&m, "portguard_dns_addresses_learned_total", &[]), 1, "{m}");
 }
 
 /// Resolves 1,000 names, each to an address of its own, and connects the

@@ -69,9 +69,33 @@ impl DecisionCounters {
         Self::sum(&self.stats, stats::LIVE_PORTS_FULL)
     }
 
+    /// The kernel's DNS counters: queries recorded, answers by what they
+    /// taught (`learned`, `no_query`, `not_in_policy`, `not_parsed`), and
+    /// addresses learned.
+    pub(crate) fn dns(&self) -> DnsCounts {
+        let sum = |i| Self::sum(&self.stats, i);
+        DnsCounts {
+            queries: sum(stats::DNS_QUERIES),
+            answers: [
+                ("learned", sum(stats::DNS_ANSWERS_LEARNED)),
+                ("no_query", sum(stats::DNS_ANSWERS_NO_QUERY)),
+                ("not_in_policy", sum(stats::DNS_ANSWERS_NOT_IN_POLICY)),
+                ("not_parsed", sum(stats::DNS_ANSWERS_NOT_PARSED)),
+            ],
+            addresses: sum(stats::DNS_ADDRESSES_LEARNED),
+        }
+    }
+
     pub(crate) fn stamp_misses(&self) -> u64 {
         Self::sum(&self.stats, stats::STAMP_MISSES)
     }
+}
+
+/// See [`DecisionCounters::dns`].
+pub(crate) struct DnsCounts {
+    pub queries: u64,
+    pub answers: [(&'static str, u64); 4],
+    pub addresses: u64,
 }
 
 /// Every counter the kernel keeps, for metrics.

@@ -47,11 +47,12 @@ pub(super) fn run(path: &Path, strict: bool, format: OutputFormat) -> Result<(),
                 eprintln!("{file}:{}:{}: {level}: {}", f.line, f.column, f.message());
             }
             println!(
-                "{}: {} guards, {} bind entries, {} connect entries, {} catalog findings",
+                "{}: {} guards, {} bind entries, {} connect entries, {} DNS name entries, {} catalog findings",
                 if failing { "failed" } else { "ok" },
                 policy.guards.len(),
                 compiled.bind_entries(),
                 compiled.connect_entries(),
+                compiled.name_entries(),
                 findings.len()
             );
         }
@@ -64,6 +65,7 @@ pub(super) fn run(path: &Path, strict: bool, format: OutputFormat) -> Result<(),
                 "guards": policy.guards.len(),
                 "bind_entries": compiled.bind_entries(),
                 "connect_entries": compiled.connect_entries(),
+                "dns_name_entries": compiled.name_entries(),
                 "findings": findings.iter().map(|f| {
                     let mut v = serde_json::to_value(f).expect("findings serialise");
                     v["message"] = f.message().into();
@@ -118,7 +120,12 @@ fn describe(policy: &Policy) -> String {
         }
         for r in &g.connect {
             let ports: Vec<String> = r.ports.iter().map(ToString::to_string).collect();
-            let peers: Vec<String> = r.peers.iter().map(ToString::to_string).collect();
+            let peers: Vec<String> = r
+                .peers
+                .iter()
+                .map(ToString::to_string)
+                .chain(r.names.iter().map(|n| format!("name {n}")))
+                .collect();
             out.push_str(&format!(
                 "  connect {} {} ports {}{}\n",
                 r.proto.as_str(),

@@ -138,6 +138,25 @@ impl Collector for Metrics {
             "Ports of guarded cgroups that went live while the kernel's live-port table was full; the socket-table reads still find them.",
             kernel.decisions.live_ports_full(),
         )?;
+        let dns = kernel.decisions.dns();
+        counter(
+            &mut enc,
+            "portguard_dns_queries",
+            "DNS queries guarded sockets sent to a resolver their guard may reach, recorded by the kernel (guards with DNS names only).",
+            dns.queries,
+        )?;
+        counters(
+            &mut enc,
+            "portguard_dns_answers",
+            "DNS answers to guarded sockets of guards with names, by what they taught: learned (addresses), no_query (matched no recorded query: unsolicited, forged, late or repeated), not_in_policy (a question none of the guard's names), not_parsed (the walk stopped early).",
+            dns.answers.iter().map(|(result, n)| (vec![("result", (*result).to_owned())], *n)),
+        )?;
+        counter(
+            &mut enc,
+            "portguard_dns_addresses_learned",
+            "Addresses written to (or extended in) the kernel's learned-address table.",
+            dns.addresses,
+        )?;
         counter(
             &mut enc,
             "portguard_events_received",

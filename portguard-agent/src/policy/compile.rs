@@ -69,6 +69,11 @@ impl CompiledPolicy {
         self.guards.iter().map(|g| g.connect.len()).sum()
     }
 
+    /// (name, protocol) entries of every guard.
+    pub fn name_entries(&self) -> usize {
+        self.guards.iter().map(|g| g.names.len()).sum()
+    }
+
     /// True when a guard selects pods, which needs the Kubernetes API.
     pub(crate) fn has_pod_guards(&self) -> bool {
         self.guards.iter().any(|g| matches!(g.target, Target::Pods(_)))

@@ -50,6 +50,8 @@ impl Transport {
 pub(super) struct Allowed {
     bind: [BindTable; 2],
     connect: [PeerTable; 2],
+    /// Ports per DNS name (normalised), per protocol.
+    names: [BTreeMap<String, Ports>; 2],
     reach: [ReachTable; 2],
     ephemeral_bind: bool,
     raw_sockets: bool,
@@ -78,6 +80,10 @@ impl Allowed {
             for &t in Transport::of(rule.proto) {
                 for &net in &rule.peers {
                     a.connect[t as usize].add(net, &ports);
+                }
+                for name in &rule.names {
+                    let merged = a.names[t as usize].entry(name.clone()).or_default();
+                    *merged = merged.union(&ports);
                 }
             }
         }
@@ -191,6 +197,7 @@ pub(super) fn rule_changes(old: &Allowed, new: &Allowed) -> RuleChanges {
     for t in TRANSPORTS {
         bind_changes(t, &old.bind[t as usize], &new.bind[t as usize], &mut c);
         connect_changes(t, &old.connect[t as usize], &new.connect[t as usize], &mut c);
+        name_changes(t, &old.names[t as usize], &new.names[t as usize], &new.connect[t as usize], &mut c);
         inbound::changes(t, &old.reach[t as usize], &new.reach[t as usize], &mut c);
     }
     c.opens = tidy(c.opens);
@@ -289,6 +296,38 @@ fn connect_changes(t: Transport, old: &PeerTable, new: &PeerTable, c: &mut RuleC
                 by: covering(net, &still, new),
                 rule: connect(*net, still, Vec::new()),
             });
+        }
+    }
+}
+
+/// Names opened and closed, port by port. A name's addresses are known
+/// only from DNS answers, so a changed name beside networks that allow
+/// some of the same ports gets a note instead of a verdict.
+fn name_changes(
+    t: Transport,
+    old: &BTreeMap<String, Ports>,
+    new: &BTreeMap<String, Ports>,
+    nets: &PeerTable,
+    c: &mut RuleChanges,
+) {
+    let proto = t.protos();
+    let names: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    for name in names {
+        let before = old.get(name).cloned().unwrap_or_default();
+        let after = new.get(name).cloned().unwrap_or_default();
+        for (ports, out) in [(after.minus(&before), &mut c.opens), (before.minus(&after), &mut c.closes)] {
+            if ports.is_empty() {
+                continue;
+            }
+            let networks: Vec<Region> = (nets.nets.iter())
+                .filter(|(_, p)| p.overlaps(&ports))
+                .map(|(n, p)| Region { at: n.to_string(), ports: p.intersect(&ports) })
+                .collect();
+            let rule = Effect::ConnectName { name: name.clone(), proto, ports };
+            if !networks.is_empty() {
+                c.notes.push(Note::NameMeetsNetworks { rule: rule.clone(), networks });
+            }
+            out.push(rule);
         }
     }
 }

@@ -85,6 +85,9 @@ pub(crate) enum Effect {
         /// allowed (in opens) or still allowed (in closes).
         except: Vec<Region>,
     },
+    /// `connect()`/`sendto()` to the addresses the guard's workloads learn
+    /// for a DNS name from the answers they receive.
+    ConnectName { name: String, proto: Protos, ports: Ports },
     /// Peers that may reach ports the guard approves (a TCP connection,
     /// a UDP datagram), by the bind rules' `from` (see `inbound`).
     Inbound {
@@ -116,6 +119,10 @@ pub(crate) enum Note {
     /// A rule no longer listed in NEW whose ports broader rules in NEW
     /// still allow, so removing it closes nothing.
     StillAllowed { rule: Effect, by: Vec<Region> },
+    /// A name rule that changed beside network rules of the same protocol
+    /// and ports: whether the name's addresses fall in those networks
+    /// depends on DNS answers, so the diff cannot say what it adds.
+    NameMeetsNetworks { rule: Effect, networks: Vec<Region> },
 }
 
 /// Ports at one address or peer network ("any" for every address).

@@ -666,3 +666,29 @@ fn opens_and_closes_match_a_reference_evaluator() {
         }
     }
 }
+
+#[test]
+fn names_open_and_close_by_port_and_meet_networks_in_a_note() {
+    let old = api(&(connect("\"10.0.0.0/8\"", "[443]", "") + &connect("\"db.example\"", "[5432]", "")));
+    let new = api(&(connect("\"10.0.0.0/8\"", "[443]", "")
+        + &connect("[\"DB.example.\", \"api.vendor.example\"]", "[443, 5432]", "")));
+    assert_eq!(
+        report(&old, &new),
+        "guard \"api\" (cgroup /api, enforce):\n\
+         \x20 opens   connect tcp name api.vendor.example ports 443, 5432\n\
+         \x20 opens   connect tcp name db.example ports 443\n\
+         \x20 note    connect tcp name api.vendor.example ports 443, 5432 and 10.0.0.0/8 ports 443 may overlap: it depends on DNS answers, not decided here\n\
+         \x20 note    connect tcp name db.example ports 443 and 10.0.0.0/8 ports 443 may overlap: it depends on DNS answers, not decided here\n\
+         summary: 2 opens, 0 closes across 1 guard\n"
+    );
+    // Written in another case and with its trailing dot, a name is the same name.
+    let same = api(&connect("\"DB.Example.\"", "[5432]", ""));
+    assert!(diff_of(&api(&connect("\"db.example\"", "[5432]", "")), &same).is_empty());
+    let gone = api(&connect("\"10.0.0.0/8\"", "[443]", ""));
+    assert_eq!(
+        report(&old, &gone),
+        "guard \"api\" (cgroup /api, enforce):\n\
+         \x20 closes  connect tcp name db.example ports 5432\n\
+         summary: 0 opens, 1 close across 1 guard\n"
+    );
+}

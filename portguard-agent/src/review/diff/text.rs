@@ -89,6 +89,7 @@ fn effect(e: &Effect, unchanged: &str) -> String {
         Effect::Connect { peer, proto, ports, except: ex } => {
             format!("connect {proto} {peer} ports {ports}{}", except(ports, ex))
         }
+        Effect::ConnectName { name, proto, ports } => format!("connect {proto} name {name} ports {ports}"),
         Effect::Inbound { address, from, proto, ports, except: ex } => {
             // The kernel's op names: a TCP connection is accepted, a UDP
             // datagram received.
@@ -119,6 +120,11 @@ fn note(n: &Note) -> String {
         Note::StillAllowed { rule, by: b } => {
             format!("{} is no longer listed but still allowed by broader {}", effect(rule, ""), by(b))
         }
+        Note::NameMeetsNetworks { rule, networks } => format!(
+            "{} and {} may overlap: it depends on DNS answers, not decided here",
+            effect(rule, ""),
+            networks.iter().map(|r| region(r, None)).collect::<Vec<_>>().join(" and ")
+        ),
     }
 }
 

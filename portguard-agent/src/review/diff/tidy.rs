@@ -21,11 +21,16 @@ pub(super) fn tidy(effects: Vec<Effect>) -> Vec<Effect> {
 
 pub(super) fn tidy_notes(notes: Vec<Note>) -> Vec<Note> {
     let proto_of = |n: &Note| match n {
-        Note::Shadowed { rule, .. } | Note::StillAllowed { rule, .. } => effect_proto(rule),
+        Note::Shadowed { rule, .. }
+        | Note::StillAllowed { rule, .. }
+        | Note::NameMeetsNetworks { rule, .. } => effect_proto(rule),
     };
     let with = |n: &Note, p| match n {
         Note::Shadowed { rule, by } => Note::Shadowed { rule: with_proto(rule, p), by: by.clone() },
         Note::StillAllowed { rule, by } => Note::StillAllowed { rule: with_proto(rule, p), by: by.clone() },
+        Note::NameMeetsNetworks { rule, networks } => {
+            Note::NameMeetsNetworks { rule: with_proto(rule, p), networks: networks.clone() }
+        }
     };
     let mut out = merge_protocols(notes, proto_of, with);
     out.sort();
@@ -34,16 +39,20 @@ pub(super) fn tidy_notes(notes: Vec<Note>) -> Vec<Note> {
 
 fn effect_proto(e: &Effect) -> Option<Protos> {
     match e {
-        Effect::Bind { proto, .. } | Effect::Connect { proto, .. } | Effect::Inbound { proto, .. } => {
-            Some(*proto)
-        }
+        Effect::Bind { proto, .. }
+        | Effect::Connect { proto, .. }
+        | Effect::ConnectName { proto, .. }
+        | Effect::Inbound { proto, .. } => Some(*proto),
         _ => None,
     }
 }
 
 fn with_proto(e: &Effect, p: Protos) -> Effect {
     let mut e = e.clone();
-    if let Effect::Bind { proto, .. } | Effect::Connect { proto, .. } | Effect::Inbound { proto, .. } = &mut e
+    if let Effect::Bind { proto, .. }
+    | Effect::Connect { proto, .. }
+    | Effect::ConnectName { proto, .. }
+    | Effect::Inbound { proto, .. } = &mut e
     {
         *proto = p;
     }
