@@ -141,6 +141,9 @@ pub const GUARD_ALLOW_OTHER_SOCKETS: u32 = 2;
 /// sockets' DNS queries are recorded, answers to them learned from, and
 /// connects checked against what was learned.
 pub const GUARD_HAS_NAMES: u32 = 4;
+/// `GuardInfo::flags`: some of those names are wildcard patterns, so an
+/// answer's question is also looked up by its suffixes.
+pub const GUARD_HAS_WILDCARDS: u32 = 8;
 pub const SOCK_DGRAM: u32 = 2;
 pub const SOCK_RAW: u32 = 3;
 pub const IPPROTO_ICMP: u32 = 1;

@@ -36,11 +36,12 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use portguard_common::{
-    AF_INET, AF_INET6, GUARD_HAS_NAMES, GuardInfo, IPPROTO_TCP, IPPROTO_UDP, MODE_AUDIT, PortSet,
-    STAMP_GUARDED,
+    AF_INET, AF_INET6, GUARD_HAS_NAMES, GUARD_HAS_WILDCARDS, GuardInfo, IPPROTO_TCP, IPPROTO_UDP, MODE_AUDIT,
+    PortSet, STAMP_GUARDED,
     dns::{
-        self, Buf, DnsNameKey, DnsWalk, LEARNED_ENTRIES, Learned, LearnedKey, MAX_NAME_ENTRIES, MSG_BUF,
-        NameKey, PENDING_QUERIES, PendingQueries, PendingQuery,
+        self, Buf, DnsNameKey, DnsWalk, LEARNED_ENTRIES, Learned, LearnedKey, MAX_NAME_ENTRIES,
+        MAX_QUESTION_LABELS, MSG_BUF, NAMES_PER_ADDRESS, NameKey, PENDING_QUERIES, PendingQueries,
+        PendingQuery,
     },
     stats,
 };
@@ -103,6 +104,17 @@ pub(crate) struct Scratch {
     refused: u32,
     /// Addresses written by this answer.
     learned: u32,
+    /// The guard lists wildcard patterns (`GUARD_HAS_WILDCARDS`).
+    wildcards: u32,
+    /// The guard's names and patterns the question matches (identities as
+    /// `PG_DNS_NAMES` keys them), most specific first.
+    names: [u64; NAMES_PER_ADDRESS],
+    name_count: u32,
+    /// While wildcards are being matched: the suffix to try next (labels
+    /// dropped from the question's left); 0 otherwise.
+    suffix_at: u32,
+    /// While an address's further names are being noted: the next one.
+    note_at: u32,
     _pad: u32,
 }
 
@@ -201,6 +213,8 @@ fn acquire(map: &PerCpuArray<Scratch>) -> Option<&'static mut Scratch> {
     s.asked = 0;
     s.learned = 0;
     s.refused = 0;
+    s.suffix_at = 0;
+    s.note_at = 0;
     Some(s)
 }
 
@@ -233,6 +247,17 @@ extern "C" fn answer_step(_index: u64, _ctx: *mut c_void) -> i64 {
     let (Some(s), Some(key)) = (SCRATCH_IN.get_ptr_mut(0), PG_DNS_KEY.get(0)) else { return 1 };
     // SAFETY: this CPU's scratch, held by the run that called bpf_loop.
     let s = unsafe { &mut *s };
+    if s.suffix_at != 0 {
+        return match_suffix(s, key);
+    }
+    if s.note_at != 0 {
+        note_name(s, s.note_at);
+        s.note_at += 1;
+        if s.note_at >= s.name_count {
+            s.note_at = 0;
+        }
+        return 0;
+    }
     match s.walk.step(key, &s.buf) {
         dns::step::CONTINUE => 0,
         dns::step::QUESTION => {
@@ -245,33 +270,90 @@ extern "C" fn answer_step(_index: u64, _ctx: *mut c_void) -> i64 {
                 return 1;
             };
             s.matched = i as u32;
-            if !is_name_of(s.guard_id, s.slot, s.walk.question) {
-                s.refused = stats::DNS_ANSWERS_NOT_IN_POLICY;
-                return 1;
+            s.name_count = 0;
+            consider(s, s.walk.question);
+            if s.wildcards != 0 {
+                // Wildcards are matched one suffix per iteration (below),
+                // so the verifier walks that code once, not once per label.
+                s.suffix_at = 1;
+                return 0;
             }
-            0
+            names_found(s)
         }
         dns::step::ADDRESS => {
-            let key = LearnedKey {
-                guard_cgroup: s.guard_cgroup,
-                family: if s.walk.addr_len == 4 { AF_INET } else { AF_INET6 },
-                _pad: [0; 7],
-                addr: s.walk.addr,
-            };
-            let expires = dns::expiry(s.now_ns, s.walk.ttl);
-            match PG_DNS_LEARNED.get_ptr_mut(&key) {
-                // SAFETY: a value of the LRU map, valid for this run; two
-                // CPUs noting the same address at once may lose one
-                // extension, never allow a name that was not answered.
-                Some(v) => unsafe { (*v).note(s.walk.question, expires, s.now_ns) },
-                None => {
-                    let _ = PG_DNS_LEARNED.insert(&key, &Learned::first(s.walk.question, expires), 0);
-                }
-            }
+            note_name(s, 0);
             s.learned += 1;
+            // The address's other names, one per iteration, as for suffixes.
+            if s.name_count > 1 {
+                s.note_at = 1;
+            }
             0
         }
         _ => 1,
+    }
+}
+
+/// Notes that the walk's current address is an answer for the matched
+/// name `j`.
+#[inline(always)]
+fn note_name(s: &Scratch, j: u32) {
+    let key = LearnedKey {
+        guard_cgroup: s.guard_cgroup,
+        family: if s.walk.addr_len == 4 { AF_INET } else { AF_INET6 },
+        _pad: [0; 7],
+        addr: s.walk.addr,
+    };
+    let name = s.names[j as usize & (NAMES_PER_ADDRESS - 1)];
+    let expires = dns::expiry(s.now_ns, s.walk.ttl);
+    match PG_DNS_LEARNED.get_ptr_mut(&key) {
+        // SAFETY: a value of the LRU map, valid for this run; two CPUs
+        // noting the same address at once may lose one extension, never
+        // allow a name that was not answered.
+        Some(v) => unsafe { (*v).note(name, expires, s.now_ns) },
+        None => {
+            let _ = PG_DNS_LEARNED.insert(&key, &Learned::first(name, expires), 0);
+        }
+    }
+}
+
+/// One wildcard step: the patterns the question's suffix without its
+/// first `suffix_at` labels may stand for (`*.suffix` for the suffix one
+/// label shorter than the question, `**.suffix` for every suffix of two
+/// labels or more), most specific first. Returns the callback's value.
+#[inline(always)]
+fn match_suffix(s: &mut Scratch, key: &NameKey) -> i64 {
+    let i = s.suffix_at as usize;
+    // A pattern's suffix has at least two labels.
+    if i >= MAX_QUESTION_LABELS || i + 2 > s.walk.question_labels as usize {
+        s.suffix_at = 0;
+        return names_found(s);
+    }
+    let suffix = s.walk.suffixes[i & (MAX_QUESTION_LABELS - 1)];
+    if i == 1 {
+        consider(s, dns::wildcard_hash(key, suffix, dns::WILDCARD_ONE));
+    }
+    consider(s, dns::wildcard_hash(key, suffix, dns::WILDCARD_MANY));
+    s.suffix_at += 1;
+    0
+}
+
+/// The end of matching: go on to the addresses if the question is one of
+/// the guard's names, else stop.
+#[inline(always)]
+fn names_found(s: &mut Scratch) -> i64 {
+    if s.name_count == 0 {
+        s.refused = stats::DNS_ANSWERS_NOT_IN_POLICY;
+        return 1;
+    }
+    0
+}
+
+#[inline(always)]
+fn consider(s: &mut Scratch, hash: u64) {
+    let n = s.name_count as usize;
+    if n < NAMES_PER_ADDRESS && is_name_of(s.guard_id, s.slot, hash) {
+        s.names[n & (NAMES_PER_ADDRESS - 1)] = hash;
+        s.name_count += 1;
     }
 }
 
@@ -448,7 +530,7 @@ fn learn_from(ctx: &SkBuffContext) -> Option<u64> {
         return None;
     };
     let s = acquire(&SCRATCH_IN)?;
-    learn(ctx, s, pending, &d, stamp.guard.guard_id, stamp.guard_cgroup, slot);
+    learn(ctx, s, pending, &d, &stamp.guard, stamp.guard_cgroup, slot);
     let learned = s.learned;
     release(s);
     Some(u64::from(learned))
@@ -460,10 +542,11 @@ fn learn(
     s: &mut Scratch,
     pending: &mut PendingQueries,
     d: &Datagram,
-    guard_id: u32,
+    guard: &GuardInfo,
     guard_cgroup: u64,
     slot: u32,
 ) {
+    let (guard_id, flags) = (guard.guard_id, guard.flags);
     let Some(n) = copy_payload(ctx, s, d.payload) else { return };
     if s.walk.start(&s.buf, n) == dns::step::STOP {
         // An error RCODE, a malformed header, not one question.
@@ -482,6 +565,7 @@ fn learn(
         _pad: 0,
     };
     s.guard_id = guard_id;
+    s.wildcards = u32::from(flags & GUARD_HAS_WILDCARDS != 0);
     s.slot = slot;
     s.guard_cgroup = guard_cgroup;
     s.now_ns = now();

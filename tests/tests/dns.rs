@@ -230,6 +230,44 @@ fn a_client_connecting_the_instant_its_answer_arrives_is_never_refused() {
     }
 }
 
+#[test]
+fn a_wildcard_matches_one_label_and_a_double_wildcard_any_depth() {
+    require_root!();
+    let mut sb = Sandbox::new("dns-wild");
+    sb.cgroup("/app");
+    let mut recs = records();
+    recs.extend(
+        [
+            "--host-record=a.svc.test,127.0.4.1",
+            "--host-record=a.b.svc.test,127.0.4.2",
+            "--host-record=svc.test,127.0.4.3",
+            "--host-record=x.y.deep.test,127.0.4.4",
+            "--host-record=deep.test,127.0.4.5",
+        ]
+        .map(String::from),
+    );
+    let _services = start_services(&sb, &recs);
+    // a.svc.test is also a name of its own, on another port: its address
+    // is learned for both, and each opens its own port.
+    let policy = guard("app", "/app", &["*.svc.test", "**.deep.test"])
+        + "[[guard.connect]]\npeer = \"a.svc.test\"\nports = [8081]\nowner = \"app\"\npurpose = \"admin\"\n";
+    sb.start_agent(&policy);
+    for (name, addr, allowed) in [
+        ("a.svc.test", "127.0.4.1", "ok"),
+        ("a.b.svc.test", "127.0.4.2", "err EPERM"),
+        ("svc.test", "127.0.4.3", "err EPERM"),
+        ("x.y.deep.test", "127.0.4.4", "ok"),
+        ("deep.test", "127.0.4.5", "err EPERM"),
+    ] {
+        assert_eq!(dig(&sb, "/app", name), addr);
+        assert_eq!(connect(&sb, "/app", addr), allowed, "{name}");
+    }
+    // Allowed by a.svc.test's own rule (nothing listens there: refused by
+    // the stack, not by portguard).
+    assert_eq!(sb.probe("/app", &["connect", "tcp", "127.0.4.1", "8081", "1000"]), "err ECONNREFUSED");
+    assert_eq!(sb.probe("/app", &["connect", "tcp", "127.0.4.4", "8081", "1000"]), "err EPERM");
+}
+
 /// Learning happens in the kernel: with the agent killed, answers still
 /// open their addresses, and what was learned before stays.
 #[test]

@@ -20,11 +20,11 @@ use aya::{
 use portguard_common::{
     BindKey, Config, ConnectKey, FromKey, GuardInfo, GuardKey, MAX_GUARDS, MAX_PREFIX_LENS, MODE_AUDIT,
     MODE_ENFORCE, PortSet, RuleRef,
-    dns::{DnsNameKey, NameKey, name_hash},
+    dns::{DnsNameKey, NameKey},
     map_names,
 };
 
-use crate::policy::{CompiledPolicy, Mode};
+use crate::policy::{CompiledPolicy, Mode, dns_name::NamePattern};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum MapsError {
@@ -257,7 +257,9 @@ impl PolicyMaps {
         new.names
             .iter()
             .map(|((guard_id, proto, name), ports)| {
-                let hash = name_hash(&self.name_key, name.split('.').map(str::as_bytes));
+                // Compiled names are normalised patterns: parsing them again
+                // cannot fail.
+                let hash = NamePattern::parse(name).expect("a compiled name").kernel_hash(&self.name_key);
                 (DnsNameKey { guard_id: *guard_id, slot: 0, proto: *proto, _pad: 0, hash }, *ports)
             })
             .collect()

@@ -17,9 +17,9 @@ use rustc_hash::FxHashMap as HashMap;
 use ipnet::IpNet;
 use portguard_common::{
     AF_INET, AF_INET6, BIND_ADDR_ANY, BIND_ADDR_EXACT, BindKey, ConnectKey, FromKey,
-    GUARD_ALLOW_EPHEMERAL_BIND, GUARD_ALLOW_OTHER_SOCKETS, GUARD_HAS_NAMES, MAX_BIND_ENTRIES,
-    MAX_CONNECT_ENTRIES, MAX_FROM_ENTRIES, MAX_PORT_RANGES, MAX_PREFIX_LENS, PortRange, PortSet,
-    RULE_HAS_FROM, RuleRef,
+    GUARD_ALLOW_EPHEMERAL_BIND, GUARD_ALLOW_OTHER_SOCKETS, GUARD_HAS_NAMES, GUARD_HAS_WILDCARDS,
+    MAX_BIND_ENTRIES, MAX_CONNECT_ENTRIES, MAX_FROM_ENTRIES, MAX_PORT_RANGES, MAX_PREFIX_LENS, PortRange,
+    PortSet, RULE_HAS_FROM, RuleRef,
     dns::{MAX_NAME_ENTRIES, MAX_NAMES_PER_GUARD},
 };
 
@@ -193,7 +193,8 @@ pub(super) fn compile(src: &Source, policy: &Policy) -> Result<CompiledPolicy, P
             mode: g.mode,
             flags: (if g.allow_ephemeral_bind { GUARD_ALLOW_EPHEMERAL_BIND } else { 0 })
                 | (if g.allow_raw_sockets { GUARD_ALLOW_OTHER_SOCKETS } else { 0 })
-                | (if names.is_empty() { 0 } else { GUARD_HAS_NAMES }),
+                | (if names.is_empty() { 0 } else { GUARD_HAS_NAMES })
+                | (if names.keys().any(|(_, n)| n.starts_with('*')) { GUARD_HAS_WILDCARDS } else { 0 }),
             bind,
             bind_from,
             from,

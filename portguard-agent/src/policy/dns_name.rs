@@ -14,6 +14,8 @@
 
 use std::fmt;
 
+use portguard_common::dns::{self, NameKey};
+
 /// Longest name in presentation form without the trailing dot (RFC 1035
 /// limits the wire form to 255 bytes).
 const MAX_NAME_LEN: usize = 253;
@@ -110,6 +112,20 @@ impl NamePattern {
                     && !head.split('.').any(str::is_empty)
                     && (self.wildcard == Wildcard::AnyDepth || !head.contains('.'))
             }
+        }
+    }
+}
+
+impl NamePattern {
+    /// The pattern's identity in the kernel's `PG_DNS_NAMES`, under the
+    /// pinned hash key: what the kernel computes from a question (its
+    /// whole name, or one of its suffixes for a wildcard).
+    pub(crate) fn kernel_hash(&self, key: &NameKey) -> u64 {
+        let suffix = dns::name_hash(key, self.suffix.split('.').map(str::as_bytes));
+        match self.wildcard {
+            Wildcard::None => suffix,
+            Wildcard::OneLabel => dns::wildcard_hash(key, suffix, dns::WILDCARD_ONE),
+            Wildcard::AnyDepth => dns::wildcard_hash(key, suffix, dns::WILDCARD_MANY),
         }
     }
 }

@@ -67,11 +67,6 @@ fn bad_peers_are_refused() {
     refused(&format!("{g}peer = \"10.0.0.0/33\"\n"), 6, "not an IP address");
     refused(&format!("{g}peer = \"10.0.0.1/8\"\n"), 6, "host bits");
     refused(
-        &format!("{g}peer = \"*.db.internal\"\n"),
-        6,
-        "wildcard names as peers (\"*.db.internal\") are not enforced yet",
-    );
-    refused(
         &format!("{g}peer = [\"10.0.0.0/8\", \"nope\"]\n"),
         6,
         "a full DNS name (a name has at least two labels)",
@@ -105,6 +100,14 @@ proto = "udp"
     assert_eq!(ranges(IPPROTO_TCP), [(5432, 5432)]);
     assert_eq!(ranges(IPPROTO_UDP), [(6000, 6001)]);
     assert_eq!(g.names.len(), 2);
+    assert_eq!(g.flags & portguard_common::GUARD_HAS_WILDCARDS, 0);
+    let (_, c) = ok(
+        "[[guard]]\nname = \"a\"\ncgroup = \"/a\"\n[[guard.connect]]\npeer = [\"*.Vendor.example\", \"**.svc.local\"]\nports = [443]\n",
+    );
+    let g = &c.guards[0];
+    assert_ne!(g.flags & portguard_common::GUARD_HAS_WILDCARDS, 0);
+    let names: Vec<&str> = g.names.keys().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(names, ["**.svc.local", "*.vendor.example"]);
     // Without names the kernel skips every DNS step for the guard.
     let (_, c) =
         ok("[[guard]]\nname = \"a\"\ncgroup = \"/a\"\n[[guard.connect]]\npeer = \"10.0.0.1\"\nports = [1]\n");

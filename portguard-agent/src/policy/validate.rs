@@ -7,7 +7,6 @@ use portguard_common::{MAX_CGROUP_DEPTH, MAX_GUARDS};
 
 use super::{
     PolicyError, Source,
-    dns_name::Wildcard,
     model::{self, Expiry, Mode, PodSelector, PortSpec, Proto},
 };
 
@@ -93,8 +92,9 @@ pub struct BindRuleSpec {
 #[derive(Debug, Clone)]
 pub struct ConnectRuleSpec {
     pub peers: Vec<IpNet>,
-    /// Literal DNS names (normalised): the addresses a workload learns for
-    /// them from DNS answers, while the answers last.
+    /// DNS names and wildcard patterns (normalised, as `NamePattern`
+    /// displays them): the addresses a workload learns for them from DNS
+    /// answers, while the answers last.
     pub names: Vec<String>,
     pub ports: Vec<PortSpec>,
     pub proto: Proto,
@@ -374,14 +374,6 @@ fn connect_rules(
         .into_iter()
         .map(|r| {
             let span = r.peer.span();
-            if let Some(pattern) = r.peer.get_ref().names.iter().find(|p| p.wildcard != Wildcard::None) {
-                return Err(src.error_at(
-                    Some(span),
-                    format!(
-                        "guard {name:?}: wildcard names as peers (\"{pattern}\") are not enforced yet: list each name"
-                    ),
-                ));
-            }
             if r.peer.get_ref().is_empty() {
                 return Err(
                     src.error_at(Some(span), format!("guard {name:?}: connect rule with an empty peer list"))
@@ -398,7 +390,7 @@ fn connect_rules(
             let peers = r.peer.into_inner();
             Ok(ConnectRuleSpec {
                 peers: peers.nets,
-                names: peers.names.into_iter().map(|p| p.suffix).collect(),
+                names: peers.names.iter().map(ToString::to_string).collect(),
                 ports: r.ports.into_inner(),
                 proto: r.proto,
                 catalog: catalog(r.owner, r.purpose, r.approved_by, r.ticket, r.expires),

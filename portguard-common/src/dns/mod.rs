@@ -204,6 +204,19 @@ pub fn name_hash<'a>(key: &NameKey, labels: impl DoubleEndedIterator<Item = &'a 
     labels.rev().fold(0, |s, l| fold(key, s, label_hash(key, l)))
 }
 
+/// A `*.suffix` pattern: exactly one label before the suffix.
+pub const WILDCARD_ONE: u64 = 1;
+/// A `**.suffix` pattern: one or more labels before the suffix.
+pub const WILDCARD_MANY: u64 = 2;
+
+/// The kernel's identity of a wildcard pattern: the suffix's
+/// [`name_hash`] folded with the kind. A label hash is never 1 or 2 but by
+/// a 2^-63 chance, so no literal name takes a pattern's identity.
+#[inline(always)]
+pub fn wildcard_hash(key: &NameKey, suffix: u64, kind: u64) -> u64 {
+    fold(key, suffix, kind)
+}
+
 /// The state of one walk. In the kernel it is a per-CPU map value that the
 /// `bpf_loop` callback reads and writes; nothing lives on the stack across
 /// steps.
@@ -249,6 +262,13 @@ pub struct DnsWalk {
     pub question: u64,
     /// The question's label hashes, left to right.
     pub qlabels: [u64; MAX_QUESTION_LABELS],
+    /// Set with [`step::QUESTION`]: the question's label count.
+    pub question_labels: u32,
+    pub _pad: u32,
+    /// Set with [`step::QUESTION`]: `suffixes[i]` is the [`name_hash`] of
+    /// the question without its first `i` labels (`suffixes[0] ==
+    /// question`), what wildcard patterns are looked up by.
+    pub suffixes: [u64; MAX_QUESTION_LABELS],
 }
 
 /// Reads byte `i` of the message; the mask keeps every index inside the
@@ -480,9 +500,11 @@ impl DnsWalk {
             i -= 1;
             if (i as u32) < self.labels {
                 s = fold(key, s, self.qlabels[i]);
+                self.suffixes[i] = s;
             }
         }
         self.question = s;
+        self.question_labels = self.labels;
         self.chain = self.name;
         self.pos = pos + 4;
         if self.left == 0 {

@@ -46,6 +46,26 @@ fn the_question_hash_is_the_agents_name_hash_whatever_the_case() {
 }
 
 #[test]
+fn every_suffix_of_the_question_has_the_agents_name_hash() {
+    let m = Msg::response("A.b.Vendor.example", 1, 0);
+    let mut w = DnsWalk::default();
+    let mut buf = [0u8; BUF_LEN];
+    buf[..m.0.len()].copy_from_slice(&m.0);
+    assert_eq!(w.start(&buf, m.0.len() as u32), step::CONTINUE);
+    while w.step(&KEY, &buf) == step::CONTINUE {}
+    assert_eq!(w.question_labels, 4);
+    for (i, suffix) in
+        ["a.b.vendor.example", "b.vendor.example", "vendor.example", "example"].iter().enumerate()
+    {
+        assert_eq!(w.suffixes[i], q(suffix), "{suffix}");
+    }
+    // Patterns never take a literal name's identity, nor each other's.
+    let one = wildcard_hash(&KEY, q("vendor.example"), WILDCARD_ONE);
+    let many = wildcard_hash(&KEY, q("vendor.example"), WILDCARD_MANY);
+    assert!(one != many && one != q("vendor.example") && one != q("b.vendor.example"));
+}
+
+#[test]
 fn aaaa_records_teach_ipv6_addresses() {
     let mut m = Msg::response("db.example", 28, 1);
     let ip: [u8; 16] = core::array::from_fn(|i| i as u8);
