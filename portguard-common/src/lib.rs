@@ -157,7 +157,8 @@ pub const IPPROTO_MPTCP: u32 = 262;
 pub const RULE_HAS_FROM: u8 = 1;
 
 /// `DecisionEvent::reason` of an inbound refusal (`Op::Accept`,
-/// `Op::Receive`); 0 for every other decision.
+/// `Op::Receive`) or of a refused connect or send of a guard with DNS
+/// names; 0 for every other decision.
 pub const REASON_NONE: u8 = 0;
 /// The source is not in the `from` of the rule approving the port.
 pub const REASON_NOT_FROM: u8 = 1;
@@ -165,6 +166,15 @@ pub const REASON_NOT_FROM: u8 = 1;
 /// a judged bind (listen() without bind(), io_uring), or a UDP socket on
 /// an unapproved port (a client) hearing from a peer it did not send to.
 pub const REASON_UNAPPROVED_PORT: u8 = 2;
+/// A refused connect or send of a guard with DNS names, to an address no
+/// answer for one of its names gave the workload (or whose entry was
+/// evicted).
+pub const REASON_DNS_NEVER: u8 = 3;
+/// ... to an address such answers gave, all of them expired.
+pub const REASON_DNS_EXPIRED: u8 = 4;
+/// ... to an address answered for names whose rules do not allow the port
+/// or protocol.
+pub const REASON_DNS_OTHER_PORT: u8 = 5;
 
 /// `BindKey::addr_kind`: the rule allows any local address, or one address.
 pub const BIND_ADDR_ANY: u8 = 1;

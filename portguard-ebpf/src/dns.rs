@@ -37,7 +37,7 @@ use aya_ebpf::{
 };
 use portguard_common::{
     AF_INET, AF_INET6, GUARD_HAS_NAMES, GUARD_HAS_WILDCARDS, GuardInfo, IPPROTO_TCP, IPPROTO_UDP, MODE_AUDIT,
-    PortSet, STAMP_GUARDED,
+    PortSet, REASON_DNS_EXPIRED, REASON_DNS_NEVER, REASON_DNS_OTHER_PORT, REASON_NONE, STAMP_GUARDED,
     dns::{
         self, Buf, DnsNameKey, DnsWalk, LEARNED_ENTRIES, Learned, LearnedKey, MAX_NAME_ENTRIES,
         MAX_QUESTION_LABELS, MSG_BUF, NAMES_PER_ADDRESS, NameKey, PENDING_QUERIES, PendingQueries,
@@ -590,7 +590,8 @@ fn learn(
 }
 
 /// Connect/sendmsg: whether `peer` was learned by `guard_cgroup` for a
-/// name whose rules allow `proto`/`port`, and has not expired.
+/// name whose rules allow `proto`/`port`, and has not expired. `Err` says
+/// why not (a `REASON_DNS_*` for the report), for guards with names.
 #[inline(always)]
 pub(crate) fn learned_allows(
     guard: &GuardInfo,
@@ -599,26 +600,28 @@ pub(crate) fn learned_allows(
     proto: u8,
     peer: &Addr,
     port: u16,
-) -> bool {
+) -> Result<(), u8> {
     if guard.flags & GUARD_HAS_NAMES == 0 {
-        return false;
+        return Err(REASON_NONE);
     }
     let key = LearnedKey { guard_cgroup, family: peer.family, _pad: [0; 7], addr: peer.bytes };
     // SAFETY: an LRU value, copied out at once.
-    let Some(learned) = (unsafe { PG_DNS_LEARNED.get(&key) }).copied() else { return false };
+    let Some(learned) = (unsafe { PG_DNS_LEARNED.get(&key) }).copied() else { return Err(REASON_DNS_NEVER) };
     let now_ns = now();
+    let mut live = false;
     let mut i = 0;
     while i < dns::NAMES_PER_ADDRESS {
         if let Some(hash) = learned.live(i, now_ns) {
+            live = true;
             let name = DnsNameKey { guard_id: guard.guard_id, slot: slot as u8, proto, _pad: 0, hash };
             // SAFETY: not preallocated; read-only use within this run.
             if let Some(ports) = unsafe { PG_DNS_NAMES.get(&name) }
                 && port_in(ports, port)
             {
-                return true;
+                return Ok(());
             }
         }
         i += 1;
     }
-    false
+    Err(if live { REASON_DNS_OTHER_PORT } else { REASON_DNS_EXPIRED })
 }

@@ -145,6 +145,8 @@ fn judge(ctx: &SockAddrContext, op: Op, addr: Addr) -> i32 {
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         udp_peers::key(cookie, &addr, port)
     });
+    // Why a refused connect or send of a guard with DNS names was refused.
+    let mut reason = REASON_NONE;
     let (guard_id, allowed, audit) = match &guarded.info {
         Some(info) => {
             let known_proto = proto == IPPROTO_TCP || proto == IPPROTO_UDP;
@@ -154,7 +156,14 @@ fn judge(ctx: &SockAddrContext, op: Op, addr: Addr) -> i32 {
                     Op::Connect | Op::Sendmsg => {
                         udp_peer.as_ref().is_some_and(udp_peers::heard_lately)
                             || connect_allowed(info, slot, proto, &addr, port)
-                            || dns::learned_allows(info, guarded.guard_cgroup, slot, proto, &addr, port)
+                            || match dns::learned_allows(info, guarded.guard_cgroup, slot, proto, &addr, port)
+                            {
+                                Ok(()) => true,
+                                Err(why) => {
+                                    reason = why;
+                                    false
+                                }
+                            }
                     }
                     // Judged in sock_create, the LSM hooks and ingress, never here.
                     Op::Socket | Op::Listen | Op::Accept | Op::Receive => false,
@@ -181,7 +190,7 @@ fn judge(ctx: &SockAddrContext, op: Op, addr: Addr) -> i32 {
         addr: &addr,
         port,
         peer_port: 0,
-        reason: REASON_NONE,
+        reason: if allowed { REASON_NONE } else { reason },
     });
     if verdict == Verdict::Denied {
         return DENY;

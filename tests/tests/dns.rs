@@ -134,6 +134,12 @@ fn a_name_opens_only_what_its_own_answers_gave() {
         "another port"
     );
     assert_eq!(connect(&sb, "/app", "127.0.1.6"), "err EPERM", "an address never answered");
+    // The refusals say what the guard's workload had learned (the kernel
+    // reports the first refusal of a port per second: the one before dig).
+    let e = sb.agent().wait_for("never", |l| l["event"] == "denial" && l["port"] == 8080);
+    assert_eq!((e["addr"].as_str(), e["dns"].as_str()), (Some("127.0.1.5"), Some("never")), "{e}");
+    let e = sb.agent().wait_for("other port", |l| l["event"] == "denial" && l["port"] == 8081);
+    assert_eq!((e["dns"].as_str(), e["dns_names"].as_str()), (Some("other_port"), Some("db.test")), "{e}");
     // A name the policy does not list teaches nothing.
     assert_eq!(dig(&sb, "/app", "other.test"), "127.0.1.7");
     assert_eq!(connect(&sb, "/app", "127.0.1.7"), "err EPERM", "not a name of the guard");
@@ -266,6 +272,28 @@ fn a_wildcard_matches_one_label_and_a_double_wildcard_any_depth() {
     // the stack, not by portguard).
     assert_eq!(sb.probe("/app", &["connect", "tcp", "127.0.4.1", "8081", "1000"]), "err ECONNREFUSED");
     assert_eq!(sb.probe("/app", &["connect", "tcp", "127.0.4.4", "8081", "1000"]), "err EPERM");
+}
+
+/// An answer is good for its TTL, at least 30 s, plus 5 s of grace
+/// (dnsmasq answers its host records with TTL 0): then the address is
+/// refused, and the refusal says the answer expired, until the workload
+/// resolves the name again.
+#[test]
+fn an_address_is_refused_once_its_answer_expires() {
+    require_root!();
+    let mut sb = Sandbox::new("dns-expiry");
+    sb.cgroup("/app");
+    let _services = start_services(&sb, &records());
+    sb.start_agent(&guard("app", "/app", &["db.test"]));
+    assert_eq!(dig(&sb, "/app", "db.test"), "127.0.1.5");
+    let learned = std::time::Instant::now();
+    assert_eq!(connect(&sb, "/app", "127.0.1.5"), "ok");
+    std::thread::sleep(std::time::Duration::from_secs(36).saturating_sub(learned.elapsed()));
+    assert_eq!(connect(&sb, "/app", "127.0.1.5"), "err EPERM", "expired");
+    let e = sb.agent().wait_for("expired", |l| l["event"] == "denial" && l["addr"] == "127.0.1.5");
+    assert_eq!((e["dns"].as_str(), e["dns_names"].as_str()), (Some("expired"), Some("db.test")), "{e}");
+    assert_eq!(dig(&sb, "/app", "db.test"), "127.0.1.5");
+    assert_eq!(connect(&sb, "/app", "127.0.1.5"), "ok", "resolved again");
 }
 
 /// Learning happens in the kernel: with the agent killed, answers still

@@ -8,6 +8,7 @@ mod error;
 mod events;
 mod hooks;
 mod inspect;
+mod learned;
 mod link_update;
 mod live_ports;
 mod loader;
@@ -25,6 +26,7 @@ pub(crate) use hooks::cgroup_hooks;
 pub(crate) use inspect::{
     DenialCounters, attach_type_number, cgroup_link, cgroup_programs, link_pin, live_generation, live_policy,
 };
+pub(crate) use learned::{LearnedAddresses, LearnedState};
 pub(crate) use live_ports::{BriefKind, LivePortEntry, LivePorts, PortClosed, boot_ns};
 pub(crate) use loader::{Enforcer, unload};
 pub(crate) use pinned::{DecisionCounters, GuardCounts, KernelCounters, LiveState, PinnedError};

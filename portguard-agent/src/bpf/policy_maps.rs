@@ -252,14 +252,19 @@ impl PolicyMaps {
         Ok(out)
     }
 
+    /// A compiled name's (or pattern's) identity in the kernel.
+    pub(crate) fn name_hash(&self, name: &str) -> u64 {
+        // Compiled names are normalised patterns: parsing them again
+        // cannot fail.
+        NamePattern::parse(name).expect("a compiled name").kernel_hash(&self.name_key)
+    }
+
     /// `new`'s names as the kernel keys them.
     fn hashed_names(&self, new: &KernelPolicy) -> FxHashMap<DnsNameKey, PortSet> {
         new.names
             .iter()
             .map(|((guard_id, proto, name), ports)| {
-                // Compiled names are normalised patterns: parsing them again
-                // cannot fail.
-                let hash = NamePattern::parse(name).expect("a compiled name").kernel_hash(&self.name_key);
+                let hash = self.name_hash(name);
                 (DnsNameKey { guard_id: *guard_id, slot: 0, proto: *proto, _pad: 0, hash }, *ports)
             })
             .collect()

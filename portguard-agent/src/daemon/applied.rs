@@ -23,6 +23,27 @@ use crate::{
     state_file::{self, AgentState, GuardState, PodCgroupState},
 };
 
+/// The applied policy's DNS names: which guards have any, and each name's
+/// pattern by the identity the kernel's learned entries carry.
+#[derive(Debug, Default)]
+pub(crate) struct DnsNames {
+    pub(crate) guards: std::collections::HashSet<u32>,
+    pub(crate) by_hash: HashMap<u64, String>,
+}
+
+impl DnsNames {
+    fn of(compiled: &CompiledPolicy, ids: &HashMap<String, u32>, maps: &PolicyMaps) -> DnsNames {
+        let mut out = DnsNames::default();
+        for g in compiled.guards.iter().filter(|g| !g.names.is_empty()) {
+            out.guards.insert(ids[&g.name]);
+            for (_, name) in g.names.keys() {
+                out.by_hash.insert(maps.name_hash(name), name.clone());
+            }
+        }
+        out
+    }
+}
+
 /// The policy currently applied.
 struct Current {
     sha256: String,
@@ -35,6 +56,8 @@ struct Current {
     names: HashMap<u32, String>,
     /// Each guard's mode by guard id, for reports.
     modes: HashMap<u32, Mode>,
+    /// The DNS names of the policy by their kernel identity, for reports.
+    dns: DnsNames,
     cgroups: Resolution,
     applied_at: u64,
 }
@@ -94,6 +117,11 @@ impl AppliedPolicy {
     pub(crate) fn guard_names(&self) -> &HashMap<u32, String> {
         static EMPTY: std::sync::OnceLock<HashMap<u32, String>> = std::sync::OnceLock::new();
         self.current.as_ref().map_or_else(|| EMPTY.get_or_init(HashMap::new), |a| &a.names)
+    }
+
+    pub(crate) fn dns_names(&self) -> &DnsNames {
+        static EMPTY: std::sync::OnceLock<DnsNames> = std::sync::OnceLock::new();
+        self.current.as_ref().map_or_else(|| EMPTY.get_or_init(DnsNames::default), |a| &a.dns)
     }
 
     pub(crate) fn guard_modes(&self) -> &HashMap<u32, Mode> {
@@ -179,6 +207,7 @@ impl AppliedPolicy {
         );
         let modes = compiled.guards.iter().map(|g| (ids[&g.name], g.mode)).collect();
         let names = ids.iter().map(|(name, id)| (*id, name.clone())).collect();
+        let dns = DnsNames::of(&compiled, &ids, &self.maps);
         self.current = Some(Current {
             sha256: policy::sha256_hex(text.as_bytes()),
             policy,
@@ -186,6 +215,7 @@ impl AppliedPolicy {
             ids,
             names,
             modes,
+            dns,
             cgroups,
             applied_at: state_file::now_unix(),
         });

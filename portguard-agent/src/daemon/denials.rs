@@ -14,13 +14,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use portguard_common::{ORPHAN_GUARD_ID, Op, Transport, Verdict};
+use portguard_common::{
+    ORPHAN_GUARD_ID, Op, REASON_DNS_EXPIRED, REASON_DNS_NEVER, REASON_DNS_OTHER_PORT, Transport, Verdict,
+};
 
+use super::applied::DnsNames;
 use crate::{
-    bpf::DecodedEvent,
+    bpf::{DecodedEvent, LearnedAddresses, LearnedState},
     cgroup::{CgroupNames, workload},
     policy::Mode,
-    trail::{InboundReason, Record, RecordKind, RecordOp},
+    trail::{DnsNote, DnsNoteState, InboundReason, Record, RecordKind, RecordOp},
 };
 
 pub(crate) const WINDOW: Duration = Duration::from_secs(1);
@@ -55,17 +58,26 @@ struct Seen {
 
 pub(crate) struct DenialLog {
     names: CgroupNames,
+    /// The kernel's learned DNS addresses: why a guard with names refused
+    /// a peer (never answered, expired, another port).
+    learned: Option<LearnedAddresses>,
     seen: HashMap<Kind, Seen>,
     /// Audit-trail records of what was logged, for the caller to write.
     pub(crate) records: Vec<Record>,
 }
 
 impl DenialLog {
-    pub(crate) fn new(root: PathBuf) -> Self {
-        DenialLog { names: CgroupNames::new(root), seen: HashMap::new(), records: Vec::new() }
+    pub(crate) fn new(root: PathBuf, learned: Option<LearnedAddresses>) -> Self {
+        DenialLog { names: CgroupNames::new(root), learned, seen: HashMap::new(), records: Vec::new() }
     }
 
-    pub(crate) fn log(&mut self, e: &DecodedEvent, names: &HashMap<u32, String>, modes: &HashMap<u32, Mode>) {
+    pub(crate) fn log(
+        &mut self,
+        e: &DecodedEvent,
+        names: &HashMap<u32, String>,
+        modes: &HashMap<u32, Mode>,
+        dns: &DnsNames,
+    ) {
         let kind = Kind {
             sock_cgroup: e.sock_cgroup,
             guard_id: e.guard_id,
@@ -83,9 +95,9 @@ impl DenialLog {
             return;
         }
         if self.seen.len() >= MAX_KINDS {
-            self.flush(names, modes, Some(Instant::now()));
+            self.flush(names, modes, dns, Some(Instant::now()));
         }
-        self.emit(e, names, modes, 0, e.count);
+        self.emit(e, names, modes, dns, 0, e.count);
         self.seen.insert(kind, Seen { first: Instant::now(), repeats: 0, count: 0, last: e.clone() });
     }
 
@@ -95,6 +107,7 @@ impl DenialLog {
         &mut self,
         names: &HashMap<u32, String>,
         modes: &HashMap<u32, Mode>,
+        dns: &DnsNames,
         now: Option<Instant>,
     ) {
         let due: Vec<Kind> = self
@@ -109,9 +122,39 @@ impl DenialLog {
             if let Some(s) = self.seen.remove(&k)
                 && s.repeats > 0
             {
-                self.emit(&s.last, names, modes, s.repeats, s.count);
+                self.emit(&s.last, names, modes, dns, s.repeats, s.count);
             }
         }
+    }
+
+    /// For a refused connect or send of a guard with DNS names: what the
+    /// kernel had learned for the peer when it refused (the event's
+    /// reason), with the names the learned entry holds now.
+    fn dns_state(&self, e: &DecodedEvent, dns: &DnsNames) -> Option<DnsNote> {
+        let outbound = matches!(e.op, Some(Op::Connect | Op::Sendmsg));
+        let state = match e.reason {
+            REASON_DNS_NEVER => DnsNoteState::Never,
+            REASON_DNS_EXPIRED => DnsNoteState::Expired,
+            REASON_DNS_OTHER_PORT => DnsNoteState::OtherPort,
+            _ => return None,
+        };
+        if !outbound {
+            return None;
+        }
+        let named = |hashes: &[u64]| -> Vec<String> {
+            hashes
+                .iter()
+                .map(|h| dns.by_hash.get(h).cloned().unwrap_or_else(|| format!("{h:016x}")))
+                .collect()
+        };
+        let (names, expired_ago_s) = match self.learned.as_ref().map(|l| l.state(e.guard_cgroup, e.addr)) {
+            Some(LearnedState::Expired { names, ago_s }) => (named(&names), Some(ago_s)),
+            Some(LearnedState::Live { names }) => (named(&names), None),
+            Some(LearnedState::Never) | None => (Vec::new(), None),
+        };
+        let names = if state == DnsNoteState::Never { Vec::new() } else { names };
+        let expired_ago_s = expired_ago_s.filter(|_| state == DnsNoteState::Expired);
+        Some(DnsNote { state, names, expired_ago_s })
     }
 
     fn emit(
@@ -119,6 +162,7 @@ impl DenialLog {
         e: &DecodedEvent,
         names: &HashMap<u32, String>,
         modes: &HashMap<u32, Mode>,
+        dns: &DnsNames,
         repeats: u64,
         count: u64,
     ) {
@@ -149,7 +193,12 @@ impl DenialLog {
         } else {
             format!("{peer}/{}", e.proto)
         };
-        let why = reason.map_or(String::new(), |r| format!(": {}", r.explain()));
+        let learned = self.dns_state(e, dns);
+        let why = match (&reason, &learned) {
+            (Some(r), _) => format!(": {}", r.explain()),
+            (None, Some(l)) => format!(": {}", l.explain()),
+            (None, None) => String::new(),
+        };
         let what = match (e.verdict, e.op) {
             // A kernel-chosen port: nothing in the address says why, so say it.
             (Some(Verdict::Audited), Some(Op::Bind)) if e.port == 0 => format!(
@@ -186,6 +235,7 @@ impl DenialLog {
                 count: count.max(1),
                 peer_port: inbound.then_some(e.peer_port),
                 reason,
+                dns: learned.clone(),
                 ..Record::new(
                     if e.verdict == Some(Verdict::Audited) {
                         RecordKind::Audited
@@ -226,6 +276,8 @@ impl DenialLog {
                 InboundReason::NotFrom => "not_from",
                 InboundReason::UnapprovedPort => "unapproved_port",
             }),
+            dns = learned.as_ref().map_or("", |l| l.state.as_str()),
+            dns_names = learned.as_ref().map_or(String::new(), |l| l.names.join(",")),
             verdict,
             repeats,
             count,

@@ -32,7 +32,10 @@ use self::{
     sinks::Sinks,
 };
 use crate::{
-    bpf::{self, DecodedEvent, Enforcer, EventStream, KernelCounters, LivePorts, PolicyMaps, PortClosed},
+    bpf::{
+        self, DecodedEvent, Enforcer, EventStream, KernelCounters, LearnedAddresses, LivePorts, PolicyMaps,
+        PortClosed,
+    },
     cgroup,
     cli::RunArgs,
     inventory::live::Listeners,
@@ -130,7 +133,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), DaemonError> {
     let mut sinks = Sinks::new(
         trail,
         Listeners::new(root.clone(), root_in_mount, live_ports, &args.state_dir),
-        DenialLog::new(root),
+        DenialLog::new(root, LearnedAddresses::open(&args.bpffs).ok()),
         &applied,
         &metrics,
     );

@@ -60,14 +60,14 @@ impl Sinks {
     pub(crate) fn log_denials(&mut self, batch: &mut Vec<DecodedEvent>, applied: &AppliedPolicy) {
         let probes = self.probes.as_deref();
         for e in batch.drain(..).filter(|e| !probes.is_some_and(|p| p.contains(e.sock_cgroup))) {
-            self.denials.log(&e, applied.guard_names(), applied.guard_modes());
+            self.denials.log(&e, applied.guard_names(), applied.guard_modes(), applied.dns_names());
         }
     }
 
     /// Summarises the coalesced denials whose window ended (all of them
     /// when `now` is None, at shutdown).
     pub(crate) fn flush_denials(&mut self, applied: &AppliedPolicy, now: Option<Instant>) {
-        self.denials.flush(applied.guard_names(), applied.guard_modes(), now);
+        self.denials.flush(applied.guard_names(), applied.guard_modes(), applied.dns_names(), now);
     }
 
     /// Writes the kernel's ports that settled and the brief ones (see

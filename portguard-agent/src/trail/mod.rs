@@ -15,7 +15,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-pub(crate) use record::{InboundReason, Record, RecordKind, RecordOp, read_records};
+pub(crate) use record::{DnsNote, DnsNoteState, InboundReason, Record, RecordKind, RecordOp, read_records};
 pub(crate) use verification::{VerifyEvent, VerifyRecord};
 
 pub(crate) struct AuditTrail {

@@ -75,6 +75,61 @@ impl InboundReason {
     }
 }
 
+/// For a refused or audited connect/send of a guard with DNS names: what
+/// the kernel had learned for the peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DnsNote {
+    pub state: DnsNoteState,
+    /// The guard's names the peer was an answer for (none for `never`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    /// For `expired`: how long ago the last of those answers expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expired_ago_s: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum DnsNoteState {
+    /// No answer for one of the guard's names gave the workload this
+    /// address (or its entry was evicted).
+    Never,
+    /// It did, and every such answer expired.
+    Expired,
+    /// It did, for names whose rules do not allow this port or protocol.
+    OtherPort,
+}
+
+impl DnsNoteState {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            DnsNoteState::Never => "never",
+            DnsNoteState::Expired => "expired",
+            DnsNoteState::OtherPort => "other_port",
+        }
+    }
+}
+
+impl DnsNote {
+    /// As the log line says it.
+    pub(crate) fn explain(&self) -> String {
+        match self.state {
+            DnsNoteState::Never => {
+                "no DNS answer for a name of the guard gave the workload this address".to_owned()
+            }
+            DnsNoteState::Expired => format!(
+                "the workload's DNS answers for {} gave this address, but expired {} s ago",
+                self.names.join(", "),
+                self.expired_ago_s.unwrap_or(0)
+            ),
+            DnsNoteState::OtherPort => format!(
+                "the address is an answer for {}, whose rules do not allow this port or protocol",
+                self.names.join(", ")
+            ),
+        }
+    }
+}
+
 impl RecordOp {
     /// A packet received (`accept`, `receive`): `addr` is the peer's and
     /// `port` the local one.
@@ -142,6 +197,9 @@ pub(crate) struct Record {
     /// For refused or audited `accept` and `receive`: why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<InboundReason>,
+    /// For refused or audited connects and sends of guards with DNS names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsNote>,
 }
 
 fn one() -> u64 {
@@ -188,6 +246,7 @@ impl Record {
             open_seconds: None,
             peer_port: None,
             reason: None,
+            dns: None,
         }
     }
 

@@ -1,0 +1,92 @@
+//! The addresses the kernel learned from DNS answers (`PG_DNS_LEARNED`),
+//! read by the agent to say why a connect to an address was refused: the
+//! guard's workload never received it in an answer for one of its names,
+//! received it but the answer expired, or received it for a name whose
+//! rules do not allow that port.
+
+use std::{net::IpAddr, path::Path};
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use portguard_common::{
+    AF_INET, AF_INET6,
+    dns::{Learned, LearnedKey},
+    map_names,
+};
+
+use super::{
+    bpffs::PinLayout,
+    live_ports::boot_ns,
+    pinned::{PinnedError, open},
+};
+
+/// What the kernel holds for (guarded cgroup, address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LearnedState {
+    /// No answer for one of the guard's names gave it (or its entry was
+    /// evicted to make room).
+    Never,
+    /// Answered for these names (their kernel identities), all expired;
+    /// the last one this many seconds ago.
+    Expired { names: Vec<u64>, ago_s: u64 },
+    /// Answered for these names, still valid: the refusal is about the
+    /// port or protocol.
+    Live { names: Vec<u64> },
+}
+
+pub(crate) struct LearnedAddresses {
+    map: BpfHashMap<MapData, LearnedKey, Learned>,
+}
+
+impl LearnedAddresses {
+    pub(crate) fn open(pin_dir: &Path) -> Result<LearnedAddresses, PinnedError> {
+        let pins = PinLayout::new(pin_dir.to_owned());
+        let map = BpfHashMap::try_from(open(&pins, map_names::DNS_LEARNED)?)
+            .map_err(|source| PinnedError::Map { name: map_names::DNS_LEARNED, source })?;
+        Ok(LearnedAddresses { map })
+    }
+
+    pub(crate) fn state(&self, guard_cgroup: u64, addr: IpAddr) -> LearnedState {
+        let (family, bytes) = match addr {
+            IpAddr::V4(a) => {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&a.octets());
+                (AF_INET, b)
+            }
+            IpAddr::V6(a) => (AF_INET6, a.octets()),
+        };
+        let key = LearnedKey { guard_cgroup, family, _pad: [0; 7], addr: bytes };
+        match self.map.get(&key, 0) {
+            Ok(learned) => classify(&learned, boot_ns()),
+            Err(_) => LearnedState::Never,
+        }
+    }
+}
+
+fn classify(learned: &Learned, now: u64) -> LearnedState {
+    let slots = learned.names.iter().zip(&learned.expires_ns).filter(|(_, e)| **e != 0);
+    let live: Vec<u64> = slots.clone().filter(|(_, e)| **e > now).map(|(n, _)| *n).collect();
+    if !live.is_empty() {
+        return LearnedState::Live { names: live };
+    }
+    let names: Vec<u64> = slots.clone().map(|(n, _)| *n).collect();
+    match slots.map(|(_, e)| *e).max() {
+        Some(last) => LearnedState::Expired { names, ago_s: now.saturating_sub(last) / 1_000_000_000 },
+        None => LearnedState::Never,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn live_expired_and_empty_entries() {
+        let mut l = Learned::first(7, 100 * S);
+        l.note(8, 50 * S, 10 * S);
+        assert_eq!(classify(&l, 60 * S), LearnedState::Live { names: vec![7] });
+        assert_eq!(classify(&l, 130 * S), LearnedState::Expired { names: vec![7, 8], ago_s: 30 });
+        assert_eq!(classify(&Learned::default(), 0), LearnedState::Never);
+    }
+}
