@@ -23,19 +23,17 @@ use crate::{
     state_file::{self, AgentState, GuardState, PodCgroupState},
 };
 
-/// The applied policy's DNS names: which guards have any, and each name's
-/// pattern by the identity the kernel's learned entries carry.
+/// The applied policy's DNS names, each pattern by the identity the
+/// kernel's learned entries carry.
 #[derive(Debug, Default)]
 pub(crate) struct DnsNames {
-    pub(crate) guards: std::collections::HashSet<u32>,
     pub(crate) by_hash: HashMap<u64, String>,
 }
 
 impl DnsNames {
-    fn of(compiled: &CompiledPolicy, ids: &HashMap<String, u32>, maps: &PolicyMaps) -> DnsNames {
+    fn of(compiled: &CompiledPolicy, maps: &PolicyMaps) -> DnsNames {
         let mut out = DnsNames::default();
-        for g in compiled.guards.iter().filter(|g| !g.names.is_empty()) {
-            out.guards.insert(ids[&g.name]);
+        for g in &compiled.guards {
             for (_, name) in g.names.keys() {
                 out.by_hash.insert(maps.name_hash(name), name.clone());
             }
@@ -207,7 +205,7 @@ impl AppliedPolicy {
         );
         let modes = compiled.guards.iter().map(|g| (ids[&g.name], g.mode)).collect();
         let names = ids.iter().map(|(name, id)| (*id, name.clone())).collect();
-        let dns = DnsNames::of(&compiled, &ids, &self.maps);
+        let dns = DnsNames::of(&compiled, &self.maps);
         self.current = Some(Current {
             sha256: policy::sha256_hex(text.as_bytes()),
             policy,
