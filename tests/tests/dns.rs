@@ -230,7 +230,15 @@ fn a_client_connecting_the_instant_its_answer_arrives_is_never_refused() {
     sb.start_agent(&guard("app", "/app", &names));
 
     let out = sb.probe("/app", &["dns-race", RESOLVER, "n", "race.test", &count.to_string(), APP_PORT]);
-    assert_eq!(out, format!("lookups={count} answered={count} connected={count} refused=0 other=0"));
+    let field = |key: &str| -> u32 {
+        out.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+            .expect(key)
+    };
+    // Not one refusal; a connect that timed out was let through by the hook
+    // (a refusal is immediate) and found the accept queue full.
+    assert_eq!((field("answered"), field("refused"), field("other")), (count, 0, 0), "{out}");
+    assert_eq!(field("connected") + field("timeout"), count, "{out}");
     for i in 0..20 {
         assert_eq!(connect(&sb, "/app", &format!("127.3.9.{}", i + 1)), "err EPERM", "never answered");
     }

@@ -115,13 +115,13 @@ proto = "udp"
 }
 
 #[test]
-fn a_guard_holds_at_most_1024_names() {
-    let names: Vec<String> = (0..1025).map(|i| format!("\"n{i}.example\"")).collect();
+fn a_guard_holds_at_most_16384_names() {
+    let names: Vec<String> = (0..16_385).map(|i| format!("\"n{i}.example\"")).collect();
     let text = format!(
         "[[guard]]\nname = \"a\"\ncgroup = \"/a\"\n[[guard.connect]]\npeer = [{}]\nports = [443]\n",
         names.join(", ")
     );
-    refused(&text, 5, "connect rules list 1025 DNS names; portguard supports at most 1024 per guard");
+    refused(&text, 5, "connect rules list 16385 DNS names; portguard supports at most 16384 per guard");
 }
 
 #[test]

@@ -28,8 +28,11 @@ pub const NAMES_PER_ADDRESS: usize = 4;
 pub const LEARNED_ENTRIES: u32 = 65_536;
 /// DNS names (literal, per protocol) one policy slot may hold.
 pub const MAX_NAME_ENTRIES: u32 = 65_536;
-/// DNS names one guard may list.
-pub const MAX_NAMES_PER_GUARD: usize = 1024;
+/// DNS names one guard may list. A connect never looks names up (only
+/// the learned address's own names), so the count costs the kernel
+/// nothing per connect; it bounds the map and each answer's lookups do
+/// not depend on it.
+pub const MAX_NAMES_PER_GUARD: usize = 16_384;
 
 /// `PG_DNS_NAMES` key: one name of a guard's connect rules, by protocol.
 /// The value is the `PortSet` the rules allow to its addresses.

@@ -3,6 +3,7 @@
 
 mod apply;
 mod configs;
+mod dns;
 mod flood;
 mod inbound;
 mod overhead;
@@ -42,7 +43,7 @@ pub(crate) fn quantile(mut v: Vec<f64>, q: f64) -> f64 {
 }
 
 /// The sections, in the order BENCHMARKS.md lists them.
-pub(crate) const SECTIONS: [&str; 5] = ["overhead", "apply", "flood", "verify", "inbound"];
+pub(crate) const SECTIONS: [&str; 6] = ["overhead", "apply", "flood", "verify", "inbound", "dns"];
 
 fn section(name: &str) -> anyhow::Result<Section> {
     Ok(match name {
@@ -51,6 +52,7 @@ fn section(name: &str) -> anyhow::Result<Section> {
         "flood" => flood::run(),
         "verify" => verify::run(),
         "inbound" => inbound::run()?,
+        "dns" => dns::run()?,
         _ => anyhow::bail!("no benchmark section {name:?} (sections: {})", SECTIONS.join(", ")),
     })
 }

@@ -25,6 +25,13 @@ impl Rng {
         self.0 ^= self.0 << 17;
         self.0
     }
+
+    /// Fisher-Yates.
+    pub(super) fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            items.swap(i, (self.next() % (i as u64 + 1)) as usize);
+        }
+    }
 }
 
 fn trial(cfg: &Config, w: &Workload, allowed: bool) -> f64 {

@@ -40,32 +40,57 @@ fn txid(i: u32) -> u16 {
     (std::process::id() as u16).wrapping_mul(31).wrapping_add((i as u16).wrapping_mul(40_503))
 }
 
-/// `count` lookups of `{prefix}{i}.{suffix}` at `server`:53, each from a
-/// fresh connected socket (as glibc does), and a TCP connect to every
-/// address of each answer the instant it is read. Prints
-/// `lookups=N answered=A connected=C refused=R other=O`.
-pub(crate) fn race(server: IpAddr, prefix: &str, suffix: &str, count: u32, port: u16) -> io::Result<String> {
-    let (mut answered, mut connected, mut refused, mut other) = (0, 0, 0, 0);
+/// `count` lookups of `{prefix}{i % names}.{suffix}` at `server`:53, each
+/// from a fresh connected socket (as glibc does), and a TCP connect to
+/// every address of each answer the instant it is read (none when `port`
+/// is 0). Prints `lookups=N answered=A connected=C refused=R timeout=T
+/// other=O ns=T`.
+pub(crate) fn race(
+    server: IpAddr,
+    prefix: &str,
+    suffix: &str,
+    count: u32,
+    port: u16,
+    names: u32,
+) -> io::Result<String> {
+    let (mut answered, mut connected, mut refused, mut timeouts, mut other) = (0, 0, 0, 0, 0);
     let mut buf = [0u8; 4096];
+    let started = Instant::now();
     for i in 0..count {
         let sock = UdpSocket::bind(SocketAddr::new(unspecified(server), 0))?;
         sock.connect((server, 53))?;
         sock.set_read_timeout(Some(Duration::from_secs(2)))?;
-        sock.send(&query(txid(i), &format!("{prefix}{i}.{suffix}")))?;
+        sock.send(&query(txid(i), &format!("{prefix}{}.{suffix}", i % names.max(1))))?;
         let Ok(n) = sock.recv(&mut buf) else { continue };
         answered += 1;
+        if port == 0 {
+            continue;
+        }
         for addr in addresses(&buf[..n]) {
-            match connect_within("tcp", addr, port, 300) {
+            // A connect the hook refuses fails at once (EPERM); one it let
+            // through may still wait for an accept queue with room on a
+            // loaded machine: 3 s covers a SYN retransmission.
+            match connect_within("tcp", addr, port, 3000) {
                 Ok(s) if s == "ok" => connected += 1,
+                Ok(_) => {
+                    timeouts += 1;
+                    eprintln!("timeout {addr} (lookup {i})");
+                }
                 Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
                     refused += 1;
                     eprintln!("refused {addr} (lookup {i})");
                 }
-                _ => other += 1,
+                Err(e) => {
+                    other += 1;
+                    eprintln!("{addr} (lookup {i}): {e}");
+                }
             }
         }
     }
-    Ok(format!("lookups={count} answered={answered} connected={connected} refused={refused} other={other}"))
+    Ok(format!(
+        "lookups={count} answered={answered} connected={connected} refused={refused} timeout={timeouts} other={other} ns={}",
+        started.elapsed().as_nanos()
+    ))
 }
 
 fn unspecified(like: IpAddr) -> IpAddr {

@@ -33,9 +33,9 @@
 //!       creates the socket, prints "ready", waits for FILE, then connects
 //!       (after moving itself into PROCS, when given)
 //!   pg-probe socket raw|sctp|packet        (just create one)
-//!   pg-probe dns-race SERVER PREFIX SUFFIX COUNT PORT
-//!       COUNT lookups of PREFIX{i}.SUFFIX, a TCP connect to PORT of each answer at once:
-//!       "lookups=N answered=A connected=C refused=R other=O"
+//!   pg-probe dns-race SERVER PREFIX SUFFIX COUNT PORT [NAMES]
+//!       COUNT lookups of PREFIX{i % NAMES}.SUFFIX, a TCP connect to PORT (0: none) of each
+//!       answer at once: "lookups=N answered=A connected=C refused=R timeout=T other=O ns=T"
 //!   pg-probe dns-ask SERVER NAME TXID MILLIS  (one query; "port=N", then each answer, "done")
 //!   pg-probe dns-forge SRC SRC_PORT DST DST_PORT NAME TXID ADDR  (a forged A answer)
 //!   pg-probe ping IP                       (ICMP ping socket, one echo request to IP)
@@ -134,8 +134,16 @@ fn main() -> ExitCode {
         }
         ["socket", kind] => create_socket(kind),
         ["dns-race", server, prefix, suffix, count, p] => {
-            dns::race(parse_ip(server), prefix, suffix, count.parse().expect("count"), port(p))
+            dns::race(parse_ip(server), prefix, suffix, count.parse().expect("count"), port(p), u32::MAX)
         }
+        ["dns-race", server, prefix, suffix, count, p, names] => dns::race(
+            parse_ip(server),
+            prefix,
+            suffix,
+            count.parse().expect("count"),
+            port(p),
+            names.parse().expect("names"),
+        ),
         ["dns-ask", server, name, txid, millis] => dns::ask(
             parse_ip(server),
             name,
