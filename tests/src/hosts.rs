@@ -85,6 +85,19 @@ impl Host {
         text.trim().to_owned()
     }
 
+    /// Starts `program` in this host's namespace (in the test's own,
+    /// unguarded cgroup), stdout and stderr piped.
+    pub fn spawn(&self, program: &Path, args: &[&str]) -> Child {
+        Command::new("ip")
+            .args(["netns", "exec", &self.netns])
+            .arg(program)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} {args:?} in {}: {e}", program.display(), self.netns))
+    }
+
     /// Starts pg-probe in this host's namespace, stdout piped.
     pub fn spawn_probe(&self, args: &[&str]) -> Child {
         Command::new("ip")

@@ -304,6 +304,95 @@ fn an_address_is_refused_once_its_answer_expires() {
     assert_eq!(connect(&sb, "/app", "127.0.1.5"), "ok", "resolved again");
 }
 
+/// Real resolver clients, as workloads use them: glibc's (`getent`, `curl`,
+/// A and AAAA in parallel on one connected socket) through a local stub
+/// (dnsmasq on 127.0.0.53, forwarding) and `dig` straight at the resolver
+/// on another host, which the stub also forwards to.
+#[test]
+fn glibc_clients_learn_through_a_local_stub_and_dig_straight_from_the_resolver() {
+    require_root!();
+    let mut sb = Sandbox::new("dns-stub");
+    sb.cgroup("/app");
+    sb.cgroup("/srv");
+    let dnsmasq = Path::new("/usr/sbin/dnsmasq");
+    let upstream = sb.add_host(1);
+    let listen = format!("--listen-address={}", upstream.v4);
+    let _resolver = Running(upstream.spawn(
+        dnsmasq,
+        &[
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--user=root",
+            "--pid-file",
+            &listen,
+            "--bind-interfaces",
+            "--port=53",
+            "--host-record=db.test,127.0.1.5",
+            "--host-record=web.test,127.0.1.9",
+            "--host-record=other.test,127.0.1.7",
+            "--host-record=v6.test,fd00::77",
+        ],
+    ));
+    let server = format!("--server={}", upstream.v4);
+    let _stub = Running(sb.spawn_in(
+        "/srv",
+        dnsmasq,
+        &[
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--user=root",
+            "--pid-file",
+            "--listen-address=127.0.0.53",
+            "--bind-interfaces",
+            "--port=53",
+            "--cache-size=0",
+            &server,
+        ],
+    ));
+    let mut web = Running(sb.spawn_probe("/srv", &["accept-serve", "0.0.0.0", APP_PORT]));
+    let mut line = String::new();
+    BufReader::new(web.0.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("read");
+    let policy = guard("app", "/app", &["db.test", "web.test", "v6.test"])
+        .replace(&format!("peer = \"{RESOLVER}\""), &format!("peer = [\"127.0.0.53\", \"{}\"]", upstream.v4));
+    sb.start_agent(&policy);
+    // glibc reads /etc/resolv.conf: give the clients their own, in a
+    // private mount namespace.
+    let resolv = sb.dir.join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 127.0.0.53\noptions attempts:1 timeout:2\n").expect("resolv.conf");
+    let glibc = |command: &str| -> std::process::Output {
+        let script = format!("mount --bind {} /etc/resolv.conf && exec {command}", resolv.display());
+        sb.spawn_in("/app", Path::new("/usr/bin/unshare"), &["-m", "sh", "-c", &script])
+            .wait_with_output()
+            .expect("wait")
+    };
+    for _ in 0..100 {
+        if String::from_utf8_lossy(&glibc("getent ahostsv4 db.test").stdout).contains("127.0.1.5") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(connect(&sb, "/app", "127.0.1.5"), "ok", "learned through the stub by getent");
+    // curl resolves (A and AAAA at once) and connects in one go: the
+    // server accepts and closes, so curl says "empty reply" (52); a refused
+    // connect is "could not connect" (7).
+    let curl = |name: &str| glibc(&format!("curl -s -o /dev/null --max-time 5 http://{name}:{APP_PORT}/")).status.code();
+    assert_eq!(curl("web.test"), Some(52), "curl by a name of the guard");
+    assert_eq!(curl("other.test"), Some(7), "curl by a name the guard does not list");
+    // AAAA straight from the resolver on the other host.
+    assert_eq!(sb.probe("/app", &["connect", "tcp", "fd00::77", APP_PORT, "1000"]), "err EPERM", "before");
+    let aaaa = sb.run_in(
+        "/app",
+        Path::new("/usr/bin/dig"),
+        &[&format!("@{}", upstream.v4), "v6.test", "AAAA", "+short", "+time=2", "+tries=1"],
+    );
+    assert_eq!(aaaa, "fd00::77");
+    assert_ne!(sb.probe("/app", &["connect", "tcp", "fd00::77", APP_PORT, "1000"]), "err EPERM", "after");
+}
+
 /// Learning happens in the kernel: with the agent killed, answers still
 /// open their addresses, and what was learned before stays.
 #[test]

@@ -37,6 +37,9 @@ pub(crate) fn all() -> anyhow::Result<()> {
         // reply window.
         "dnsmasq-base",
         "bind9-dnsutils",
+        // A real glibc client resolving and connecting by name (the DNS
+        // names tests; getent comes with libc-bin).
+        "curl",
         // The Debian package: cargo-deb's dependency scan (dpkg-shlibdeps),
         // Debian's own checker, and what the package test installs it
         // with and checks it by (deb-systemd-helper, man, bash-completion).
