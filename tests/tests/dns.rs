@@ -153,6 +153,9 @@ fn a_name_opens_only_what_its_own_answers_gave() {
     assert_eq!(connect(&sb, "/other", "127.0.1.5"), "ok", "after its own answer");
     // An unguarded cgroup is not judged at all.
     assert_eq!(connect(&sb, "/srv", "127.0.1.6"), "ok");
+    let m = sb.agent().metrics();
+    assert_eq!(metric_sum(&m, "portguard_dns_learned_addresses", &[("guard", "app")]), 2, "{m}");
+    assert_eq!(metric_sum(&m, "portguard_dns_learned_addresses", &[("guard", "other")]), 1, "{m}");
 }
 
 #[test]
@@ -379,7 +382,9 @@ fn glibc_clients_learn_through_a_local_stub_and_dig_straight_from_the_resolver()
     // curl resolves (A and AAAA at once) and connects in one go: the
     // server accepts and closes, so curl says "empty reply" (52); a refused
     // connect is "could not connect" (7).
-    let curl = |name: &str| glibc(&format!("curl -s -o /dev/null --max-time 5 http://{name}:{APP_PORT}/")).status.code();
+    let curl = |name: &str| {
+        glibc(&format!("curl -s -o /dev/null --max-time 5 http://{name}:{APP_PORT}/")).status.code()
+    };
     assert_eq!(curl("web.test"), Some(52), "curl by a name of the guard");
     assert_eq!(curl("other.test"), Some(7), "curl by a name the guard does not list");
     // AAAA straight from the resolver on the other host.

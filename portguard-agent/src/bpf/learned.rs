@@ -62,6 +62,21 @@ impl LearnedAddresses {
     }
 }
 
+impl LearnedAddresses {
+    /// Addresses with an answer still valid, per guarded cgroup: one walk
+    /// of the table (at most `LEARNED_ENTRIES`, two system calls each).
+    pub(crate) fn live_per_cgroup(&self) -> std::collections::HashMap<u64, u64> {
+        let now = boot_ns();
+        let mut out = std::collections::HashMap::new();
+        for (key, learned) in self.map.iter().filter_map(Result::ok) {
+            if learned.expires_ns.iter().any(|e| *e > now) {
+                *out.entry(key.guard_cgroup).or_default() += 1;
+            }
+        }
+        out
+    }
+}
+
 fn classify(learned: &Learned, now: u64) -> LearnedState {
     let slots = learned.names.iter().zip(&learned.expires_ns).filter(|(_, e)| **e != 0);
     let live: Vec<u64> = slots.clone().filter(|(_, e)| **e > now).map(|(n, _)| *n).collect();

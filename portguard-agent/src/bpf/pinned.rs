@@ -102,6 +102,8 @@ pub(crate) struct DnsCounts {
 pub(crate) struct KernelCounters {
     pub decisions: DecisionCounters,
     denial_counts: PerCpuHashMap<MapData, DenialKey, DenialCount>,
+    /// The learned DNS addresses (counted per guard at each scrape).
+    pub learned: Option<super::LearnedAddresses>,
 }
 
 impl std::fmt::Debug for KernelCounters {
@@ -117,6 +119,7 @@ impl KernelCounters {
             decisions: DecisionCounters::open(pin_dir)?,
             denial_counts: PerCpuHashMap::try_from(open(&pins, map_names::DENIAL_COUNTS)?)
                 .map_err(|source| PinnedError::Map { name: map_names::DENIAL_COUNTS, source })?,
+            learned: super::LearnedAddresses::open(pin_dir).ok(),
         })
     }
 

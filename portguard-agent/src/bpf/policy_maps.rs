@@ -202,11 +202,16 @@ impl PolicyMaps {
         self.generation
     }
 
-    /// Entries in the guard, bind (with their `from` networks) and connect
-    /// maps, both slots.
-    pub(crate) fn entry_counts(&self) -> (usize, usize, usize) {
+    /// Entries in the guard, bind (with their `from` networks), connect
+    /// and DNS name maps, both slots.
+    pub(crate) fn entry_counts(&self) -> (usize, usize, usize, usize) {
         let sum = |f: fn(&KernelPolicy) -> usize| self.slots.iter().map(f).sum();
-        (sum(|k| k.guards.len()), sum(|k| k.bind.len() + k.from.len()), sum(|k| k.connect.len()))
+        (
+            sum(|k| k.guards.len()),
+            sum(|k| k.bind.len() + k.from.len()),
+            sum(|k| k.connect.len()),
+            self.name_slots.iter().map(|s| s.len()).sum(),
+        )
     }
 
     fn read_slot(&self, slot: u8) -> Result<KernelPolicy, MapsError> {

@@ -130,16 +130,24 @@ impl AppliedPolicy {
     /// Hands what the agent knows to the metrics endpoint.
     fn publish(&self) {
         let Some(a) = &self.current else { return };
-        let (guards, bind, connect) = self.maps.entry_counts();
+        let (guards, bind, connect, names) = self.maps.entry_counts();
         self.metrics.set_policy(PolicySummary {
             file: self.policy_path.display().to_string(),
             sha256: a.sha256.clone(),
             generation: self.generation(),
             guard_names: a.names.clone(),
+            guard_of_cgroup: (a.cgroups.cgroup_ids().into_iter())
+                .flat_map(|(name, ids)| ids.into_iter().map(move |id| (id, name.clone())))
+                .collect(),
             guards: a.compiled.guards.len(),
             guarded_cgroups: a.cgroups.cgroups(),
             kube_pods: self.pods.watched(),
-            map_entries: vec![("guards", guards), ("bind_rules", bind), ("connect_rules", connect)],
+            map_entries: vec![
+                ("guards", guards),
+                ("bind_rules", bind),
+                ("connect_rules", connect),
+                ("dns_names", names),
+            ],
         });
     }
 

@@ -151,6 +151,20 @@ impl Collector for Metrics {
             "DNS answers to guarded sockets of guards with names, by what they taught: learned (addresses), no_query (matched no recorded query: unsolicited, forged, late or repeated), not_in_policy (a question none of the guard's names), not_parsed (the walk stopped early).",
             dns.answers.iter().map(|(result, n)| (vec![("result", (*result).to_owned())], *n)),
         )?;
+        let mut learned: BTreeMap<String, i64> = BTreeMap::new();
+        if let Some(table) = &kernel.learned {
+            for (cgroup, n) in table.live_per_cgroup() {
+                if let Some(guard) = policy.guard_of_cgroup.get(&cgroup) {
+                    *learned.entry(guard.clone()).or_default() += n as i64;
+                }
+            }
+        }
+        gauges(
+            &mut enc,
+            "portguard_dns_learned_addresses",
+            "Addresses a guard's workloads hold a valid DNS answer for (the kernel's learned table, one walk per scrape).",
+            learned.into_iter().map(|(g, n)| (vec![("guard", g)], n)),
+        )?;
         counter(
             &mut enc,
             "portguard_dns_addresses_learned",

@@ -28,6 +28,8 @@ pub(crate) struct PolicySummary {
     pub(crate) generation: u64,
     /// Guard names by guard id.
     pub(crate) guard_names: HashMap<u32, String>,
+    /// Guard names by the guarded cgroups they cover now.
+    pub(crate) guard_of_cgroup: HashMap<u64, String>,
     pub(crate) guards: usize,
     pub(crate) guarded_cgroups: usize,
     /// Pods of this node the agent knows, while it watches them.
