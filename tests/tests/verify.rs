@@ -34,6 +34,10 @@ mode = "{mode}"
   peer = "any"
   ports = [53]
   proto = "both"
+
+  [[guard.connect]]
+  peer = "db.example"
+  ports = [5432]
 "#
     )
 }
@@ -171,7 +175,14 @@ fn a_clean_agent_verifies_green() {
         let want = if b["check"] == "probe allowed" { "EAFNOSUPPORT" } else { "EPERM" };
         assert!(got.starts_with(want), "{b}");
     }
-    for kind in ["map PG_GUARDS", "map PG_BIND_RULES", "map PG_CONNECT_RULES", "generation", "cgroup"] {
+    for kind in [
+        "map PG_GUARDS",
+        "map PG_BIND_RULES",
+        "map PG_CONNECT_RULES",
+        "map PG_DNS_NAMES",
+        "generation",
+        "cgroup",
+    ] {
         assert_eq!(passed(kind), 1, "{kind}: {checks:#?}");
     }
     // The probe leaves no cgroup behind (the agent's own probe, every
@@ -288,6 +299,35 @@ fn an_allow_added_or_deleted_in_the_rule_map_is_caught() {
     restart(&mut sb);
     assert_green(&sb);
     wait_verified_metric(&mut sb, 1);
+}
+
+/// A name entry added behind the agent's back (an allow for whatever
+/// address answers it) is caught by the name map's check.
+#[test]
+fn a_name_added_to_the_name_map_is_caught() {
+    require_root!();
+    let mut sb = start("verify-names", "enforce");
+    wait_verified_metric(&mut sb, 1);
+    let (id, slot) = (guard_id(&sb), (generation(&sb) & 1) as u8);
+    let names = sb.pinned_map("PG_DNS_NAMES");
+    // (guard id, slot, tcp, padding, a hash no name of the policy has)
+    let mut key = Vec::with_capacity(16);
+    key.extend(id.to_ne_bytes());
+    key.extend([slot, 6, 0, 0]);
+    key.extend(0x0123_4567_89ab_cdefu64.to_ne_bytes());
+    // PortSet: one range, 1-65535, the rest empty (1..=0).
+    let mut ports = Vec::with_capacity(132);
+    ports.extend(1u32.to_ne_bytes());
+    ports.extend(1u16.to_ne_bytes());
+    ports.extend(65535u16.to_ne_bytes());
+    for _ in 1..32 {
+        ports.extend(1u16.to_ne_bytes());
+        ports.extend(0u16.to_ne_bytes());
+    }
+    tamper::map_update(&names, &key, &ports);
+    assert_caught(&sb, &["extra 1: connect tcp name (hash 0123456789abcdef) ports 1-65535"]);
+    tamper::map_delete(&names, &key);
+    assert_green(&sb);
 }
 
 #[test]

@@ -24,6 +24,36 @@ const BPF_PROG_QUERY: libc::c_long = 16;
 
 /// The generation and the live slot of the pinned policy maps, with every
 /// key's slot field zero (as [`KernelPolicy::build`] makes them).
+/// The live slot's `PG_DNS_NAMES`: (guard id, protocol, name identity) and
+/// the ports. Names are hashes in the kernel; the caller names them from the
+/// policy it expects, with the pinned key.
+pub(crate) struct LiveDnsNames {
+    pub(crate) key: portguard_common::dns::NameKey,
+    pub(crate) entries: Vec<((u32, u8, u64), portguard_common::PortSet)>,
+}
+
+pub(crate) fn live_dns_names(pin_dir: &Path) -> Result<LiveDnsNames, PinnedError> {
+    use portguard_common::dns::{DnsNameKey, NameKey};
+    let pins = PinLayout::new(pin_dir.to_owned());
+    let err = |name: &'static str| move |source| PinnedError::Map { name, source };
+    let config: Array<MapData, Config> =
+        Array::try_from(open(&pins, map_names::CONFIG)?).map_err(err(map_names::CONFIG))?;
+    let slot = config.get(&0, 0).map_err(err(map_names::CONFIG))?.active_slot();
+    let keys: Array<MapData, NameKey> =
+        Array::try_from(open(&pins, map_names::DNS_KEY)?).map_err(err(map_names::DNS_KEY))?;
+    let key = keys.get(&0, 0).map_err(err(map_names::DNS_KEY))?;
+    let names: BpfHashMap<MapData, DnsNameKey, portguard_common::PortSet> =
+        BpfHashMap::try_from(open(&pins, map_names::DNS_NAMES)?).map_err(err(map_names::DNS_NAMES))?;
+    let mut out = Vec::new();
+    for item in names.iter() {
+        let (k, v) = item.map_err(err(map_names::DNS_NAMES))?;
+        if u32::from(k.slot) == slot {
+            out.push(((k.guard_id, k.proto, k.hash), v));
+        }
+    }
+    Ok(LiveDnsNames { key, entries: out })
+}
+
 pub(crate) fn live_policy(pin_dir: &Path) -> Result<(u64, KernelPolicy), PinnedError> {
     let pins = PinLayout::new(pin_dir.to_owned());
     let err = |name: &'static str| move |source| PinnedError::Map { name, source };

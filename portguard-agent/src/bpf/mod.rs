@@ -24,7 +24,8 @@ pub(crate) use error::LoadError;
 pub(crate) use events::{DecodedEvent, EventStream, EventsError, MAX_BATCH as MAX_EVENT_BATCH};
 pub(crate) use hooks::cgroup_hooks;
 pub(crate) use inspect::{
-    DenialCounters, attach_type_number, cgroup_link, cgroup_programs, link_pin, live_generation, live_policy,
+    DenialCounters, attach_type_number, cgroup_link, cgroup_programs, link_pin, live_dns_names,
+    live_generation, live_policy,
 };
 pub(crate) use learned::{LearnedAddresses, LearnedState};
 pub(crate) use live_ports::{BriefKind, LivePortEntry, LivePorts, PortClosed, boot_ns};

@@ -11,7 +11,7 @@ use std::{
 
 use portguard_common::{
     AF_INET, BIND_ADDR_ANY, BindKey, ConnectKey, GUARD_ALLOW_EPHEMERAL_BIND, GUARD_ALLOW_OTHER_SOCKETS,
-    GuardInfo, MODE_AUDIT, Transport, map_names,
+    GUARD_HAS_NAMES, GUARD_HAS_WILDCARDS, GuardInfo, MODE_AUDIT, Transport, map_names,
 };
 
 use super::report::{Check, Outcome};
@@ -25,7 +25,7 @@ fn of_guard(
     k: &KernelPolicy,
     guard_id: u32,
     cgroups: &BTreeSet<u64>,
-) -> (Vec<String>, Vec<String>, Vec<String>) {
+) -> (Vec<String>, Vec<String>, Vec<String>, Vec<String>) {
     let mut guards: Vec<String> = k
         .guards
         .iter()
@@ -36,10 +36,27 @@ fn of_guard(
         k.bind.iter().filter(|(b, _)| b.guard_id == guard_id).map(|(b, _)| bind_entry(b)).collect();
     let mut connect: Vec<String> =
         k.connect.iter().filter(|(c, _)| c.guard_id == guard_id).map(|(c, p)| connect_entry(c, p)).collect();
+    let mut names: Vec<String> = (k.names.iter())
+        .filter(|((g, _, _), _)| *g == guard_id)
+        .map(|((_, proto, name), p)| name_entry(*proto, name, p))
+        .collect();
     guards.sort();
     bind.sort();
     connect.sort();
-    (guards, bind, connect)
+    names.sort();
+    (guards, bind, connect, names)
+}
+
+fn name_entry(proto: u8, name: &str, ports: &portguard_common::PortSet) -> String {
+    format!("connect {} name {name} ports {}", Transport::from(proto), port_list(ports))
+}
+
+fn port_list(ports: &portguard_common::PortSet) -> String {
+    let ranges: Vec<String> = ports.ranges[..(ports.count as usize).min(ports.ranges.len())]
+        .iter()
+        .map(|r| if r.first == r.last { r.first.to_string() } else { format!("{}-{}", r.first, r.last) })
+        .collect();
+    ranges.join(",")
 }
 
 pub(super) fn guard_entry(cgroup_id: u64, info: &GuardInfo) -> String {
@@ -50,6 +67,12 @@ pub(super) fn guard_entry(cgroup_id: u64, info: &GuardInfo) -> String {
     }
     if info.flags & GUARD_ALLOW_OTHER_SOCKETS != 0 {
         flags.push("allow_raw_sockets");
+    }
+    if info.flags & GUARD_HAS_NAMES != 0 {
+        flags.push("dns_names");
+    }
+    if info.flags & GUARD_HAS_WILDCARDS != 0 {
+        flags.push("dns_wildcards");
     }
     let lens = |n: u8, l: &[u8]| {
         l[..usize::from(n).min(l.len())].iter().map(u8::to_string).collect::<Vec<_>>().join(",")
@@ -81,11 +104,7 @@ fn connect_entry(k: &ConnectKey, ports: &portguard_common::PortSet) -> String {
     } else {
         IpAddr::V6(Ipv6Addr::from(k.addr))
     };
-    let ranges: Vec<String> = ports.ranges[..(ports.count as usize).min(ports.ranges.len())]
-        .iter()
-        .map(|r| if r.first == r.last { r.first.to_string() } else { format!("{}-{}", r.first, r.last) })
-        .collect();
-    format!("connect {proto} {addr}/{} ports {}", k.prefix_len, ranges.join(","))
+    format!("connect {proto} {addr}/{} ports {}", k.prefix_len, port_list(ports))
 }
 
 fn named(entries: &[String]) -> String {
@@ -104,41 +123,46 @@ pub(super) fn map_checks(
     guard_id: u32,
     cgroups: &BTreeSet<u64>,
 ) -> Vec<Check> {
-    let (eg, eb, ec) = of_guard(expected, guard_id, cgroups);
-    let (lg, lb, lc) = of_guard(live, guard_id, cgroups);
-    [(map_names::GUARDS, eg, lg), (map_names::BIND_RULES, eb, lb), (map_names::CONNECT_RULES, ec, lc)]
-        .into_iter()
-        .map(|(map, want, have)| {
-            let (want_set, have_set): (BTreeSet<&String>, BTreeSet<&String>) =
-                (want.iter().collect(), have.iter().collect());
-            let missing: Vec<String> = want_set.difference(&have_set).map(|s| (*s).clone()).collect();
-            let extra: Vec<String> = have_set.difference(&want_set).map(|s| (*s).clone()).collect();
-            if missing.is_empty() && extra.is_empty() {
-                Check::new(
-                    format!("map {map}"),
-                    "live slot",
-                    Outcome::Pass,
-                    format!("{} entries as compiled", want.len()),
-                    format!("{} entries as compiled", have.len()),
-                )
-            } else {
-                let mut got = Vec::new();
-                if !missing.is_empty() {
-                    got.push(format!("missing {}: {}", missing.len(), named(&missing)));
-                }
-                if !extra.is_empty() {
-                    got.push(format!("extra {}: {}", extra.len(), named(&extra)));
-                }
-                Check::new(
-                    format!("map {map}"),
-                    "live slot",
-                    Outcome::Fail,
-                    format!("exactly the {} entries the policy compiles to", want.len()),
-                    got.join("; "),
-                )
+    let (eg, eb, ec, en) = of_guard(expected, guard_id, cgroups);
+    let (lg, lb, lc, ln) = of_guard(live, guard_id, cgroups);
+    [
+        (map_names::GUARDS, eg, lg),
+        (map_names::BIND_RULES, eb, lb),
+        (map_names::CONNECT_RULES, ec, lc),
+        (map_names::DNS_NAMES, en, ln),
+    ]
+    .into_iter()
+    .map(|(map, want, have)| {
+        let (want_set, have_set): (BTreeSet<&String>, BTreeSet<&String>) =
+            (want.iter().collect(), have.iter().collect());
+        let missing: Vec<String> = want_set.difference(&have_set).map(|s| (*s).clone()).collect();
+        let extra: Vec<String> = have_set.difference(&want_set).map(|s| (*s).clone()).collect();
+        if missing.is_empty() && extra.is_empty() {
+            Check::new(
+                format!("map {map}"),
+                "live slot",
+                Outcome::Pass,
+                format!("{} entries as compiled", want.len()),
+                format!("{} entries as compiled", have.len()),
+            )
+        } else {
+            let mut got = Vec::new();
+            if !missing.is_empty() {
+                got.push(format!("missing {}: {}", missing.len(), named(&missing)));
             }
-        })
-        .collect()
+            if !extra.is_empty() {
+                got.push(format!("extra {}: {}", extra.len(), named(&extra)));
+            }
+            Check::new(
+                format!("map {map}"),
+                "live slot",
+                Outcome::Fail,
+                format!("exactly the {} entries the policy compiles to", want.len()),
+                got.join("; "),
+            )
+        }
+    })
+    .collect()
 }
 
 /// Entries in the live slot of guard ids no guard of the agent's state has:
@@ -161,6 +185,11 @@ pub(super) fn unknown_entries(live: &KernelPolicy, known: &BTreeSet<u32>) -> Che
             .iter()
             .filter(|(k, _)| !known.contains(&k.guard_id))
             .map(|(k, p)| format!("guard id {}: {}", k.guard_id, connect_entry(k, p))),
+    );
+    extra.extend(
+        (live.names.iter())
+            .filter(|((g, _, _), _)| !known.contains(g))
+            .map(|((g, proto, name), p)| format!("guard id {g}: {}", name_entry(*proto, name, p))),
     );
     if extra.is_empty() {
         Check::new("maps", "entries of unknown guards", Outcome::Pass, "none", "none")

@@ -25,7 +25,7 @@ pub(crate) use report::{Check, GuardReport, Outcome, Report};
 use crate::{
     bpf::{self, DenialCounters, KernelPolicy, PinnedError},
     cgroup,
-    policy::{self, CompiledPolicy, PolicyError, Target},
+    policy::{self, CompiledPolicy, PolicyError, Target, dns_name::NamePattern},
     state_file::{self, AgentState},
 };
 
@@ -143,7 +143,8 @@ pub(crate) fn verify(opts: &Options<'_>) -> Result<Report, CannotVerify> {
             policy: policy_path.display().to_string(),
         });
     }
-    let (generation, live) = bpf::live_policy(bpffs)?;
+    let (generation, mut live) = bpf::live_policy(bpffs)?;
+    let live_names = bpf::live_dns_names(bpffs)?;
     let counters = DenialCounters::open(bpffs)?;
 
     let ids: HashMap<String, u32> = state
@@ -160,6 +161,18 @@ pub(crate) fn verify(opts: &Options<'_>) -> Result<Report, CannotVerify> {
         guards: compiled.guards.iter().filter(|g| ids.contains_key(&g.name)).cloned().collect(),
     };
     let expected = KernelPolicy::build(&applied, &ids, &cgroup_ids);
+    // The kernel holds names as hashes: name the live ones from the policy
+    // (a hash the policy does not give is shown as one).
+    let by_hash: HashMap<u64, &str> = (applied.guards.iter())
+        .flat_map(|g| g.names.keys().map(|(_, n)| n.as_str()))
+        .map(|n| (NamePattern::parse(n).expect("a compiled name").kernel_hash(&live_names.key), n))
+        .collect();
+    live.names = (live_names.entries.into_iter())
+        .map(|((guard_id, proto, hash), ports)| {
+            let name = by_hash.get(&hash).map_or_else(|| format!("(hash {hash:016x})"), |n| (*n).to_owned());
+            ((guard_id, proto, name), ports)
+        })
+        .collect();
 
     let mut host = vec![kernel::unknown_entries(&live, &state.guards.iter().map(|s| s.id).collect())];
     host.extend(trust_checks(policy_path, opts.trail));
