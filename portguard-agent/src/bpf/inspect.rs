@@ -118,9 +118,17 @@ impl DenialCounters {
         })
     }
 
-    /// The count summed over CPUs; 0 for a key never bumped (or evicted).
+    /// The count summed over CPUs and over every reason the kernel keeps
+    /// apart (an inbound refusal's cause, what a guard with DNS names had
+    /// learned for the peer): `key.reason` is ignored. 0 for a key never
+    /// bumped (or evicted).
     pub(crate) fn get(&self, key: &DenialKey) -> u64 {
-        self.map.get(key, 0).map_or(0, |per_cpu| per_cpu.iter().map(|c| c.count).sum())
+        (0..=portguard_common::REASON_DNS_OTHER_PORT)
+            .map(|reason| {
+                (self.map.get(&DenialKey { reason, ..*key }, 0))
+                    .map_or(0, |per_cpu| per_cpu.iter().map(|c| c.count).sum::<u64>())
+            })
+            .sum()
     }
 }
 
