@@ -380,12 +380,16 @@ fn glibc_clients_learn_through_a_local_stub_and_dig_straight_from_the_resolver()
     }
     assert_eq!(connect(&sb, "/app", "127.0.1.5"), "ok", "learned through the stub by getent");
     // curl resolves (A and AAAA at once) and connects in one go: the
-    // server accepts and closes, so curl says "empty reply" (52); a refused
+    // server accepts and closes, so curl says "empty reply" (52) or
+    // "receive failure" (56, a reset); a refused
     // connect is "could not connect" (7).
     let curl = |name: &str| {
         glibc(&format!("curl -s -o /dev/null --max-time 5 http://{name}:{APP_PORT}/")).status.code()
     };
-    assert_eq!(curl("web.test"), Some(52), "curl by a name of the guard");
+    // The server's close can reach curl as an empty reply (52) or a reset
+    // (56): either way the connection was made.
+    let code = curl("web.test");
+    assert!(matches!(code, Some(52 | 56)), "curl by a name of the guard: {code:?}");
     assert_eq!(curl("other.test"), Some(7), "curl by a name the guard does not list");
     // AAAA straight from the resolver on the other host.
     assert_eq!(sb.probe("/app", &["connect", "tcp", "fd00::77", APP_PORT, "1000"]), "err EPERM", "before");
