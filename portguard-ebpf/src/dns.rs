@@ -36,8 +36,8 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use portguard_common::{
-    AF_INET, AF_INET6, GUARD_HAS_NAMES, GUARD_HAS_WILDCARDS, GuardInfo, IPPROTO_TCP, IPPROTO_UDP, MODE_AUDIT,
-    PortSet, REASON_DNS_EXPIRED, REASON_DNS_NEVER, REASON_DNS_OTHER_PORT, REASON_NONE, STAMP_GUARDED,
+    AF_INET, AF_INET6, GUARD_HAS_NAMES, GUARD_HAS_WILDCARDS, GuardInfo, IPPROTO_TCP, IPPROTO_UDP, PortSet,
+    REASON_DNS_EXPIRED, REASON_DNS_NEVER, REASON_DNS_OTHER_PORT, REASON_NONE, STAMP_GUARDED,
     dns::{
         self, Buf, DnsNameKey, DnsWalk, LEARNED_ENTRIES, Learned, LearnedKey, MAX_NAME_ENTRIES,
         MAX_QUESTION_LABELS, MSG_BUF, NAMES_PER_ADDRESS, NameKey, PENDING_QUERIES, PendingQueries,
@@ -421,9 +421,10 @@ pub(crate) fn note_query(ctx: &SkBuffContext, sk: *mut bpf_sock, guard: &GuardIn
     if d.port != DNS_PORT {
         return None;
     }
-    // Only a resolver the guard may query teaches it anything. An audit
-    // guard learns from any, so that its report says what would be learned.
-    if guard.mode != MODE_AUDIT && !connect_allowed(guard, slot, IPPROTO_UDP, &d.peer, DNS_PORT) {
+    // Only a resolver the guard may query teaches it anything, in audit
+    // mode too: what an audit guard learned stays learned when it switches
+    // to enforce.
+    if !connect_allowed(guard, slot, IPPROTO_UDP, &d.peer, DNS_PORT) {
         return None;
     }
     let s = acquire(&SCRATCH_OUT)?;
