@@ -4,6 +4,11 @@ use std::{process::Command, time::Duration};
 
 use portguard_tests::{Hammer, Sandbox, agent_bin, probe_bin, require_root};
 
+/// The cgroup programs the agent attaches at a guarded cgroup: one per hook
+/// in the agent's `bpf::hooks::HOOKS` that goes on cgroups (sock_create,
+/// bind, connect, sendmsg, post_bind, sock_ops, release, egress, ingress).
+const CGROUP_HOOKS: usize = 13;
+
 fn policy(variant: u16) -> String {
     format!(
         "[[guard]]\nname = \"app\"\ncgroup = \"/app\"\n[[guard.bind]]\nports = [8080, {variant}]\nproto = \"udp\"\n"
@@ -160,7 +165,7 @@ fn a_restart_on_a_kernel_without_a_hook_keeps_the_pinned_guard() {
     let mut sb = Sandbox::enforcing("nohookrestart", &["/app"], &policy(7000));
     assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "8081"]), "err EPERM");
     let before = attached_programs(&sb, "/app");
-    assert_eq!(before.len(), 13, "the thirteen cgroup programs at the guarded cgroup: {before:?}");
+    assert_eq!(before.len(), CGROUP_HOOKS, "every cgroup program at the guarded cgroup: {before:?}");
     sb.stop_agent();
     // The new agent brings a different policy: 7001 instead of 7000.
     sb.write_policy(&policy(7001));
@@ -180,7 +185,7 @@ fn a_restart_on_a_kernel_without_a_hook_keeps_the_pinned_guard() {
     );
 }
 
-/// A start that fails after it attached some programs: the fifth of thirteen
+/// A start that fails after it attached some programs: the fifth of the
 /// links (connect6) is refused, after sock_create, bind4, bind6 and connect4
 /// were attached. The links it made go with it; no hook is left on.
 #[test]
@@ -216,7 +221,7 @@ fn a_restart_that_fails_midway_through_swapping_programs_leaves_every_hook_guard
     require_root!();
     let mut sb = Sandbox::enforcing("updatemid", &["/app"], &policy(7000));
     let before = attached_programs(&sb, "/app");
-    assert_eq!(before.len(), 12, "{before:?}");
+    assert_eq!(before.len(), CGROUP_HOOKS, "{before:?}");
     sb.stop_agent();
     sb.write_policy(&policy(7001));
     let run = run_agent_under_bpf_fault(&sb, "link-update", "BPF_CGROUP_INET6_CONNECT");
@@ -237,7 +242,7 @@ fn a_restart_that_fails_midway_through_swapping_programs_leaves_every_hook_guard
     };
     assert_eq!(types(&after), types(&before), "every hook keeps exactly one program");
     let kept = after.iter().filter(|p| before.contains(p)).count();
-    assert!(kept > 0 && kept < 12, "some programs swapped, some kept: {kept} of 12 kept");
+    assert!(kept > 0 && kept < CGROUP_HOOKS, "some programs swapped, some kept: {kept} of {CGROUP_HOOKS} kept");
     assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "8081"]), "err EPERM", "still denied");
     assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "7001"]), "ok port=7001", "the new policy");
     assert_eq!(
