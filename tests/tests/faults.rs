@@ -242,7 +242,10 @@ fn a_restart_that_fails_midway_through_swapping_programs_leaves_every_hook_guard
     };
     assert_eq!(types(&after), types(&before), "every hook keeps exactly one program");
     let kept = after.iter().filter(|p| before.contains(p)).count();
-    assert!(kept > 0 && kept < CGROUP_HOOKS, "some programs swapped, some kept: {kept} of {CGROUP_HOOKS} kept");
+    assert!(
+        kept > 0 && kept < CGROUP_HOOKS,
+        "some programs swapped, some kept: {kept} of {CGROUP_HOOKS} kept"
+    );
     assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "8081"]), "err EPERM", "still denied");
     assert_eq!(sb.probe("/app", &["bind", "udp", "127.0.0.1", "7001"]), "ok port=7001", "the new policy");
     assert_eq!(
