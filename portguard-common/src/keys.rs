@@ -54,6 +54,14 @@ pub struct GuardInfo {
     pub v4_prefix_count: u8,
     pub v6_prefix_count: u8,
     pub _pad: u16,
+    /// Which resolvers the guard's DNS learning trusts, as an epoch: the
+    /// agent keeps it across a reload that leaves every resolver the guard
+    /// could query reachable, and draws a new one when one is taken away
+    /// (or the cgroup passes to a guard that reaches fewer). Queries and
+    /// learned addresses carry the epoch they were made under; one of
+    /// another epoch teaches or allows nothing.
+    pub dns_epoch: u32,
+    pub _pad2: u32,
     /// Peer prefix lengths with connect entries, longest first.
     pub v4_prefix_lens: [u8; MAX_PREFIX_LENS],
     pub v6_prefix_lens: [u8; MAX_PREFIX_LENS],
@@ -167,6 +175,15 @@ impl PortRange {
 pub struct PortSet {
     pub count: u32,
     pub ranges: [PortRange; MAX_PORT_RANGES],
+}
+
+#[cfg(feature = "user")]
+impl PortSet {
+    /// Whether one of the set's ranges holds `port`.
+    pub fn contains(&self, port: u16) -> bool {
+        let used = (self.count as usize).min(MAX_PORT_RANGES);
+        self.ranges[..used].iter().any(|r| r.first <= port && port <= r.last)
+    }
 }
 
 /// `PG_DENIAL_COUNTS` key: exact per-port counts of denials and audit-mode

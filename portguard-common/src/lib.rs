@@ -311,7 +311,7 @@ mod tests {
         assert_eq!(size_of::<SockStamp>(), 32 + size_of::<GuardInfo>());
         assert_eq!(size_of::<Ancestry>(), 8 + 8 * MAX_CGROUP_DEPTH);
         assert_eq!(size_of::<GuardKey>(), 16);
-        assert_eq!(size_of::<GuardInfo>(), 16 + 2 * MAX_PREFIX_LENS);
+        assert_eq!(size_of::<GuardInfo>(), 24 + 2 * MAX_PREFIX_LENS);
         assert_eq!(size_of::<BindKey>(), 28);
         assert_eq!(size_of::<RuleRef>(), 8 + 2 * MAX_PREFIX_LENS);
         assert_eq!(size_of::<FromKey>(), 28);
@@ -327,8 +327,8 @@ mod tests {
         assert_eq!(size_of::<DenialKey>(), 12);
         assert_eq!(size_of::<dns::DnsNameKey>(), 16);
         assert_eq!(size_of::<dns::LearnedKey>(), 32);
-        assert_eq!(size_of::<dns::Learned>(), 64);
-        assert_eq!(size_of::<dns::PendingQueries>(), 16 * 40 + 8);
+        assert_eq!(size_of::<dns::Learned>(), 72);
+        assert_eq!(size_of::<dns::PendingQueries>(), 16 * 48 + 8);
     }
 
     #[test]

@@ -15,13 +15,30 @@ pub(crate) struct Addr {
 
 impl Addr {
     #[inline(always)]
-    fn v4(ip: [u8; 4]) -> Addr {
+    pub(crate) fn v4(ip: [u8; 4]) -> Addr {
         let mut bytes = [0u8; 16];
         bytes[0] = ip[0];
         bytes[1] = ip[1];
         bytes[2] = ip[2];
         bytes[3] = ip[3];
         Addr { family: AF_INET, bytes }
+    }
+
+    /// An IPv6 address given as four words in network order; a v4-mapped
+    /// one (::ffff:a.b.c.d) becomes v4: it is the IPv4 peer a dual-stack
+    /// socket reaches, and v4 is how every rule and table keys it.
+    #[inline(always)]
+    pub(crate) fn v6_words(w: [[u8; 4]; 4]) -> Addr {
+        if w[0] == [0; 4] && w[1] == [0; 4] && w[2] == [0, 0, 0xff, 0xff] {
+            return Addr::v4(w[3]);
+        }
+        let mut bytes = [0u8; 16];
+        let mut i = 0;
+        while i < 16 {
+            bytes[i] = w[i / 4][i % 4];
+            i += 1;
+        }
+        Addr { family: AF_INET6, bytes }
     }
 
     /// The 16-byte form bind rules are keyed by: v4 as ::ffff:a.b.c.d.
@@ -82,14 +99,7 @@ pub(crate) fn user_addr6(ctx: *mut bpf_sock_addr) -> Addr {
     let w2 = unsafe { (*ctx).user_ip6[2] }.to_ne_bytes();
     // SAFETY: as above.
     let w3 = unsafe { (*ctx).user_ip6[3] }.to_ne_bytes();
-    if w0 == [0; 4] && w1 == [0; 4] && w2 == [0, 0, 0xff, 0xff] {
-        return Addr::v4(w3);
-    }
-    let bytes = [
-        w0[0], w0[1], w0[2], w0[3], w1[0], w1[1], w1[2], w1[3], w2[0], w2[1], w2[2], w2[3], w3[0], w3[1],
-        w3[2], w3[3],
-    ];
-    Addr { family: AF_INET6, bytes }
+    Addr::v6_words([w0, w1, w2, w3])
 }
 
 /// The port in the context, host order.

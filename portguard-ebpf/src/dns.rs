@@ -51,6 +51,7 @@ use crate::{
     decide::{connect_allowed, port_in},
     identity::{Socket, refresh, stamp_of_sock},
     maps::{PG_STATS, bump},
+    packet::{ip_header, load},
     read_config,
 };
 
@@ -115,7 +116,8 @@ pub(crate) struct Scratch {
     suffix_at: u32,
     /// While an address's further names are being noted: the next one.
     note_at: u32,
-    _pad: u32,
+    /// The guard's resolver epoch (`GuardInfo::dns_epoch`).
+    epoch: u32,
 }
 
 #[map(name = "PG_DNS_SCRATCH_OUT")]
@@ -131,48 +133,18 @@ struct Datagram {
     payload: u32,
 }
 
-#[inline(always)]
-fn load<const N: usize>(ctx: &SkBuffContext, offset: u32) -> Option<[u8; N]> {
-    let mut buf = [0u8; N];
-    // SAFETY: the helper copies at most N bytes into `buf` and fails
-    // (non-zero) when the packet is shorter.
-    let rc = unsafe {
-        bpf_skb_load_bytes(ctx.as_ptr(), offset, (&mut buf as *mut [u8; N]).cast::<c_void>(), N as u32)
-    };
-    (rc == 0).then_some(buf)
-}
-
 /// Reads the IP and UDP headers (a cgroup_skb program sees the packet from
 /// its network header). `None` for anything but UDP directly after an
 /// IPv4 or IPv6 header (IPv6 extension headers: not read, nothing learned).
 #[inline(always)]
 fn datagram(ctx: &SkBuffContext, sent: bool) -> Option<Datagram> {
-    let first: [u8; 1] = load(ctx, 0)?;
-    let mut bytes = [0u8; 16];
-    let (family, l4) = match first[0] >> 4 {
-        4 => {
-            let h: [u8; 20] = load(ctx, 0)?;
-            if h[9] != IPPROTO_UDP {
-                return None;
-            }
-            let at = if sent { 16 } else { 12 };
-            bytes[..4].copy_from_slice(&h[at..at + 4]);
-            (AF_INET, u32::from(h[0] & 0x0f) * 4)
-        }
-        6 => {
-            let h: [u8; 40] = load(ctx, 0)?;
-            if h[6] != IPPROTO_UDP {
-                return None;
-            }
-            let at = if sent { 24 } else { 8 };
-            bytes.copy_from_slice(&h[at..at + 16]);
-            (AF_INET6, 40)
-        }
-        _ => return None,
-    };
-    let udp: [u8; 4] = load(ctx, l4)?;
+    let ip = ip_header(ctx, sent)?;
+    if ip.next != IPPROTO_UDP {
+        return None;
+    }
+    let udp: [u8; 4] = load(ctx, ip.l4)?;
     let port = if sent { u16::from_be_bytes([udp[2], udp[3]]) } else { u16::from_be_bytes([udp[0], udp[1]]) };
-    Some(Datagram { peer: Addr { family, bytes }, port, payload: l4 + 8 })
+    Some(Datagram { peer: ip.peer, port, payload: ip.l4 + 8 })
 }
 
 /// Copies the payload into the scratch buffer; returns its length, in
@@ -297,21 +269,23 @@ extern "C" fn answer_step(_index: u64, _ctx: *mut c_void) -> i64 {
 /// name `j`.
 #[inline(always)]
 fn note_name(s: &Scratch, j: u32) {
-    let key = LearnedKey {
-        guard_cgroup: s.guard_cgroup,
-        family: if s.walk.addr_len == 4 { AF_INET } else { AF_INET6 },
-        _pad: [0; 7],
-        addr: s.walk.addr,
-    };
+    let mut key =
+        LearnedKey { guard_cgroup: s.guard_cgroup, family: AF_INET6, _pad: [0; 7], addr: s.walk.addr };
+    // An AAAA of a v4-mapped address is learned as the IPv4 address a
+    // dual-stack connect to it is judged as. In place: this runs in the
+    // walk's callback, whose frame shares the 512-byte stack.
+    if s.walk.addr_len == 4 || dns::unmap_v4(&mut key.addr) {
+        key.family = AF_INET;
+    }
     let name = s.names[j as usize & (NAMES_PER_ADDRESS - 1)];
     let expires = dns::expiry(s.now_ns, s.walk.ttl);
     match PG_DNS_LEARNED.get_ptr_mut(&key) {
         // SAFETY: a value of the LRU map, valid for this run; two CPUs
         // noting the same address at once may lose one extension, never
         // allow a name that was not answered.
-        Some(v) => unsafe { (*v).note(name, expires, s.now_ns) },
+        Some(v) => unsafe { (*v).note(s.epoch, name, expires, s.now_ns) },
         None => {
-            let _ = PG_DNS_LEARNED.insert(&key, &Learned::first(name, expires), 0);
+            let _ = PG_DNS_LEARNED.insert(&key, &Learned::first(s.epoch, name, expires), 0);
         }
     }
 }
@@ -417,7 +391,11 @@ pub(crate) fn note_query(ctx: &SkBuffContext, sk: *mut bpf_sock, guard: &GuardIn
     if guard.flags & GUARD_HAS_NAMES == 0 {
         return None;
     }
-    let d = datagram(ctx, true)?;
+    let mut d = datagram(ctx, true)?;
+    if let Some((peer, port)) = connected_peer(sk) {
+        d.peer = peer;
+        d.port = port;
+    }
     if d.port != DNS_PORT {
         return None;
     }
@@ -428,13 +406,46 @@ pub(crate) fn note_query(ctx: &SkBuffContext, sk: *mut bpf_sock, guard: &GuardIn
         return None;
     }
     let s = acquire(&SCRATCH_OUT)?;
-    let r = record_query(ctx, sk, s, &d);
+    let r = record_query(ctx, sk, s, &d, guard.dns_epoch);
     release(s);
     r
 }
 
+/// The peer a connected socket was connected to, as connect4/6 judged it.
+/// NAT in the sender's OUTPUT path (Docker's resolver at 127.0.0.11, a
+/// Kubernetes ClusterIP) has rewritten the packet's destination by the
+/// time egress sees it, but not the socket's; the answer comes back with
+/// the source rewritten to the socket's peer again, so that is what the
+/// query must record. An unconnected socket has no peer to go by: its
+/// packet's destination is all there is (behind such NAT it learns
+/// nothing, see docs/src/policy.md).
 #[inline(always)]
-fn record_query(ctx: &SkBuffContext, sk: *mut bpf_sock, s: &mut Scratch, d: &Datagram) -> Option<()> {
+fn connected_peer(sk: *mut bpf_sock) -> Option<(Addr, u16)> {
+    // SAFETY: a full socket the verifier tracks; checked 4-byte loads of
+    // sock_common fields.
+    let (state, family, port) = unsafe { ((*sk).state, (*sk).family, (*sk).dst_port) };
+    if state != BPF_TCP_ESTABLISHED {
+        return None;
+    }
+    let peer = if family == u32::from(AF_INET) {
+        // SAFETY: as above.
+        Addr::v4(unsafe { (*sk).dst_ip4 }.to_ne_bytes())
+    } else {
+        // SAFETY: as above, word by word.
+        let w = unsafe { [(*sk).dst_ip6[0], (*sk).dst_ip6[1], (*sk).dst_ip6[2], (*sk).dst_ip6[3]] };
+        Addr::v6_words([w[0].to_ne_bytes(), w[1].to_ne_bytes(), w[2].to_ne_bytes(), w[3].to_ne_bytes()])
+    };
+    Some((peer, u16::from_be(port)))
+}
+
+#[inline(always)]
+fn record_query(
+    ctx: &SkBuffContext,
+    sk: *mut bpf_sock,
+    s: &mut Scratch,
+    d: &Datagram,
+    epoch: u32,
+) -> Option<()> {
     let n = copy_payload(ctx, s, d.payload)?;
     if s.walk.start_query(&s.buf, n) == dns::step::STOP {
         return None;
@@ -466,6 +477,8 @@ fn record_query(ctx: &SkBuffContext, sk: *mut bpf_sock, s: &mut Scratch, d: &Dat
         qtype: s.walk.qtype as u16,
         family: d.peer.family,
         _pad: 0,
+        epoch,
+        _pad2: 0,
     });
     bump(&PG_STATS, stats::DNS_QUERIES);
     Some(())
@@ -530,7 +543,12 @@ fn learn_from(ctx: &SkBuffContext) -> Option<u64> {
         bump(&PG_STATS, stats::DNS_ANSWERS_NO_QUERY);
         return None;
     };
-    let s = acquire(&SCRATCH_IN)?;
+    let Some(s) = acquire(&SCRATCH_IN) else {
+        // A run on this CPU holds the scratch (a task preempted mid-walk
+        // on a preemptible kernel): this answer goes unread, and counted.
+        bump(&PG_STATS, stats::DNS_ANSWERS_NOT_PARSED);
+        return None;
+    };
     learn(ctx, s, pending, &d, &stamp.guard, stamp.guard_cgroup, slot);
     let learned = s.learned;
     release(s);
@@ -547,7 +565,7 @@ fn learn(
     guard_cgroup: u64,
     slot: u32,
 ) {
-    let (guard_id, flags) = (guard.guard_id, guard.flags);
+    let (guard_id, flags, epoch) = (guard.guard_id, guard.flags, guard.dns_epoch);
     let Some(n) = copy_payload(ctx, s, d.payload) else { return };
     if s.walk.start(&s.buf, n) == dns::step::STOP {
         // An error RCODE, a malformed header, not one question.
@@ -564,7 +582,10 @@ fn learn(
         qtype: 0,
         family: d.peer.family,
         _pad: 0,
+        epoch,
+        _pad2: 0,
     };
+    s.epoch = epoch;
     s.guard_id = guard_id;
     s.wildcards = u32::from(flags & GUARD_HAS_WILDCARDS != 0);
     s.slot = slot;
@@ -608,6 +629,10 @@ pub(crate) fn learned_allows(
     let key = LearnedKey { guard_cgroup, family: peer.family, _pad: [0; 7], addr: peer.bytes };
     // SAFETY: an LRU value, copied out at once.
     let Some(learned) = (unsafe { PG_DNS_LEARNED.get(&key) }).copied() else { return Err(REASON_DNS_NEVER) };
+    if learned.epoch != guard.dns_epoch {
+        // Learned from a resolver the guard no longer trusts.
+        return Err(REASON_DNS_EXPIRED);
+    }
     let now_ns = now();
     let mut live = false;
     let mut i = 0;

@@ -98,7 +98,7 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
                 port: s.peer_port as u16,
                 qtype: s.walk.qtype as u16,
                 family: AF_INET,
-                _pad: 0,
+                ..PendingQuery::default()
             };
             if s.query != 0 {
                 pending.record(seen);

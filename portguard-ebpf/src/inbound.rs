@@ -22,12 +22,10 @@
 //!
 //! A cgroup_skb program drops with 0 and passes with 1.
 
-use core::ffi::c_void;
-
 use aya_ebpf::{
     EbpfContext,
     bindings::bpf_sock,
-    helpers::generated::{bpf_get_socket_cookie, bpf_sk_fullsock, bpf_skb_load_bytes},
+    helpers::generated::{bpf_get_socket_cookie, bpf_sk_fullsock},
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
@@ -42,6 +40,7 @@ use crate::{
     dns,
     identity::{Guarded, Socket, refresh, stamp_of_sock},
     maps::{PG_STATS, add, bump},
+    packet::{IpHeader, ip_header, load},
     read_config,
     report::{Decision, record},
     udp_peers,
@@ -212,37 +211,11 @@ fn local_of(sk: *mut bpf_sock) -> (Addr, u16) {
     (Addr { family: AF_INET6, bytes }, port as u16)
 }
 
-#[inline(always)]
-fn load<const N: usize>(ctx: &SkBuffContext, offset: u32) -> Option<[u8; N]> {
-    let mut buf = [0u8; N];
-    // SAFETY: the helper copies at most N bytes into `buf` and fails
-    // (non-zero) when the packet is shorter.
-    let rc = unsafe {
-        bpf_skb_load_bytes(ctx.as_ptr(), offset, (&mut buf as *mut [u8; N]).cast::<c_void>(), N as u32)
-    };
-    (rc == 0).then_some(buf)
-}
-
 /// Reads the network header (at offset 0 in a cgroup_skb program) and the
 /// transport ports. `None` for a packet that is neither IPv4 nor IPv6.
 #[inline(always)]
 fn parse(ctx: &SkBuffContext, proto: u8) -> Option<Packet> {
-    let first: [u8; 1] = load(ctx, 0)?;
-    let mut bytes = [0u8; 16];
-    let (family, l4, next) = match first[0] >> 4 {
-        4 => {
-            let h: [u8; 20] = load(ctx, 0)?;
-            bytes[..4].copy_from_slice(&h[12..16]);
-            (AF_INET, u32::from(h[0] & 0x0f) * 4, h[9])
-        }
-        6 => {
-            let h: [u8; 40] = load(ctx, 0)?;
-            bytes.copy_from_slice(&h[8..24]);
-            (AF_INET6, 40, h[6])
-        }
-        _ => return None,
-    };
-    let peer = Addr { family, bytes };
+    let IpHeader { peer, l4, next } = ip_header(ctx, false)?;
     // An IPv6 packet with extension headers before the transport header:
     // judged by its source alone, and counted as a connection attempt.
     if next != proto {

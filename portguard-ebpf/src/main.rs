@@ -22,6 +22,7 @@ mod inbound;
 mod inventory;
 mod lsm;
 mod maps;
+mod packet;
 mod report;
 mod socket_kinds;
 mod udp_peers;

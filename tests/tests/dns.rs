@@ -421,3 +421,122 @@ fn learning_goes_on_while_the_agent_is_down() {
     assert_eq!(connect(&sb, "/app", "127.0.1.8"), "ok", "kept across the restart");
     assert_eq!(connect(&sb, "/app", "127.0.1.6"), "err EPERM");
 }
+
+/// What a resolver taught is trusted while the guard may still query that
+/// resolver: a reload that adds a resolver, and an agent restart, keep
+/// every learned address; a reload that takes the resolver away refuses
+/// them at once (as expired), and giving it back does not bring them back
+/// until the workload asks again.
+#[test]
+fn a_resolver_taken_out_of_the_policy_takes_what_it_taught_with_it() {
+    require_root!();
+    let mut sb = Sandbox::new("dns-trust");
+    sb.cgroup("/app");
+    let _services = start_services(&sb, &records());
+    let with_resolvers = |peers: &str| {
+        guard("app", "/app", &["db.test"])
+            .replace(&format!("peer = \"{RESOLVER}\""), &format!("peer = {peers}"))
+    };
+    sb.start_agent(&with_resolvers(r#"["127.0.0.1"]"#));
+    assert_eq!(dig(&sb, "/app", "db.test"), "127.0.1.5");
+    assert_eq!(connect(&sb, "/app", "127.0.1.5"), "ok");
+
+    sb.reload_policy(&with_resolvers(r#"["127.0.0.1", "127.0.0.2"]"#));
+    assert_eq!(connect(&sb, "/app", "127.0.1.5"), "ok", "a resolver added: nothing to learn again");
+    sb.stop_agent();
+    sb.start_agent_with(&[]);
+    assert_eq!(connect(&sb, "/app", "127.0.1.5"), "ok", "kept across a restart");
+
+    sb.reload_policy(&with_resolvers(r#"["127.0.0.2"]"#));
+    assert_eq!(connect(&sb, "/app", "127.0.1.5"), "err EPERM", "its resolver is no longer trusted");
+    let e = sb.agent().wait_for("refusal", |l| l["event"] == "denial" && l["addr"] == "127.0.1.5");
+    assert_eq!(e["dns"].as_str(), Some("expired"), "{e}");
+    let m = sb.agent().metrics();
+    assert_eq!(metric_sum(&m, "portguard_dns_learned_addresses", &[("guard", "app")]), 0, "{m}");
+
+    sb.reload_policy(&with_resolvers(r#"["127.0.0.1"]"#));
+    assert_eq!(
+        connect(&sb, "/app", "127.0.1.5"),
+        "err EPERM",
+        "trust given back: answers before it do not count"
+    );
+    assert_eq!(dig(&sb, "/app", "db.test"), "127.0.1.5");
+    assert_eq!(connect(&sb, "/app", "127.0.1.5"), "ok", "asked again");
+}
+
+/// A resolver behind NAT in the workload's own network namespace, as
+/// Docker's embedded DNS (127.0.0.11:53 rewritten to another port) or a
+/// Kubernetes ClusterIP: egress sees the rewritten destination, the answer
+/// comes back with its source rewritten to the address the workload
+/// asked. A connected socket (glibc, Go, this probe's `dns-race`) is
+/// learned from by the address it connected to; an unconnected one
+/// (`dns-ask`, musl) learns nothing there, and nothing is opened.
+#[test]
+fn a_resolver_behind_nat_teaches_connected_sockets() {
+    require_root!();
+    let mut sb = Sandbox::new("dns-nat");
+    sb.cgroup("/app");
+    sb.cgroup("/srv");
+    let rules = "table ip pgtest { chain out { type nat hook output priority -100; \
+                 ip daddr 127.0.0.11 udp dport 53 dnat to 127.0.0.11:5353 } }";
+    sb.run_in("/srv", Path::new("/usr/sbin/nft"), &[rules]);
+    let _resolver = Running(sb.spawn_in(
+        "/srv",
+        Path::new("/usr/sbin/dnsmasq"),
+        &[
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--user=root",
+            "--pid-file",
+            "--listen-address=127.0.0.11",
+            "--bind-interfaces",
+            "--port=5353",
+            "--host-record=db0.test,127.0.1.5",
+            "--host-record=web.test,127.0.1.9",
+        ],
+    ));
+    let mut web = Running(sb.spawn_probe("/srv", &["accept-serve", "0.0.0.0", APP_PORT]));
+    let mut line = String::new();
+    BufReader::new(web.0.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("read");
+    let policy = guard("app", "/app", &["db0.test", "web.test"])
+        .replace(&format!("peer = \"{RESOLVER}\""), "peer = \"127.0.0.11\"");
+    sb.start_agent(&policy);
+    for _ in 0..100 {
+        if sb.probe("/srv", &["dns-ask", "127.0.0.11", "web.test", "7", "500"]).contains("127.0.1.9") {
+            break;
+        }
+    }
+    let out = sb.probe("/app", &["dns-race", "127.0.0.11", "db", "test", "1", APP_PORT, "1"]);
+    assert!(out.starts_with("lookups=1 answered=1 connected=1 refused=0"), "connected socket: {out}");
+    let out = sb.probe("/app", &["dns-ask", "127.0.0.11", "web.test", "4660", "2000"]);
+    assert!(out.contains("from 127.0.0.11:53 addrs=127.0.1.9"), "the answer arrives: {out}");
+    assert_eq!(connect(&sb, "/app", "127.0.1.9"), "err EPERM", "unconnected socket behind NAT: not learned");
+}
+
+/// An AAAA record of a v4-mapped address (::ffff:a.b.c.d) opens the IPv4
+/// address: that is what a dual-stack connect to it reaches and is judged as.
+#[test]
+fn a_v4_mapped_aaaa_opens_the_ipv4_address() {
+    require_root!();
+    let mut sb = Sandbox::new("dns-mapped");
+    sb.cgroup("/app");
+    let mut recs = records();
+    recs.push("--host-record=mapped.test,::ffff:127.0.1.20".into());
+    let _services = start_services(&sb, &recs);
+    sb.start_agent(&guard("app", "/app", &["mapped.test"]));
+    assert_eq!(connect(&sb, "/app", "127.0.1.20"), "err EPERM", "before");
+    let aaaa = sb.run_in(
+        "/app",
+        Path::new("/usr/bin/dig"),
+        &[&format!("@{RESOLVER}"), "mapped.test", "AAAA", "+short", "+time=2", "+tries=1"],
+    );
+    assert_eq!(aaaa, "::ffff:127.0.1.20");
+    assert_eq!(connect(&sb, "/app", "127.0.1.20"), "ok", "over IPv4");
+    assert_eq!(
+        sb.probe("/app", &["connect", "tcp", "::ffff:127.0.1.20", APP_PORT, "1000"]),
+        "ok",
+        "dual stack"
+    );
+}

@@ -4,7 +4,7 @@
 //! received it but the answer expired, or received it for a name whose
 //! rules do not allow that port.
 
-use std::{net::IpAddr, path::Path};
+use std::{collections::HashMap, net::IpAddr, path::Path};
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use portguard_common::{
@@ -63,13 +63,15 @@ impl LearnedAddresses {
 }
 
 impl LearnedAddresses {
-    /// Addresses with an answer still valid, per guarded cgroup: one walk
+    /// Addresses with an answer still valid, per guarded cgroup, under the
+    /// cgroup's resolver epoch (`epochs`, from the live policy): one walk
     /// of the table (at most `LEARNED_ENTRIES`, two system calls each).
-    pub(crate) fn live_per_cgroup(&self) -> std::collections::HashMap<u64, u64> {
+    pub(crate) fn live_per_cgroup(&self, epochs: &HashMap<u64, u32>) -> HashMap<u64, u64> {
         let now = boot_ns();
-        let mut out = std::collections::HashMap::new();
+        let mut out = HashMap::new();
         for (key, learned) in self.map.iter().filter_map(Result::ok) {
-            if learned.expires_ns.iter().any(|e| *e > now) {
+            let current = epochs.get(&key.guard_cgroup) == Some(&learned.epoch);
+            if current && learned.expires_ns.iter().any(|e| *e > now) {
                 *out.entry(key.guard_cgroup).or_default() += 1;
             }
         }
@@ -98,8 +100,8 @@ mod tests {
 
     #[test]
     fn live_expired_and_empty_entries() {
-        let mut l = Learned::first(7, 100 * S);
-        l.note(8, 50 * S, 10 * S);
+        let mut l = Learned::first(1, 7, 100 * S);
+        l.note(1, 8, 50 * S, 10 * S);
         assert_eq!(classify(&l, 60 * S), LearnedState::Live { names: vec![7] });
         assert_eq!(classify(&l, 130 * S), LearnedState::Expired { names: vec![7, 8], ago_s: 30 });
         assert_eq!(classify(&Learned::default(), 0), LearnedState::Never);

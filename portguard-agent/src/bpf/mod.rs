@@ -2,6 +2,7 @@
 //! the policy maps, and the denial event stream.
 
 mod bpffs;
+mod dns_epochs;
 #[cfg(test)]
 mod dns_walk_kernel;
 mod error;

@@ -38,7 +38,7 @@ pub(crate) enum MapsError {
     },
     #[error("more than {MAX_GUARDS} guards have been defined over this agent's lifetime")]
     OutOfGuardIds,
-    #[error("cannot make the DNS name key: getrandom: {0}")]
+    #[error("cannot draw random bytes (DNS name key, resolver epoch): getrandom: {0}")]
     Random(std::io::Error),
 }
 
@@ -214,6 +214,12 @@ impl PolicyMaps {
         )
     }
 
+    /// Each guarded cgroup's resolver epoch in the live slot.
+    pub(crate) fn dns_epochs(&self) -> HashMap<u64, u32> {
+        let live = &self.slots[(self.generation & 1) as usize];
+        live.guards.iter().map(|(cgroup, info)| (*cgroup, info.dns_epoch)).collect()
+    }
+
     fn read_slot(&self, slot: u8) -> Result<KernelPolicy, MapsError> {
         let mut out = KernelPolicy::default();
         for item in self.guards.iter() {
@@ -276,7 +282,12 @@ impl PolicyMaps {
     }
 
     /// Makes `new` the live policy in one switch.
-    pub(crate) fn apply(&mut self, new: KernelPolicy) -> Result<ApplyStats, MapsError> {
+    pub(crate) fn apply(&mut self, mut new: KernelPolicy) -> Result<ApplyStats, MapsError> {
+        let live = &self.slots[(self.generation & 1) as usize];
+        super::dns_epochs::assign(live, &mut new, || {
+            // Never 0, the epoch of an empty learned entry.
+            Ok(u32::from_le_bytes(random::<4>()?).max(1))
+        })?;
         if let Some(t) = self.last_switch {
             let since = t.elapsed();
             if since < SLOT_QUIESCE {
@@ -376,18 +387,24 @@ fn dns_key(map: aya::maps::Map) -> Result<NameKey, MapsError> {
     if key != [0, 0] {
         return Ok(key);
     }
-    let mut bytes = [0u8; 16];
-    // SAFETY: the kernel writes at most `bytes.len()` bytes into `bytes`.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if n != bytes.len() as isize {
-        return Err(MapsError::Random(std::io::Error::last_os_error()));
-    }
+    let bytes = random::<16>()?;
     let key = [
         u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")),
         u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes")),
     ];
     keys.set(0, key, 0).map_err(map_err(name))?;
     Ok(key)
+}
+
+/// `N` bytes from the kernel's random source.
+fn random<const N: usize>() -> Result<[u8; N], MapsError> {
+    let mut bytes = [0u8; N];
+    // SAFETY: the kernel writes at most `N` bytes into `bytes`.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), N, 0) };
+    if n != N as isize {
+        return Err(MapsError::Random(std::io::Error::last_os_error()));
+    }
+    Ok(bytes)
 }
 
 /// `PG_PREFIX_MASKS[n]` keeps the first n bits of a 16-byte address; the

@@ -139,6 +139,7 @@ impl AppliedPolicy {
             guard_of_cgroup: (a.cgroups.cgroup_ids().into_iter())
                 .flat_map(|(name, ids)| ids.into_iter().map(move |id| (id, name.clone())))
                 .collect(),
+            dns_epochs: self.maps.dns_epochs(),
             guards: a.compiled.guards.len(),
             guarded_cgroups: a.cgroups.cgroups(),
             kube_pods: self.pods.watched(),

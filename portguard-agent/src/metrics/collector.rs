@@ -153,7 +153,7 @@ impl Collector for Metrics {
         )?;
         let mut learned: BTreeMap<String, i64> = BTreeMap::new();
         if let Some(table) = &kernel.learned {
-            for (cgroup, n) in table.live_per_cgroup() {
+            for (cgroup, n) in table.live_per_cgroup(&policy.dns_epochs) {
                 if let Some(guard) = policy.guard_of_cgroup.get(&cgroup) {
                     *learned.entry(guard.clone()).or_default() += n as i64;
                 }

@@ -30,6 +30,8 @@ pub(crate) struct PolicySummary {
     pub(crate) guard_names: HashMap<u32, String>,
     /// Guard names by the guarded cgroups they cover now.
     pub(crate) guard_of_cgroup: HashMap<u64, String>,
+    /// Each guarded cgroup's resolver epoch in the live policy.
+    pub(crate) dns_epochs: HashMap<u64, u32>,
     pub(crate) guards: usize,
     pub(crate) guarded_cgroups: usize,
     /// Pods of this node the agent knows, while it watches them.

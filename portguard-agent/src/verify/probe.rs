@@ -166,12 +166,8 @@ fn in_prefix(k: &ConnectKey, addr: IpAddr) -> bool {
     as_u128(bytes) & mask == as_u128(k.addr) & mask
 }
 
-fn port_in(set: &PortSet, port: u16) -> bool {
-    set.ranges[..(set.count as usize).min(set.ranges.len())].iter().any(|r| r.first <= port && port <= r.last)
-}
-
 fn connect_allowed(g: &CompiledGuard, proto: u8, addr: IpAddr, port: u16) -> bool {
-    g.connect.iter().any(|(k, ports)| k.proto == proto && in_prefix(k, addr) && port_in(ports, port))
+    g.connect.iter().any(|(k, ports)| k.proto == proto && in_prefix(k, addr) && ports.contains(port))
 }
 
 /// Sockets the verifier holds bound (never listening) during a probe.

@@ -63,12 +63,17 @@ pub struct LearnedKey {
 }
 
 /// `PG_DNS_LEARNED` value: the names (their `name_hash`) the address was
-/// an answer for, each with its expiry (CLOCK_BOOTTIME ns; 0: empty slot).
+/// an answer for, each with its expiry (CLOCK_BOOTTIME ns; 0: empty slot),
+/// under the guard's resolver epoch (`GuardInfo::dns_epoch`) at the time:
+/// an entry of another epoch allows nothing and the next answer replaces
+/// it whole.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Learned {
     pub names: [u64; NAMES_PER_ADDRESS],
     pub expires_ns: [u64; NAMES_PER_ADDRESS],
+    pub epoch: u32,
+    pub _pad: u32,
 }
 
 /// The expiry of an answer received at `now_ns` with `ttl` seconds.
@@ -78,11 +83,31 @@ pub fn expiry(now_ns: u64, ttl: u32) -> u64 {
     now_ns + u64::from(ttl + LEARNED_GRACE_S) * 1_000_000_000
 }
 
+/// Turns a v4-mapped IPv6 address (::ffff:a.b.c.d) into the IPv4 form
+/// (a.b.c.d in the first 4 bytes, the rest zero) in place; returns whether
+/// it was one. Branch-light and in place, for the kernel's stack.
+#[inline(always)]
+pub fn unmap_v4(addr: &mut [u8; 16]) -> bool {
+    let mut zero = 0u8;
+    let mut i = 0;
+    while i < 10 {
+        zero |= addr[i];
+        i += 1;
+    }
+    if zero != 0 || addr[10] != 0xff || addr[11] != 0xff {
+        return false;
+    }
+    let v4 = [addr[12], addr[13], addr[14], addr[15]];
+    *addr = [0; 16];
+    addr[..4].copy_from_slice(&v4);
+    true
+}
+
 impl Learned {
     /// A fresh entry holding one name.
     #[inline(always)]
-    pub fn first(name: u64, expires_ns: u64) -> Learned {
-        let mut l = Learned::default();
+    pub fn first(epoch: u32, name: u64, expires_ns: u64) -> Learned {
+        let mut l = Learned { epoch, ..Learned::default() };
         l.names[0] = name;
         l.expires_ns[0] = expires_ns;
         l
@@ -92,8 +117,13 @@ impl Learned {
     /// the name's slot is extended (never shortened: a later answer with a
     /// shorter TTL does not cut a connection window an earlier one gave),
     /// else an empty or expired slot, else the one that expires first.
+    /// Under a new epoch the entry starts over.
     #[inline(always)]
-    pub fn note(&mut self, name: u64, expires_ns: u64, now_ns: u64) {
+    pub fn note(&mut self, epoch: u32, name: u64, expires_ns: u64, now_ns: u64) {
+        if self.epoch != epoch {
+            *self = Learned::first(epoch, name, expires_ns);
+            return;
+        }
         let mut pick = NAMES_PER_ADDRESS;
         let mut soonest = 0;
         let mut i = 0;
@@ -120,7 +150,8 @@ impl Learned {
         self.expires_ns[i] = expires_ns;
     }
 
-    /// The name in slot `i` if it has not expired at `now_ns`.
+    /// The name in slot `i` if it has not expired at `now_ns` (the caller
+    /// checks the epoch).
     #[inline(always)]
     pub fn live(&self, i: usize, now_ns: u64) -> Option<u64> {
         let i = i & (NAMES_PER_ADDRESS - 1);
@@ -133,6 +164,7 @@ mod tests {
     use super::*;
 
     const S: u64 = 1_000_000_000;
+    const E: u32 = 7;
 
     #[test]
     fn ttls_are_clamped_and_graced() {
@@ -143,10 +175,10 @@ mod tests {
 
     #[test]
     fn a_name_is_extended_never_shortened() {
-        let mut l = Learned::first(1, 100 * S);
-        l.note(1, 50 * S, 10 * S);
+        let mut l = Learned::first(E, 1, 100 * S);
+        l.note(E, 1, 50 * S, 10 * S);
         assert_eq!(l.expires_ns[0], 100 * S);
-        l.note(1, 200 * S, 10 * S);
+        l.note(E, 1, 200 * S, 10 * S);
         assert_eq!(l.expires_ns[0], 200 * S);
         assert_eq!(l.names[1..], [0, 0, 0]);
     }
@@ -154,17 +186,36 @@ mod tests {
     #[test]
     fn names_share_an_address_and_the_soonest_to_expire_makes_room() {
         let now = 10 * S;
-        let mut l = Learned::first(1, 100 * S);
+        let mut l = Learned::first(E, 1, 100 * S);
         for (name, exp) in [(2, 50 * S), (3, 300 * S), (4, 400 * S)] {
-            l.note(name, exp, now);
+            l.note(E, name, exp, now);
         }
         assert_eq!(l.names, [1, 2, 3, 4]);
-        l.note(5, 500 * S, now);
+        l.note(E, 5, 500 * S, now);
         assert_eq!(l.names, [1, 5, 3, 4], "name 2 expired first");
         // An expired slot is reused before a live one.
-        l.note(6, 600 * S, 120 * S);
+        l.note(E, 6, 600 * S, 120 * S);
         assert_eq!(l.names, [6, 5, 3, 4]);
         assert_eq!(l.live(0, 120 * S), Some(6));
         assert_eq!(l.live(1, 600 * S), None);
+    }
+
+    #[test]
+    fn v4_mapped_addresses_are_unmapped_in_place() {
+        let mut mapped = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3];
+        assert!(unmap_v4(&mut mapped));
+        assert_eq!(mapped, [10, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let v6 = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3];
+        let mut same = v6;
+        assert!(!unmap_v4(&mut same));
+        assert_eq!(same, v6, "a v6 address is left alone");
+    }
+
+    #[test]
+    fn a_new_epoch_starts_the_entry_over() {
+        let mut l = Learned::first(E, 1, 100 * S);
+        l.note(E, 2, 100 * S, 10 * S);
+        l.note(E + 1, 3, 50 * S, 10 * S);
+        assert_eq!(l, Learned::first(E + 1, 3, 50 * S), "names of the old epoch are gone");
     }
 }

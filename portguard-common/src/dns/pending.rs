@@ -27,6 +27,10 @@ pub struct PendingQuery {
     /// `AF_INET` or `AF_INET6`.
     pub family: u8,
     pub _pad: u8,
+    /// The guard's `dns_epoch` when the query was sent: an answer that
+    /// arrives after a reload took the resolver away teaches nothing.
+    pub epoch: u32,
+    pub _pad2: u32,
 }
 
 /// The table of one socket.
@@ -50,7 +54,7 @@ impl PendingQueries {
 
     /// Takes the query `answer` answers: the same transaction id, from the
     /// resolver (address, port) it was sent to, for the same question and
-    /// type, within [`QUERY_WINDOW_NS`]. The slot is cleared, so a second
+    /// type, within [`QUERY_WINDOW_NS`], under the same resolver epoch. The slot is cleared, so a second
     /// answer with the same id teaches nothing. `None`: an answer nobody
     /// asked for (counted, never learned from).
     #[inline(always)]
@@ -77,6 +81,7 @@ impl PendingQueries {
                 && q.resolver == answer.resolver
                 && q.question == answer.question
                 && q.qtype == answer.qtype
+                && q.epoch == answer.epoch
             {
                 return Some(i);
             }
@@ -112,6 +117,8 @@ mod tests {
             qtype: 1,
             family: crate::AF_INET,
             _pad: 0,
+            epoch: 3,
+            _pad2: 0,
         }
     }
 
@@ -137,6 +144,7 @@ mod tests {
             PendingQuery { family: crate::AF_INET6, ..a },
             PendingQuery { question: 0xbeef, ..a },
             PendingQuery { qtype: 28, ..a },
+            PendingQuery { epoch: 4, ..a },
             other_resolver,
         ] {
             assert_eq!(t.take(&wrong, 2_000), None, "{wrong:?}");
