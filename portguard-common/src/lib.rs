@@ -225,19 +225,26 @@ pub mod stats {
     /// DNS queries recorded (a guarded socket of a guard with names sent
     /// them to port 53 of a resolver the guard may reach).
     pub const DNS_QUERIES: u32 = 6;
-    /// Answers that matched a recorded query and taught addresses.
+    /// Answers that matched a recorded query and taught addresses. Every
+    /// answer to a guarded socket of a guard with names is counted under
+    /// exactly one `DNS_ANSWERS_*`.
     pub const DNS_ANSWERS_LEARNED: u32 = 7;
     /// Answers that matched no recorded query (unsolicited, spoofed, late
     /// or repeated): nothing learned.
     pub const DNS_ANSWERS_NO_QUERY: u32 = 8;
     /// Answers whose question is none of the guard's names.
     pub const DNS_ANSWERS_NOT_IN_POLICY: u32 = 9;
-    /// Answers the walk stopped on before their end (an error RCODE, a
-    /// malformed or unsupported message): what was read before counts.
+    /// Answers the walk stopped on before it learned anything (an error
+    /// RCODE such as NXDOMAIN, a malformed or unsupported message), or
+    /// that arrived while this CPU's walk was busy.
     pub const DNS_ANSWERS_NOT_PARSED: u32 = 10;
     /// Addresses learned (an entry created or extended).
     pub const DNS_ADDRESSES_LEARNED: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// Answers read to their end that matched a query and a name but held
+    /// no A or AAAA record for it (NODATA: the name has no address of the
+    /// type asked).
+    pub const DNS_ANSWERS_NO_ADDRESS: u32 = 12;
+    pub const COUNT: u32 = 13;
 }
 
 /// `PG_CONFIG[0]`: which policy is live.

@@ -347,8 +347,10 @@ const BPF_TCP_ESTABLISHED: u32 = 1;
 /// And of an unconnected one.
 const BPF_TCP_CLOSE: u32 = 7;
 
-/// Packets a guarded cgroup's sockets send. Attached only at guards whose
-/// rules list DNS names; it never drops (cgroup_skb: 1 passes).
+/// Packets a guarded cgroup's sockets send. Attached at every guarded
+/// cgroup with the other hooks (a guard gaining names by reload must not
+/// wait for an attach); it never drops (cgroup_skb: 1 passes), and does
+/// work only for UDP to port 53 of sockets whose guard lists names.
 #[cgroup_skb(egress)]
 pub(crate) fn pg_sock_egress(ctx: SkBuffContext) -> i32 {
     // SAFETY: `sk` of the context is a socket pointer or null, which the
@@ -600,14 +602,16 @@ fn learn(
         // Taken once: a second answer with the same id teaches nothing.
         pending.clear_if(i, &s.pending.slots[i]);
     }
+    // One result per answer; one that taught something is counted by the
+    // caller as learned, whatever stopped the walk later.
     if s.asked == 0 {
         bump(&PG_STATS, stats::DNS_ANSWERS_NOT_PARSED);
     } else if s.refused != 0 {
         bump(&PG_STATS, s.refused);
-    } else {
-        if s.walk.stop != 0 {
-            bump(&PG_STATS, stats::DNS_ANSWERS_NOT_PARSED);
-        }
+    } else if s.learned == 0 {
+        let result =
+            if s.walk.stop != 0 { stats::DNS_ANSWERS_NOT_PARSED } else { stats::DNS_ANSWERS_NO_ADDRESS };
+        bump(&PG_STATS, result);
     }
 }
 

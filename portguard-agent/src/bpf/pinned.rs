@@ -70,14 +70,15 @@ impl DecisionCounters {
     }
 
     /// The kernel's DNS counters: queries recorded, answers by what they
-    /// taught (`learned`, `no_query`, `not_in_policy`, `not_parsed`), and
-    /// addresses learned.
+    /// taught (`learned`, `no_address`, `no_query`, `not_in_policy`,
+    /// `not_parsed`), and addresses learned.
     pub(crate) fn dns(&self) -> DnsCounts {
         let sum = |i| Self::sum(&self.stats, i);
         DnsCounts {
             queries: sum(stats::DNS_QUERIES),
             answers: [
                 ("learned", sum(stats::DNS_ANSWERS_LEARNED)),
+                ("no_address", sum(stats::DNS_ANSWERS_NO_ADDRESS)),
                 ("no_query", sum(stats::DNS_ANSWERS_NO_QUERY)),
                 ("not_in_policy", sum(stats::DNS_ANSWERS_NOT_IN_POLICY)),
                 ("not_parsed", sum(stats::DNS_ANSWERS_NOT_PARSED)),
@@ -94,7 +95,7 @@ impl DecisionCounters {
 /// See [`DecisionCounters::dns`].
 pub(crate) struct DnsCounts {
     pub queries: u64,
-    pub answers: [(&'static str, u64); 4],
+    pub answers: [(&'static str, u64); 5],
     pub addresses: u64,
 }
 
