@@ -200,6 +200,9 @@ pub(super) fn rule_changes(old: &Allowed, new: &Allowed) -> RuleChanges {
         name_changes(t, &old.names[t as usize], &new.names[t as usize], &new.connect[t as usize], &mut c);
         inbound::changes(t, &old.reach[t as usize], &new.reach[t as usize], &mut c);
     }
+    if let Some(note) = resolver_change(old, new) {
+        c.notes.push(note);
+    }
     c.opens = tidy(c.opens);
     c.closes = tidy(c.closes);
     c.notes = tidy_notes(c.notes);
@@ -298,6 +301,28 @@ fn connect_changes(t: Transport, old: &PeerTable, new: &PeerTable, c: &mut RuleC
             });
         }
     }
+}
+
+/// The networks a guard may send DNS queries to (udp/53).
+fn resolvers(a: &Allowed) -> Vec<IpNet> {
+    let udp = &a.connect[Transport::Udp as usize];
+    udp.nets.iter().filter(|(_, p)| p.contains(53)).map(|(n, _)| *n).collect()
+}
+
+/// For a guard with names before and after: the resolver networks gained
+/// and lost, as the kernel's resolver epoch sees them (a network is lost
+/// when no network of the other side contains it).
+fn resolver_change(old: &Allowed, new: &Allowed) -> Option<Note> {
+    let has_names = |a: &Allowed| a.names.iter().any(|n| !n.is_empty());
+    if !has_names(old) || !has_names(new) {
+        return None;
+    }
+    let (before, after) = (resolvers(old), resolvers(new));
+    let outside = |nets: &[IpNet], of: &[IpNet]| -> Vec<String> {
+        nets.iter().filter(|n| !of.iter().any(|o| o.contains(*n))).map(IpNet::to_string).collect()
+    };
+    let (gained, lost) = (outside(&after, &before), outside(&before, &after));
+    (!gained.is_empty() || !lost.is_empty()).then_some(Note::ResolversChanged { gained, lost })
 }
 
 /// Names opened and closed, port by port. A name's addresses are known

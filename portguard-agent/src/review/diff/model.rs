@@ -123,6 +123,11 @@ pub(crate) enum Note {
     /// and ports: whether the name's addresses fall in those networks
     /// depends on DNS answers, so the diff cannot say what it adds.
     NameMeetsNetworks { rule: Effect, networks: Vec<Region> },
+    /// The resolvers a guard with DNS names may query (udp/53) changed:
+    /// its names are learned from answers of the `gained` networks too;
+    /// what the kernel learned before stops counting once any network is
+    /// `lost` (its workloads must resolve again).
+    ResolversChanged { gained: Vec<String>, lost: Vec<String> },
 }
 
 /// Ports at one address or peer network ("any" for every address).

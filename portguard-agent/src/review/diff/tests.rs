@@ -692,3 +692,36 @@ fn names_open_and_close_by_port_and_meet_networks_in_a_note() {
          summary: 0 opens, 1 close across 1 guard\n"
     );
 }
+
+#[test]
+fn a_resolver_change_of_a_guard_with_names_is_noted() {
+    let with = |resolvers: &str| {
+        api(&(connect(resolvers, "[53]", "proto = \"udp\"") + &connect("\"db.example\"", "[5432]", "")))
+    };
+    let one = with("\"10.0.0.53\"");
+    let wider = with("[\"10.0.0.0/24\", \"fd00::53\"]");
+    assert_eq!(
+        report(&one, &wider),
+        "guard \"api\" (cgroup /api, enforce):\n\
+         \x20 opens   connect udp 10.0.0.0/24 ports 53 (10.0.0.53/32 already allowed)\n\
+         \x20 opens   connect udp fd00::53/128 ports 53\n\
+         \x20 note    connect udp 10.0.0.53/32 ports 53 is no longer listed but still allowed by broader 10.0.0.0/24 ports 53\n\
+         \x20 note    names are now also learned from resolvers at 10.0.0.0/24, fd00::53/128\n\
+         summary: 2 opens, 0 closes across 1 guard\n"
+    );
+    let report = report(&wider, &one);
+    assert!(
+        report.contains(
+            "note    resolvers at 10.0.0.0/24, fd00::53/128 are no longer trusted: every address learned \
+             before stops counting until the workloads resolve again"
+        ),
+        "{report}"
+    );
+    // Without names, a resolver is just a peer.
+    let plain = |r: &str| api(&connect(r, "[53]", "proto = \"udp\""));
+    assert!(!report_of_note(&plain("\"10.0.0.53\""), &plain("\"10.0.0.54\"")), "no note without names");
+}
+
+fn report_of_note(old: &str, new: &str) -> bool {
+    report(old, new).contains("resolvers at")
+}

@@ -125,6 +125,20 @@ fn note(n: &Note) -> String {
             effect(rule, ""),
             networks.iter().map(|r| region(r, None)).collect::<Vec<_>>().join(" and ")
         ),
+        Note::ResolversChanged { gained, lost } => {
+            let mut parts = Vec::new();
+            if !gained.is_empty() {
+                parts.push(format!("names are now also learned from resolvers at {}", gained.join(", ")));
+            }
+            if !lost.is_empty() {
+                parts.push(format!(
+                    "resolvers at {} are no longer trusted: every address learned before stops counting \
+                     until the workloads resolve again",
+                    lost.join(", ")
+                ));
+            }
+            parts.join("; ")
+        }
     }
 }
 
