@@ -14,6 +14,8 @@
 //! - `hosts`: other [`Host`]s (network namespaces joined by veth pairs)
 //!   that reach the sandbox's servers as other machines would.
 //! - `metrics`: the metrics endpoint and a real [`Prometheus`].
+//! - `services`: real servers beside the workloads (dnsmasq, an accepting
+//!   TCP server), each a [`Running`] child.
 //! - `kubelet`, [`kube_api`]: pod cgroups as the kubelet lays them out, and
 //!   a stand-in Kubernetes API server.
 //! - `tamper`: raw bpf() on the pinned maps and links, to break
@@ -29,6 +31,7 @@ mod metrics;
 pub mod prerequisites;
 mod probe;
 mod sandbox;
+mod services;
 pub mod tamper;
 
 pub use agent::{Agent, agent_bin, portguard};
@@ -37,3 +40,4 @@ pub use kubelet::CgroupDriver;
 pub use metrics::{Prometheus, http_get, metric_sum};
 pub use probe::{Hammer, probe_bin};
 pub use sandbox::{Sandbox, cgroup2_mount, remove_cgroup_tree};
+pub use services::{DNSMASQ, Running};

@@ -7,20 +7,9 @@
 use std::{
     io::{BufRead as _, BufReader},
     path::Path,
-    process::Child,
 };
 
-use portguard_tests::{Sandbox, metric_sum, require_root};
-
-/// A child process killed and reaped when the test ends, however it ends.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use portguard_tests::{Running, Sandbox, metric_sum, require_root};
 
 const RESOLVER: &str = "127.0.0.1";
 /// The port every name's rule allows; a listener on 0.0.0.0 answers for
@@ -58,27 +47,11 @@ purpose = "services by name"
 /// (`--host-record`, `--cname` ... arguments), and a TCP server on
 /// 0.0.0.0:8080 beside it.
 fn start_services(sb: &Sandbox, records: &[String]) -> (Running, Running) {
-    let dnsmasq = Path::new("/usr/sbin/dnsmasq");
-    assert!(dnsmasq.exists(), "dnsmasq (dnsmasq-base) is installed by `cargo xtask setup`");
     sb.cgroup("/srv");
-    let mut args: Vec<&str> = vec![
-        "--keep-in-foreground",
-        "--conf-file=/dev/null",
-        "--no-resolv",
-        "--no-hosts",
-        "--user=root",
-        "--pid-file",
-        "--listen-address=127.0.0.1",
-        "--bind-interfaces",
-        "--port=53",
-        "--log-facility=-",
-    ];
+    let mut args = vec!["--log-facility=-"];
     args.extend(records.iter().map(String::as_str));
-    let dns = Running(sb.spawn_in("/srv", dnsmasq, &args));
-    let mut server = Running(sb.spawn_probe("/srv", &["accept-serve", "0.0.0.0", APP_PORT]));
-    let mut line = String::new();
-    BufReader::new(server.0.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("read");
-    assert_eq!(line.trim(), format!("ok port={APP_PORT}"));
+    let dns = sb.dnsmasq("/srv", Some(RESOLVER), 53, &args);
+    let server = sb.accept_server("/srv", "0.0.0.0", APP_PORT);
     // dnsmasq answers once it has bound its port.
     for _ in 0..100 {
         if dig(sb, "/srv", "db.test") == "127.0.1.5" {
@@ -317,48 +290,20 @@ fn glibc_clients_learn_through_a_local_stub_and_dig_straight_from_the_resolver()
     let mut sb = Sandbox::new("dns-stub");
     sb.cgroup("/app");
     sb.cgroup("/srv");
-    let dnsmasq = Path::new("/usr/sbin/dnsmasq");
     let upstream = sb.add_host(1);
-    let listen = format!("--listen-address={}", upstream.v4);
-    let _resolver = Running(upstream.spawn(
-        dnsmasq,
+    let _resolver = upstream.dnsmasq(
+        Some(&upstream.v4.to_string()),
+        53,
         &[
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--user=root",
-            "--pid-file",
-            &listen,
-            "--bind-interfaces",
-            "--port=53",
             "--host-record=db.test,127.0.1.5",
             "--host-record=web.test,127.0.1.9",
             "--host-record=other.test,127.0.1.7",
             "--host-record=v6.test,fd00::77",
         ],
-    ));
+    );
     let server = format!("--server={}", upstream.v4);
-    let _stub = Running(sb.spawn_in(
-        "/srv",
-        dnsmasq,
-        &[
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--user=root",
-            "--pid-file",
-            "--listen-address=127.0.0.53",
-            "--bind-interfaces",
-            "--port=53",
-            "--cache-size=0",
-            &server,
-        ],
-    ));
-    let mut web = Running(sb.spawn_probe("/srv", &["accept-serve", "0.0.0.0", APP_PORT]));
-    let mut line = String::new();
-    BufReader::new(web.0.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("read");
+    let _stub = sb.dnsmasq("/srv", Some("127.0.0.53"), 53, &["--cache-size=0", &server]);
+    let _web = sb.accept_server("/srv", "0.0.0.0", APP_PORT);
     let policy = guard("app", "/app", &["db.test", "web.test", "v6.test"])
         .replace(&format!("peer = \"{RESOLVER}\""), &format!("peer = [\"127.0.0.53\", \"{}\"]", upstream.v4));
     sb.start_agent(&policy);
@@ -480,26 +425,13 @@ fn a_resolver_behind_nat_teaches_connected_sockets() {
     let rules = "table ip pgtest { chain out { type nat hook output priority -100; \
                  ip daddr 127.0.0.11 udp dport 53 dnat to 127.0.0.11:5353 } }";
     sb.run_in("/srv", Path::new("/usr/sbin/nft"), &[rules]);
-    let _resolver = Running(sb.spawn_in(
+    let _resolver = sb.dnsmasq(
         "/srv",
-        Path::new("/usr/sbin/dnsmasq"),
-        &[
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--user=root",
-            "--pid-file",
-            "--listen-address=127.0.0.11",
-            "--bind-interfaces",
-            "--port=5353",
-            "--host-record=db0.test,127.0.1.5",
-            "--host-record=web.test,127.0.1.9",
-        ],
-    ));
-    let mut web = Running(sb.spawn_probe("/srv", &["accept-serve", "0.0.0.0", APP_PORT]));
-    let mut line = String::new();
-    BufReader::new(web.0.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("read");
+        Some("127.0.0.11"),
+        5353,
+        &["--host-record=db0.test,127.0.1.5", "--host-record=web.test,127.0.1.9"],
+    );
+    let _web = sb.accept_server("/srv", "0.0.0.0", APP_PORT);
     let policy = guard("app", "/app", &["db0.test", "web.test"])
         .replace(&format!("peer = \"{RESOLVER}\""), "peer = \"127.0.0.11\"");
     sb.start_agent(&policy);

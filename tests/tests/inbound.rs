@@ -2,19 +2,9 @@
 //! kernel: clients on other "hosts" (network namespaces joined by veth
 //! pairs) reach real servers in guarded cgroups, or get no connection.
 
-use std::{io::BufRead as _, io::BufReader, path::Path, process::Child, time::Instant};
+use std::{io::BufRead as _, io::BufReader, path::Path, time::Instant};
 
-use portguard_tests::{Host, Sandbox, metric_sum, require_root};
-
-/// A child process killed and reaped when the test ends, however it ends.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use portguard_tests::{Host, Running, Sandbox, metric_sum, require_root};
 
 /// A denied SYN is dropped: the client hears nothing and gives up here.
 const SHORT_MS: &str = "1000";
@@ -248,8 +238,6 @@ fn hold_serve(sb: &Sandbox, rel: &str, ip: &str, port: u16) -> Running {
 #[test]
 fn dnsmasq_answers_real_dig_clients_with_only_its_bind_rule() {
     require_root!();
-    let dnsmasq = Path::new("/usr/sbin/dnsmasq");
-    assert!(dnsmasq.exists(), "dnsmasq (dnsmasq-base) is installed by `cargo xtask setup`");
     let mut sb = Sandbox::new("inbound-dns");
     sb.cgroup("/dns");
     let a = sb.add_host(1);
@@ -259,23 +247,12 @@ fn dnsmasq_answers_real_dig_clients_with_only_its_bind_rule() {
     );
     // Upstream for names it does not know: host b, which never queries it.
     let upstream = format!("--server={}", b.v4);
-    let _dns = Running(sb.spawn_in(
+    let _dns = sb.dnsmasq(
         "/dns",
-        dnsmasq,
-        &[
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--user=root",
-            "--pid-file",
-            "--port=53",
-            "--address=/known.test/10.1.2.3",
-            "--address=/known.test/fd00::123",
-            &upstream,
-            "--log-facility=-",
-        ],
-    ));
+        None,
+        53,
+        &["--address=/known.test/10.1.2.3", "--address=/known.test/fd00::123", &upstream, "--log-facility=-"],
+    );
     wait_live(&sb, "udp", 53);
     let dig = |h: &Host, server: String, name: &str, ty: &str| {
         h.run_text(

@@ -14,14 +14,9 @@
 //! The programs' own run statistics give the kernel's cost per query
 //! (egress), per answer (ingress) and per connect (connect4).
 
-use std::{
-    fmt::Write as _,
-    io::{BufRead as _, BufReader},
-    path::Path,
-    process::Child,
-};
+use std::fmt::Write as _;
 
-use portguard_tests::Sandbox;
+use portguard_tests::{Running, Sandbox};
 use serde_json::{Value, json};
 
 use super::{Section, median, overhead::Rng, prog_stats};
@@ -30,15 +25,6 @@ const TRIALS: usize = 5;
 const LOOKUPS: &str = "2000";
 const PORT: &str = "8080";
 const SIZES: [usize; 2] = [10, 10_000];
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -89,27 +75,8 @@ fn setup(kind: Kind, size: usize) -> anyhow::Result<Config> {
     let text: String = (0..size).map(|i| format!("{} n{i}.bench.test\n", address(i))).collect();
     std::fs::write(&hosts, text)?;
     let addn = format!("--addn-hosts={}", hosts.display());
-    let dns = Running(sb.spawn_in(
-        "/srv",
-        Path::new("/usr/sbin/dnsmasq"),
-        &[
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--user=root",
-            "--pid-file",
-            "--listen-address=127.0.0.1",
-            "--bind-interfaces",
-            "--port=53",
-            "--cache-size=0",
-            &addn,
-        ],
-    ));
-    let mut server = Running(sb.spawn_probe("/srv", &["accept-serve", "0.0.0.0", PORT]));
-    let mut line = String::new();
-    BufReader::new(server.0.stdout.as_mut().expect("stdout")).read_line(&mut line)?;
-    anyhow::ensure!(line.trim() == format!("ok port={PORT}"), "{label}: server said {line:?}");
+    let dns = sb.dnsmasq("/srv", Some("127.0.0.1"), 53, &["--cache-size=0", &addn]);
+    let server = sb.accept_server("/srv", "0.0.0.0", PORT);
     sb.start_agent(&policy(kind, size));
     let links = std::fs::read_dir(sb.bpffs.join("links"))?.flatten().map(|d| d.path()).collect::<Vec<_>>();
     let programs = PROGRAMS.map(|p| links.iter().find_map(|d| prog_stats::linked_program(&d.join(p))));
