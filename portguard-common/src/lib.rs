@@ -244,7 +244,11 @@ pub mod stats {
     /// no A or AAAA record for it (NODATA: the name has no address of the
     /// type asked).
     pub const DNS_ANSWERS_NO_ADDRESS: u32 = 12;
-    pub const COUNT: u32 = 13;
+    /// Entries created in `PG_DNS_LEARNED`. Nothing deletes an entry but
+    /// the LRU making room, so this minus the entries the table holds is
+    /// the number of evictions.
+    pub const DNS_LEARNED_ENTRIES: u32 = 13;
+    pub const COUNT: u32 = 14;
 }
 
 /// `PG_CONFIG[0]`: which policy is live.

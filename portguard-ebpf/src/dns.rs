@@ -59,6 +59,8 @@ const DNS_PORT: u16 = 53;
 
 /// Policy maps are written while programs read them (see maps.rs).
 const BPF_F_NO_PREALLOC: u32 = 1;
+/// Map update flag: create only.
+const BPF_NOEXIST: u64 = 1;
 
 /// The pinned SipHash key names are hashed with (made once by the agent).
 #[map(name = "PG_DNS_KEY")]
@@ -279,14 +281,16 @@ fn note_name(s: &Scratch, j: u32) {
     }
     let name = s.names[j as usize & (NAMES_PER_ADDRESS - 1)];
     let expires = dns::expiry(s.now_ns, s.walk.ttl);
-    match PG_DNS_LEARNED.get_ptr_mut(&key) {
+    if let Some(v) = PG_DNS_LEARNED.get_ptr_mut(&key) {
         // SAFETY: a value of the LRU map, valid for this run; two CPUs
         // noting the same address at once may lose one extension, never
         // allow a name that was not answered.
-        Some(v) => unsafe { (*v).note(s.epoch, name, expires, s.now_ns) },
-        None => {
-            let _ = PG_DNS_LEARNED.insert(&key, &Learned::first(s.epoch, name, expires), 0);
-        }
+        unsafe { (*v).note(s.epoch, name, expires, s.now_ns) };
+    } else if PG_DNS_LEARNED.insert(&key, &Learned::first(s.epoch, name, expires), BPF_NOEXIST).is_ok() {
+        // Counted only when created here: another CPU that created the
+        // same entry a moment before counted it (this answer's name is
+        // then lost from it, as for two extensions at once).
+        bump(&PG_STATS, stats::DNS_LEARNED_ENTRIES);
     }
 }
 

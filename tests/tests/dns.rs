@@ -129,6 +129,16 @@ fn a_name_opens_only_what_its_own_answers_gave() {
     let m = sb.agent().metrics();
     assert_eq!(metric_sum(&m, "portguard_dns_learned_addresses", &[("guard", "app")]), 2, "{m}");
     assert_eq!(metric_sum(&m, "portguard_dns_learned_addresses", &[("guard", "other")]), 1, "{m}");
+    assert_eq!(metric_sum(&m, "portguard_dns_learned_evictions_total", &[]), 0, "{m}");
+    // status reads the same table from the pins.
+    let status = sb.status();
+    let learned_of = |name: &str| {
+        let guards = status["guards"].as_array().expect("guards");
+        guards.iter().find(|g| g["name"] == name).map(|g| g["dns_learned_addresses"].clone())
+    };
+    assert_eq!((learned_of("app"), learned_of("other")), (Some(2.into()), Some(1.into())), "{status:#}");
+    let table = &status["dns_learned_table"];
+    assert_eq!((table["entries"].as_u64(), table["evictions"].as_u64()), (Some(3), Some(0)), "{status:#}");
 }
 
 #[test]

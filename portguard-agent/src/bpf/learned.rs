@@ -63,19 +63,36 @@ impl LearnedAddresses {
 }
 
 impl LearnedAddresses {
-    /// Addresses with an answer still valid, per guarded cgroup, under the
-    /// cgroup's resolver epoch (`epochs`, from the live policy): one walk
-    /// of the table (at most `LEARNED_ENTRIES`, two system calls each).
-    pub(crate) fn live_per_cgroup(&self, epochs: &HashMap<u64, u32>) -> HashMap<u64, u64> {
+    /// One walk of the table (at most `LEARNED_ENTRIES`, two system calls
+    /// each): the addresses with an answer still valid per guarded cgroup,
+    /// under the cgroup's resolver epoch (`epochs`, from the live policy),
+    /// and the entries the table holds, valid or not.
+    pub(crate) fn walk(&self, epochs: &HashMap<u64, u32>) -> LearnedTable {
         let now = boot_ns();
-        let mut out = HashMap::new();
+        let mut out = LearnedTable::default();
         for (key, learned) in self.map.iter().filter_map(Result::ok) {
+            out.entries += 1;
             let current = epochs.get(&key.guard_cgroup) == Some(&learned.epoch);
             if current && learned.expires_ns.iter().any(|e| *e > now) {
-                *out.entry(key.guard_cgroup).or_default() += 1;
+                *out.live_per_cgroup.entry(key.guard_cgroup).or_default() += 1;
             }
         }
         out
+    }
+}
+
+/// What one walk of the learned table found.
+#[derive(Debug, Default)]
+pub(crate) struct LearnedTable {
+    pub live_per_cgroup: HashMap<u64, u64>,
+    /// Entries held. The kernel deletes none (the LRU only replaces), so
+    /// the entries it ever created minus these are its evictions.
+    pub entries: u64,
+}
+
+impl LearnedTable {
+    pub(crate) fn evictions(&self, entries_created: u64) -> u64 {
+        entries_created.saturating_sub(self.entries)
     }
 }
 

@@ -28,7 +28,7 @@ pub(crate) use inspect::{
     DenialCounters, attach_type_number, cgroup_link, cgroup_programs, link_pin, live_dns_names,
     live_generation, live_policy,
 };
-pub(crate) use learned::{LearnedAddresses, LearnedState};
+pub(crate) use learned::{LearnedAddresses, LearnedState, LearnedTable};
 pub(crate) use live_ports::{BriefKind, LivePortEntry, LivePorts, PortClosed, boot_ns};
 pub(crate) use loader::{Enforcer, unload};
 pub(crate) use pinned::{DecisionCounters, GuardCounts, KernelCounters, LiveState, PinnedError};

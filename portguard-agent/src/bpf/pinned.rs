@@ -84,6 +84,7 @@ impl DecisionCounters {
                 ("not_parsed", sum(stats::DNS_ANSWERS_NOT_PARSED)),
             ],
             addresses: sum(stats::DNS_ADDRESSES_LEARNED),
+            entries_created: sum(stats::DNS_LEARNED_ENTRIES),
         }
     }
 
@@ -97,6 +98,9 @@ pub(crate) struct DnsCounts {
     pub queries: u64,
     pub answers: [(&'static str, u64); 5],
     pub addresses: u64,
+    /// Entries the kernel created in the learned table (see
+    /// [`super::LearnedAddresses::walk`] for evictions).
+    pub entries_created: u64,
 }
 
 /// Every counter the kernel keeps, for metrics.

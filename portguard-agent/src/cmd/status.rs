@@ -3,12 +3,12 @@
 
 use std::path::Path;
 
-use portguard_common::{MODE_AUDIT, Op, Verdict};
+use portguard_common::{GUARD_HAS_NAMES, MODE_AUDIT, Op, Verdict, dns::LEARNED_ENTRIES};
 use serde_json::json;
 
 use super::CmdError;
 use crate::{
-    bpf::{DecisionCounters, GuardCounts, LiveState},
+    bpf::{DecisionCounters, GuardCounts, LearnedAddresses, LearnedTable, LiveState},
     cli::OutputFormat,
     state_file as state,
 };
@@ -28,6 +28,9 @@ fn counts_json(c: &GuardCounts) -> serde_json::Value {
 pub(super) fn run(bpffs: &Path, state_dir: &Path, format: OutputFormat) -> Result<(), CmdError> {
     let live = LiveState::read(bpffs).map_err(|e| CmdError::Failed(e.to_string()))?;
     let counters = DecisionCounters::open(bpffs).ok();
+    // The learned table under each cgroup's resolver epoch in the live slot.
+    let epochs = live.guards.iter().map(|(cgroup, info)| (*cgroup, info.dns_epoch)).collect();
+    let learned: Option<LearnedTable> = LearnedAddresses::open(bpffs).ok().map(|t| t.walk(&epochs));
     let described = state::read_state(state_dir).ok();
     let pid = state::running_pid(state_dir);
     let by_cgroup = |id: u64| {
@@ -83,6 +86,8 @@ pub(super) fn run(bpffs: &Path, state_dir: &Path, format: OutputFormat) -> Resul
                 "guard_id": info.guard_id,
                 "mode": if info.mode == MODE_AUDIT { "audit" } else { "enforce" },
                 "decisions": counters.as_ref().map(|c| counts_json(&c.guard(info.guard_id))),
+                "dns_learned_addresses": learned.as_ref().filter(|_| info.flags & GUARD_HAS_NAMES != 0)
+                    .map(|t| t.live_per_cgroup.get(cgroup_id).copied().unwrap_or(0)),
                 "verification": verification_of(named.as_ref().map(|(g, _, _)| g.name.as_str())),
             })
         })
@@ -110,6 +115,11 @@ pub(super) fn run(bpffs: &Path, state_dir: &Path, format: OutputFormat) -> Resul
         "guards_waiting_for_cgroup": pending,
         "events_lost": counters.as_ref().map(DecisionCounters::events_lost),
         "sockets_without_stamp": counters.as_ref().map(DecisionCounters::stamp_misses),
+        "dns_learned_table": learned.as_ref().map(|t| json!({
+            "entries": t.entries,
+            "capacity": LEARNED_ENTRIES,
+            "evictions": counters.as_ref().map(|c| t.evictions(c.dns().entries_created)),
+        })),
     });
     match format {
         OutputFormat::Json => println!("{report:#}"),
@@ -170,6 +180,9 @@ fn render_text(r: &serde_json::Value, bpffs: &Path) -> String {
             }
             None => out.push_str("    not verified by the agent yet\n"),
         }
+        if let Some(n) = g["dns_learned_addresses"].as_u64() {
+            out.push_str(&format!("    dns: {n} learned addresses with a valid answer\n"));
+        }
         if let Some(d) = g["decisions"].as_object() {
             for (op, v) in d {
                 out.push_str(&format!(
@@ -186,5 +199,11 @@ fn render_text(r: &serde_json::Value, bpffs: &Path) -> String {
         ));
     }
     out.push_str(&format!("events lost: {}\n", r["events_lost"]));
+    if let Some(t) = r["dns_learned_table"].as_object() {
+        out.push_str(&format!(
+            "dns learned-address table: {} of {} entries, {} evicted to make room\n",
+            t["entries"], t["capacity"], t["evictions"]
+        ));
+    }
     out
 }

@@ -148,17 +148,20 @@ impl Collector for Metrics {
         counters(
             &mut enc,
             "portguard_dns_answers",
-            "DNS answers to guarded sockets of guards with names, by what they taught: learned (addresses), no_query (matched no recorded query: unsolicited, forged, late or repeated), not_in_policy (a question none of the guard's names), not_parsed (the walk stopped early).",
+            "DNS answers to guarded sockets of guards with names, each counted once by what it taught: learned (addresses), no_address (NODATA), no_query (matched no recorded query: unsolicited, forged, late or repeated), not_in_policy (a question none of the guard's names), not_parsed (the walk stopped before it learned anything).",
             dns.answers.iter().map(|(result, n)| (vec![("result", (*result).to_owned())], *n)),
         )?;
         let mut learned: BTreeMap<String, i64> = BTreeMap::new();
-        if let Some(table) = &kernel.learned {
-            for (cgroup, n) in table.live_per_cgroup(&policy.dns_epochs) {
-                if let Some(guard) = policy.guard_of_cgroup.get(&cgroup) {
-                    *learned.entry(guard.clone()).or_default() += n as i64;
-                }
+        let table = kernel.learned.as_ref().map(|t| t.walk(&policy.dns_epochs));
+        for (cgroup, n) in table.iter().flat_map(|t| &t.live_per_cgroup) {
+            if let Some(guard) = policy.guard_of_cgroup.get(cgroup) {
+                *learned.entry(guard.clone()).or_default() += *n as i64;
             }
         }
+        // Created and held are read a moment apart: never let the counter
+        // step back.
+        let evictions = table.as_ref().map_or(0, |t| t.evictions(dns.entries_created));
+        let evictions = self.dns_evictions.fetch_max(evictions, Ordering::Relaxed).max(evictions);
         gauges(
             &mut enc,
             "portguard_dns_learned_addresses",
@@ -170,6 +173,12 @@ impl Collector for Metrics {
             "portguard_dns_addresses_learned",
             "Addresses written to (or extended in) the kernel's learned-address table.",
             dns.addresses,
+        )?;
+        counter(
+            &mut enc,
+            "portguard_dns_learned_evictions",
+            "Entries of the kernel's learned-address table (an LRU for the host) dropped to make room, valid or expired: a workload whose entry was dropped must resolve again.",
+            evictions,
         )?;
         counter(
             &mut enc,

@@ -61,6 +61,9 @@ pub(crate) struct Metrics {
     pub(crate) events_received: AtomicU64,
     /// Failed list/watch calls to the Kubernetes API (each is retried).
     pub(crate) kube_watch_errors: AtomicU64,
+    /// The highest learned-table eviction count reported (it is derived
+    /// from two reads; a counter never steps back).
+    pub(crate) dns_evictions: AtomicU64,
     pub(crate) policy: Mutex<PolicySummary>,
     /// The live port inventory, counted.
     pub(crate) listeners: Mutex<std::collections::BTreeMap<ListenerKey, i64>>,
@@ -80,6 +83,7 @@ impl Metrics {
             reloads_rejected: AtomicU64::new(0),
             events_received: AtomicU64::new(0),
             kube_watch_errors: AtomicU64::new(0),
+            dns_evictions: AtomicU64::new(0),
             policy: Mutex::new(PolicySummary::default()),
             listeners: Mutex::new(Default::default()),
             kernel: Mutex::new(kernel),
