@@ -38,6 +38,7 @@ mode = "{mode}"
   [[guard.connect]]
   peer = "db.example"
   ports = [5432]
+  proto = "both"
 "#
     )
 }
@@ -162,6 +163,20 @@ fn a_clean_agent_verifies_green() {
     // bind and connect, tcp and udp, v4 and v6, sendto, port 0, raw sockets.
     assert!(passed("probe refused") >= 8, "{checks:#?}");
     assert_eq!(passed("probe allowed"), 2, "{checks:#?}");
+    // The guard lists a name: an address it never learned is refused on
+    // the name's port (udp first: a UDP connect sends nothing).
+    let by_name = checks.iter().find(|c| c["subject"].as_str().unwrap().contains("never learned"));
+    let by_name = by_name.unwrap_or_else(|| panic!("no probe by name: {checks:#?}"));
+    assert_eq!(
+        (by_name["outcome"].as_str(), by_name["subject"].as_str()),
+        (
+            Some("pass"),
+            Some(
+                "/app: connect udp 127.0.0.1:5432 (a port of the guard's names, an address it never learned)"
+            )
+        ),
+        "{by_name}"
+    );
     // No probe bind takes a port, so none can make a workload's own bind or
     // re-bind fail: each is judged by portguard's hook and then refused by
     // the kernel's family check, before the port table is looked at.
@@ -503,4 +518,40 @@ fn the_agents_own_probes_stay_out_of_the_exported_denials() {
         assert!(Instant::now() < deadline + Duration::from_secs(30), "the probes stopped");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// An address rule added behind the agent's back on a port of the guard's
+/// name: the probe's connect to an address the guard never learned goes
+/// through, and says so, beside the rule map's own check.
+#[test]
+fn an_allow_on_a_names_port_is_caught_by_the_never_learned_probe() {
+    require_root!();
+    let mut sb = start("verify-never-learned", "enforce");
+    wait_verified_metric(&mut sb, 1);
+    let (id, slot) = (guard_id(&sb), (generation(&sb) & 1) as u8);
+    let rules = sb.pinned_map("PG_CONNECT_RULES");
+    // (guard id, slot, udp, AF_INET, /8, 127.0.0.0): the guard's rules
+    // already probe /8 in IPv4, so the kernel finds this entry.
+    let mut key = Vec::with_capacity(24);
+    key.extend(id.to_ne_bytes());
+    key.extend([slot, 17, 2, 8, 127, 0, 0, 0]);
+    key.extend([0u8; 12]);
+    let mut ports = Vec::with_capacity(132);
+    ports.extend(1u32.to_ne_bytes());
+    ports.extend(5432u16.to_ne_bytes());
+    ports.extend(5432u16.to_ne_bytes());
+    for _ in 1..32 {
+        ports.extend(1u16.to_ne_bytes());
+        ports.extend(0u16.to_ne_bytes());
+    }
+    tamper::map_update(&rules, &key, &ports);
+    assert_caught(
+        &sb,
+        &[
+            "extra 1: connect udp 127.0.0.0/8 ports 5432",
+            "probe refused | /app: connect udp 127.0.0.1:5432 (a port of the guard's names, an address it never learned)",
+        ],
+    );
+    tamper::map_delete(&rules, &key);
+    assert_green(&sb);
 }

@@ -146,6 +146,7 @@ pub(crate) fn verify(opts: &Options<'_>) -> Result<Report, CannotVerify> {
     let (generation, mut live) = bpf::live_policy(bpffs)?;
     let live_names = bpf::live_dns_names(bpffs)?;
     let counters = DenialCounters::open(bpffs)?;
+    let learned_table = bpf::LearnedAddresses::open(bpffs).ok();
 
     let ids: HashMap<String, u32> = state
         .guards
@@ -212,6 +213,14 @@ pub(crate) fn verify(opts: &Options<'_>) -> Result<Report, CannotVerify> {
         }
         let target = probe::Guard { guard: g, guard_id };
         for c in covered.iter().filter(|c| c.now.is_some()) {
+            let cgroup_id = c.now.unwrap_or_default();
+            // An entry of another epoch or expired allows nothing: only a
+            // live one makes an address learned.
+            let learned = |addr| {
+                learned_table
+                    .as_ref()
+                    .is_some_and(|l| matches!(l.state(cgroup_id, addr), bpf::LearnedState::Live { .. }))
+            };
             if probed {
                 std::thread::sleep(opts.probe_gap);
             }
@@ -223,6 +232,7 @@ pub(crate) fn verify(opts: &Options<'_>) -> Result<Report, CannotVerify> {
                 &counters,
                 opts.on_probe_cgroup,
                 opts.own_counts,
+                &learned,
             ));
         }
         guards.push(GuardReport::new(&g.name, g.mode.as_str(), rels, checks));

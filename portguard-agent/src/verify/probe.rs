@@ -213,7 +213,11 @@ fn ipv6_available() -> bool {
 
 /// What the probe of one guarded cgroup tries, and the checks that are not
 /// meaningful for this guard.
-fn plan(g: &Guard<'_>, holders: &mut Holders) -> (Vec<Attempt>, Vec<Check>) {
+fn plan(
+    g: &Guard<'_>,
+    holders: &mut Holders,
+    learned: &dyn Fn(IpAddr) -> bool,
+) -> (Vec<Attempt>, Vec<Check>) {
     let guard = g.guard;
     let audit = guard.mode == Mode::Audit;
     let verdict = if audit { Verdict::Audited } else { Verdict::Denied };
@@ -338,6 +342,23 @@ fn plan(g: &Guard<'_>, holders: &mut Holders) -> (Vec<Attempt>, Vec<Check>) {
             }
         }
     }
+    if !guard.names.is_empty() {
+        match never_learned(guard, holders, &used, learned) {
+            Ok((proto, to)) => attempts.push(addr_attempt(
+                "probe refused",
+                format!(
+                    "connect {} {to} (a port of the guard's names, an address it never learned)",
+                    proto_name(proto)
+                ),
+                true,
+                Action::Connect,
+                proto,
+                to,
+                Some(key(Op::Connect, proto, to.port())),
+            )),
+            Err(why) => skipped.push(Check::new("probe refused", "connect by name", Outcome::Skip, "", why)),
+        }
+    }
     if guard.flags & GUARD_ALLOW_EPHEMERAL_BIND == 0 {
         for proto in [IPPROTO_TCP, IPPROTO_UDP] {
             let to = SocketAddr::new(loopback(false), 0);
@@ -404,6 +425,40 @@ fn plan(g: &Guard<'_>, holders: &mut Holders) -> (Vec<Attempt>, Vec<Check>) {
         Err(why) => skipped.push(Check::new("probe allowed", "connect", Outcome::Skip, "", why)),
     }
     (attempts, skipped)
+}
+
+/// For a guard with DNS names: a loopback port one of its names allows,
+/// which no address rule allows to loopback and no other attempt uses,
+/// while the guard holds no valid answer for loopback: the kernel must
+/// refuse it for want of an answer (its learned-address check), not only
+/// for want of an address rule. UDP first: a UDP connect sends nothing
+/// and needs no port held (so two verifications at once never collide).
+fn never_learned(
+    g: &CompiledGuard,
+    holders: &mut Holders,
+    used: &std::collections::BTreeSet<(Op, u8, u16)>,
+    learned: &dyn Fn(IpAddr) -> bool,
+) -> Result<(u8, SocketAddr), &'static str> {
+    let lo = loopback(false);
+    if learned(lo) {
+        return Err("the guard's workload holds an answer for 127.0.0.1: no address is known never learned");
+    }
+    let mut names: Vec<(&(u8, String), &PortSet)> = g.names.iter().collect();
+    names.sort_by_key(|((proto, _), _)| *proto != IPPROTO_UDP);
+    for ((proto, _), ports) in names {
+        let candidates = ports.ranges[..(ports.count as usize).min(ports.ranges.len())]
+            .iter()
+            .flat_map(|r| r.first..=r.last.min(r.first.saturating_add(7)));
+        for p in candidates.filter(|p| *p != 0) {
+            let free = !connect_allowed(g, *proto, lo, p) && !used.contains(&(Op::Connect, *proto, p));
+            // A TCP connect the kernel wrongly let through must meet a
+            // socket of ours, not a service; a UDP connect sends nothing.
+            if free && (*proto == IPPROTO_UDP || holders.hold(*proto, false, p)) {
+                return Ok((*proto, SocketAddr::new(lo, p)));
+            }
+        }
+    }
+    Err("every port of the guard's names is allowed to 127.0.0.1 by an address rule, or in use")
 }
 
 /// One bind the rules allow: any-address rules on loopback first.
@@ -627,6 +682,8 @@ static NEXT_PROBE: AtomicU64 = AtomicU64::new(0);
 /// agent keeps its own probes out of the denial log); `own` tallies how
 /// many counts each denial key gained from the probe's own attempts (at
 /// most one per attempt, never what a workload added to the key meanwhile).
+/// `learned` says whether the guarded cgroup holds a valid DNS answer for
+/// an address (the probe never claims such an address unlearned).
 pub(super) fn probe_cgroup(
     g: &Guard<'_>,
     dir: &Path,
@@ -634,9 +691,10 @@ pub(super) fn probe_cgroup(
     counters: &DenialCounters,
     on_cgroup: &dyn Fn(u64),
     own: Option<&OwnProbeCounts>,
+    learned: &dyn Fn(IpAddr) -> bool,
 ) -> Vec<Check> {
     let mut holders = Holders::default();
-    let (attempts, mut checks) = plan(g, &mut holders);
+    let (attempts, mut checks) = plan(g, &mut holders, learned);
     for c in &mut checks {
         c.subject = format!("{rel}: {}", c.subject);
     }
