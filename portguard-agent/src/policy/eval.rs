@@ -138,6 +138,19 @@ impl GuardSpec {
     }
 }
 
+impl GuardSpec {
+    /// A connect rule that allows `proto`/`port` to the addresses the
+    /// workload learned for one of `names` (names and patterns as the
+    /// policy writes them, normalised): the index of the first such rule.
+    pub(crate) fn allows_by_name(&self, proto: Proto, port: u16, names: &[String]) -> Option<usize> {
+        self.connect.iter().position(|r| {
+            (r.proto == proto || r.proto == Proto::Both)
+                && r.ports.iter().any(|s| (s.first..=s.last).contains(&port))
+                && r.names.iter().any(|n| names.contains(n))
+        })
+    }
+}
+
 impl Proto {
     /// The rule protocol an observed operation's transport is judged by;
     /// `None` for a protocol no rule can name, which no rule matches.

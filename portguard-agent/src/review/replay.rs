@@ -13,7 +13,7 @@ use crate::{
     EXIT_BAD_INPUT,
     cli::OutputFormat,
     policy::{self, Policy, Proto, eval::Judgement},
-    trail::{self, InboundReason, Record, RecordKind, RecordOp},
+    trail::{self, DnsNoteState, InboundReason, Record, RecordKind, RecordOp},
 };
 
 /// What happened to an operation, or would under NEW.
@@ -35,6 +35,12 @@ pub(crate) struct Operation {
     pub proto: String,
     pub addr: IpAddr,
     pub port: u16,
+    /// A refused connect to an address the workload held a valid DNS
+    /// answer for: the guard's names (or patterns) it answered, as the
+    /// trail recorded them. NEW allows it when one of its rules allows the
+    /// port to one of these names.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub answered_for: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -89,8 +95,20 @@ pub(crate) fn replay(policy: &Policy, records: &[Record], ephemeral: RangeInclus
             continue;
         }
         let addr = crate::policy::eval::canonical(r.addr);
-        let key =
-            Operation { cgroup: r.cgroup.clone(), op: r.op, proto: r.proto.to_string(), addr, port: r.port };
+        // Only a live answer counts: an expired one is refused under any
+        // policy until the workload resolves again.
+        let answered_for = match &r.dns {
+            Some(note) if note.state == DnsNoteState::OtherPort => note.names.clone(),
+            _ => Vec::new(),
+        };
+        let key = Operation {
+            cgroup: r.cgroup.clone(),
+            op: r.op,
+            proto: r.proto.to_string(),
+            addr,
+            port: r.port,
+            answered_for,
+        };
         let e = ops.entry(key).or_insert((recorded, 0, r.comm.clone(), false, r.guard.clone()));
         e.3 |= matches!(r.event, RecordKind::PortOpened | RecordKind::PortBrief);
         // The most permissive recorded outcome stands for the operation.
@@ -110,6 +128,11 @@ pub(crate) fn replay(policy: &Policy, records: &[Record], ephemeral: RangeInclus
                 let mut j = judge(operation.port);
                 if !j.allowed() && went_live && ephemeral.contains(&operation.port) {
                     j = judge(0);
+                }
+                if let (Judgement::Violation { guard }, Some(proto)) = (j, Proto::of(transport))
+                    && let Some(rule) = guard.allows_by_name(proto, operation.port, &operation.answered_for)
+                {
+                    j = Judgement::Allowed { guard, rule };
                 }
                 j
             }
@@ -186,7 +209,12 @@ fn text(r: &Replay) -> String {
                 };
                 format!("{} {}/{} from {peer} in {}", op_str(o.op), o.port, o.proto, o.cgroup)
             } else {
-                format!("{} {peer}/{} from {} ({})", op_str(o.op), o.proto, o.cgroup, c.comm)
+                let names = if o.answered_for.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (answered for {})", o.answered_for.join(", "))
+                };
+                format!("{} {peer}/{} from {} ({}){names}", op_str(o.op), o.proto, o.cgroup, c.comm)
             };
             let why = c.new_reason.map_or(String::new(), |r| format!(" (now: {})", r.explain()));
             out.push_str(&format!(
@@ -277,5 +305,40 @@ mod tests {
             assert_eq!(r.newly_denied.len(), 1, "{proto}: matches no rule, so NEW refuses it: {r:?}");
             assert_eq!(r.newly_denied[0].new, Outcome::Denied);
         }
+    }
+
+    /// A refused connect to an address the workload held a live answer
+    /// for (a name whose rule did not allow the port) replays as allowed
+    /// once NEW allows that port to that name; an expired answer does not.
+    #[test]
+    fn refusals_keep_the_name_their_address_was_answered_for() {
+        let (policy, _) = policy::parse_and_compile(
+            "new.toml",
+            "[[guard]]\nname = \"app\"\ncgroup = \"/app\"\n  [[guard.connect]]\n  peer = \"DB.example.\"\n  ports = [5432]\n",
+        )
+        .unwrap();
+        let record = |addr: &str, state: &str| -> Record {
+            let line = format!(
+                r#"{{"time":"t","event":"denied","guard":"app","guard_cgroup":"/app","mode":"enforce","cgroup":"/app","pid":1,"comm":"psql","op":"connect","proto":"tcp","addr":"{addr}","port":5432,"dns":{{"state":"{state}","names":["db.example"]}}}}"#
+            );
+            serde_json::from_str(&line).unwrap()
+        };
+        let r = replay(
+            &policy,
+            &[record("10.1.2.3", "other_port"), record("10.1.2.4", "expired")],
+            32768..=60999,
+        );
+        assert_eq!(r.newly_allowed.len(), 1, "{r:?}");
+        let allowed = &r.newly_allowed[0];
+        assert_eq!(
+            (allowed.operation.addr.to_string(), allowed.operation.answered_for.clone()),
+            ("10.1.2.3".into(), vec!["db.example".to_owned()])
+        );
+        assert_eq!(r.unchanged, 1, "the expired answer stays refused: {r:?}");
+        assert!(
+            text(&r).contains("connect 10.1.2.3:5432/tcp from /app (psql) (answered for db.example)"),
+            "{}",
+            text(&r)
+        );
     }
 }

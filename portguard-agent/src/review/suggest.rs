@@ -18,7 +18,7 @@ use ipnet::IpNet;
 
 use crate::{
     EXIT_BAD_INPUT,
-    trail::{self, Record, RecordKind, RecordOp},
+    trail::{self, DnsNoteState, Record, RecordKind, RecordOp},
 };
 
 /// More distinct hosts than this in one /24 (v4) or /64 (v6) on the same
@@ -34,6 +34,9 @@ struct Observed {
     binds: BTreeMap<(String, Option<IpAddr>), BTreeSet<u16>>,
     /// (proto, port) -> peers.
     connects: BTreeMap<(String, u16), BTreeSet<IpAddr>>,
+    /// (proto, port) -> the guard's DNS names (or patterns) the peers were
+    /// answers for: drafted as names, not addresses, which move.
+    connect_names: BTreeMap<(String, u16), BTreeSet<String>>,
     /// (proto, local port) -> peers the kernel reported reaching it
     /// (audited or refused inbound connections and datagrams).
     inbound: BTreeMap<(String, u16), BTreeSet<IpAddr>>,
@@ -98,10 +101,15 @@ pub(crate) fn suggest(records: &[Record], opts: &Options) -> String {
                     .insert(crate::policy::eval::canonical(r.addr));
             }
             (RecordKind::Denied | RecordKind::Audited, RecordOp::Connect | RecordOp::Sendmsg) => {
-                o.connects
-                    .entry((r.proto.to_string(), r.port))
-                    .or_default()
-                    .insert(crate::policy::eval::canonical(r.addr));
+                let key = (r.proto.to_string(), r.port);
+                match r.dns.as_ref().filter(|d| d.state != DnsNoteState::Never && !d.names.is_empty()) {
+                    // The workload reached an address a DNS answer gave it
+                    // for one of the guard's names: the name is the peer.
+                    Some(note) => o.connect_names.entry(key).or_default().extend(note.names.iter().cloned()),
+                    None => {
+                        o.connects.entry(key).or_default().insert(crate::policy::eval::canonical(r.addr));
+                    }
+                }
             }
             _ => {}
         }
@@ -170,10 +178,14 @@ fn write_guard(out: &mut String, name: &str, o: &Observed, opts: &Options) {
         }
         out.push_str(TODO);
     }
-    // peers -> (proto -> ports)
+    // peers (names first, then addresses and networks) -> (proto -> ports)
     let mut connects: BTreeMap<Vec<String>, BTreeMap<String, BTreeSet<u16>>> = BTreeMap::new();
-    for ((proto, port), peers) in &o.connects {
-        connects.entry(aggregate(peers)).or_default().entry(proto.clone()).or_default().insert(*port);
+    let keys: BTreeSet<&(String, u16)> = o.connects.keys().chain(o.connect_names.keys()).collect();
+    for key in keys {
+        let mut peers: Vec<String> = o.connect_names.get(key).into_iter().flatten().cloned().collect();
+        peers.extend(o.connects.get(key).map(aggregate).unwrap_or_default());
+        let (proto, port) = key;
+        connects.entry(peers).or_default().entry(proto.clone()).or_default().insert(*port);
     }
     for (peers, by_proto) in &connects {
         let mut rules: BTreeMap<Vec<u16>, BTreeSet<String>> = BTreeMap::new();

@@ -293,3 +293,31 @@ mode = "audit"
     let denied: Vec<u16> = r.newly_denied.iter().map(|c| c.operation.port).collect();
     assert_eq!(denied, vec![5353], "{:?}", r.newly_denied);
 }
+
+/// Audited connects to addresses the workload learned for one of the
+/// guard's names draft a rule by that name, not by the address; the
+/// suggested policy replays those connects as allowed by the name.
+#[test]
+fn suggest_drafts_names_for_addresses_learned_from_answers() {
+    let line = |addr: &str, port: u16, dns: &str| {
+        format!(
+            r#"{{"time":"t","event":"audited","guard":"api","guard_cgroup":"/api","mode":"audit","cgroup":"/api","pid":1,"comm":"api","op":"connect","proto":"tcp","addr":"{addr}","port":{port}{dns}}}"#
+        )
+    };
+    let trail = [
+        line("10.4.0.1", 443, r#","dns":{"state":"other_port","names":["*.vendor.example"]}"#),
+        line("10.4.0.2", 443, r#","dns":{"state":"expired","names":["*.vendor.example"],"expired_ago_s":7}"#),
+        line("10.5.0.9", 443, r#","dns":{"state":"never"}"#),
+    ];
+    let recs: Vec<Record> = trail.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let text = suggest::suggest(&recs, &options(Mode::Enforce));
+    assert!(text.contains("peer = [\"*.vendor.example\", \"10.5.0.9\"]"), "{text}");
+    assert!(!text.contains("10.4.0."), "learned addresses are not drafted:\n{text}");
+    let p = load(&text);
+    let r = replay::replay(&p, &recs, 32768..=60999);
+    // The live answer replays as allowed by the name; the expired one
+    // needs the workload to resolve again, as the kernel would.
+    let allowed: Vec<String> = r.newly_allowed.iter().map(|c| c.operation.addr.to_string()).collect();
+    assert_eq!(allowed, ["10.4.0.1", "10.5.0.9"], "{r:?}");
+    assert_eq!(r.newly_denied.len(), 1, "{r:?}");
+}
