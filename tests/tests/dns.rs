@@ -193,29 +193,71 @@ fn forged_answers_teach_nothing() {
     assert_eq!(metric_sum(&m, "portguard_dns_addresses_learned_total", &[]), 1, "{m}");
 }
 
-/// Resolves 1,000 names, each to an address of its own, and connects the
-/// instant each answer is read: the address must already be allowed when
-/// `recv` returns. Then addresses no answer gave stay refused.
+/// 10,000 lookups of 10 names whose answers rotate over 100 addresses
+/// (dnsmasq rereads its hosts file, rewritten between lookups, on every
+/// SIGHUP), each connected to the instant its answer is read: the address
+/// must already be allowed when `recv` returns. Every address answered is
+/// learned, exactly those, and addresses no answer gave stay refused.
 #[test]
 fn a_client_connecting_the_instant_its_answer_arrives_is_never_refused() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
     require_root!();
     let mut sb = Sandbox::new("dns-race");
     sb.cgroup("/app");
-    let count = 1000u32;
+    const NAMES: usize = 10;
+    const ADDRESSES: usize = 100;
     let hosts = sb.dir.join("race-hosts");
-    let mut text = String::new();
-    for i in 0..count {
-        text.push_str(&format!("127.3.{}.{} n{i}.race.test\n", i / 250, i % 250 + 1));
-    }
-    std::fs::write(&hosts, text).expect("write hosts");
+    // Name i answers 127.3.0.((10 i + turn) % 100 + 1): every name walks
+    // all 100 addresses as the turns go by.
+    let rotate = {
+        let hosts = hosts.clone();
+        move |turn: usize| {
+            let text: String = (0..NAMES)
+                .map(|i| {
+                    format!("127.3.0.{} n{i}.race.test\n", (i * ADDRESSES / NAMES + turn) % ADDRESSES + 1)
+                })
+                .collect();
+            let tmp = hosts.with_extension("tmp");
+            std::fs::write(&tmp, text).expect("write hosts");
+            std::fs::rename(&tmp, &hosts).expect("rename hosts");
+        }
+    };
+    rotate(0);
     let mut recs = records();
     recs.push(format!("--addn-hosts={}", hosts.display()));
-    let _services = start_services(&sb, &recs);
-    let names: Vec<String> = (0..count).map(|i| format!("n{i}.race.test")).collect();
+    // Answers valid for 10 minutes: every address answered is still
+    // learned when the test counts them, however long the run took.
+    recs.push("--local-ttl=600".into());
+    let (dns, _server) = start_services(&sb, &recs);
+    let names: Vec<String> = (0..NAMES).map(|i| format!("n{i}.race.test")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     sb.start_agent(&guard("app", "/app", &names));
 
-    let out = sb.probe("/app", &["dns-race", RESOLVER, "n", "race.test", &count.to_string(), APP_PORT]);
+    let done = Arc::new(AtomicBool::new(false));
+    let rotator = {
+        let (done, pid) = (done.clone(), dns.0.id() as libc::pid_t);
+        std::thread::spawn(move || {
+            let mut turn = 0;
+            while !done.load(Ordering::Relaxed) {
+                turn += 1;
+                rotate(turn);
+                // SAFETY: a signal to the dnsmasq this test started.
+                unsafe { libc::kill(pid, libc::SIGHUP) };
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            turn
+        })
+    };
+    let count = 10_000u32;
+    let out = sb.probe(
+        "/app",
+        &["dns-race", RESOLVER, "n", "race.test", &count.to_string(), APP_PORT, &NAMES.to_string()],
+    );
+    done.store(true, Ordering::Relaxed);
+    let turns = rotator.join().expect("rotator");
     let field = |key: &str| -> u32 {
         out.split_whitespace()
             .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
@@ -225,9 +267,68 @@ fn a_client_connecting_the_instant_its_answer_arrives_is_never_refused() {
     // (a refusal is immediate) and found the accept queue full.
     assert_eq!((field("answered"), field("refused"), field("other")), (count, 0, 0), "{out}");
     assert_eq!(field("connected") + field("timeout"), count, "{out}");
+    assert!(turns > 1, "the answers never rotated");
+    // Exactly the addresses answered are learned (all within their TTL).
+    let m = sb.agent().metrics();
+    let learned = metric_sum(&m, "portguard_dns_learned_addresses", &[("guard", "app")]);
+    assert_eq!(learned, u64::from(field("addresses")), "{out} after {turns} turns");
     for i in 0..20 {
-        assert_eq!(connect(&sb, "/app", &format!("127.3.9.{}", i + 1)), "err EPERM", "never answered");
+        assert_eq!(connect(&sb, "/app", &format!("127.3.1.{}", i + 1)), "err EPERM", "never answered");
     }
+}
+
+/// An answer dnsmasq truncates (60 A records, no EDNS: it sends 30 with
+/// TC set, TTL 0) teaches exactly the 30 it holds, at once (the TTL floor);
+/// the same question over TCP teaches nothing; over UDP with EDNS all 60.
+#[test]
+fn a_truncated_answer_teaches_what_it_holds_and_tcp_teaches_nothing() {
+    require_root!();
+    let mut sb = Sandbox::new("dns-truncated");
+    sb.cgroup("/app");
+    let hosts = sb.dir.join("big-hosts");
+    let text: String = (1..=60).map(|i| format!("127.7.0.{i} big.test\n")).collect();
+    std::fs::write(&hosts, text).expect("write hosts");
+    let mut recs = records();
+    recs.push(format!("--addn-hosts={}", hosts.display()));
+    let _services = start_services(&sb, &recs);
+    // DNS over TCP must be allowed too, or dig +tcp is refused outright.
+    sb.start_agent(&guard("app", "/app", &["big.test"]).replacen("proto = \"udp\"", "proto = \"both\"", 1));
+    let dig_big = |flags: &[&str]| -> Vec<String> {
+        let mut args = vec![
+            format!("@{RESOLVER}"),
+            "big.test".into(),
+            "A".into(),
+            "+short".into(),
+            "+time=2".into(),
+            "+tries=1".into(),
+        ];
+        args.extend(flags.iter().map(|f| (*f).to_owned()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut out: Vec<String> =
+            sb.run_in("/app", Path::new("/usr/bin/dig"), &args).lines().map(String::from).collect();
+        out.sort();
+        out
+    };
+    let all: Vec<String> = (1..=60).map(|i| format!("127.7.0.{i}")).collect();
+    let refused = |sb: &Sandbox| -> Vec<String> {
+        all.iter().filter(|a| connect(sb, "/app", a) == "err EPERM").cloned().collect()
+    };
+
+    let held = dig_big(&["+noedns", "+ignore"]);
+    assert_eq!(held.len(), 30, "dnsmasq truncates to 30: {held:?}");
+    let mut not_held: Vec<String> = all.iter().filter(|a| !held.contains(a)).cloned().collect();
+    not_held.sort();
+    let mut got = refused(&sb);
+    got.sort();
+    assert_eq!(got, not_held, "the 30 held are allowed, the 30 cut off are not");
+
+    assert_eq!(dig_big(&["+tcp"]).len(), 60, "TCP carries all 60");
+    let mut got = refused(&sb);
+    got.sort();
+    assert_eq!(got, not_held, "an answer over TCP teaches nothing");
+
+    assert_eq!(dig_big(&[]).len(), 60, "EDNS makes room for all 60");
+    assert_eq!(refused(&sb), Vec::<String>::new(), "all 60 learned");
 }
 
 #[test]

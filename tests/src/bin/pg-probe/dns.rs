@@ -44,7 +44,7 @@ fn txid(i: u32) -> u16 {
 /// from a fresh connected socket (as glibc does), and a TCP connect to
 /// every address of each answer the instant it is read (none when `port`
 /// is 0). Prints `lookups=N answered=A connected=C refused=R timeout=T
-/// other=O ns=T`.
+/// other=O addresses=D ns=T` (D: distinct addresses answered).
 pub(crate) fn race(
     server: IpAddr,
     prefix: &str,
@@ -54,6 +54,7 @@ pub(crate) fn race(
     names: u32,
 ) -> io::Result<String> {
     let (mut answered, mut connected, mut refused, mut timeouts, mut other) = (0, 0, 0, 0, 0);
+    let mut seen = std::collections::BTreeSet::new();
     let mut buf = [0u8; 4096];
     let started = Instant::now();
     for i in 0..count {
@@ -63,10 +64,12 @@ pub(crate) fn race(
         sock.send(&query(txid(i), &format!("{prefix}{}.{suffix}", i % names.max(1))))?;
         let Ok(n) = sock.recv(&mut buf) else { continue };
         answered += 1;
+        let answer = addresses(&buf[..n]);
+        seen.extend(answer.iter().copied());
         if port == 0 {
             continue;
         }
-        for addr in addresses(&buf[..n]) {
+        for addr in answer {
             // A connect the hook refuses fails at once (EPERM); one it let
             // through may still wait for an accept queue with room on a
             // loaded machine: 3 s covers a SYN retransmission.
@@ -88,7 +91,8 @@ pub(crate) fn race(
         }
     }
     Ok(format!(
-        "lookups={count} answered={answered} connected={connected} refused={refused} timeout={timeouts} other={other} ns={}",
+        "lookups={count} answered={answered} connected={connected} refused={refused} timeout={timeouts} other={other} addresses={} ns={}",
+        seen.len(),
         started.elapsed().as_nanos()
     ))
 }
