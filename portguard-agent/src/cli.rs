@@ -283,6 +283,18 @@ pub struct RunArgs {
     /// and after each reload. 0 turns the agent's verification off.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub verify_interval: std::time::Duration,
+    /// The resolver the agent asks for the names of rules with
+    /// `resolve = "agent"` (IP, or IP:PORT); default: the nameservers of
+    /// /etc/resolv.conf.
+    #[arg(long, value_name = "IP[:PORT]", value_parser = parse_resolver)]
+    pub dns_resolver: Option<std::net::SocketAddr>,
+}
+
+/// `10.0.0.53`, `10.0.0.53:5353`, `[fd00::53]:53`, `fd00::53`.
+fn parse_resolver(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.parse::<std::net::SocketAddr>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| std::net::SocketAddr::new(ip, 53)))
+        .map_err(|_| format!("{s:?} is not an IP address or IP:PORT"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -285,7 +285,11 @@ fn note_name(s: &Scratch, j: u32) {
         // SAFETY: a value of the LRU map, valid for this run; two CPUs
         // noting the same address at once may lose one extension, never
         // allow a name that was not answered.
-        unsafe { (*v).note(s.epoch, name, expires, s.now_ns) };
+        unsafe {
+            let slot = (*v).note(s.epoch, name, expires, s.now_ns);
+            // The workload's own answer: no longer only the agent's.
+            (*v).by_agent &= !(1 << (slot & (NAMES_PER_ADDRESS - 1)));
+        }
     } else if PG_DNS_LEARNED.insert(&key, &Learned::first(s.epoch, name, expires), BPF_NOEXIST).is_ok() {
         // Counted only when created here: another CPU that created the
         // same entry a moment before counted it (this answer's name is

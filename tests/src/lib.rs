@@ -40,4 +40,4 @@ pub use kubelet::CgroupDriver;
 pub use metrics::{Prometheus, http_get, metric_sum};
 pub use probe::{Hammer, probe_bin};
 pub use sandbox::{Sandbox, cgroup2_mount, remove_cgroup_tree};
-pub use services::{DNSMASQ, Running};
+pub use services::{DNSMASQ, Running, dnsmasq_here};

@@ -66,6 +66,19 @@ impl Sandbox {
     }
 }
 
+/// dnsmasq in the test's own network namespace (the host's, where the
+/// agent runs) and cgroup (unguarded).
+pub fn dnsmasq_here(listen: &str, port: u16, extra: &[&str]) -> Running {
+    let args = dnsmasq_args(Some(listen), port, extra);
+    let child = std::process::Command::new(DNSMASQ)
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{DNSMASQ}: {e}"));
+    Running(child)
+}
+
 impl Host {
     /// dnsmasq in this host's namespace (see [`dnsmasq_args`]).
     pub fn dnsmasq(&self, listen: Option<&str>, port: u16, extra: &[&str]) -> Running {

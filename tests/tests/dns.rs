@@ -583,3 +583,49 @@ fn a_v4_mapped_aaaa_opens_the_ipv4_address() {
         "dual stack"
     );
 }
+
+/// A rule with `resolve = "agent"`: the agent resolves its names itself
+/// (from a dnsmasq on the host's loopback, `--dns-resolver`), so the
+/// workload may reach the address without a lookup the kernel could read,
+/// as a workload using DNS over HTTPS would; an address the name does not
+/// resolve to stays refused.
+#[test]
+fn names_the_agent_resolves_open_without_the_workload_asking() {
+    require_root!();
+    let mut sb = Sandbox::new("dns-agent");
+    sb.cgroup("/app");
+    let _services = start_services(&sb, &records());
+    // On the host, where the agent runs: an address and port of its own.
+    let _agent_resolver =
+        portguard_tests::dnsmasq_here("127.53.0.1", 53053, &["--host-record=doh.test,127.0.1.30"]);
+    let policy = guard("app", "/app", &["doh.test", "db.test"])
+        .replace("purpose = \"services by name\"", "purpose = \"services by name\"\nresolve = \"agent\"");
+    sb.write_policy(&policy);
+    sb.start_agent_with(&["--dns-resolver", "127.53.0.1:53053"]);
+    // The agent's first round runs once the policy is applied.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while connect(&sb, "/app", "127.0.1.30") != "ok" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never opened doh.test: {:?}",
+            sb.agent().logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(connect(&sb, "/app", "127.0.1.31"), "err EPERM", "not an answer for the name");
+    // The agent's resolver does not know db.test: the workload's own
+    // answers still teach it.
+    assert_eq!(connect(&sb, "/app", "127.0.1.5"), "err EPERM", "before the workload's own lookup");
+    assert_eq!(dig(&sb, "/app", "db.test"), "127.0.1.5");
+    assert_eq!(connect(&sb, "/app", "127.0.1.5"), "ok");
+    let m = sb.agent().metrics();
+    assert_eq!(metric_sum(&m, "portguard_dns_agent_addresses", &[("guard", "app")]), 1, "{m}");
+    assert_eq!(metric_sum(&m, "portguard_dns_learned_addresses", &[("guard", "app")]), 2, "{m}");
+    assert!(metric_sum(&m, "portguard_dns_agent_lookups_total", &[("result", "answered")]) >= 1, "{m}");
+    assert!(
+        metric_sum(&m, "portguard_dns_agent_lookups_total", &[("result", "failed")]) >= 1,
+        "db.test: {m}"
+    );
+    let status = sb.status();
+    assert_eq!(status["guards"][0]["dns_agent_addresses"], 1, "{status:#}");
+}

@@ -46,20 +46,49 @@ impl LearnedAddresses {
     }
 
     pub(crate) fn state(&self, guard_cgroup: u64, addr: IpAddr) -> LearnedState {
-        let (family, bytes) = match addr {
-            IpAddr::V4(a) => {
-                let mut b = [0u8; 16];
-                b[..4].copy_from_slice(&a.octets());
-                (AF_INET, b)
-            }
-            IpAddr::V6(a) => (AF_INET6, a.octets()),
-        };
-        let key = LearnedKey { guard_cgroup, family, _pad: [0; 7], addr: bytes };
-        match self.map.get(&key, 0) {
+        match self.map.get(&key(guard_cgroup, addr), 0) {
             Ok(learned) => classify(&learned, boot_ns()),
             Err(_) => LearnedState::Never,
         }
     }
+
+    /// Notes, as the kernel does for an answer a workload received, that
+    /// `addr` answers the name `name_hash` until `expires_ns` for the
+    /// guarded cgroup, under its resolver `epoch`; the slot is marked as
+    /// the agent's. A read, then a write: an answer the kernel notes for
+    /// the same address in between may lose its extension (the workload
+    /// then resolves again), never gain a name it was not answered.
+    pub(crate) fn note_by_agent(
+        &mut self,
+        guard_cgroup: u64,
+        addr: IpAddr,
+        epoch: u32,
+        name_hash: u64,
+        expires_ns: u64,
+    ) -> Result<(), aya::maps::MapError> {
+        let key = key(guard_cgroup, addr);
+        let mut learned = match self.map.get(&key, 0) {
+            Ok(l) => l,
+            Err(_) => Learned { epoch, ..Learned::default() },
+        };
+        let slot = learned.note(epoch, name_hash, expires_ns, boot_ns());
+        learned.by_agent |= 1 << slot;
+        self.map.insert(key, learned, 0)
+    }
+}
+
+/// The table's key for `addr` (a v4-mapped address as IPv4, as the
+/// kernel keys it).
+fn key(guard_cgroup: u64, addr: IpAddr) -> LearnedKey {
+    let (family, bytes) = match crate::policy::eval::canonical(addr) {
+        IpAddr::V4(a) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.octets());
+            (AF_INET, b)
+        }
+        IpAddr::V6(a) => (AF_INET6, a.octets()),
+    };
+    LearnedKey { guard_cgroup, family, _pad: [0; 7], addr: bytes }
 }
 
 impl LearnedAddresses {
@@ -72,9 +101,15 @@ impl LearnedAddresses {
         let mut out = LearnedTable::default();
         for (key, learned) in self.map.iter().filter_map(Result::ok) {
             out.entries += 1;
-            let current = epochs.get(&key.guard_cgroup) == Some(&learned.epoch);
-            if current && learned.expires_ns.iter().any(|e| *e > now) {
+            if epochs.get(&key.guard_cgroup) != Some(&learned.epoch) {
+                continue;
+            }
+            let live = |i: &usize| learned.expires_ns[*i] > now;
+            if (0..learned.expires_ns.len()).any(|i| live(&i)) {
                 *out.live_per_cgroup.entry(key.guard_cgroup).or_default() += 1;
+            }
+            if (0..learned.expires_ns.len()).filter(live).any(|i| learned.by_agent & (1 << i) != 0) {
+                *out.by_agent_per_cgroup.entry(key.guard_cgroup).or_default() += 1;
             }
         }
         out
@@ -85,6 +120,9 @@ impl LearnedAddresses {
 #[derive(Debug, Default)]
 pub(crate) struct LearnedTable {
     pub live_per_cgroup: HashMap<u64, u64>,
+    /// Of those, addresses with a valid answer from the agent's own lookup
+    /// (`resolve = "agent"`).
+    pub by_agent_per_cgroup: HashMap<u64, u64>,
     /// Entries held. The kernel deletes none (the LRU only replaces), so
     /// the entries it ever created minus these are its evictions.
     pub entries: u64,

@@ -88,6 +88,8 @@ pub(super) fn run(bpffs: &Path, state_dir: &Path, format: OutputFormat) -> Resul
                 "decisions": counters.as_ref().map(|c| counts_json(&c.guard(info.guard_id))),
                 "dns_learned_addresses": learned.as_ref().filter(|_| info.flags & GUARD_HAS_NAMES != 0)
                     .map(|t| t.live_per_cgroup.get(cgroup_id).copied().unwrap_or(0)),
+                "dns_agent_addresses": learned.as_ref().filter(|_| info.flags & GUARD_HAS_NAMES != 0)
+                    .map(|t| t.by_agent_per_cgroup.get(cgroup_id).copied().unwrap_or(0)),
                 "verification": verification_of(named.as_ref().map(|(g, _, _)| g.name.as_str())),
             })
         })
@@ -181,7 +183,10 @@ fn render_text(r: &serde_json::Value, bpffs: &Path) -> String {
             None => out.push_str("    not verified by the agent yet\n"),
         }
         if let Some(n) = g["dns_learned_addresses"].as_u64() {
-            out.push_str(&format!("    dns: {n} learned addresses with a valid answer\n"));
+            let agent = g["dns_agent_addresses"].as_u64().unwrap_or(0);
+            out.push_str(&format!(
+                "    dns: {n} learned addresses with a valid answer ({agent} from the agent's own lookups)\n"
+            ));
         }
         if let Some(d) = g["decisions"].as_object() {
             for (op, v) in d {

@@ -72,6 +72,8 @@ pub(crate) struct AppliedPolicy {
     state_dir: PathBuf,
     bpffs: PathBuf,
     metrics: Arc<Metrics>,
+    /// What the agent's own lookups resolve, for whom (`agent_dns`).
+    agent_dns: tokio::sync::watch::Sender<super::agent_dns::Plan>,
 }
 
 pub(crate) fn read_policy(path: &Path) -> Result<(String, Policy, CompiledPolicy), DaemonError> {
@@ -96,6 +98,7 @@ impl AppliedPolicy {
         args: &RunArgs,
         metrics: Arc<Metrics>,
         pods: NodePods,
+        agent_dns: tokio::sync::watch::Sender<super::agent_dns::Plan>,
     ) -> AppliedPolicy {
         AppliedPolicy {
             maps,
@@ -108,6 +111,7 @@ impl AppliedPolicy {
             state_dir: args.state_dir.clone(),
             bpffs: args.bpffs.clone(),
             metrics,
+            agent_dns,
         }
     }
 
@@ -127,9 +131,31 @@ impl AppliedPolicy {
         self.current.as_ref().map_or_else(|| EMPTY.get_or_init(HashMap::new), |a| &a.modes)
     }
 
-    /// Hands what the agent knows to the metrics endpoint.
+    /// Hands what the agent knows to the metrics endpoint and to the
+    /// agent's own lookups.
     fn publish(&self) {
         let Some(a) = &self.current else { return };
+        let epochs = self.maps.dns_epochs();
+        let cgroups = a.cgroups.cgroup_ids();
+        let targets = (a.compiled.guards.iter().filter(|g| !g.agent_names.is_empty()))
+            .flat_map(|g| {
+                let names: Vec<(String, u64)> =
+                    g.agent_names.iter().map(|n| (n.clone(), self.maps.name_hash(n))).collect();
+                let ids = cgroups.get(&g.name).cloned().unwrap_or_default();
+                let epochs = &epochs;
+                ids.into_iter().map(move |cgroup_id| super::agent_dns::Target {
+                    cgroup_id,
+                    epoch: epochs.get(&cgroup_id).copied().unwrap_or_default(),
+                    names: names.clone(),
+                })
+            })
+            .collect();
+        self.agent_dns.send_if_modified(|plan| {
+            let next = super::agent_dns::Plan { targets };
+            let changed = *plan != next;
+            *plan = next;
+            changed
+        });
         let (guards, bind, connect, names) = self.maps.entry_counts();
         self.metrics.set_policy(PolicySummary {
             file: self.policy_path.display().to_string(),
@@ -139,7 +165,7 @@ impl AppliedPolicy {
             guard_of_cgroup: (a.cgroups.cgroup_ids().into_iter())
                 .flat_map(|(name, ids)| ids.into_iter().map(move |id| (id, name.clone())))
                 .collect(),
-            dns_epochs: self.maps.dns_epochs(),
+            dns_epochs: epochs,
             guards: a.compiled.guards.len(),
             guarded_cgroups: a.cgroups.cgroups(),
             kube_pods: self.pods.watched(),

@@ -6,6 +6,7 @@
 //! puts the programs on the hooks. After that it loops (`event_loop`):
 //! denial events out; policy changes, SIGHUP and cgroup changes in.
 
+mod agent_dns;
 mod applied;
 mod denials;
 mod error;
@@ -90,7 +91,10 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), DaemonError> {
     //    the links an earlier agent pinned get this agent's programs once
     //    the policy is in the maps. No guarded hook is ever without one.
     let pods = NodePods::new(pod_api, &args, Arc::clone(&metrics));
-    let mut applied = AppliedPolicy::new(maps, enforcer, resolver, &args, Arc::clone(&metrics), pods);
+    let (agent_dns, plan) = tokio::sync::watch::channel(agent_dns::Plan::default());
+    agent_dns::spawn(args.dns_resolver, &args.bpffs, plan, Arc::clone(&metrics));
+    let mut applied =
+        AppliedPolicy::new(maps, enforcer, resolver, &args, Arc::clone(&metrics), pods, agent_dns);
     let started = async {
         applied.list_pods_for(&compiled, args.kube_sync_timeout).await?;
         applied.apply_policy(&text, policy, compiled)?;

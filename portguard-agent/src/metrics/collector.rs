@@ -151,13 +151,18 @@ impl Collector for Metrics {
             "DNS answers to guarded sockets of guards with names, each counted once by what it taught: learned (addresses), no_address (NODATA), no_query (matched no recorded query: unsolicited, forged, late or repeated), not_in_policy (a question none of the guard's names), not_parsed (the walk stopped before it learned anything).",
             dns.answers.iter().map(|(result, n)| (vec![("result", (*result).to_owned())], *n)),
         )?;
-        let mut learned: BTreeMap<String, i64> = BTreeMap::new();
         let table = kernel.learned.as_ref().map(|t| t.walk(&policy.dns_epochs));
-        for (cgroup, n) in table.iter().flat_map(|t| &t.live_per_cgroup) {
-            if let Some(guard) = policy.guard_of_cgroup.get(cgroup) {
-                *learned.entry(guard.clone()).or_default() += *n as i64;
+        let per_guard = |counts: Option<&std::collections::HashMap<u64, u64>>| {
+            let mut out: BTreeMap<String, i64> = BTreeMap::new();
+            for (cgroup, n) in counts.into_iter().flatten() {
+                if let Some(guard) = policy.guard_of_cgroup.get(cgroup) {
+                    *out.entry(guard.clone()).or_default() += *n as i64;
+                }
             }
-        }
+            out
+        };
+        let learned = per_guard(table.as_ref().map(|t| &t.live_per_cgroup));
+        let by_agent = per_guard(table.as_ref().map(|t| &t.by_agent_per_cgroup));
         // Created and held are read a moment apart: never let the counter
         // step back.
         let evictions = table.as_ref().map_or(0, |t| t.evictions(dns.entries_created));
@@ -167,6 +172,27 @@ impl Collector for Metrics {
             "portguard_dns_learned_addresses",
             "Addresses a guard's workloads hold a valid DNS answer for (the kernel's learned table, one walk per scrape).",
             learned.into_iter().map(|(g, n)| (vec![("guard", g)], n)),
+        )?;
+        gauges(
+            &mut enc,
+            "portguard_dns_agent_addresses",
+            "Of those, addresses the agent's own lookups gave (rules with resolve = \"agent\").",
+            by_agent.into_iter().map(|(g, n)| (vec![("guard", g)], n)),
+        )?;
+        counters(
+            &mut enc,
+            "portguard_dns_agent_lookups",
+            "The agent's own lookups of names of rules with resolve = \"agent\", by result (answered, failed).",
+            [
+                (
+                    vec![("result", "answered".to_owned())],
+                    self.dns_agent_lookups_answered.load(Ordering::Relaxed),
+                ),
+                (
+                    vec![("result", "failed".to_owned())],
+                    self.dns_agent_lookups_failed.load(Ordering::Relaxed),
+                ),
+            ],
         )?;
         counter(
             &mut enc,

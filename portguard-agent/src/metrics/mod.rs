@@ -64,6 +64,9 @@ pub(crate) struct Metrics {
     /// The highest learned-table eviction count reported (it is derived
     /// from two reads; a counter never steps back).
     pub(crate) dns_evictions: AtomicU64,
+    /// The agent's own lookups (`resolve = "agent"`), by result.
+    pub(crate) dns_agent_lookups_answered: AtomicU64,
+    pub(crate) dns_agent_lookups_failed: AtomicU64,
     pub(crate) policy: Mutex<PolicySummary>,
     /// The live port inventory, counted.
     pub(crate) listeners: Mutex<std::collections::BTreeMap<ListenerKey, i64>>,
@@ -84,6 +87,8 @@ impl Metrics {
             events_received: AtomicU64::new(0),
             kube_watch_errors: AtomicU64::new(0),
             dns_evictions: AtomicU64::new(0),
+            dns_agent_lookups_answered: AtomicU64::new(0),
+            dns_agent_lookups_failed: AtomicU64::new(0),
             policy: Mutex::new(PolicySummary::default()),
             listeners: Mutex::new(Default::default()),
             kernel: Mutex::new(kernel),

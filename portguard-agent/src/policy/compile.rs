@@ -46,6 +46,9 @@ pub struct CompiledGuard {
     /// The ports each (protocol, DNS name) allows to the addresses the
     /// guard's workloads learn for the name.
     pub names: BTreeMap<(u8, String), PortSet>,
+    /// The names of rules with `resolve = "agent"`: the agent resolves
+    /// them itself and installs the answers.
+    pub agent_names: BTreeSet<String>,
     /// Prefix lengths with connect entries, longest first.
     pub v4_prefix_lens: Vec<u8>,
     pub v6_prefix_lens: Vec<u8>,
@@ -84,6 +87,7 @@ pub(super) fn compile(src: &Source, policy: &Policy) -> Result<CompiledPolicy, P
     let mut guards = Vec::with_capacity(policy.guards.len());
     let (mut bind_total, mut connect_total, mut from_total) = (0usize, 0usize, 0usize);
     let mut names_total = 0usize;
+    let mut agent_total = 0usize;
     for g in &policy.guards {
         let mut bind = HashMap::default();
         let mut from = HashMap::default();
@@ -200,11 +204,39 @@ pub(super) fn compile(src: &Source, policy: &Policy) -> Result<CompiledPolicy, P
             from,
             connect,
             names,
+            agent_names: agent_names(src, g, &mut agent_total)?,
             v4_prefix_lens: v4.into_iter().rev().collect(),
             v6_prefix_lens: v6.into_iter().rev().collect(),
         });
     }
     Ok(CompiledPolicy { guards })
+}
+
+/// Names the agent resolves, across the policy (each is looked up again
+/// every few seconds, from the agent's own resolver).
+pub(crate) const MAX_AGENT_NAMES: usize = 256;
+
+fn agent_names(
+    src: &Source,
+    g: &super::GuardSpec,
+    total: &mut usize,
+) -> Result<BTreeSet<String>, PolicyError> {
+    let rules = g.connect.iter().filter(|r| r.agent_resolves);
+    let mut out = BTreeSet::new();
+    for rule in rules {
+        out.extend(rule.names.iter().cloned());
+        if *total + out.len() > MAX_AGENT_NAMES {
+            return Err(src.error_at(
+                Some(rule.span.clone()),
+                format!(
+                    "guard {:?}: the policy lists more than {MAX_AGENT_NAMES} names the agent resolves",
+                    g.name
+                ),
+            ));
+        }
+    }
+    *total += out.len();
+    Ok(out)
 }
 
 /// The ports each (protocol, name) of the guard's connect rules allows,

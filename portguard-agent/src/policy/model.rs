@@ -282,6 +282,10 @@ pub(super) struct ConnectRule {
     pub ports: Spanned<Vec<PortSpec>>,
     #[serde(default)]
     pub proto: Proto,
+    /// `"agent"`: the agent resolves the rule's names too, for workloads
+    /// whose own lookups the kernel cannot read (DNS over TLS or HTTPS).
+    #[serde(default)]
+    pub resolve: Option<Spanned<String>>,
     /// Catalog metadata (`validate::Catalog`). Spelled out in each rule
     /// rather than flattened: serde's flatten drops deny_unknown_fields and
     /// the TOML spans that errors point with.

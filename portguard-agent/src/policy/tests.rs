@@ -125,6 +125,32 @@ fn a_guard_holds_at_most_16384_names() {
 }
 
 #[test]
+fn names_the_agent_resolves_are_literal_and_bounded() {
+    let rule = |peer: &str, resolve: &str| {
+        format!(
+            "[[guard]]\nname = \"a\"\ncgroup = \"/a\"\n[[guard.connect]]\npeer = {peer}\nports = [443]\nresolve = {resolve}\n"
+        )
+    };
+    let (_, c) = ok(&rule("[\"API.example.\", \"10.0.0.0/8\"]", "\"agent\""));
+    assert_eq!(c.guards[0].agent_names.iter().collect::<Vec<_>>(), ["api.example"]);
+    let (_, c) = ok(&rule("\"api.example\"", "\"workload\""));
+    assert!(c.guards[0].agent_names.is_empty());
+    refused(
+        &rule("\"*.example.com\"", "\"agent\""),
+        7,
+        "the agent cannot resolve the pattern \"*.example.com\"",
+    );
+    refused(&rule("\"10.0.0.1\"", "\"agent\""), 7, "resolve = \"agent\" on a rule without DNS names");
+    refused(&rule("\"api.example\"", "\"proxy\""), 7, "resolve is \"workload\" (the default) or \"agent\"");
+    let names: Vec<String> = (0..257).map(|i| format!("\"n{i}.example\"")).collect();
+    refused(
+        &rule(&format!("[{}]", names.join(", ")), "\"agent\""),
+        5,
+        "more than 256 names the agent resolves",
+    );
+}
+
+#[test]
 fn bad_modes_and_protocols_are_refused() {
     refused("[[guard]]\nname = \"a\"\ncgroup = \"/a\"\nmode = \"block\"\n", 4, "unknown variant `block`");
     refused(

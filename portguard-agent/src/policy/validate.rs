@@ -7,6 +7,7 @@ use portguard_common::{MAX_CGROUP_DEPTH, MAX_GUARDS};
 
 use super::{
     PolicyError, Source,
+    dns_name::Wildcard,
     model::{self, Expiry, Mode, PodSelector, PortSpec, Proto},
 };
 
@@ -96,6 +97,10 @@ pub struct ConnectRuleSpec {
     /// displays them): the addresses a workload learns for them from DNS
     /// answers, while the answers last.
     pub names: Vec<String>,
+    /// `resolve = "agent"`: the agent resolves `names` itself, periodically,
+    /// and installs the answers for the guard's workloads as if they had
+    /// received them (marked as the agent's).
+    pub agent_resolves: bool,
     pub ports: Vec<PortSpec>,
     pub proto: Proto,
     pub catalog: Catalog,
@@ -388,9 +393,40 @@ fn connect_rules(
                 ));
             }
             let peers = r.peer.into_inner();
+            let agent_resolves = match &r.resolve {
+                None => false,
+                Some(v) if v.get_ref() == "workload" => false,
+                Some(v) if v.get_ref() == "agent" => {
+                    if peers.names.is_empty() {
+                        return Err(src.error_at(
+                            Some(v.span()),
+                            format!("guard {name:?}: resolve = \"agent\" on a rule without DNS names"),
+                        ));
+                    }
+                    if let Some(p) = peers.names.iter().find(|p| p.wildcard != Wildcard::None) {
+                        return Err(src.error_at(
+                            Some(v.span()),
+                            format!(
+                                "guard {name:?}: the agent cannot resolve the pattern \"{p}\": list the names it stands for, or let the workload resolve them"
+                            ),
+                        ));
+                    }
+                    true
+                }
+                Some(v) => {
+                    return Err(src.error_at(
+                        Some(v.span()),
+                        format!(
+                            "guard {name:?}: resolve is \"workload\" (the default) or \"agent\", not {:?}",
+                            v.get_ref()
+                        ),
+                    ));
+                }
+            };
             Ok(ConnectRuleSpec {
                 peers: peers.nets,
                 names: peers.names.iter().map(ToString::to_string).collect(),
+                agent_resolves,
                 ports: r.ports.into_inner(),
                 proto: r.proto,
                 catalog: catalog(r.owner, r.purpose, r.approved_by, r.ticket, r.expires),

@@ -73,7 +73,9 @@ pub struct Learned {
     pub names: [u64; NAMES_PER_ADDRESS],
     pub expires_ns: [u64; NAMES_PER_ADDRESS],
     pub epoch: u32,
-    pub _pad: u32,
+    /// Bit i: slot i was last written by the agent's own lookup (a rule
+    /// with `resolve = "agent"`), not by an answer the workload received.
+    pub by_agent: u32,
 }
 
 /// The expiry of an answer received at `now_ns` with `ttl` seconds.
@@ -117,12 +119,12 @@ impl Learned {
     /// the name's slot is extended (never shortened: a later answer with a
     /// shorter TTL does not cut a connection window an earlier one gave),
     /// else an empty or expired slot, else the one that expires first.
-    /// Under a new epoch the entry starts over.
+    /// Under a new epoch the entry starts over. Returns the slot written.
     #[inline(always)]
-    pub fn note(&mut self, epoch: u32, name: u64, expires_ns: u64, now_ns: u64) {
+    pub fn note(&mut self, epoch: u32, name: u64, expires_ns: u64, now_ns: u64) -> usize {
         if self.epoch != epoch {
             *self = Learned::first(epoch, name, expires_ns);
-            return;
+            return 0;
         }
         let mut pick = NAMES_PER_ADDRESS;
         let mut soonest = 0;
@@ -132,7 +134,7 @@ impl Learned {
                 if self.expires_ns[i] < expires_ns {
                     self.expires_ns[i] = expires_ns;
                 }
-                return;
+                return i;
             }
             // The first empty or expired slot, else the one that expires
             // first (masked index: the kernel build must see the bound).
@@ -148,6 +150,7 @@ impl Learned {
         let i = pick & (NAMES_PER_ADDRESS - 1);
         self.names[i] = name;
         self.expires_ns[i] = expires_ns;
+        i
     }
 
     /// The name in slot `i` if it has not expired at `now_ns` (the caller
