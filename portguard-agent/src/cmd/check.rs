@@ -127,10 +127,11 @@ fn describe(policy: &Policy) -> String {
                 .chain(r.names.iter().map(|n| format!("name {n}")))
                 .collect();
             out.push_str(&format!(
-                "  connect {} {} ports {}{}\n",
+                "  connect {} {} ports {}{}{}\n",
                 r.proto.as_str(),
                 peers.join(","),
                 ports.join(","),
+                if r.agent_resolves { " (names resolved by the agent too)" } else { "" },
                 describe_catalog(&r.catalog)
             ));
         }
