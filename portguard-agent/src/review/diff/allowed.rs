@@ -52,6 +52,8 @@ pub(super) struct Allowed {
     connect: [PeerTable; 2],
     /// Ports per DNS name (normalised), per protocol.
     names: [BTreeMap<String, Ports>; 2],
+    /// Names the agent resolves itself (`resolve = "agent"`).
+    agent_names: BTreeSet<String>,
     reach: [ReachTable; 2],
     ephemeral_bind: bool,
     raw_sockets: bool,
@@ -76,6 +78,9 @@ impl Allowed {
             }
         }
         for rule in &g.connect {
+            if rule.agent_resolves {
+                a.agent_names.extend(rule.names.iter().cloned());
+            }
             let ports = Ports::from_specs(&rule.ports);
             for &t in Transport::of(rule.proto) {
                 for &net in &rule.peers {
@@ -202,6 +207,13 @@ pub(super) fn rule_changes(old: &Allowed, new: &Allowed) -> RuleChanges {
     }
     if let Some(note) = resolver_change(old, new) {
         c.notes.push(note);
+    }
+    let (gained, lost): (Vec<String>, Vec<String>) = (
+        new.agent_names.difference(&old.agent_names).cloned().collect(),
+        old.agent_names.difference(&new.agent_names).cloned().collect(),
+    );
+    if !gained.is_empty() || !lost.is_empty() {
+        c.notes.push(Note::AgentResolves { gained, lost });
     }
     c.opens = tidy(c.opens);
     c.closes = tidy(c.closes);

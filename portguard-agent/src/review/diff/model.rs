@@ -128,6 +128,10 @@ pub(crate) enum Note {
     /// what the kernel learned before stops counting once any network is
     /// `lost` (its workloads must resolve again).
     ResolversChanged { gained: Vec<String>, lost: Vec<String> },
+    /// Names the agent now resolves itself (`resolve = "agent"`): their
+    /// addresses open without the workload's own lookup; and names it no
+    /// longer resolves.
+    AgentResolves { gained: Vec<String>, lost: Vec<String> },
 }
 
 /// Ports at one address or peer network ("any" for every address).

@@ -725,3 +725,19 @@ fn a_resolver_change_of_a_guard_with_names_is_noted() {
 fn report_of_note(old: &str, new: &str) -> bool {
     report(old, new).contains("resolvers at")
 }
+
+#[test]
+fn names_the_agent_starts_or_stops_resolving_are_noted() {
+    let rule = |extra: &str| api(&connect("\"api.vendor.example\"", "[443]", extra));
+    let started = report(&rule(""), &rule("resolve = \"agent\""));
+    assert!(
+        started.contains(
+            "note    the agent now resolves api.vendor.example itself: their addresses open without the workload's own lookup"
+        ),
+        "{started}"
+    );
+    assert!(
+        report(&rule("resolve = \"agent\""), &rule(""))
+            .contains("the agent no longer resolves api.vendor.example")
+    );
+}

@@ -139,6 +139,19 @@ fn note(n: &Note) -> String {
             }
             parts.join("; ")
         }
+        Note::AgentResolves { gained, lost } => {
+            let mut parts = Vec::new();
+            if !gained.is_empty() {
+                parts.push(format!(
+                    "the agent now resolves {} itself: their addresses open without the workload's own lookup",
+                    gained.join(", ")
+                ));
+            }
+            if !lost.is_empty() {
+                parts.push(format!("the agent no longer resolves {}", lost.join(", ")));
+            }
+            parts.join("; ")
+        }
     }
 }
 

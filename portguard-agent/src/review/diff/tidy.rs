@@ -24,7 +24,7 @@ pub(super) fn tidy_notes(notes: Vec<Note>) -> Vec<Note> {
         Note::Shadowed { rule, .. }
         | Note::StillAllowed { rule, .. }
         | Note::NameMeetsNetworks { rule, .. } => effect_proto(rule),
-        Note::ResolversChanged { .. } => None,
+        Note::ResolversChanged { .. } | Note::AgentResolves { .. } => None,
     };
     let with = |n: &Note, p| match n {
         Note::Shadowed { rule, by } => Note::Shadowed { rule: with_proto(rule, p), by: by.clone() },
@@ -32,7 +32,7 @@ pub(super) fn tidy_notes(notes: Vec<Note>) -> Vec<Note> {
         Note::NameMeetsNetworks { rule, networks } => {
             Note::NameMeetsNetworks { rule: with_proto(rule, p), networks: networks.clone() }
         }
-        Note::ResolversChanged { .. } => n.clone(),
+        Note::ResolversChanged { .. } | Note::AgentResolves { .. } => n.clone(),
     };
     let mut out = merge_protocols(notes, proto_of, with);
     out.sort();
