@@ -533,9 +533,15 @@ fn a_resolver_behind_nat_teaches_connected_sockets() {
     let mut sb = Sandbox::new("dns-nat");
     sb.cgroup("/app");
     sb.cgroup("/srv");
-    let rules = "table ip pgtest { chain out { type nat hook output priority -100; \
-                 ip daddr 127.0.0.11 udp dport 53 dnat to 127.0.0.11:5353 } }";
-    sb.run_in("/srv", Path::new("/usr/sbin/nft"), &[rules]);
+    // Docker's rule for its embedded DNS, in the sandbox's namespace only.
+    let rules = sb.dir.join("nat.nft");
+    std::fs::write(
+        &rules,
+        "table ip pgtest {\n  chain out {\n    type nat hook output priority -100;\n    \
+         ip daddr 127.0.0.11 udp dport 53 dnat to 127.0.0.11:5353\n  }\n}\n",
+    )
+    .expect("write rules");
+    sb.run_in("/srv", Path::new("/usr/sbin/nft"), &["-f", &rules.display().to_string()]);
     let _resolver = sb.dnsmasq(
         "/srv",
         Some("127.0.0.11"),
