@@ -138,6 +138,19 @@ fn generation(sb: &Sandbox) -> u64 {
     u64::from_ne_bytes(v.try_into().expect("8 bytes"))
 }
 
+/// A `PortSet` value: one range, `first..=last`, the other 31 empty (1..=0).
+fn port_set(first: u16, last: u16) -> Vec<u8> {
+    let mut ports = Vec::with_capacity(132);
+    ports.extend(1u32.to_ne_bytes());
+    ports.extend(first.to_ne_bytes());
+    ports.extend(last.to_ne_bytes());
+    for _ in 1..32 {
+        ports.extend(1u16.to_ne_bytes());
+        ports.extend(0u16.to_ne_bytes());
+    }
+    ports
+}
+
 /// A `PG_BIND_RULES` key: any-address tcp `port` of guard `id` in `slot`.
 fn bind_key(id: u32, slot: u8, port: u16) -> Vec<u8> {
     let mut k = Vec::with_capacity(28);
@@ -330,16 +343,7 @@ fn a_name_added_to_the_name_map_is_caught() {
     key.extend(id.to_ne_bytes());
     key.extend([slot, 6, 0, 0]);
     key.extend(0x0123_4567_89ab_cdefu64.to_ne_bytes());
-    // PortSet: one range, 1-65535, the rest empty (1..=0).
-    let mut ports = Vec::with_capacity(132);
-    ports.extend(1u32.to_ne_bytes());
-    ports.extend(1u16.to_ne_bytes());
-    ports.extend(65535u16.to_ne_bytes());
-    for _ in 1..32 {
-        ports.extend(1u16.to_ne_bytes());
-        ports.extend(0u16.to_ne_bytes());
-    }
-    tamper::map_update(&names, &key, &ports);
+    tamper::map_update(&names, &key, &port_set(1, 65535));
     assert_caught(&sb, &["extra 1: connect tcp name (hash 0123456789abcdef) ports 1-65535"]);
     tamper::map_delete(&names, &key);
     assert_green(&sb);
@@ -536,15 +540,7 @@ fn an_allow_on_a_names_port_is_caught_by_the_never_learned_probe() {
     key.extend(id.to_ne_bytes());
     key.extend([slot, 17, 2, 8, 127, 0, 0, 0]);
     key.extend([0u8; 12]);
-    let mut ports = Vec::with_capacity(132);
-    ports.extend(1u32.to_ne_bytes());
-    ports.extend(5432u16.to_ne_bytes());
-    ports.extend(5432u16.to_ne_bytes());
-    for _ in 1..32 {
-        ports.extend(1u16.to_ne_bytes());
-        ports.extend(0u16.to_ne_bytes());
-    }
-    tamper::map_update(&rules, &key, &ports);
+    tamper::map_update(&rules, &key, &port_set(5432, 5432));
     assert_caught(
         &sb,
         &[
