@@ -57,6 +57,11 @@ const BPF_TCP_LISTEN: u32 = 10;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 
+/// `filter`'s verdict for a packet that passes and cannot be a DNS answer
+/// to learn from (an established stream, a socket connected to anything
+/// but port 53): the DNS step is not even called.
+const PASS_ONLY: i32 = 2;
+
 #[cgroup_skb(ingress)]
 pub(crate) fn pg_sock_ingress(ctx: SkBuffContext) -> i32 {
     let verdict = filter(&ctx);
@@ -68,7 +73,7 @@ pub(crate) fn pg_sock_ingress(ctx: SkBuffContext) -> i32 {
             add(&PG_STATS, stats::DNS_ADDRESSES_LEARNED, learned);
         }
     }
-    verdict
+    if verdict == DROP { DROP } else { PASS }
 }
 
 /// Its own function (a BPF subprogram): its stack frame and the DNS walk's
@@ -80,20 +85,21 @@ fn filter(ctx: &SkBuffContext) -> i32 {
     // verifier tracks; reading it is a checked context load.
     let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
     if sk.is_null() {
-        return PASS;
+        return PASS_ONLY;
     }
-    // `state` is readable on any socket the kernel hands over (request and
-    // timewait sockets included): the established fast path needs no
-    // full-socket lookup.
-    // SAFETY: a non-null socket pointer; a checked load of `state`.
-    let state = unsafe { (*sk).state };
+    // `state` and `dst_port` are readable on any socket the kernel hands
+    // over (request and timewait sockets included): the established fast
+    // path needs no full-socket lookup.
+    // SAFETY: a non-null socket pointer; checked loads of sock_common fields.
+    let (state, dst_port) = unsafe { ((*sk).state, (*sk).dst_port) };
     if state != BPF_TCP_LISTEN && state != BPF_TCP_CLOSE {
-        return PASS;
+        // A socket connected to port 53 may be a resolver's client.
+        return if dst_port == 53u16.to_be() { PASS } else { PASS_ONLY };
     }
     // SAFETY: helper taking the socket pointer the verifier tracks.
     let sk = unsafe { bpf_sk_fullsock(sk) };
     if sk.is_null() {
-        return PASS;
+        return PASS_ONLY;
     }
     // SAFETY: a full socket; checked loads.
     let protocol = unsafe { (*sk).protocol };
@@ -103,7 +109,7 @@ fn filter(ctx: &SkBuffContext) -> i32 {
         IPPROTO_UDP
     } else {
         // A closed TCP socket, or another protocol: nothing to judge.
-        return PASS;
+        return PASS_ONLY;
     };
     judge(ctx, sk, proto)
 }
