@@ -77,6 +77,9 @@ fn connect(sb: &Sandbox, rel: &str, ip: &str) -> String {
 fn records() -> Vec<String> {
     [
         "--host-record=db.test,127.0.1.5",
+        // Another name for db.test's address.
+        "--host-record=shared.test,127.0.1.5",
+        "--host-record=db0.test,127.0.1.40",
         "--host-record=other.test,127.0.1.7",
         "--host-record=real.test,127.0.1.8",
         "--cname=alias.test,real.test",
@@ -93,7 +96,7 @@ fn a_name_opens_only_what_its_own_answers_gave() {
     sb.cgroup("/other");
     let _services = start_services(&sb, &records());
     sb.start_agent(
-        &(guard("app", "/app", &["db.test", "alias.test"]) + &guard("other", "/other", &["db.test"])),
+        &(guard("app", "/app", &["db.test", "alias.test"]) + &guard("other", "/other", &["shared.test"])),
     );
 
     // Nothing resolved yet: the address is refused like any other.
@@ -120,9 +123,10 @@ fn a_name_opens_only_what_its_own_answers_gave() {
     assert_eq!(dig(&sb, "/app", "alias.test"), "real.test.\n127.0.1.8");
     assert_eq!(connect(&sb, "/app", "127.0.1.8"), "ok", "through a CNAME");
 
-    // Another guard listing the same name has learned nothing.
+    // Another guard, whose own name resolves to the same address, has
+    // learned nothing from app's answer.
     assert_eq!(connect(&sb, "/other", "127.0.1.5"), "err EPERM", "learned by another guard");
-    assert_eq!(dig(&sb, "/other", "db.test"), "127.0.1.5");
+    assert_eq!(dig(&sb, "/other", "shared.test"), "127.0.1.5");
     assert_eq!(connect(&sb, "/other", "127.0.1.5"), "ok", "after its own answer");
     // An unguarded cgroup is not judged at all.
     assert_eq!(connect(&sb, "/srv", "127.0.1.6"), "ok");
@@ -369,16 +373,18 @@ fn a_wildcard_matches_one_label_and_a_double_wildcard_any_depth() {
     assert_eq!(sb.probe("/app", &["connect", "tcp", "127.0.4.4", "8081", "1000"]), "err EPERM");
 }
 
-/// An answer is good for its TTL, at least 30 s, plus 5 s of grace
-/// (dnsmasq answers its host records with TTL 0): then the address is
-/// refused, and the refusal says the answer expired, until the workload
-/// resolves the name again.
+/// An answer is good for its TTL, at least 30 s, plus 5 s of grace (here
+/// TTL 1; dnsmasq's default for host records, which the other tests get,
+/// is 0): then the address is refused, and the refusal says the answer
+/// expired, until the workload resolves the name again.
 #[test]
 fn an_address_is_refused_once_its_answer_expires() {
     require_root!();
     let mut sb = Sandbox::new("dns-expiry");
     sb.cgroup("/app");
-    let _services = start_services(&sb, &records());
+    let mut recs = records();
+    recs.push("--local-ttl=1".into());
+    let _services = start_services(&sb, &recs);
     sb.start_agent(&guard("app", "/app", &["db.test"]));
     assert_eq!(dig(&sb, "/app", "db.test"), "127.0.1.5");
     let learned = std::time::Instant::now();
@@ -466,9 +472,16 @@ fn learning_goes_on_while_the_agent_is_down() {
     let mut sb = Sandbox::new("dns-agentless");
     sb.cgroup("/app");
     let _services = start_services(&sb, &records());
-    sb.start_agent(&guard("app", "/app", &["db.test", "alias.test"]));
+    sb.start_agent(&guard("app", "/app", &["db.test", "alias.test", "db0.test"]));
     assert_eq!(dig(&sb, "/app", "db.test"), "127.0.1.5");
+    // A client resolving and connecting in a loop while the agent dies.
+    let race = sb.spawn_probe("/app", &["dns-race", RESOLVER, "db", "test", "10000", APP_PORT, "1"]);
+    std::thread::sleep(std::time::Duration::from_millis(100));
     sb.agent().kill9();
+    let out = race.wait_with_output().expect("race");
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(out.starts_with("lookups=10000 answered=10000"), "{out}");
+    assert!(out.contains(" refused=0 ") && out.contains(" other=0 "), "refused across the kill: {out}");
     assert_eq!(connect(&sb, "/app", "127.0.1.5"), "ok", "learned before, agent gone");
     assert_eq!(connect(&sb, "/app", "127.0.1.8"), "err EPERM", "not learned yet");
     assert_eq!(dig(&sb, "/app", "alias.test"), "real.test.\n127.0.1.8");
