@@ -117,7 +117,16 @@ pub(crate) fn run(workload: &str, port: u16, iterations: u64) -> io::Result<Stri
             started = Instant::now();
             for _ in 0..iterations {
                 let s = socket(libc::AF_INET, "udp")?;
-                refusals += u64::from(refused(bind_to(s.0, port))?);
+                let bound = bind_to(s.0, port).map_err(|e| {
+                    // Say who holds the port (read once, after the fact:
+                    // reading fds while measuring is what can cause this).
+                    if e.raw_os_error() == Some(libc::EADDRINUSE) {
+                        io::Error::other(format!("EADDRINUSE: {}", crate::holders::describe("udp", port)))
+                    } else {
+                        e
+                    }
+                });
+                refusals += u64::from(refused(bound)?);
             }
         }
         other => panic!("unknown workload {other}"),
