@@ -50,12 +50,13 @@ use crate::{
     addr::Addr,
     decide::{connect_allowed, port_in},
     identity::{Socket, refresh, stamp_of_sock},
+    inbound::{BPF_TCP_CLOSE, BPF_TCP_ESTABLISHED},
     maps::{PG_STATS, bump},
     packet::{ip_header, load},
     read_config,
 };
 
-const DNS_PORT: u16 = 53;
+pub(crate) const DNS_PORT: u16 = 53;
 
 /// Policy maps are written while programs read them (see maps.rs).
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -349,11 +350,6 @@ fn is_name_of(guard_id: u32, slot: u32, hash: u64) -> bool {
     key.proto = IPPROTO_UDP;
     PG_DNS_NAMES.get_ptr(&key).is_some()
 }
-
-/// `struct bpf_sock::state` of a connected UDP socket.
-const BPF_TCP_ESTABLISHED: u32 = 1;
-/// And of an unconnected one.
-const BPF_TCP_CLOSE: u32 = 7;
 
 /// Packets a guarded cgroup's sockets send. Attached at every guarded
 /// cgroup with the other hooks (a guard gaining names by reload must not

@@ -51,7 +51,8 @@ const DROP: i32 = 0;
 
 /// `struct bpf_sock::state` values (the kernel's TCP states, which UDP
 /// sockets use too: ESTABLISHED when connected, CLOSE when not).
-const BPF_TCP_CLOSE: u32 = 7;
+pub(crate) const BPF_TCP_ESTABLISHED: u32 = 1;
+pub(crate) const BPF_TCP_CLOSE: u32 = 7;
 const BPF_TCP_LISTEN: u32 = 10;
 
 const TCP_SYN: u8 = 0x02;
@@ -94,7 +95,7 @@ fn filter(ctx: &SkBuffContext) -> i32 {
     let (state, dst_port) = unsafe { ((*sk).state, (*sk).dst_port) };
     if state != BPF_TCP_LISTEN && state != BPF_TCP_CLOSE {
         // A socket connected to port 53 may be a resolver's client.
-        return if dst_port == 53u16.to_be() { PASS } else { PASS_ONLY };
+        return if dst_port == dns::DNS_PORT.to_be() { PASS } else { PASS_ONLY };
     }
     // SAFETY: helper taking the socket pointer the verifier tracks.
     let sk = unsafe { bpf_sk_fullsock(sk) };
