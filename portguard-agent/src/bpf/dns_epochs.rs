@@ -15,10 +15,8 @@
 //! them, keeps the epoch: the epoch is read back from the live slot, which
 //! a restarted agent finds pinned, so a restart or upgrade keeps it too.
 
-use std::net::IpAddr;
-
 use ipnet::IpNet;
-use portguard_common::{AF_INET, IPPROTO_UDP};
+use portguard_common::IPPROTO_UDP;
 use rustc_hash::FxHashMap;
 
 use super::KernelPolicy;
@@ -42,7 +40,7 @@ pub(crate) fn assign<E>(
             let before = live_resolvers.entry(old.guard_id).or_insert_with(|| resolvers(live, old.guard_id));
             let after =
                 new_resolvers.entry(info.guard_id).or_insert_with(|| resolvers(new_policy, info.guard_id));
-            covered(before, after)
+            uncovered(before, after).is_empty()
         });
         let epoch = match kept {
             Some(old) => old.dns_epoch,
@@ -65,25 +63,21 @@ fn resolvers(k: &KernelPolicy, guard_id: u32) -> Vec<IpNet> {
         .filter(|(key, ports)| {
             key.guard_id == guard_id && key.proto == IPPROTO_UDP && ports.contains(DNS_PORT)
         })
-        .filter_map(|(key, _)| {
-            let addr = if key.family == AF_INET {
-                IpAddr::from(<[u8; 4]>::try_from(&key.addr[..4]).expect("4 bytes"))
-            } else {
-                IpAddr::from(key.addr)
-            };
-            IpNet::new(addr, key.prefix_len).ok()
-        })
+        .filter_map(|(key, _)| IpNet::new(crate::policy::connect_addr(key), key.prefix_len).ok())
         .collect()
 }
 
-/// Whether every network of `old` lies inside one of `new`.
-fn covered(old: &[IpNet], new: &[IpNet]) -> bool {
-    old.iter().all(|o| new.iter().any(|n| n.contains(o)))
+/// The networks of `nets` no network of `by` contains: resolvers `by`
+/// does not reach (`diff` reports them with the same rule).
+pub(crate) fn uncovered<'a>(nets: &'a [IpNet], by: &[IpNet]) -> Vec<&'a IpNet> {
+    nets.iter().filter(|n| !by.iter().any(|b| b.contains(*n))).collect()
 }
 
 #[cfg(test)]
 mod tests {
-    use portguard_common::{AF_INET6, ConnectKey, GuardInfo, IPPROTO_TCP, PortRange, PortSet};
+    use std::net::IpAddr;
+
+    use portguard_common::{AF_INET, AF_INET6, ConnectKey, GuardInfo, IPPROTO_TCP, PortRange, PortSet};
 
     use super::*;
 

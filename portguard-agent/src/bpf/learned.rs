@@ -9,7 +9,7 @@ use std::{collections::HashMap, net::IpAddr, path::Path};
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use portguard_common::{
     AF_INET, AF_INET6,
-    dns::{Learned, LearnedKey},
+    dns::{Learned, LearnedKey, NAMES_PER_ADDRESS},
     map_names,
 };
 
@@ -104,11 +104,11 @@ impl LearnedAddresses {
             if epochs.get(&key.guard_cgroup) != Some(&learned.epoch) {
                 continue;
             }
-            let live = |i: &usize| learned.expires_ns[*i] > now;
-            if (0..learned.expires_ns.len()).any(|i| live(&i)) {
+            let live = |i: &usize| learned.live(*i, now).is_some();
+            if (0..NAMES_PER_ADDRESS).any(|i| live(&i)) {
                 *out.live_per_cgroup.entry(key.guard_cgroup).or_default() += 1;
             }
-            if (0..learned.expires_ns.len()).filter(live).any(|i| learned.by_agent & (1 << i) != 0) {
+            if (0..NAMES_PER_ADDRESS).filter(live).any(|i| learned.by_agent & (1 << i) != 0) {
                 *out.by_agent_per_cgroup.entry(key.guard_cgroup).or_default() += 1;
             }
         }

@@ -21,6 +21,7 @@ mod syscall;
 mod verifier_budget;
 
 pub(crate) use bpffs::check_pin_dir;
+pub(crate) use dns_epochs::uncovered as uncovered_resolvers;
 pub(crate) use error::LoadError;
 pub(crate) use events::{DecodedEvent, EventStream, EventsError, MAX_BATCH as MAX_EVENT_BATCH};
 pub(crate) use hooks::cgroup_hooks;

@@ -379,6 +379,16 @@ pub(crate) fn connect_prefix(net: &IpNet) -> (u8, u8, [u8; 16]) {
     }
 }
 
+/// The network address of a connect entry: `connect_prefix` read back
+/// (its length is `key.prefix_len`).
+pub(crate) fn connect_addr(key: &ConnectKey) -> IpAddr {
+    if key.family == AF_INET {
+        IpAddr::from([key.addr[0], key.addr[1], key.addr[2], key.addr[3]])
+    } else {
+        IpAddr::from(key.addr)
+    }
+}
+
 /// Sorts and coalesces overlapping or adjacent ranges.
 pub(crate) fn merge_ranges(mut ranges: Vec<PortRange>) -> Vec<PortRange> {
     ranges.sort();

@@ -14,8 +14,8 @@ mod validate;
 
 use std::{fmt, ops::Range, path::Path};
 
-pub(crate) use compile::merge_ranges;
 pub use compile::{CompiledGuard, CompiledPolicy};
+pub(crate) use compile::{connect_addr, merge_ranges};
 pub use model::{Expiry, Mode, PodSelector, PortSpec, Proto};
 pub use permissions::PermissionError;
 pub use validate::{BindRuleSpec, Catalog, ConnectRuleSpec, GuardSpec, Policy, Target};

@@ -4,13 +4,13 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv6Addr},
     os::fd::AsFd as _,
     path::Path,
 };
 
 use portguard_common::{
-    AF_INET, BIND_ADDR_ANY, BindKey, ConnectKey, GUARD_ALLOW_EPHEMERAL_BIND, GUARD_ALLOW_OTHER_SOCKETS,
+    BIND_ADDR_ANY, BindKey, ConnectKey, GUARD_ALLOW_EPHEMERAL_BIND, GUARD_ALLOW_OTHER_SOCKETS,
     GUARD_HAS_NAMES, GUARD_HAS_WILDCARDS, GuardInfo, MODE_AUDIT, Transport, map_names,
 };
 
@@ -99,11 +99,7 @@ fn bind_entry(k: &BindKey) -> String {
 
 fn connect_entry(k: &ConnectKey, ports: &portguard_common::PortSet) -> String {
     let proto = Transport::from(k.proto);
-    let addr: IpAddr = if k.family == AF_INET {
-        IpAddr::V4(Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3]))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(k.addr))
-    };
+    let addr = crate::policy::connect_addr(k);
     format!("connect {proto} {addr}/{} ports {}", k.prefix_len, port_list(ports))
 }
 

@@ -54,9 +54,10 @@ impl PendingQueries {
 
     /// Takes the query `answer` answers: the same transaction id, from the
     /// resolver (address, port) it was sent to, for the same question and
-    /// type, within [`QUERY_WINDOW_NS`], under the same resolver epoch. The slot is cleared, so a second
-    /// answer with the same id teaches nothing. `None`: an answer nobody
-    /// asked for (counted, never learned from).
+    /// type, within [`QUERY_WINDOW_NS`], under the same resolver epoch.
+    /// The slot is cleared, so a second answer with the same id teaches
+    /// nothing. `None`: an answer nobody asked for (counted, never learned
+    /// from).
     #[inline(always)]
     pub fn take(&mut self, answer: &PendingQuery, now_ns: u64) -> Option<PendingQuery> {
         let i = self.find(answer, now_ns)?;

@@ -331,7 +331,7 @@ fn resolver_change(old: &Allowed, new: &Allowed) -> Option<Note> {
     }
     let (before, after) = (resolvers(old), resolvers(new));
     let outside = |nets: &[IpNet], of: &[IpNet]| -> Vec<String> {
-        nets.iter().filter(|n| !of.iter().any(|o| o.contains(*n))).map(IpNet::to_string).collect()
+        crate::bpf::uncovered_resolvers(nets, of).into_iter().map(IpNet::to_string).collect()
     };
     let (gained, lost) = (outside(&after, &before), outside(&before, &after));
     (!gained.is_empty() || !lost.is_empty()).then_some(Note::ResolversChanged { gained, lost })
