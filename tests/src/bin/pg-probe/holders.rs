@@ -11,6 +11,7 @@ use std::fs;
 pub(crate) fn describe(proto: &str, port: u16) -> String {
     let hex = format!(":{port:04X}");
     let mut rows = Vec::new();
+    let mut described = Vec::new();
     for table in [proto.to_owned(), format!("{proto}6")] {
         let Ok(text) = fs::read_to_string(format!("/proc/self/net/{table}")) else { continue };
         for line in text.lines().skip(1) {
@@ -23,10 +24,11 @@ pub(crate) fn describe(proto: &str, port: u16) -> String {
                     cols[3],
                     holders(inode).join(", ")
                 ));
+                described.push(inode.to_owned());
             }
         }
     }
-    rows.extend(diag_rows(proto, port));
+    rows.extend(diag_rows(proto, port, &described));
     if rows.is_empty() { "no socket-table or sock_diag row holds it now".into() } else { rows.join("; ") }
 }
 
@@ -50,11 +52,12 @@ fn holders(inode: &str) -> Vec<String> {
     out
 }
 
-/// Every socket of this network namespace bound to `port`, as
-/// NETLINK_SOCK_DIAG reports it, bound-only TCP sockets included (state
-/// 12, TCP_BOUND_INACTIVE, Linux 6.5+), which no /proc table lists:
-/// "state=N inode=N uid=N cgroup=ID".
-fn diag_rows(proto: &str, port: u16) -> Vec<String> {
+/// Every socket of this network namespace bound to `port` that no table
+/// row in `described` (inodes) already named, as NETLINK_SOCK_DIAG reports
+/// it: "state=N inode=N uid=N cgroup=ID". Asking for every state includes
+/// bound-only TCP sockets (TCP_BOUND_INACTIVE, Linux 6.5+), which no /proc
+/// table lists; they come back in state 7 (TCP_CLOSE).
+fn diag_rows(proto: &str, port: u16, described: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     let protocol = if proto == "tcp" { libc::IPPROTO_TCP } else { libc::IPPROTO_UDP } as u8;
     // SAFETY: a netlink socket of our own, closed on drop.
@@ -95,10 +98,10 @@ fn diag_rows(proto: &str, port: u16) -> Vec<String> {
                 let m = &buf[at + 16..at + len];
                 // inet_diag_msg: state at 1, sport (be) at 4, uid at 64, inode at 68.
                 let sport = u16::from_be_bytes([m[4], m[5]]);
-                if sport == port {
+                let inode = u32::from_ne_bytes(m[68..72].try_into().unwrap());
+                if sport == port && !described.contains(&inode.to_string()) {
                     let state = m[1];
                     let uid = u32::from_ne_bytes(m[64..68].try_into().unwrap());
-                    let inode = u32::from_ne_bytes(m[68..72].try_into().unwrap());
                     let mut cgroup = 0u64;
                     let mut a = 72usize;
                     while a + 4 <= m.len() {
